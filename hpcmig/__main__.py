@@ -1,0 +1,5 @@
+import sys
+
+from hpcmig.cli import main
+
+sys.exit(main())

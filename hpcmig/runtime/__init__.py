@@ -1,0 +1,1 @@
+"""hpcmig.runtime."""

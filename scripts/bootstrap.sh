@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# hpcmig bootstrap: everything a fresh Debian 12 machine needs, then one action.
+#
+#   bash scripts/bootstrap.sh demo     install, then `hpcmig demo` on the built-in testbed
+#   bash scripts/bootstrap.sh test     install, then the whole test suite (unit + integration)
+#   bash scripts/bootstrap.sh install  install only
+#
+# Idempotent: each step checks what is already there. Runs as root (it installs OS packages,
+# builds CRIU and creates the testbed). Everything lands under /opt/hpcmig and /usr/local.
+set -euo pipefail
+
+PREFIX=${HPCMIG_PREFIX:-/opt/hpcmig}
+VENV=$PREFIX/venv
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+log() { printf 'bootstrap: %s\n' "$*" >&2; }
+die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (it installs OS packages and builds a Slurm testbed); try: sudo bash $0 ${1:-install}"
+[ -r /etc/debian_version ] || die "this script supports Debian 12 (bookworm) only"
+
+OS_PACKAGES=(
+  # Slurm, MUNGE, MPI
+  slurm-wlm slurm-client munge libslurm-dev
+  openmpi-bin libopenmpi-dev mpich libmpich-dev
+  # namespaces, networking, processes
+  iproute2 util-linux procps psmisc iputils-ping kmod
+  # Python environment and build tools
+  python3 python3-venv python3-dev build-essential pkgconf git xz-utils dpkg-dev
+  # images and the second runtime
+  squashfs-tools squashfuse siftool lxc
+  # CRIU 4.x build dependencies (PLATFORM.md)
+  libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev
+  libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler uuid-dev
+  python3-protobuf libaio-dev
+)
+
+install_os_packages() {
+  local missing=()
+  for p in "${OS_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && { log "OS packages present"; return; }
+  log "installing ${#missing[@]} OS packages: ${missing[*]}"
+  # No init system runs services here; keep package scripts from starting daemons the testbed owns.
+  local policy=/usr/sbin/policy-rc.d made_policy=0
+  if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' >$policy; chmod 755 $policy; made_policy=1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ $made_policy = 1 ] && rm -f $policy
+  return 0
+}
+
+criu_ok() {
+  command -v criu >/dev/null || return 1
+  local v; v=$(criu --version 2>/dev/null | sed -n 's/^Version: *\([0-9]*\).*/\1/p')
+  [ -n "$v" ] && [ "$v" -ge 4 ] && criu check >/dev/null 2>&1
+}
+
+install_criu() {
+  if criu_ok; then log "CRIU $(criu --version | sed -n 's/^Version: *//p') works"; return; fi
+  # Debian 12's criu 3.17 fails on recent kernels (vDSO); build the 4.x upstream tarball that
+  # Debian ships for trixie. The deb-src entry is derived from this machine's own mirror.
+  local src=$PREFIX/src list=/etc/apt/sources.list.d/hpcmig-criu-src.sources uri
+  uri=$(sed -n 's/^URIs: *\(.*debian\/*\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+  [ -n "$uri" ] || uri=$(sed -n 's/^deb \(http[^ ]*\) bookworm .*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n1)
+  [ -n "$uri" ] || die "cannot find the Debian mirror in /etc/apt/sources.list.d/debian.sources"
+  log "building CRIU 4.x from Debian trixie's source package (mirror $uri)"
+  printf 'Types: deb-src\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" >$list
+  mkdir -p "$src"
+  (cd "$src" && apt-get update -qq -o Dir::Etc::sourcelist=$list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 \
+      && apt-get source --download-only -qq criu) || true
+  rm -f $list
+  local tarball; tarball=$(ls -1 "$src"/criu_*.orig.tar.* 2>/dev/null | sort -V | tail -n1)
+  [ -n "$tarball" ] || die "could not download CRIU's source from the Debian mirror"
+  rm -rf "$src/criu-build" && mkdir -p "$src/criu-build"
+  tar -xf "$tarball" -C "$src/criu-build" --strip-components=1
+  make -C "$src/criu-build" -j"$(nproc)" criu >"$src/criu-build.log" 2>&1 || { tail -n 30 "$src/criu-build.log" >&2; die "CRIU build failed (log: $src/criu-build.log)"; }
+  install -m 0755 "$src/criu-build/criu/criu" /usr/local/sbin/criu
+  hash -r
+  criu_ok || die "CRIU was built but 'criu check' fails: $(criu check 2>&1 | tail -n 3)"
+  log "CRIU $(criu --version | sed -n 's/^Version: *//p') installed in /usr/local/sbin"
+}
+
+install_python() {
+  # Debian's python3, not a per-user interpreter: job users must be able to run it.
+  [ -x "$VENV/bin/python" ] || { log "creating $VENV"; /usr/bin/python3 -m venv "$VENV"; }
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  log "installing hpcmig and its dependencies into $VENV"
+  "$VENV/bin/python" -m pip install -q "$HERE[test]"
+  "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$HERE"
+  # mpi4py compiled against each MPI; `hpcmig` puts the matching one on PYTHONPATH.
+  local impl cc
+  for impl in openmpi mpich; do
+    cc=/usr/bin/mpicc.$impl
+    if [ ! -d "$PREFIX/mpi4py/$impl/mpi4py" ]; then
+      log "building mpi4py against $impl"
+      MPICC=$cc "$VENV/bin/python" -m pip install -q --no-binary mpi4py --no-deps --no-cache-dir \
+        --target "$PREFIX/mpi4py/$impl" "mpi4py>=4.0" >/dev/null
+    fi
+  done
+  chmod -R a+rX "$PREFIX"
+  ln -sf "$VENV/bin/hpcmig" /usr/local/bin/hpcmig
+}
+
+action=${1:-install}
+case "$action" in
+  install|demo|test) ;;
+  *) die "unknown action '$action' (expected: install, demo or test)" ;;
+esac
+install_os_packages
+install_criu
+install_python
+case "$action" in
+  demo) exec "$VENV/bin/hpcmig" demo ;;
+  test) cd "$HERE" && exec "$VENV/bin/python" -m pytest -ra tests ;;
+esac
+log "installed; run: hpcmig demo"
