@@ -1,0 +1,127 @@
+"""Talk to Slurm through its commands: read nodes and jobs, drain/resume, requeue, submit.
+
+JSON (`sinfo --json`, `squeue --json`) where the installed Slurm offers it, `scontrol show -o`
+text otherwise; the choice is made once per adapter. Every command goes through `_proc.run`.
+Reason ownership rules live in `reasons.py`; parsing in `parse.py`. pyslurm is not used here:
+its releases match Slurm 25.11 only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+from hpcmig import _proc
+from hpcmig.errors import CommandError, SlurmError, UsageError
+from hpcmig.slurm import parse, reasons
+from hpcmig.slurm.hostlist import compress
+from hpcmig.slurm.parse import JobInfo, NodeInfo
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+            "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+
+
+class Slurm:
+    def __init__(self, use_json: bool | None = None, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        self._json = use_json
+
+    def _run(self, argv: Sequence[str], **kw: object) -> str:
+        try:
+            return _proc.run(list(argv), timeout=self.timeout, **kw).stdout  # type: ignore[arg-type]
+        except CommandError as exc:
+            raise SlurmError(str(exc)) from exc
+
+    @property
+    def uses_json(self) -> bool:
+        if self._json is None:
+            try:
+                parse.nodes_from_json(_proc.run(["sinfo", "--json"], timeout=self.timeout).stdout)
+                self._json = True
+            except (CommandError, SlurmError):
+                self._json = False
+        return self._json
+
+    # -- reading -----------------------------------------------------------------------------
+    def jobs(self, user: str | None = None) -> list[JobInfo]:
+        if self.uses_json:
+            jobs = parse.jobs_from_json(self._run(["squeue", "--json"]))
+        else:
+            jobs = parse.jobs_from_text(self._run(["scontrol", "show", "job", "-o"]))
+        return [j for j in jobs if user is None or j.user == user]
+
+    def job(self, job_id: int) -> JobInfo:
+        for job in self.jobs():
+            if job.job_id == job_id:
+                return job
+        raise SlurmError(f"no job {job_id} in Slurm", "check the id with squeue")
+
+    def nodes(self) -> list[NodeInfo]:
+        if self.uses_json:
+            nodes = parse.nodes_from_json(self._run(["sinfo", "--json"]))
+        else:
+            nodes = parse.nodes_from_text(self._run(["scontrol", "show", "node", "-o"]))
+        return parse.with_jobs(nodes, self.jobs())
+
+    def node(self, name: str) -> NodeInfo:
+        nodes = self.nodes()
+        for node in nodes:
+            if node.name == name:
+                return node
+        known = compress([n.name for n in nodes])
+        raise UsageError(f"unknown node '{name}' (Slurm knows {known})")
+
+    # -- changing ----------------------------------------------------------------------------
+    def drain(self, name: str, reason: str) -> NodeInfo:
+        """DRAIN `name` with an `hpcmig:` reason; a reason someone else set is kept."""
+        node = self.node(name)
+        wanted = reasons.drain_update(node, reason)
+        if wanted is not None:
+            self._run(["scontrol", "update", f"NodeName={name}", "State=DRAIN",
+                       f"Reason={wanted}"])
+        return self.node(name)
+
+    def resume(self, name: str) -> NodeInfo:
+        """Resume `name` if hpcmig drained it; refuse if somebody else did."""
+        node = self.node(name)
+        if reasons.check_resume(node):
+            self._run(["scontrol", "update", f"NodeName={name}", "State=RESUME"])
+        return self.node(name)
+
+    def requeue(self, job_id: int, hold: bool = False) -> None:
+        self._run(["scontrol", "requeuehold" if hold else "requeue", str(job_id)])
+
+    def release(self, job_id: int) -> None:
+        self._run(["scontrol", "release", str(job_id)])
+
+    def set_excluded(self, job_id: int, nodes: Sequence[str]) -> None:
+        """Replace a pending job's excluded node list (Slurm refuses it for running jobs)."""
+        self._run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={compress(list(nodes))}"])
+
+    def submit(self, args: Sequence[str], user: str | None = None, cwd: str | None = None) -> int:
+        """`sbatch --parsable ARGS` (as `user` when running as root); returns the job id."""
+        argv = ["sbatch", "--parsable", *args]
+        if user is not None and os.geteuid() == 0:
+            argv = ["runuser", "-u", user, "--", *argv]
+        out = self._run(argv, cwd=cwd).strip()
+        try:
+            return int(out.split(";", 1)[0])
+        except ValueError as exc:
+            raise SlurmError(f"sbatch printed no job id: {out!r}") from exc
+
+    def cancel(self, job_id: int) -> None:
+        self._run(["scancel", str(job_id)])
+
+    def wait(self, job_id: int, timeout: float = 300.0, states: set[str] | None = None,
+             poll: float = 0.5) -> JobInfo:
+        """Wait until the job reaches one of `states` (default: any terminal state)."""
+        want = states or TERMINAL
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job.state in want:
+                return job
+            if time.monotonic() > deadline:
+                raise SlurmError(f"job {job_id} still {job.state} after {timeout:g}s")
+            time.sleep(poll)

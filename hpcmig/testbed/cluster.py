@@ -1,0 +1,314 @@
+"""`hpcmig testbed up/down/status`: the order of steps, the state file, the readiness checks.
+
+`up` first removes anything a previous run left (crash, kill -9), then builds in order:
+munged, bridge and node namespaces, Slurm configuration, slurmctld, one slurmd and one
+hpcmig-agent per node; it returns when every node is idle in Slurm. Every started pid goes into
+the state file at once. `down` works from the state file when there is one and from the
+fixed naming scheme when there is not, so it always leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcmig import _proc
+from hpcmig.errors import CommandError, MissingDependency, PermissionDenied, TestbedError
+from hpcmig.testbed import daemons, host
+from hpcmig.testbed.plan import MAX_NODES, Plan
+
+Progress = Callable[[str], None]
+REQUIRED_TOOLS = ("slurmctld", "slurmd", "munged", "munge", "sinfo", "scontrol", "ip",
+                  "nsenter", "unshare", "mount", "useradd", "criu")
+INSTALL_HINT = "install everything with: sudo bash scripts/bootstrap.sh install"
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class State:
+    nodes: int
+    procs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, proc: daemons.Proc) -> None:
+        self.procs[proc.name] = {"pid": proc.pid, "match": proc.match}
+
+    def proc(self, name: str) -> daemons.Proc | None:
+        rec = self.procs.get(name)
+        return daemons.Proc(name, rec["pid"], rec["match"]) if rec else None
+
+    def all_procs(self) -> list[daemons.Proc]:
+        return [daemons.Proc(n, r["pid"], r["match"]) for n, r in self.procs.items()]
+
+
+def plan_for(nodes: int) -> Plan:
+    return Plan(nodes_count=nodes, controller_host=socket.gethostname().split(".")[0])
+
+
+def load_state(plan: Plan) -> State | None:
+    try:
+        data = json.loads(plan.state_file.read_text())
+        return State(nodes=int(data["nodes"]), procs=dict(data.get("procs", {})))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_state(plan: Plan, state: State) -> None:
+    plan.base.mkdir(parents=True, exist_ok=True)
+    tmp = plan.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=1))
+    tmp.replace(plan.state_file)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise PermissionDenied(
+            "the testbed needs root (it creates network namespaces and starts Slurm)",
+            "run it with sudo",
+        )
+
+
+def preflight() -> None:
+    require_root()
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise MissingDependency(f"missing programs: {', '.join(missing)}", INSTALL_HINT)
+    try:
+        _proc.run(["criu", "check"], timeout=60)
+    except CommandError as exc:
+        raise MissingDependency(f"CRIU does not work on this kernel: {exc}", INSTALL_HINT) from exc
+
+
+def current_plan() -> Plan | None:
+    """The plan of the running testbed, or None when no testbed is up."""
+    probe = plan_for(2)
+    state = load_state(probe)
+    return plan_for(state.nodes) if state else None
+
+
+# -- up ---------------------------------------------------------------------------------------
+def up(nodes: int, progress: Progress = _quiet) -> Plan:
+    plan = plan_for(nodes)  # validates the node count before anything happens
+    preflight()
+    progress("removing leftovers of earlier runs")
+    down(progress=_quiet)
+    state = State(nodes=nodes)
+    for d in (plan.base, plan.log_dir, plan.run_dir, plan.spool_dir, plan.hosts_file.parent):
+        d.mkdir(parents=True, exist_ok=True)
+    plan.base.chmod(0o755)
+    save_state(plan, state)
+    try:
+        _start_munge(plan, state, progress)
+        _make_network(plan, progress)
+        _write_config(plan, progress)
+        _start_slurm(plan, state, progress)
+        _start_agents(plan, state, progress)
+    except BaseException:
+        progress("start failed; leaving the testbed as it is for inspection (`hpcmig testbed down` removes it)")
+        raise
+    progress(f"testbed up: {nodes} nodes idle")
+    return plan
+
+
+def _start_munge(plan: Plan, state: State, progress: Progress) -> None:
+    progress("starting munged")
+    munge = pwd.getpwnam("munge")
+    key_dir = plan.base / "munge-key"
+    for d, mode in ((plan.munge_dir, 0o755), (key_dir, 0o700)):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chown(d, munge.pw_uid, munge.pw_gid)
+        d.chmod(mode)
+    key = key_dir / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    os.chown(key, munge.pw_uid, munge.pw_gid)
+    key.chmod(0o400)
+    log = str(plan.log_dir / "munged.log")
+    argv = [
+        "runuser", "-u", "munge", "--", "munged", "--foreground",
+        f"--socket={plan.munge_socket}", f"--key-file={key}",
+        f"--pid-file={plan.munge_dir}/munged.pid", f"--log-file={plan.munge_dir}/munged.log",
+        f"--seed-file={plan.munge_dir}/munged.seed",
+    ]
+    proc = daemons.start("munged", argv, match=str(plan.munge_socket), log_path=log)
+    state.add(proc)
+    save_state(plan, state)
+
+    def ready() -> bool:
+        cred = _proc.run(["munge", "-n", "-S", str(plan.munge_socket)], timeout=10).stdout
+        _proc.run(["unmunge", "-S", str(plan.munge_socket)], input=cred, timeout=10)
+        return True
+
+    daemons.wait_for("munged", ready, 20, proc, log)
+
+
+def _make_network(plan: Plan, progress: Progress) -> None:
+    progress(f"creating bridge {plan.bridge} and {plan.nodes_count} node namespaces")
+    host.make_bridge(plan)
+    original_hosts = Path("/etc/hosts").read_text()
+    plan.hosts_file.write_text(plan.hosts(original_hosts))
+    host.make_ns_dir(plan)
+    for node in plan.nodes:
+        host.make_node_netns(plan, node)
+        host.make_node_namespaces(plan, node)
+
+
+def _write_config(plan: Plan, progress: Progress) -> None:
+    progress(f"writing {plan.slurm_etc}/slurm.conf and cgroup.conf")
+    host.write_owned_file(plan.slurm_etc / "slurm.conf", plan.slurm_conf())
+    host.write_owned_file(plan.slurm_etc / "cgroup.conf", plan.cgroup_conf())
+    user = host.ensure_user(plan)
+    progress(f"job user: {user.pw_name} (uid {user.pw_uid}), home {user.pw_dir}")
+
+
+def _start_slurm(plan: Plan, state: State, progress: Progress) -> None:
+    progress("starting slurmctld")
+    (plan.spool_dir / "slurmctld").mkdir(parents=True, exist_ok=True)
+    log = str(plan.log_dir / "slurmctld.out")
+    ctld = daemons.start("slurmctld", ["slurmctld", "-D", "-i"], "slurmctld", log)
+    state.add(ctld)
+    save_state(plan, state)
+    daemons.wait_for(
+        "slurmctld",
+        lambda: "UP" in _proc.run(["scontrol", "ping"], timeout=10, check=False).stdout,
+        30, ctld, str(plan.log_dir / "slurmctld.log"),
+    )
+    for node in plan.nodes:
+        progress(f"starting slurmd on {node.name} ({node.address})")
+        log = str(plan.log_dir / f"slurmd-{node.name}.out")
+        argv = [*plan.nsenter(node), "slurmd", "-D", "-N", node.name]
+        proc = daemons.start(f"slurmd@{node.name}", argv, "slurmd", log)
+        state.add(proc)
+        save_state(plan, state)
+    progress("waiting for every node to be idle in Slurm")
+    names = {n.name for n in plan.nodes}
+
+    def all_idle() -> bool:
+        for node in plan.nodes:
+            p = state.proc(f"slurmd@{node.name}")
+            if p is None or not daemons.alive(p):
+                raise TestbedError(
+                    f"slurmd on {node.name} exited",
+                    f"see {plan.log_dir}/slurmd-{node.name}.log",
+                )
+        out = _proc.run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=10).stdout
+        states = dict(line.split() for line in out.splitlines() if line.strip())
+        return all(states.get(n, "").rstrip("*") == "idle" for n in names)
+
+    daemons.wait_for("slurm nodes", all_idle, 60, None, str(plan.log_dir / "slurmctld.log"))
+
+
+def _start_agents(plan: Plan, state: State, progress: Progress) -> None:
+    for node in plan.nodes:
+        progress(f"starting hpcmig-agent on {node.name}")
+        agent_dir = plan.node_dir(node) / "agent"
+        agent_dir.mkdir(parents=True, exist_ok=True)
+        log = str(plan.log_dir / f"agent-{node.name}.log")
+        argv = [
+            *plan.nsenter(node), sys.executable, "-m", "hpcmig.agent.main",
+            "--node", node.name, "--state-dir", str(agent_dir),
+            "--munge-socket", str(plan.munge_socket),
+        ]
+        proc = daemons.start(f"agent@{node.name}", argv, "hpcmig.agent.main", log)
+        state.add(proc)
+        save_state(plan, state)
+    for node in plan.nodes:
+        beat = plan.node_dir(node) / "agent" / "heartbeat.json"
+        proc = state.proc(f"agent@{node.name}")
+        daemons.wait_for(f"hpcmig-agent on {node.name}", beat.exists, 30, proc,
+                         str(plan.log_dir / f"agent-{node.name}.log"))
+
+
+# -- down -------------------------------------------------------------------------------------
+def down(progress: Progress = _quiet) -> None:
+    require_root()
+    plan = plan_for(MAX_NODES)  # every name the testbed may have used
+    state = load_state(plan)
+    inodes = [
+        inode
+        for node in plan.nodes
+        for path in (plan.netns_path(node), plan.mnt_ns(node))
+        if host.mounted(path) and (inode := host.ns_inode(path)) is not None
+    ]
+    ns_pids = daemons.pids_in_namespaces(inodes)
+    recorded = state.all_procs() if state else []
+    if ns_pids or any(daemons.alive(p) for p in recorded):
+        progress("stopping testbed processes")
+    # Node processes first (slurmd, agents, job steps), then the controller and munged.
+    daemons.kill_pids(ns_pids + [p.pid for p in recorded
+                                 if p.name.startswith(("slurmd@", "agent@")) and daemons.alive(p)])
+    daemons.stop([p for p in recorded if p.name == "slurmctld"])
+    daemons.stop([p for p in recorded if p.name == "munged"])
+    progress("removing namespaces, bridge, mounts and files")
+    for node in plan.nodes:
+        host.remove_node_namespaces(plan, node)
+        host.remove_node_netns(node)
+    host.remove_ns_dir(plan)
+    host.remove_bridge(plan)
+    host.remove_owned_file(plan.slurm_etc / "slurm.conf")
+    host.remove_owned_file(plan.slurm_etc / "cgroup.conf")
+    host.remove_user(plan)
+    host.remove_tree(plan.base)
+
+
+# -- status -----------------------------------------------------------------------------------
+@dataclass
+class NodeStatus:
+    name: str
+    address: str
+    netns: bool
+    slurmd: bool
+    agent: bool
+    slurm_state: str
+    agent_age: float | None
+
+
+def status() -> tuple[Plan, State, list[NodeStatus], dict[str, bool]] | None:
+    plan = current_plan()
+    if plan is None:
+        return None
+    state = load_state(plan)
+    assert state is not None
+    slurm_states: dict[str, str] = {}
+    try:
+        out = _proc.run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=10).stdout
+        slurm_states = dict(line.split() for line in out.splitlines() if line.strip())
+    except (CommandError, MissingDependency):
+        pass
+    netns = set(host.netns_list())
+    nodes = []
+    for node in plan.nodes:
+        slurmd = state.proc(f"slurmd@{node.name}")
+        agent = state.proc(f"agent@{node.name}")
+        beat = plan.node_dir(node) / "agent" / "heartbeat.json"
+        age = time.time() - beat.stat().st_mtime if beat.exists() else None
+        nodes.append(NodeStatus(
+            name=node.name, address=node.address, netns=node.netns in netns,
+            slurmd=bool(slurmd and daemons.alive(slurmd)),
+            agent=bool(agent and daemons.alive(agent)),
+            slurm_state=slurm_states.get(node.name, "unknown"), agent_age=age,
+        ))
+    central = {name: bool((p := state.proc(name)) and daemons.alive(p))
+               for name in ("munged", "slurmctld")}
+    return plan, state, nodes, central
+
+
+def healthy() -> bool:
+    result = status()
+    if result is None:
+        return False
+    _, _, nodes, central = result
+    return all(central.values()) and all(
+        n.netns and n.slurmd and n.agent and n.slurm_state.rstrip("*") in ("idle", "mixed", "allocated")
+        for n in nodes
+    )
