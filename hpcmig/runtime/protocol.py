@@ -68,8 +68,12 @@ def encode_frame(kind: Kind, payload: bytes = b"") -> bytes:
     return HEADER.pack(int(kind), len(payload)) + payload
 
 
+def int_payload(value: int) -> bytes:
+    return struct.pack(">i", value)
+
+
 def int_frame(kind: Kind, value: int) -> bytes:
-    return encode_frame(kind, struct.pack(">i", value))
+    return encode_frame(kind, int_payload(value))
 
 
 def frame_int(frame: Frame) -> int:
@@ -140,7 +144,7 @@ class ExecRequest:
         return req
 
     def validate(self) -> None:
-        _expect(isinstance(self.argv, list) and self.argv, "argv must be a non-empty list")
+        _expect(isinstance(self.argv, list) and bool(self.argv), "argv must be a non-empty list")
         _expect(all(isinstance(a, str) and "\0" not in a for a in self.argv),
                 "argv entries must be strings without NUL")
         _expect(isinstance(self.target, str), "target must be a string")

@@ -1,0 +1,130 @@
+"""Apply virtual-network plans to one node's network namespace.
+
+Design note: the only module of hpcmig.network with effects. `NodeNet` runs the steps of
+`hpcmig.network.plan` through `_proc`, in the calling process's network namespace (the agent,
+which runs in its node's) or, for tests and the testbed, in a named one via
+`nsenter --net=` (never `ip netns exec`: it makes a mount namespace, which CRIU cannot dump
+around). Creation is all-or-nothing (a failed create removes what it made); removal is
+idempotent (objects already gone are fine). It decides nothing: which node hosts which
+address is the caller's (agent's, controller's) knowledge.
+"""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Network
+
+from hpcmig import _proc
+from hpcmig.errors import CommandError, HpcmigError
+from hpcmig.network import plan
+from hpcmig.network.plan import ContainerNet, Step
+
+_GONE = ("Cannot find device", "No such file", "No such process", "not found",
+         "does not exist", "No such file or directory", "Invalid argument")
+
+
+class NetworkError(HpcmigError):
+    """The virtual network could not be set up or changed on this node."""
+
+
+class NodeNet:
+    """The virtual network as seen from one node (its network namespace)."""
+
+    def __init__(self, netns: str | None = None, timeout: float = 30.0) -> None:
+        self.netns = netns  # name or path of the node's netns; None: our own
+        self.timeout = timeout
+
+    def _prefix(self) -> list[str]:
+        if self.netns is None:
+            return []
+        path = self.netns if self.netns.startswith("/") else f"{plan.NETNS_DIR}/{self.netns}"
+        return ["nsenter", f"--net={path}"]
+
+    def run(self, step: Step, *, input: str | None = None, tolerate_gone: bool = False) -> str:
+        try:
+            return _proc.run([*self._prefix(), *step], timeout=self.timeout, input=input).stdout
+        except CommandError as exc:
+            if tolerate_gone and any(g in exc.stderr for g in _GONE):
+                return ""
+            raise NetworkError(f"{exc}", hint=self._hint(step)) from None
+
+    def _hint(self, step: Step) -> str | None:
+        if step[:1] == ["nft"]:
+            return "is nftables installed and the kernel's nf_tables available?"
+        return "run as root; `ip netns list` and `ip link` show leftovers"
+
+    def run_all(self, steps: list[Step], tolerate_gone: bool = False) -> None:
+        for step in steps:
+            self.run(step, tolerate_gone=tolerate_gone)
+
+    # -- containers -----------------------------------------------------------------------
+    def enable_forwarding(self) -> None:
+        self.run_all(plan.forwarding_plan())
+
+    def create_container_net(self, net: ContainerNet) -> ContainerNet:
+        """Make the container's netns + veth and route its /32 here; undo on failure."""
+        self.enable_forwarding()
+        try:
+            self.run_all(plan.create_plan(net))
+        except HpcmigError:
+            self.remove_container_net(net)
+            raise
+        return net
+
+    def remove_container_net(self, net: ContainerNet) -> None:
+        """Remove the veth, the netns and the /32 route (blackhole included). Idempotent."""
+        for step in plan.remove_plan(net):
+            self.run(step, tolerate_gone=True)
+
+    def point_local(self, net: ContainerNet) -> None:
+        """Route the /32 to the container's veth here (lifts a blackhole)."""
+        self.run_all(plan.local_route_plan(net))
+
+    def route_via(self, address: IPv4Address | str, via: IPv4Address | str) -> None:
+        """This node does not host the address: send it to the node that does."""
+        self.run_all(plan.remote_route_plan(address, via))
+
+    def unroute(self, address: IPv4Address | str) -> None:
+        self.run_all(plan.unroute_plan(address), tolerate_gone=True)
+
+    def blackhole(self, address: IPv4Address | str) -> None:
+        """Migration network lock: drop packets to the address silently on this node."""
+        self.run_all(plan.blackhole_plan(address))
+
+    def route_of(self, address: IPv4Address | str) -> dict[str, object] | None:
+        """This node's route for address/32 as iproute2 JSON (None: no such route)."""
+        out = self.run(["ip", "-j", "route", "show", "table", "all",
+                        f"{IPv4Address(str(address))}/32"])
+        routes = json.loads(out or "[]")
+        exact = [r for r in routes if r.get("dst") == str(IPv4Address(str(address)))]
+        return exact[0] if exact else None
+
+    # -- isolation ------------------------------------------------------------------------
+    def install_isolation(self, pool: IPv4Network) -> None:
+        """Idempotent: (re)load the nft table that keeps jobs apart; keeps allowed blocks."""
+        self.run(["nft", "-f", "-"], input=plan.isolation_script(pool))
+
+    def allow_job(self, block: IPv4Network) -> None:
+        """Containers inside `block` may reach each other through this node."""
+        self.run_all(plan.allow_job_plan(block))
+
+    def forbid_job(self, block: IPv4Network) -> None:
+        self.run_all(plan.forbid_job_plan(block), tolerate_gone=True)
+
+    def remove_isolation(self) -> None:
+        self.run_all(plan.remove_isolation_plan(), tolerate_gone=True)
+
+    def allowed_blocks(self) -> list[IPv4Network]:
+        """Job blocks currently in the isolation set (for status and tests)."""
+        try:
+            out = self.run(["nft", "-j", "list", "set", "ip", plan.NFT_TABLE, plan.NFT_SET])
+        except NetworkError:
+            return []
+        blocks: list[IPv4Network] = []
+        for item in json.loads(out).get("nftables", []):
+            for elem in item.get("set", {}).get("elem", []):
+                first = elem["concat"][0] if isinstance(elem, dict) else elem
+                if isinstance(first, dict) and "prefix" in first:
+                    p = first["prefix"]
+                    blocks.append(IPv4Network(f"{p['addr']}/{p['len']}"))
+        return blocks

@@ -1,0 +1,158 @@
+"""Plans for the virtual network: the exact `ip`/`nft` commands, computed without running them.
+
+Design note: pure functions only. Each returns the argv lists (or nft script) that
+`hpcmig.network.node` runs in one node's network namespace, so the layout is reviewable and
+unit-tested without root. The layout (PLATFORM.md, "Container gateway without an address on
+the host"): the container's eth0 carries its /32, a permanent neighbour 169.254.1.1 with the
+host-side veth's MAC, an onlink route to it and the default route via it; the host-side veth
+carries NO address, and the hosting node routes the /32 to the veth; other nodes route the
+/32 via the hosting node's address. MACs derive from the address, so a container restored
+elsewhere gets the same link layer. Isolation is one nft table: forwarded traffic between two
+addresses of the same job block is accepted, anything else from or to the pool is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+GATEWAY = "169.254.1.1"
+NFT_TABLE = "hpcmig"
+NFT_SET = "intra"
+NETNS_DIR = "/run/netns"
+Step = list[str]
+
+
+@dataclass(frozen=True)
+class ContainerNet:
+    """The network identity of one container on its hosting node."""
+
+    address: IPv4Address
+    netns: str  # name under /run/netns
+
+    @property
+    def netns_path(self) -> str:
+        return f"{NETNS_DIR}/{self.netns}"
+
+    @property
+    def host_veth(self) -> str:
+        return "hmv" + self.address.packed.hex()  # 11 chars, unique per address
+
+    @property
+    def peer_veth(self) -> str:  # the container end, renamed eth0 once moved
+        return "hmc" + self.address.packed.hex()
+
+    @property
+    def host_mac(self) -> str:
+        return _mac(0x68, self.address)
+
+    @property
+    def container_mac(self) -> str:
+        return _mac(0x63, self.address)
+
+
+def _mac(tag: int, address: IPv4Address) -> str:
+    # 02: locally administered unicast; tag tells host side ('h') from container side ('c')
+    return ":".join(f"{b:02x}" for b in bytes([0x02, tag]) + address.packed)
+
+
+def container_net(address: IPv4Address | str, netns: str | None = None) -> ContainerNet:
+    """Network identity for a container; netns defaults to hpcmig-<address>."""
+    addr = IPv4Address(str(address))
+    return ContainerNet(addr, netns or f"hpcmig-{addr}")
+
+
+def forwarding_plan() -> list[Step]:
+    return [["sysctl", "-qw", "net.ipv4.ip_forward=1"]]
+
+
+def create_plan(net: ContainerNet) -> list[Step]:
+    """Make the netns and veth, address the container side, route the /32 to it here."""
+    ns = net.netns
+    addr = str(net.address)
+    inside = ["ip", "-n", ns]
+    return [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", net.host_veth, "address", net.host_mac, "type", "veth",
+         "peer", "name", net.peer_veth, "address", net.container_mac, "netns", ns],
+        [*inside, "link", "set", net.peer_veth, "name", "eth0"],
+        [*inside, "link", "set", "lo", "up"],
+        [*inside, "addr", "add", f"{addr}/32", "dev", "eth0"],
+        [*inside, "link", "set", "eth0", "up"],
+        [*inside, "neigh", "replace", GATEWAY, "lladdr", net.host_mac, "dev", "eth0",
+         "nud", "permanent"],
+        [*inside, "route", "replace", f"{GATEWAY}/32", "dev", "eth0", "scope", "link"],
+        [*inside, "route", "replace", "default", "via", GATEWAY, "dev", "eth0", "onlink"],
+        ["ip", "link", "set", net.host_veth, "up"],
+        ["ip", "neigh", "replace", addr, "lladdr", net.container_mac, "dev", net.host_veth,
+         "nud", "permanent"],
+        *local_route_plan(net),
+    ]
+
+
+def remove_plan(net: ContainerNet) -> list[Step]:
+    """Undo create_plan (each step may find its object already gone)."""
+    return [
+        ["ip", "route", "del", f"{net.address}/32"],
+        ["ip", "link", "del", net.host_veth],
+        ["ip", "netns", "del", net.netns],
+    ]
+
+
+def local_route_plan(net: ContainerNet) -> list[Step]:
+    """Route the /32 to the container's veth on its hosting node (also: lift a blackhole)."""
+    return [["ip", "route", "replace", f"{net.address}/32", "dev", net.host_veth]]
+
+
+def remote_route_plan(address: IPv4Address | str, via: IPv4Address | str) -> list[Step]:
+    """On a node that does not host it: the /32 goes to the hosting node."""
+    return [["ip", "route", "replace", f"{IPv4Address(str(address))}/32",
+             "via", str(IPv4Address(str(via)))]]
+
+
+def unroute_plan(address: IPv4Address | str) -> list[Step]:
+    return [["ip", "route", "del", f"{IPv4Address(str(address))}/32"]]
+
+
+def blackhole_plan(address: IPv4Address | str) -> list[Step]:
+    """The migration network lock: packets to the container vanish silently, peers retransmit
+    (PLATFORM.md: CRIU's own lock made peers see RSTs)."""
+    return [["ip", "route", "replace", "blackhole", f"{IPv4Address(str(address))}/32"]]
+
+
+def isolation_script(pool: IPv4Network) -> str:
+    """nft script installing (idempotently, atomically) the job-isolation table; keeps the
+    set of job blocks when re-run."""
+    t = f"ip {NFT_TABLE}"
+    return "\n".join([
+        f"add table {t}",
+        f"add set {t} {NFT_SET} {{ type ipv4_addr . ipv4_addr; flags interval; }}",
+        f"add chain {t} forward {{ type filter hook forward priority filter; policy accept; }}",
+        f"flush chain {t} forward",
+        f"add rule {t} forward ip saddr . ip daddr @{NFT_SET} accept",
+        f"add rule {t} forward ip saddr {pool} drop",
+        f"add rule {t} forward ip daddr {pool} drop",
+        "",
+    ])
+
+
+def _element(block: IPv4Network) -> str:
+    return f"{{ {block} . {block} }}"
+
+
+def allow_job_plan(block: IPv4Network) -> list[Step]:
+    return [["nft", "add", "element", "ip", NFT_TABLE, NFT_SET, _element(block)]]
+
+
+def forbid_job_plan(block: IPv4Network) -> list[Step]:
+    return [["nft", "delete", "element", "ip", NFT_TABLE, NFT_SET, _element(block)]]
+
+
+def remove_isolation_plan() -> list[Step]:
+    return [["nft", "delete", "table", "ip", NFT_TABLE]]
+
+
+def hosts_file(entries: Iterable[tuple[IPv4Address | str, str]]) -> str:
+    """Text of the hosts file `hpcmig-rsh` reads ($HPCMIG_HOSTS): `addr name` per line."""
+    return "".join(f"{IPv4Address(str(a))} {name}\n" for a, name in entries)

@@ -1,0 +1,156 @@
+"""The `ns` runtime: a container is PID+UTS+IPC namespaces around hpcmig's init.
+
+Design note: this backend owns starting, finding and stopping container inits on this node.
+A container shares the node's mount namespace and root (image None), and joins a network
+namespace made beforehand by `hpcmig.network` (so CRIU sees it as external). Starting runs
+`python -m hpcmig.runtime.init launch SPEC.json` through `_proc` and returns once the init
+serves exec requests. It does not make or remove network namespaces, and never signals a pid
+without first checking that the pid is still this container's init.
+
+The init's parent exits right after the launch, so the init is reparented to the nearest
+child subreaper, else the node's PID 1: the agent should call `become_subreaper()` once at
+start so that it reaps stopped inits (a zombie init counts as stopped here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+
+from hpcmig import _proc
+from hpcmig.errors import HpcmigError, UsageError
+from hpcmig.runtime import _linux
+from hpcmig.runtime.base import Container, ContainerSpec, Runtime, register
+
+INIT_MODULE = "hpcmig.runtime.init"
+LAUNCH_TIMEOUT = 60.0
+
+
+class ContainerError(HpcmigError):
+    """A container could not be started or stopped."""
+
+
+def become_subreaper() -> None:
+    """Make the calling process (the agent) reap container inits it started."""
+    _linux.set_child_subreaper(True)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _state(pid: int) -> str | None:
+    """The one-letter state of pid (R, S, Z, ...), None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _is_init_of(pid: int, spec_path: str) -> bool:
+    argv = _cmdline(pid)
+    return INIT_MODULE in argv and spec_path in argv
+
+
+def _alive(pid: int, spec_path: str) -> bool:
+    return _state(pid) not in (None, "Z", "X") and _is_init_of(pid, spec_path)
+
+
+def find_inits(state_dir: str = "/run/hpcmig/containers") -> dict[str, int]:
+    """{container name: init pid} of live inits on this node (e.g. after an agent restart)."""
+    found: dict[str, int] = {}
+    prefix = os.path.join(state_dir, "")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        argv = _cmdline(int(entry))
+        if INIT_MODULE in argv and argv[-1].startswith(prefix) and _state(int(entry)) != "Z":
+            found[os.path.basename(os.path.dirname(argv[-1]))] = int(entry)
+    return found
+
+
+@register("ns")
+class NsRuntime(Runtime):
+    required_tools = ("nsenter",)
+
+    def _spec_path(self, spec: ContainerSpec) -> str:
+        return os.path.join(spec.state_dir, spec.name, "spec.json")
+
+    def start(self, spec: ContainerSpec) -> Container:
+        spec.validate()
+        self.check_available()
+        if spec.image is not None:
+            raise UsageError(
+                f"container {spec.name}: the ns runtime runs on the host root only",
+                hint="leave image unset (None) for now; images come with the lxc runtime",
+            )
+        if os.geteuid() != 0:
+            raise ContainerError("starting a container needs root", hint="run as root")
+        if not os.path.exists(spec.netns):
+            raise ContainerError(
+                f"container {spec.name}: network namespace {spec.netns} does not exist",
+                hint="create it first with hpcmig.network.create_container_net",
+            )
+        spec_path = self._spec_path(spec)
+        running = find_inits(spec.state_dir)
+        if spec.name in running:
+            raise ContainerError(
+                f"container {spec.name} is already running (init pid {running[spec.name]})",
+                hint="stop it first, or choose another name",
+            )
+        os.makedirs(os.path.dirname(spec_path), mode=0o700, exist_ok=True)
+        tmp = spec_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(spec.to_json(), fh)
+        os.replace(tmp, spec_path)
+        try:
+            result = _proc.run([sys.executable, "-m", INIT_MODULE, "launch", spec_path],
+                               timeout=LAUNCH_TIMEOUT)
+        except HpcmigError as exc:
+            shutil.rmtree(os.path.dirname(spec_path), ignore_errors=True)
+            raise ContainerError(f"container {spec.name} did not start: {exc}",
+                                 hint=f"see {os.path.dirname(spec_path)}/init.log") from None
+        return Container.from_json(json.loads(result.stdout))
+
+    def is_running(self, container: Container) -> bool:
+        return _alive(container.init_pid, self._spec_path(container.spec))
+
+    def stop(self, container: Container, grace: float | None = None) -> None:
+        """SIGTERM the init (it forwards, waits `stop_grace`, kills the rest), then SIGKILL
+        it if it is still there after `grace` + 5 s. Removes the state directory."""
+        spec_path = self._spec_path(container.spec)
+        pid = container.init_pid
+        wait = (container.spec.stop_grace if grace is None else grace) + 5.0
+        if _alive(pid, spec_path):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + wait
+            while _alive(pid, spec_path) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if _alive(pid, spec_path):
+                os.kill(pid, signal.SIGKILL)  # kills the whole PID namespace
+                deadline = time.monotonic() + 10.0
+                while _alive(pid, spec_path) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            if _alive(pid, spec_path):
+                raise ContainerError(f"container {container.name}: init {pid} survived SIGKILL")
+        _reap_if_child(pid)
+        shutil.rmtree(os.path.dirname(spec_path), ignore_errors=True)
+
+    def enter_argv(self, container: Container) -> list[str]:
+        """nsenter prefix to run a command as root in the container (not the job's user)."""
+        return ["nsenter", "-t", str(container.init_pid), "--pid", "--uts", "--ipc", "--net"]
+
+
+def _reap_if_child(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
