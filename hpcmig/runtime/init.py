@@ -38,6 +38,7 @@ from hpcmig.runtime.base import RLIMIT_NAMES, Container, ContainerSpec
 
 log = logging.getLogger("hpcmig.runtime.init")
 READY_TIMEOUT = 20.0
+FLUSH_SECONDS = 2.0  # after the last child: time to send the clients their EXIT frames
 FORWARD_ONLY = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 STOPPING = (signal.SIGTERM, signal.SIGINT)
 Callback = Callable[[int, int], None]
@@ -155,7 +156,7 @@ class Init:
             timeout = None
             if self.stop_deadline is not None:
                 timeout = max(0.0, self.stop_deadline - time.monotonic()) if not self.killed \
-                    else 0.5
+                    else 0.1
             for key, mask in self.sel.select(timeout):
                 key.data(key.fd, mask)
             self._handle_signals()
@@ -164,6 +165,9 @@ class Init:
             if self.stop_deadline is None:
                 continue
             if not children:
+                if self.sessions and time.monotonic() < self.stop_deadline + FLUSH_SECONDS:
+                    self.killed = True  # keeps the select timeout short while we flush
+                    continue  # let sessions send their EXIT frames
                 log.info("stopped: no process left in the container")
                 return 0
             if not self.killed and time.monotonic() >= self.stop_deadline:
