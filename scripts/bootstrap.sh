@@ -89,16 +89,10 @@ install_python() {
   log "installing hpcmig and its dependencies into $VENV"
   "$VENV/bin/python" -m pip install -q "$HERE[test]"
   "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$HERE"
-  # mpi4py compiled against each MPI; `hpcmig` puts the matching one on PYTHONPATH.
-  local impl cc
-  for impl in openmpi mpich; do
-    cc=/usr/bin/mpicc.$impl
-    if [ ! -d "$PREFIX/mpi4py/$impl/mpi4py" ]; then
-      log "building mpi4py against $impl"
-      MPICC=$cc "$VENV/bin/python" -m pip install -q --no-binary mpi4py --no-deps --no-cache-dir \
-        --target "$PREFIX/mpi4py/$impl" "mpi4py>=4.0" >/dev/null
-    fi
-  done
+  # mpi4py's MPICH-ABI module links libmpi.so.12; Debian names MPICH's library libmpich.so.12.
+  local multiarch; multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
+  mkdir -p "$PREFIX/lib/mpich"
+  ln -sf "/usr/lib/$multiarch/libmpich.so.12" "$PREFIX/lib/mpich/libmpi.so.12"
   chmod -R a+rX "$PREFIX"
   ln -sf "$VENV/bin/hpcmig" /usr/local/bin/hpcmig
 }

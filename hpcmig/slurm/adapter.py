@@ -85,9 +85,16 @@ class Slurm:
     def resume(self, name: str) -> NodeInfo:
         """Resume `name` if hpcmig drained it; refuse if somebody else did."""
         node = self.node(name)
-        if reasons.check_resume(node):
-            self._run(["scontrol", "update", f"NodeName={name}", "State=RESUME"])
-        return self.node(name)
+        if not reasons.check_resume(node):
+            return node
+        self._run(["scontrol", "update", f"NodeName={name}", "State=RESUME"])
+        # slurmctld marks a resumed node NOT_RESPONDING until its next ping (about a second).
+        deadline = time.monotonic() + 15
+        while True:
+            node = self.node(name)
+            if "NOT_RESPONDING" not in node.flags or time.monotonic() > deadline:
+                return node
+            time.sleep(0.3)
 
     def requeue(self, job_id: int, hold: bool = False) -> None:
         self._run(["scontrol", "requeuehold" if hold else "requeue", str(job_id)])

@@ -135,7 +135,9 @@ def _start_munge(plan: Plan, state: State, progress: Progress) -> None:
     key.chmod(0o400)
     log = str(plan.log_dir / "munged.log")
     argv = [
-        "runuser", "-u", "munge", "--", "munged", "--foreground",
+        # setpriv execs (runuser would fork and leave munged orphaned if killed)
+        "setpriv", f"--reuid={munge.pw_uid}", f"--regid={munge.pw_gid}", "--clear-groups",
+        "munged", "--foreground",
         f"--socket={plan.munge_socket}", f"--key-file={key}",
         f"--pid-file={plan.munge_dir}/munged.pid", f"--log-file={plan.munge_dir}/munged.log",
         f"--seed-file={plan.munge_dir}/munged.seed",
@@ -242,6 +244,8 @@ def down(progress: Progress = _quiet) -> None:
     ]
     ns_pids = daemons.pids_in_namespaces(inodes)
     recorded = state.all_procs() if state else []
+    # Strays whose command line names the testbed's tree (a lost state file, an old run).
+    ns_pids += daemons.pids_matching(str(plan.base))
     if ns_pids or any(daemons.alive(p) for p in recorded):
         progress("stopping testbed processes")
     # Node processes first (slurmd, agents, job steps), then the controller and munged.

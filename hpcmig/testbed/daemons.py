@@ -63,6 +63,13 @@ def pids_in_namespaces(inodes: Iterable[int], kinds: tuple[str, ...] = ("net", "
     return found
 
 
+def pids_matching(text: str) -> list[int]:
+    """Pids of live processes whose command line contains `text`."""
+    me = os.getpid()
+    return [int(e) for e in os.listdir("/proc")
+            if e.isdigit() and int(e) != me and text in (cmdline(int(e)) or "")]
+
+
 def kill_pids(pids: Iterable[int], grace: float = 5.0) -> None:
     """SIGTERM, wait up to `grace` seconds, then SIGKILL whatever is left."""
     pending = {p for p in pids if cmdline(p) is not None}

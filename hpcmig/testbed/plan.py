@@ -160,7 +160,8 @@ class Plan:
             "SlurmdUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
-            f"AuthInfo=socket={self.munge_socket}",
+            # cred_expire also delays a requeued job's restart (default 120 s)
+            f"AuthInfo=socket={self.munge_socket},cred_expire=20",
             f"StateSaveLocation={self.spool_dir}/slurmctld",
             f"SlurmdSpoolDir={self.spool_dir}/slurmd-%n",
             f"SlurmctldPidFile={self.run_dir}/slurmctld.pid",

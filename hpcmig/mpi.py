@@ -1,0 +1,89 @@
+"""The MPI implementations hpcmig launches, and the environment each needs.
+
+Debian ships Open MPI (PMIx, `srun --mpi=pmix`) and MPICH (ch4:ucx, PMI via `srun --mpi=pmi2`).
+mpi4py's wheel carries a module for each ABI and picks one from `MPI4PY_LIBMPI`. Transports
+are TCP on the node's (or container's) eth0: the settings PLATFORM.md verified. Pure data.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from dataclasses import dataclass, field
+
+from hpcmig.errors import MissingDependency, UsageError
+
+PREFIX = os.environ.get("HPCMIG_PREFIX", "/opt/hpcmig")
+
+
+def _libdirs() -> list[str]:
+    multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+    return [f"/usr/lib/{multiarch}", "/usr/lib64", "/usr/lib"]
+
+
+@dataclass(frozen=True)
+class Flavour:
+    name: str
+    libmpi: str  # soname mpi4py should load
+    srun_mpi: str  # value for `srun --mpi=`
+    mpiexec: str  # this implementation's own launcher
+    env: dict[str, str] = field(default_factory=dict)
+    shim: str | None = None  # a directory with the soname mpi4py's module links against
+
+    def libmpi_path(self) -> str:
+        for d in _libdirs():
+            path = os.path.join(d, self.libmpi)
+            if os.path.exists(path):
+                return path
+        raise MissingDependency(
+            f"{self.name}: {self.libmpi} not found",
+            "install it with: sudo bash scripts/bootstrap.sh install",
+        )
+
+    def environment(self, interface: str = "eth0") -> dict[str, str]:
+        """Variables a rank of this flavour needs (mpi4py's ABI choice and TCP transports)."""
+        env = {k: v.replace("{if}", interface) for k, v in self.env.items()}
+        env["MPI4PY_LIBMPI"] = self.libmpi_path()
+        if self.shim:
+            shim = os.path.join(PREFIX, self.shim)
+            if not os.path.isdir(shim):
+                raise MissingDependency(
+                    f"{self.name}: {shim} is missing",
+                    "install it with: sudo bash scripts/bootstrap.sh install",
+                )
+            env["LD_LIBRARY_PATH"] = shim
+        return env
+
+
+FLAVOURS: dict[str, Flavour] = {
+    "openmpi": Flavour(
+        name="openmpi",
+        libmpi="libmpi.so.40",
+        srun_mpi="pmix",
+        mpiexec="mpiexec.openmpi",
+        env={
+            "OMPI_MCA_btl": "self,tcp",
+            "OMPI_MCA_btl_tcp_if_include": "{if}",
+            "OMPI_MCA_oob_tcp_if_include": "{if}",
+            "OMPI_MCA_pml": "ob1",
+            "PMIX_MCA_gds": "hash",
+        },
+    ),
+    "mpich": Flavour(
+        name="mpich",
+        libmpi="libmpich.so.12",
+        srun_mpi="pmi2",
+        mpiexec="mpiexec.mpich",
+        env={"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "{if}"},
+        shim="lib/mpich",
+    ),
+}
+
+
+def flavour(name: str) -> Flavour:
+    try:
+        return FLAVOURS[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown MPI '{name}' (choose from {', '.join(sorted(FLAVOURS))})"
+        ) from None
