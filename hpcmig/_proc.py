@@ -8,6 +8,7 @@ This module must not know about Slurm, namespaces or anything else it runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -29,10 +30,8 @@ class Result:
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def run(
@@ -63,7 +62,9 @@ def run(
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         out, err = proc.communicate()
-        raise CommandError(args, None, out or "", err or "", timed_out=True, timeout=timeout) from None
+        raise CommandError(
+            args, None, out or "", err or "", timed_out=True, timeout=timeout
+        ) from None
     except BaseException:
         _kill_group(proc)
         proc.wait()

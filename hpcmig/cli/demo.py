@@ -14,7 +14,7 @@ import time
 from rich.console import Console
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run an MPI job on the built-in testbed and show the result")
     p.add_argument("--nodes", type=int, default=3, help="testbed nodes, 2 to 8 (default 3)")
     p.add_argument("--mpi", choices=["openmpi", "mpich"], default="openmpi")

@@ -12,7 +12,7 @@ from rich.table import Table
 from hpcmig.errors import TestbedError, UsageError
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("testbed", help="a real Slurm cluster in network namespaces on this machine")
     tb = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     upp = tb.add_parser("up", help="build the testbed (removes leftovers of earlier runs first)")
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     return exec_on_node(cluster, args.node, args.command)
 
 
-def print_status(cluster) -> int:  # type: ignore[no-untyped-def]
+def print_status(cluster) -> int:
     result = cluster.status()
     if result is None:
         print("testbed: down")
@@ -70,7 +70,7 @@ def _ok(flag: bool) -> str:
     return "up" if flag else "DOWN"
 
 
-def exec_on_node(cluster, node: str, command: list[str]) -> int:  # type: ignore[no-untyped-def]
+def exec_on_node(cluster, node: str, command: list[str]) -> int:
     plan = cluster.current_plan()
     if plan is None:
         raise TestbedError("the testbed is not up", "start it with: hpcmig testbed up")

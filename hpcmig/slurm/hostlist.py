@@ -14,7 +14,9 @@ _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
 
 def _split_top(expr: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    depth = 0
+    cur: list[str] = []
     for ch in expr:
         if ch == "[":
             depth += 1
@@ -78,12 +80,12 @@ def compress(names: list[str]) -> str:
             order.append(key)
         groups[key].append(int(digits))
     out: list[str] = []
-    for key in order:
-        if isinstance(key, str):
-            out.append(key)
+    for entry in order:
+        if isinstance(entry, str):
+            out.append(entry)
             continue
-        prefix, width = key
-        nums = sorted(set(groups[key]))
+        prefix, width = entry
+        nums = sorted(set(groups[entry]))
         if len(nums) == 1:
             out.append(f"{prefix}{nums[0]:0{width}d}")
             continue

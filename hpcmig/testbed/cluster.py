@@ -115,7 +115,8 @@ def up(nodes: int, progress: Progress = _quiet) -> Plan:
         _start_slurm(plan, state, progress)
         _start_agents(plan, state, progress)
     except BaseException:
-        progress("start failed; leaving the testbed as it is for inspection (`hpcmig testbed down` removes it)")
+        progress("start failed; the testbed is left for inspection "
+                 "(`hpcmig testbed down` removes it)")
         raise
     progress(f"testbed up: {nodes} nodes idle")
     return plan
@@ -226,8 +227,8 @@ def _start_agents(plan: Plan, state: State, progress: Progress) -> None:
         save_state(plan, state)
     for node in plan.nodes:
         beat = plan.node_dir(node) / "agent" / "heartbeat.json"
-        proc = state.proc(f"agent@{node.name}")
-        daemons.wait_for(f"hpcmig-agent on {node.name}", beat.exists, 30, proc,
+        agent = state.proc(f"agent@{node.name}")
+        daemons.wait_for(f"hpcmig-agent on {node.name}", beat.exists, 30, agent,
                          str(plan.log_dir / f"agent-{node.name}.log"))
 
 
@@ -313,6 +314,7 @@ def healthy() -> bool:
         return False
     _, _, nodes, central = result
     return all(central.values()) and all(
-        n.netns and n.slurmd and n.agent and n.slurm_state.rstrip("*") in ("idle", "mixed", "allocated")
+        n.netns and n.slurmd and n.agent
+        and n.slurm_state.rstrip("*") in ("idle", "mixed", "allocated")
         for n in nodes
     )

@@ -8,6 +8,7 @@ or ones living inside the testbed's own node namespaces. Nothing here decides or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -74,19 +75,15 @@ def kill_pids(pids: Iterable[int], grace: float = 5.0) -> None:
     """SIGTERM, wait up to `grace` seconds, then SIGKILL whatever is left."""
     pending = {p for p in pids if cmdline(p) is not None}
     for pid in pending:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + grace
     while pending and time.monotonic() < deadline:
         pending = {p for p in pending if cmdline(p) is not None}
         time.sleep(0.1)
     for pid in pending:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + 5
     while pending and time.monotonic() < deadline:
         pending = {p for p in pending if cmdline(p) is not None}

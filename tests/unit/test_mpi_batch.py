@@ -29,6 +29,9 @@ def test_expected_checksum_matches_a_direct_simulation() -> None:
     # Two ranks, two rounds, by hand: v0=[0,1], v1=[7919,7920]
     v0, v1 = [0, 1], [7919, 7920]
     for _ in range(2):
-        v0, v1 = [a + b for a, b in zip(v0, v1)], [a + b for a, b in zip(v1, v0)]
+        v0, v1 = (
+            [a + b for a, b in zip(v0, v1, strict=True)],
+            [a + b for a, b in zip(v1, v0, strict=True)],
+        )
     assert ring.expected(2, 2, 2) == sum(v0) + sum(v1)
     assert ring.expected(3, 16, 4) != ring.expected(4, 16, 4)

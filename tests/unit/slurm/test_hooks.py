@@ -1,0 +1,23 @@
+import pytest
+
+from hpcmig.slurm import hooks
+
+
+@pytest.mark.parametrize(
+    ("comment", "opts"),
+    [
+        ("hpcmig", {}),
+        ("hpcmig:image=app.sif,spares=1", {"image": "app.sif", "spares": "1"}),
+        ("", None),
+        ("hpcmigrate", None),
+        ("my own comment", None),
+    ],
+)
+def test_opt_in_comes_only_from_an_hpcmig_comment(comment: str, opts: object) -> None:
+    assert hooks.parse_opt_in(comment) == opts
+
+
+def test_hooks_leave_jobs_that_did_not_ask_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setattr(hooks, "job_comment", lambda job_id: "just a comment")
+    assert hooks.prolog_main() == 0 and hooks.epilog_main() == 0
