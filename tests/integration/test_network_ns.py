@@ -1,0 +1,161 @@
+"""The virtual network for real: two node namespaces, containers' netns, routes, nft isolation.
+
+Node namespaces hpcmig-rt-n1/-n2 (10.253.0.1/.2 on a veth pair, no route out); container
+network namespaces hpcmig-rtc*. Job 1 holds 10.252.0.0/26, job 2 holds 10.252.0.64/26.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from ipaddress import IPv4Network
+
+import pytest
+
+from hpcmig.network import NodeNet, container_net
+from hpcmig.network.plan import ContainerNet
+from tests.integration import rt_support as S
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(S.missing() is not None, reason=str(S.missing()))]
+
+POOL = IPv4Network("10.252.0.0/16")
+JOB1 = IPv4Network("10.252.0.0/26")
+JOB2 = IPv4Network("10.252.0.64/26")
+
+
+def pings(netns: str, address: str) -> bool:
+    return S.in_ns(netns, "ping", "-c1", "-W1", address, check=False).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[dict[str, object]]:
+    with S.nodes() as nodes:
+        n1, n2 = (NodeNet(name) for name in nodes)
+        c1 = container_net("10.252.0.1", "hpcmig-rtc1")
+        c2 = container_net("10.252.0.2", "hpcmig-rtc2")
+        c3 = container_net("10.252.0.65", "hpcmig-rtc3")  # job 2, on node 2
+        made: list[tuple[NodeNet, ContainerNet]] = []
+        try:
+            for node, c in ((n1, c1), (n2, c2), (n2, c3)):
+                node.create_container_net(c)
+                made.append((node, c))
+            n1.route_via(c2.address, S.NODES["hpcmig-rt-n2"])
+            n1.route_via(c3.address, S.NODES["hpcmig-rt-n2"])
+            n2.route_via(c1.address, S.NODES["hpcmig-rt-n1"])
+            for node in (n1, n2):
+                node.install_isolation(POOL)
+                node.allow_job(JOB1)
+                node.allow_job(JOB2)
+            yield {"n1": n1, "n2": n2, "c1": c1, "c2": c2, "c3": c3}
+        finally:
+            for node, c in made:
+                node.remove_container_net(c)
+            for node in (n1, n2):
+                node.remove_isolation()
+
+
+def test_containers_of_a_job_reach_each_other_across_nodes(net: dict) -> None:
+    c1, c2 = net["c1"], net["c2"]
+    assert pings(c1.netns, "10.252.0.2")
+    assert pings(c2.netns, "10.252.0.1")
+    # the host side of the veth has no address; the container's default is the fake gateway
+    addrs = json.loads(S.in_ns("hpcmig-rt-n1", "ip", "-j", "addr", "show", "dev",
+                               c1.host_veth).stdout)
+    assert [a for a in addrs[0]["addr_info"] if a["family"] == "inet"] == []
+    routes = S.in_ns(c1.netns, "ip", "route").stdout
+    assert "default via 169.254.1.1 dev eth0 onlink" in routes
+    assert net["n1"].route_of("10.252.0.1")["dev"] == c1.host_veth
+    assert net["n1"].route_of("10.252.0.2")["gateway"] == "10.253.0.2"
+
+
+def test_another_jobs_container_is_unreachable(net: dict) -> None:
+    c1, c3 = net["c1"], net["c3"]
+    assert not pings(c1.netns, "10.252.0.65")  # other job, other node
+    assert not pings(c3.netns, "10.252.0.2")  # other job, same node
+    assert not pings(c3.netns, "10.252.0.1")
+    assert pings(c1.netns, "10.252.0.2")  # while the job's own traffic flows
+    net["n2"].forbid_job(JOB1)
+    try:
+        assert not pings(c1.netns, "10.252.0.2")  # proves the set is what lets it through
+    finally:
+        net["n2"].allow_job(JOB1)
+    assert pings(c1.netns, "10.252.0.2")
+
+
+def test_reinstalling_isolation_keeps_blocks_and_does_not_duplicate_rules(net: dict) -> None:
+    n2 = net["n2"]
+    n2.install_isolation(POOL)
+    n2.install_isolation(POOL)
+    assert set(n2.allowed_blocks()) == {JOB1, JOB2}
+    chain = json.loads(S.in_ns("hpcmig-rt-n2", "nft", "-j", "list", "chain", "ip", "hpcmig",
+                               "forward").stdout)
+    assert sum(1 for item in chain["nftables"] if "rule" in item) == 3
+
+
+def test_blackhole_is_a_silent_network_lock_and_lifts(net: dict) -> None:
+    n2, c1, c2 = net["n2"], net["c1"], net["c2"]
+    n2.blackhole(c2.address)
+    try:
+        assert n2.route_of(c2.address)["type"] == "blackhole"
+        assert not pings(c1.netns, "10.252.0.2")
+    finally:
+        n2.point_local(c2)
+    assert n2.route_of(c2.address)["dev"] == c2.host_veth
+    assert pings(c1.netns, "10.252.0.2")
+
+
+def rx_packets(netns: str) -> int:
+    link = json.loads(S.in_ns(netns, "ip", "-j", "-s", "link", "show", "eth0").stdout)[0]
+    return int(link["stats64"]["rx"]["packets"])
+
+
+def test_address_moves_to_another_node_and_routes_follow(net: dict) -> None:
+    """What a migration does to the network: same /32, new node, routes re-pointed."""
+    n1, n2, c1, c2 = net["n1"], net["n2"], net["c1"], net["c2"]
+    moved = container_net(c2.address, "hpcmig-rtc2-moved")
+    n2.blackhole(c2.address)  # lock on the source
+    n1.create_container_net(moved)  # target: same address in a fresh netns on node 1
+    try:
+        n2.route_via(c2.address, S.NODES["hpcmig-rt-n1"])  # re-point on the other node
+        before_old, before_new = rx_packets(c2.netns), rx_packets(moved.netns)
+        assert pings(c1.netns, "10.252.0.2")
+        assert pings(moved.netns, "10.252.0.1")
+        assert rx_packets(moved.netns) > before_new
+        assert rx_packets(c2.netns) == before_old  # the old copy saw nothing
+    finally:
+        n1.remove_container_net(moved)
+        n1.route_via(c2.address, S.NODES["hpcmig-rt-n2"])
+        n2.point_local(c2)
+    assert pings(c1.netns, "10.252.0.2")
+
+
+def test_teardown_leaves_nothing_behind() -> None:
+    with S.nodes():
+        node = NodeNet("hpcmig-rt-n1")
+        c = container_net("10.252.0.9", "hpcmig-rtc9")
+        node.create_container_net(c)
+        node.install_isolation(POOL)
+        node.allow_job(JOB1)
+        node.blackhole("10.252.0.9")
+        node.remove_container_net(c)
+        node.remove_container_net(c)  # idempotent
+        node.remove_isolation()
+        assert "hpcmig-rtc9" not in S.netns_list()
+        assert c.host_veth not in S.links_in("hpcmig-rt-n1")
+        assert "10.252." not in S.in_ns("hpcmig-rt-n1", "ip", "route", "show", "table",
+                                        "all").stdout
+        assert "hpcmig" not in S.in_ns("hpcmig-rt-n1", "nft", "list", "tables").stdout
+
+
+def test_failed_create_cleans_up() -> None:
+    with S.nodes():
+        node = NodeNet("hpcmig-rt-n1")
+        c = container_net("10.252.0.10", "hpcmig-rtc10")
+        S.sh("ip", "netns", "add", "hpcmig-rtc10")  # a leftover in the way
+        try:
+            with pytest.raises(Exception, match="netns"):
+                node.create_container_net(c)
+        finally:
+            S.sh("ip", "netns", "del", "hpcmig-rtc10", check=False)
+        assert c.host_veth not in S.links_in("hpcmig-rt-n1")
