@@ -61,11 +61,14 @@ class NodeNet:
     def enable_forwarding(self) -> None:
         self.run_all(plan.forwarding_plan())
 
-    def create_container_net(self, net: ContainerNet) -> ContainerNet:
-        """Make the container's netns + veth and route its /32 here; undo on failure."""
+    def create_container_net(self, net: ContainerNet, routed: bool = True) -> ContainerNet:
+        """Make the container's netns + veth and route its /32 here; undo on failure.
+
+        routed=False for a migration target: the /32 stays blackholed on this node until
+        `point_local` after `criu restore` (see plan.create_plan)."""
         self.enable_forwarding()
         try:
-            self.run_all(plan.create_plan(net))
+            self.run_all(plan.create_plan(net, routed))
         except HpcmigError:
             self.remove_container_net(net)
             raise

@@ -67,8 +67,12 @@ def forwarding_plan() -> list[Step]:
     return [["sysctl", "-qw", "net.ipv4.ip_forward=1"]]
 
 
-def create_plan(net: ContainerNet) -> list[Step]:
-    """Make the netns and veth, address the container side, route the /32 to it here."""
+def create_plan(net: ContainerNet, routed: bool = True) -> list[Step]:
+    """Make the netns and veth, address the container side, route the /32 to it here.
+
+    routed=False (a migration target before `criu restore`): the /32 is blackholed here
+    instead, so that peers' retransmissions meet no socket-less address (which would answer
+    with RST and kill their connections); `local_route_plan` lifts it after the restore."""
     ns = net.netns
     addr = str(net.address)
     inside = ["ip", "-n", ns]
@@ -87,7 +91,7 @@ def create_plan(net: ContainerNet) -> list[Step]:
         ["ip", "link", "set", net.host_veth, "up"],
         ["ip", "neigh", "replace", addr, "lladdr", net.container_mac, "dev", net.host_veth,
          "nud", "permanent"],
-        *local_route_plan(net),
+        *(local_route_plan(net) if routed else blackhole_plan(net.address)),
     ]
 
 

@@ -38,6 +38,13 @@ def test_create_plan_gives_the_host_side_no_address() -> None:
         "ip -n c5 route replace default via 169.254.1.1 dev eth0 onlink")
 
 
+def test_a_migration_target_starts_blackholed() -> None:
+    net = container_net("10.252.0.5", "c5")
+    steps = plan.create_plan(net, routed=False)
+    assert steps[-1] == ["ip", "route", "replace", "blackhole", "10.252.0.5/32"]
+    assert ["ip", "route", "replace", "10.252.0.5/32", "dev", net.host_veth] not in steps
+
+
 def test_remove_blackhole_and_remote_route_plans() -> None:
     net = container_net("10.252.0.5", "c5")
     assert plan.remove_plan(net) == [
