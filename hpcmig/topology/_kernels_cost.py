@@ -1,0 +1,190 @@
+"""numba kernels on true hop distances: hop-bytes, swap refinement, link loads.
+
+Design note: private, arrays and scalars only, no validation (see `_kernels.py` for the
+conventions). The distance between nodes a and b is evaluated on the fly from the
+`Topology` arrays (`groups`, `half`, `coords`, `ring`; see `model.py`), so no dense node x node
+matrix is ever built: 65,536 nodes cost nothing extra. Mappings are `node_of[rank]` = node
+index; capacities are `caps[node]` slots.
+"""
+
+from __future__ import annotations
+
+from hpcmig.topology._jit import configure_cache
+
+configure_cache()
+
+import numpy as np  # noqa: E402
+from numba import njit  # noqa: E402
+
+from hpcmig.topology._kernels import _MOD, _permutation  # noqa: E402
+
+
+@njit(cache=True)
+def node_distance(a: int, b: int, groups: np.ndarray, half: np.ndarray, coords: np.ndarray,
+                  ring: np.ndarray) -> float:
+    d = 0.0
+    for lvl in range(groups.shape[1]):
+        if groups[a, lvl] != groups[b, lvl]:
+            d += half[a, lvl] + half[b, lvl]
+    for k in range(ring.shape[0]):
+        x = abs(coords[a, k] - coords[b, k])
+        y = ring[k] - x
+        d += x if x < y else y
+    return d
+
+
+@njit(cache=True)
+def hop_bytes(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
+              groups: np.ndarray, half: np.ndarray, coords: np.ndarray, ring: np.ndarray
+              ) -> float:
+    """sum over CSR entries (i, j) of w[i, j] * hops(node_of[i], node_of[j])."""
+    total = 0.0
+    for i in range(len(xadj) - 1):
+        a = node_of[i]
+        for e in range(xadj[i], xadj[i + 1]):
+            b = node_of[adj[e]]
+            if a != b:
+                total += w[e] * node_distance(a, b, groups, half, coords, ring)
+    return total
+
+
+@njit(cache=True)
+def _rank_cost(v: int, at: int, xadj: np.ndarray, adj: np.ndarray, w: np.ndarray,
+               node_of: np.ndarray, groups: np.ndarray, half: np.ndarray, coords: np.ndarray,
+               ring: np.ndarray) -> float:
+    c = 0.0
+    for e in range(xadj[v], xadj[v + 1]):
+        b = node_of[adj[e]]
+        if b != at:
+            c += w[e] * node_distance(at, b, groups, half, coords, ring)
+    return c
+
+
+@njit(cache=True)
+def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
+                caps: np.ndarray, groups: np.ndarray, half: np.ndarray, coords: np.ndarray,
+                ring: np.ndarray, max_passes: int, seed: int) -> float:
+    """Improve `node_of` in place by moves to free slots and pairwise swaps; returns the gain.
+
+    `w` is the symmetric rank graph, so the hop-bytes it measures are those of the traffic
+    matrix. A rank is only offered the nodes of its partners; a swap is taken when the exact
+    change of hop-bytes (partner between the two ranks counted once) is an improvement.
+    """
+    n = len(xadj) - 1
+    m = len(caps)
+    start = np.zeros(m + 1, dtype=np.int64)
+    for k in range(m):
+        start[k + 1] = start[k] + caps[k]
+    slot = np.full(start[m], -1, dtype=np.int64)
+    fill = start[:m].copy()
+    for v in range(n):
+        slot[fill[node_of[v]]] = v
+        fill[node_of[v]] += 1
+    seen = np.full(m, -1, dtype=np.int64)
+    wmark = np.zeros(n, dtype=np.float64)
+    state = np.array([seed % (_MOD - 1) + 1], dtype=np.int64)
+    total_gain = 0.0
+    for _ in range(max_passes):
+        pass_gain = 0.0
+        seen[:] = -1
+        visit = _permutation(n, state)
+        for k in range(n):
+            u = visit[k]
+            a = node_of[u]
+            cost_a = _rank_cost(u, a, xadj, adj, w, node_of, groups, half, coords, ring)
+            if cost_a <= 0.0:
+                continue
+            for e in range(xadj[u], xadj[u + 1]):
+                wmark[adj[e]] = w[e]
+            done = False
+            for e in range(xadj[u], xadj[u + 1]):
+                b = node_of[adj[e]]
+                if b == a or seen[b] == u:
+                    continue
+                seen[b] = u
+                gu = cost_a - _rank_cost(u, b, xadj, adj, w, node_of, groups, half, coords,
+                                         ring)
+                if gu <= 1e-12:
+                    continue
+                dab = node_distance(a, b, groups, half, coords, ring)
+                best = 1e-9 * (cost_a + 1.0)
+                best_s = -1
+                for s in range(start[b], start[b + 1]):
+                    v = slot[s]
+                    if v == -1:
+                        g = gu
+                    else:
+                        g = (gu - 2.0 * wmark[v] * dab
+                             + _rank_cost(v, b, xadj, adj, w, node_of, groups, half, coords, ring)
+                             - _rank_cost(v, a, xadj, adj, w, node_of, groups, half, coords, ring))
+                    if g > best:
+                        best = g
+                        best_s = s
+                if best_s >= 0:
+                    v = slot[best_s]
+                    for s in range(start[a], start[a + 1]):
+                        if slot[s] == u:
+                            slot[s] = v
+                            break
+                    slot[best_s] = u
+                    node_of[u] = b
+                    if v >= 0:
+                        node_of[v] = a
+                    pass_gain += best
+                    done = True
+                if done:
+                    break
+            for e in range(xadj[u], xadj[u + 1]):
+                wmark[adj[e]] = 0.0
+        total_gain += pass_gain
+        if pass_gain <= 0.0 or pass_gain < 0.002 * total_gain:
+            break
+    return total_gain
+
+
+@njit(cache=True)
+def link_loads(pa: np.ndarray, pb: np.ndarray, t: np.ndarray, groups: np.ndarray,
+               link_of: np.ndarray, n_hier: int, coords: np.ndarray, ring: np.ndarray
+               ) -> np.ndarray:
+    """Bytes on each link for node-pair traffic t[k] between pa[k] and pb[k] (both ways).
+
+    Hierarchical links are group uplinks (`link_of[node, level]`, -1 where a node has no
+    such level); torus links are (point, dimension) pairs after them, routed in dimension
+    order the shorter way round each ring (ties go the positive way).
+    """
+    dims = ring.shape[0]
+    points = 1
+    for k in range(dims):
+        points *= ring[k]
+    loads = np.zeros(n_hier + (points * dims if dims > 0 else 0), dtype=np.float64)
+    stride = np.ones(max(dims, 1), dtype=np.int64)
+    for k in range(dims - 2, -1, -1):
+        stride[k] = stride[k + 1] * ring[k + 1]
+    cur = np.zeros(max(dims, 1), dtype=np.int64)
+    for p in range(len(pa)):
+        a = pa[p]
+        b = pb[p]
+        if a == b:
+            continue
+        for lvl in range(groups.shape[1]):
+            if groups[a, lvl] != groups[b, lvl]:
+                if link_of[a, lvl] >= 0:
+                    loads[link_of[a, lvl]] += t[p]
+                if link_of[b, lvl] >= 0:
+                    loads[link_of[b, lvl]] += t[p]
+        for k in range(dims):
+            cur[k] = coords[a, k]
+        for k in range(dims):
+            delta = (coords[b, k] - coords[a, k]) % ring[k]
+            forward = delta <= ring[k] - delta
+            steps = delta if forward else ring[k] - delta
+            for _ in range(steps):
+                if not forward:
+                    cur[k] = (cur[k] - 1) % ring[k]
+                lin = 0
+                for q in range(dims):
+                    lin += cur[q] * stride[q]
+                loads[n_hier + lin * dims + k] += t[p]
+                if forward:
+                    cur[k] = (cur[k] + 1) % ring[k]
+    return loads

@@ -1,0 +1,252 @@
+"""numba kernels: multilevel bisection and the recursive bisection that follows the topology.
+
+Design note: private, arrays and scalars only, no validation (see `_kernels.py` for the
+conventions and the random generator). `recursive_bisection` walks the machine's split order
+breadth first: a task is (ranks, range of node positions); it splits the range at its highest
+`split_key` nearest the capacity midpoint, bisects the ranks' subgraph with exact sizes (left
+side filled to capacity first), and queues both halves. On a torus the ranks already placed
+elsewhere pull each vertex towards the nearer half (`bias`), which orients the halves.
+"""
+
+from __future__ import annotations
+
+from hpcmig.topology._jit import configure_cache
+
+configure_cache()
+
+import numpy as np  # noqa: E402
+from numba import njit  # noqa: E402
+
+from hpcmig.topology._kernels import (  # noqa: E402
+    _MOD,
+    _permutation,
+    _rand,
+    contract,
+    fm_refine,
+    grow_bisection,
+    heavy_edge_matching,
+    objective,
+)
+
+
+@njit(cache=True)
+def _force_balance(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
+                   bias: np.ndarray, side: np.ndarray, target0: float, tol: float) -> None:
+    """Move best-gain vertices off the heavy side until |w0 - target0| <= tol (or stuck)."""
+    n = len(xadj) - 1
+    w0 = 0.0
+    for v in range(n):
+        if side[v] == 0:
+            w0 += vw[v]
+    while abs(w0 - target0) > tol + 1e-9:
+        s = 0 if w0 > target0 else 1
+        imb = abs(w0 - target0)
+        best = -1
+        best_gain = -np.inf
+        for v in range(n):
+            if side[v] != s:
+                continue
+            new_imb = abs(w0 - vw[v] - target0) if s == 0 else abs(w0 + vw[v] - target0)
+            if new_imb >= imb:
+                continue
+            g = bias[v] if s == 1 else -bias[v]
+            for e in range(xadj[v], xadj[v + 1]):
+                g += ew[e] if side[adj[e]] != s else -ew[e]
+            if g > best_gain:
+                best_gain = g
+                best = v
+        if best == -1:
+            return
+        side[best] = 1 - s
+        w0 += -vw[best] if s == 0 else vw[best]
+
+
+@njit(cache=True)
+def multilevel_bisect(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
+                      bias: np.ndarray, target0: float, state: np.ndarray, ntries: int,
+                      coarsen_to: int) -> np.ndarray:
+    """Bisection with side-0 weight exactly target0 (when vertex weights allow it)."""
+    total = vw.sum()
+    maxvw = max(1.5 * total / coarsen_to, vw.max())
+    gx = [xadj]
+    ga = [adj]
+    ge = [ew]
+    gv = [vw]
+    gb = [bias]
+    cmaps = [np.empty(0, dtype=np.int64)]
+    while len(gx[-1]) - 1 > coarsen_to:
+        n = len(gx[-1]) - 1
+        visit = _permutation(n, state)
+        match = heavy_edge_matching(gx[-1], ga[-1], ge[-1], gv[-1], maxvw, visit)
+        cmap, cx, ca, ce, cv, cb = contract(gx[-1], ga[-1], ge[-1], gv[-1], gb[-1], match)
+        if len(cx) - 1 > 0.95 * n:
+            break
+        gx.append(cx)
+        ga.append(ca)
+        ge.append(ce)
+        gv.append(cv)
+        gb.append(cb)
+        cmaps.append(cmap)
+    top = len(gx) - 1
+    nc = len(gx[top]) - 1
+    tol_c = gv[top].max() if top > 0 else 0.0
+    search_c = max(gv[top].max(), 1.0)
+    best_side = np.zeros(nc, dtype=np.int8)
+    best_key0 = np.inf
+    best_key1 = np.inf
+    for _ in range(ntries):
+        side = grow_bisection(gx[top], ga[top], ge[top], gv[top], gb[top], target0,
+                              _rand(state) % nc)
+        obj = fm_refine(gx[top], ga[top], ge[top], gv[top], gb[top], side, target0, tol_c,
+                        search_c, 6)
+        w0 = 0.0
+        for v in range(nc):
+            if side[v] == 0:
+                w0 += gv[top][v]
+        excess = max(abs(w0 - target0) - tol_c, 0.0)
+        if excess < best_key0 or (excess == best_key0 and obj < best_key1):
+            best_key0 = excess
+            best_key1 = obj
+            best_side = side
+    side = best_side
+    slack = max(1.0, 0.002 * total)
+    for lvl in range(top - 1, -1, -1):
+        cmap = cmaps[lvl + 1]
+        fine = np.empty(len(cmap), dtype=np.int8)
+        for v in range(len(cmap)):
+            fine[v] = side[cmap[v]]
+        side = fine
+        tol = 0.0 if lvl == 0 else gv[lvl].max()
+        fm_refine(gx[lvl], ga[lvl], ge[lvl], gv[lvl], gb[lvl], side, target0, tol,
+                  max(tol, slack, gv[lvl].max()), 8)
+    _force_balance(xadj, adj, ew, vw, bias, side, target0, 0.0)
+    return side
+
+
+@njit(cache=True)
+def _ring_dist(a: np.ndarray, b: np.ndarray, ring: np.ndarray) -> float:
+    d = 0.0
+    for k in range(len(ring)):
+        x = abs(a[k] - b[k])
+        y = ring[k] - x
+        d += x if x < y else y
+    return d
+
+
+@njit(cache=True)
+def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, caps: np.ndarray,
+                        keys: np.ndarray, ccum: np.ndarray, ring: np.ndarray, seed: int,
+                        ntries: int, coarsen_to: int, nruns: int) -> np.ndarray:
+    """Position (index into the topology order) of every rank; `caps` are slots per position.
+
+    `ccum` is the (M+1, D) cumulative sum of torus coordinates along the order (D = 0 for
+    hierarchical machines); `ring` holds the torus extents as floats.
+    """
+    n = len(xadj) - 1
+    m = len(caps)
+    capcum = np.zeros(m + 1, dtype=np.int64)
+    for p in range(m):
+        capcum[p + 1] = capcum[p] + caps[p]
+    perm = np.arange(n)
+    vlo = np.zeros(n, dtype=np.int64)
+    vhi = np.full(n, m, dtype=np.int64)
+    pos = np.full(n, -1, dtype=np.int64)
+    loc = np.full(n, -1, dtype=np.int64)
+    state = np.array([seed % (_MOD - 1) + 1], dtype=np.int64)
+    qn = 2 * m + 4
+    qs = np.empty(qn, dtype=np.int64)
+    qe = np.empty(qn, dtype=np.int64)
+    ql = np.empty(qn, dtype=np.int64)
+    qh = np.empty(qn, dtype=np.int64)
+    qs[0], qe[0], ql[0], qh[0] = 0, n, 0, m
+    head, tail = 0, 1
+    dims = len(ring)
+    while head < tail:
+        start, end, lo, hi = qs[head], qe[head], ql[head], qh[head]
+        head += 1
+        ns = end - start
+        if ns == 0:
+            continue
+        if hi - lo == 1:
+            for k in range(start, end):
+                pos[perm[k]] = lo
+            continue
+        kmax = keys[lo:hi - 1].max()
+        half = 0.5 * (capcum[hi] + capcum[lo])
+        mid = -1
+        bestd = np.inf
+        for p in range(lo, hi - 1):
+            if keys[p] == kmax and abs(capcum[p + 1] - half) < bestd:
+                bestd = abs(capcum[p + 1] - half)
+                mid = p + 1
+        n_left = min(ns, capcum[mid] - capcum[lo])
+        if n_left == ns or n_left == 0:
+            nlo, nhi = (lo, mid) if n_left == ns else (mid, hi)
+            for k in range(start, end):
+                vlo[perm[k]] = nlo
+                vhi[perm[k]] = nhi
+            qs[tail], qe[tail], ql[tail], qh[tail] = start, end, nlo, nhi
+            tail += 1
+            continue
+        for k in range(start, end):
+            loc[perm[k]] = k - start
+        sx = np.zeros(ns + 1, dtype=np.int64)
+        for i in range(ns):
+            v = perm[start + i]
+            cnt = 0
+            for e in range(xadj[v], xadj[v + 1]):
+                if loc[adj[e]] >= 0:
+                    cnt += 1
+            sx[i + 1] = sx[i] + cnt
+        sa = np.empty(sx[ns], dtype=np.int64)
+        se = np.empty(sx[ns], dtype=np.float64)
+        sbias = np.zeros(ns, dtype=np.float64)
+        c_left = (ccum[mid] - ccum[lo]) / (mid - lo)
+        c_right = (ccum[hi] - ccum[mid]) / (hi - mid)
+        for i in range(ns):
+            v = perm[start + i]
+            j = sx[i]
+            for e in range(xadj[v], xadj[v + 1]):
+                u = adj[e]
+                if loc[u] >= 0:
+                    sa[j] = loc[u]
+                    se[j] = ew[e]
+                    j += 1
+                elif dims > 0:
+                    cu = (ccum[vhi[u]] - ccum[vlo[u]]) / (vhi[u] - vlo[u])
+                    sbias[i] += ew[e] * (_ring_dist(c_right, cu, ring)
+                                         - _ring_dist(c_left, cu, ring))
+        svw = np.ones(ns, dtype=np.float64)
+        side = multilevel_bisect(sx, sa, se, svw, sbias, float(n_left), state, ntries,
+                                 coarsen_to)
+        best = objective(sx, sa, se, sbias, side)
+        for _ in range(1, nruns):
+            other = multilevel_bisect(sx, sa, se, svw, sbias, float(n_left), state, ntries,
+                                      coarsen_to)
+            obj = objective(sx, sa, se, sbias, other)
+            if obj < best:
+                best = obj
+                side = other
+        tmp = perm[start:end].copy()
+        a = start
+        for i in range(ns):
+            loc[tmp[i]] = -1
+            if side[i] == 0:
+                perm[a] = tmp[i]
+                a += 1
+        b = a
+        for i in range(ns):
+            if side[i] == 1:
+                perm[b] = tmp[i]
+                b += 1
+        for k in range(start, end):
+            vlo[perm[k]] = lo if k < a else mid
+            vhi[perm[k]] = mid if k < a else hi
+        qs[tail], qe[tail], ql[tail], qh[tail] = start, a, lo, mid
+        tail += 1
+        qs[tail], qe[tail], ql[tail], qh[tail] = a, end, mid, hi
+        tail += 1
+    return pos
+
+
+__all__ = ["multilevel_bisect", "objective", "recursive_bisection"]
