@@ -52,22 +52,24 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpcmig.errors import UsageError
+    from hpcmig.slurm.hostlist import expand
     from hpcmig.topology.bounds import lower_bound
     from hpcmig.topology.comm import read_comm
     from hpcmig.topology.generate import load_topology
     from hpcmig.topology.hostfile import write_mapping
     from hpcmig.topology.mapper import map_ranks
     from hpcmig.topology.metrics import block_placement, max_link_load
-    from hpcmig.topology.slurmconf import expand_hostlist
 
     if args.ranks_per_node < 1:
         raise UsageError("--ranks-per-node must be at least 1")
     topo = load_topology(args.topology)
     if args.nodes:
         try:
-            names = expand_hostlist(args.nodes)
-        except ValueError as exc:
-            raise UsageError(f"--nodes: {exc}") from None
+            names = expand(args.nodes)
+        except UsageError as exc:
+            raise UsageError(f"--nodes: {exc.message}") from None
+        if not names:
+            raise UsageError("--nodes is empty")
         topo = topo.subset(names)
     comm = read_comm(args.comm)
     t0 = time.perf_counter()

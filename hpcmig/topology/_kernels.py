@@ -73,7 +73,7 @@ def heavy_edge_matching(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: n
 
 @njit(cache=True)
 def contract(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
-             bias: np.ndarray, match: np.ndarray):  # type: ignore[no-untyped-def]
+             bias: np.ndarray, match: np.ndarray) -> tuple[np.ndarray, ...]:
     """Merge matched pairs: returns (cmap, cxadj, cadj, cew, cvw, cbias)."""
     n = len(xadj) - 1
     cmap = np.empty(n, dtype=np.int64)

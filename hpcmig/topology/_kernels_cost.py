@@ -18,6 +18,8 @@ from numba import njit  # noqa: E402
 
 from hpcmig.topology._kernels import _MOD, _permutation  # noqa: E402
 
+DENSE_DEGREE = 64
+
 
 @njit(cache=True)
 def node_distance(a: int, b: int, groups: np.ndarray, half: np.ndarray, coords: np.ndarray,
@@ -63,12 +65,13 @@ def _rank_cost(v: int, at: int, xadj: np.ndarray, adj: np.ndarray, w: np.ndarray
 @njit(cache=True)
 def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
                 caps: np.ndarray, groups: np.ndarray, half: np.ndarray, coords: np.ndarray,
-                ring: np.ndarray, max_passes: int, seed: int) -> float:
+                ring: np.ndarray, max_passes: int, seed: int, candidates: int) -> float:
     """Improve `node_of` in place by moves to free slots and pairwise swaps; returns the gain.
 
     `w` is the symmetric rank graph, so the hop-bytes it measures are those of the traffic
-    matrix. A rank is only offered the nodes of its partners; a swap is taken when the exact
-    change of hop-bytes (partner between the two ranks counted once) is an improvement.
+    matrix. A rank is only offered the `candidates` nodes it sends most to; a swap is taken
+    when the exact change of hop-bytes (partner between the two ranks counted once) is an
+    improvement.
     """
     n = len(xadj) - 1
     m = len(caps)
@@ -81,6 +84,8 @@ def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.nd
         slot[fill[node_of[v]]] = v
         fill[node_of[v]] += 1
     seen = np.full(m, -1, dtype=np.int64)
+    conn = np.zeros(m, dtype=np.float64)
+    touched = np.empty(max(m, 1), dtype=np.int64)
     wmark = np.zeros(n, dtype=np.float64)
     state = np.array([seed % (_MOD - 1) + 1], dtype=np.int64)
     total_gain = 0.0
@@ -96,12 +101,31 @@ def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.nd
                 continue
             for e in range(xadj[u], xadj[u + 1]):
                 wmark[adj[e]] = w[e]
-            done = False
+            ntouch = 0
             for e in range(xadj[u], xadj[u + 1]):
                 b = node_of[adj[e]]
-                if b == a or seen[b] == u:
+                if b == a:
                     continue
-                seen[b] = u
+                if seen[b] != u:
+                    seen[b] = u
+                    conn[b] = 0.0
+                    touched[ntouch] = b
+                    ntouch += 1
+                conn[b] += w[e]
+            # offer only the `candidates` nodes u talks to most (cost stays linear on dense
+            # patterns such as all-to-all).
+            ncand = min(ntouch, candidates)
+            for i in range(ncand):
+                top = i
+                for j in range(i + 1, ntouch):
+                    if conn[touched[j]] > conn[touched[top]]:
+                        top = j
+                touched[i], touched[top] = touched[top], touched[i]
+            # swaps of ranks with many partners cost deg^2 per node and rarely pay (all-to-all)
+            dense = xadj[u + 1] - xadj[u] > DENSE_DEGREE
+            done = False
+            for i in range(ncand):
+                b = touched[i]
                 gu = cost_a - _rank_cost(u, b, xadj, adj, w, node_of, groups, half, coords,
                                          ring)
                 if gu <= 1e-12:
@@ -113,6 +137,8 @@ def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.nd
                     v = slot[s]
                     if v == -1:
                         g = gu
+                    elif dense:
+                        continue
                     else:
                         g = (gu - 2.0 * wmark[v] * dab
                              + _rank_cost(v, b, xadj, adj, w, node_of, groups, half, coords, ring)

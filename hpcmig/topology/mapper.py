@@ -32,8 +32,9 @@ from hpcmig.topology.model import IntArray, Topology
 
 COARSEN_TO = 80
 INITIAL_TRIES = 8
-BISECTION_RUNS = int(__import__("os").environ.get("HPCMIG_RUNS", "3"))
+BISECTION_RUNS = 3
 REFINE_PASSES = 8
+SWAP_CANDIDATES = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,7 +74,7 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
         ring.astype(np.float64), seed, INITIAL_TRIES, COARSEN_TO, BISECTION_RUNS)
     node_of = order[pos].astype(np.int64)
     _kernels_cost.swap_refine(xadj, adj, w.data, node_of, caps, groups, half, coords, ring,
-                              REFINE_PASSES, seed)
+                              REFINE_PASSES, seed, SWAP_CANDIDATES)
     block = block_placement(n, topology, caps)
     ours = hop_bytes(c, topology, node_of)
     base = hop_bytes(c, topology, block)
@@ -81,7 +82,7 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
         return Mapping(topology, node_of, ours, base, "recursive-bisection")
     refined = block.copy()
     _kernels_cost.swap_refine(xadj, adj, w.data, refined, caps, groups, half, coords, ring,
-                              REFINE_PASSES, seed)
+                              REFINE_PASSES, seed, SWAP_CANDIDATES)
     refined_hb = hop_bytes(c, topology, refined)
     if refined_hb > base:
         return Mapping(topology, block, base, base, "block")

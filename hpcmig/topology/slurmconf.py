@@ -1,8 +1,8 @@
 """Read Slurm's topology.conf (tree plugin, and block plugin as a two-level tree).
 
 Design note: this module owns parsing only: text in, `Topology` out, with strict errors that
-carry the file name and line number. It expands Slurm hostlist expressions itself (no
-`scontrol show hostnames`, so it runs anywhere). It must not guess: an unknown key, a switch
+carry the file name and line number. Hostlist expressions are expanded by `hpcmig.slurm.hostlist`
+(no `scontrol`, so it runs anywhere). It must not guess: an unknown key, a switch
 defined twice, a child switch that does not exist, a node under two switches or a cycle is a
 `UsageError`.
 
@@ -21,62 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcmig.errors import UsageError
+from hpcmig.slurm.hostlist import expand
 from hpcmig.topology.model import Topology, from_tree
 
 _TREE_KEYS = {"switchname", "switches", "nodes", "linkspeed"}
 _BLOCK_KEYS = {"blockname", "nodes", "blocksizes"}
 
 
-def expand_hostlist(expr: str) -> list[str]:
-    """Expand a Slurm hostlist such as ``tux[0-3,8],gpu[01-02]x[1-2]`` (order preserved)."""
-    out: list[str] = []
-    for part in _split_top_level(expr):
-        out.extend(_expand_one(part))
-    return out
-
-
-def _split_top_level(expr: str) -> list[str]:
-    parts, depth, cur = [], 0, []
-    for ch in expr.strip():
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"unbalanced ']' in hostlist {expr!r}")
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    if depth != 0:
-        raise ValueError(f"unbalanced '[' in hostlist {expr!r}")
-    parts.append("".join(cur))
-    if any(not p for p in parts):
-        raise ValueError(f"empty name in hostlist {expr!r}")
-    return parts
-
-
-def _expand_one(pattern: str) -> list[str]:
-    m = re.search(r"\[([^\]]*)\]", pattern)
-    if m is None:
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", pattern):
-            raise ValueError(f"bad host name {pattern!r}")
-        return [pattern]
-    head, tail = pattern[: m.start()], pattern[m.end() :]
-    out: list[str] = []
-    for item in m.group(1).split(","):
-        rng = re.fullmatch(r"(\d+)(?:-(\d+))?", item.strip())
-        if rng is None:
-            raise ValueError(f"bad range {item!r} in hostlist {pattern!r}")
-        lo_s, hi_s = rng.group(1), rng.group(2) or rng.group(1)
-        lo, hi = int(lo_s), int(hi_s)
-        if hi < lo:
-            raise ValueError(f"descending range {item!r} in hostlist {pattern!r}")
-        width = len(lo_s) if lo_s.startswith("0") else 0
-        for k in range(lo, hi + 1):
-            out.extend(_expand_one(f"{head}{k:0{width}d}{tail}"))
-    return out
+def _hosts(expr: str, where: str) -> list[str]:
+    try:
+        return expand(expr)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc.message}") from None
 
 
 def natural_key(name: str) -> list[object]:
@@ -107,15 +63,14 @@ def parse_topology_conf(text: str, source: str = "topology.conf") -> Topology:
             if not sep or not value:
                 raise UsageError(f"{where}: expected KEY=VALUE, got {token!r}")
             fields[key.lower()] = value
-        try:
-            if "switchname" in fields:
-                _add_switch(fields, switches, lineno, where)
-            elif "blockname" in fields:
-                _add_block(fields, blocks, where)
-            else:
-                raise UsageError(f"{where}: line must start with SwitchName= or BlockName=")
-        except ValueError as exc:
-            raise UsageError(f"{where}: {exc}") from None
+        if "switchname" in fields:
+            _add_switch(fields, switches, lineno, where)
+        elif "blockname" in fields:
+            _add_block(fields, blocks, where)
+        elif set(fields) == {"blocksizes"}:
+            continue  # block sizes only matter to Slurm's scheduler, not to distances
+        else:
+            raise UsageError(f"{where}: line must start with SwitchName= or BlockName=")
     if switches and blocks:
         raise UsageError(f"{source}: mixes SwitchName (tree) and BlockName (block) lines")
     if blocks:
@@ -134,7 +89,8 @@ def read_topology_conf(path: str | Path) -> Topology:
     return parse_topology_conf(text, str(p))
 
 
-def _add_switch(fields: dict[str, str], switches: dict[str, _Switch], line: int, where: str) -> None:
+def _add_switch(fields: dict[str, str], switches: dict[str, _Switch], line: int,
+                where: str) -> None:
     unknown = set(fields) - _TREE_KEYS
     if unknown:
         raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -144,9 +100,9 @@ def _add_switch(fields: dict[str, str], switches: dict[str, _Switch], line: int,
                          f"{switches[name].line})")
     sw = _Switch(name, line)
     if "switches" in fields:
-        sw.children = expand_hostlist(fields["switches"])
+        sw.children = _hosts(fields["switches"], where)
     if "nodes" in fields:
-        sw.nodes = expand_hostlist(fields["nodes"])
+        sw.nodes = _hosts(fields["nodes"], where)
     if not sw.children and not sw.nodes:
         raise UsageError(f"{where}: switch {name} has neither Switches= nor Nodes=")
     switches[name] = sw
@@ -161,7 +117,7 @@ def _add_block(fields: dict[str, str], blocks: dict[str, list[str]], where: str)
     name = fields["blockname"]
     if name in blocks:
         raise UsageError(f"{where}: block {name} defined twice")
-    blocks[name] = expand_hostlist(fields["nodes"])
+    blocks[name] = _hosts(fields["nodes"], where)
 
 
 def _tree_topology(switches: dict[str, _Switch], source: str) -> Topology:
