@@ -1,0 +1,62 @@
+"""Render results.json (from run.py) as the markdown tables in results.md.
+
+Design note: reads measurements only, computes ratios against baselines of the same run;
+never re-measures.
+
+    python benchmarks/mapping/report.py benchmarks/mapping/results.json > benchmarks/mapping/results.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+TOOLS = ("metis", "kahip", "scotch")
+SHOWN = ("cyclic", "random", "hpcmig", *TOOLS)
+
+
+def main() -> int:
+    records = json.loads(Path(sys.argv[1]).read_text())
+    inst: dict[tuple[str, str, int], dict[str, dict[str, float]]] = defaultdict(dict)
+    for r in records:
+        inst[(r["topology"], r["pattern"], r["ranks"])][r["method"]] = r
+    print("## Hop-bytes relative to block placement (lower is better) and time in seconds\n")
+    print("| topology | pattern | ranks | " + " | ".join(SHOWN) +
+          " | hpcmig / best tool | hpcmig time / fastest tool |")
+    print("|" + "---|" * (len(SHOWN) + 5))
+    met_q = met_b = total = with_block = 0
+    for (topo, pat, n), m in inst.items():
+        if "block" not in m or "hpcmig" not in m:
+            continue
+        blk = m["block"]["hop_bytes"]
+        cells = []
+        for meth in SHOWN:
+            if meth in m:
+                t = m[meth]["seconds"]
+                cells.append(f"{m[meth]['hop_bytes'] / blk:.3f}" +
+                             (f" ({t:.3g}s)" if meth == "hpcmig" or meth in TOOLS else ""))
+            else:
+                cells.append("-")
+        tools = [m[t] for t in TOOLS if t in m]
+        if tools:
+            best = min(t["hop_bytes"] for t in tools)
+            fastest = min(t["seconds"] for t in tools)
+            q = m["hpcmig"]["hop_bytes"] / best
+            s = m["hpcmig"]["seconds"] / fastest
+            total += 1
+            met_q += q <= 1.01
+            cells += [f"{q:.3f}" + ("" if q <= 1.01 else " **FAIL**"), f"{s:.2f}"]
+        else:
+            cells += ["-", "-"]
+        with_block += 1
+        met_b += m["hpcmig"]["hop_bytes"] <= blk
+        print(f"| {topo} | {pat} | {n} | " + " | ".join(cells) + " |")
+    print(f"\nhpcmig <= best tool + 1%: {met_q}/{total} instances; "
+          f"hpcmig <= block: {met_b}/{with_block} instances.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
