@@ -3,7 +3,7 @@
 Design note: reads measurements only, computes ratios against baselines of the same run;
 never re-measures.
 
-    python benchmarks/mapping/report.py benchmarks/mapping/results.json > benchmarks/mapping/results.md
+    python benchmarks/mapping/report.py results.json > results.md
 """
 
 from __future__ import annotations
