@@ -23,9 +23,9 @@ OS_PACKAGES=(
   slurm-wlm slurm-client munge libslurm-dev
   openmpi-bin libopenmpi-dev mpich libmpich-dev
   # namespaces, networking, processes
-  iproute2 util-linux procps psmisc iputils-ping kmod
+  iproute2 nftables util-linux procps psmisc iputils-ping kmod
   # Python environment and build tools
-  python3 python3-venv python3-dev build-essential pkgconf git xz-utils dpkg-dev
+  python3 python3-venv python3-dev build-essential pkgconf git xz-utils dpkg-dev patch
   # images and the second runtime
   squashfs-tools squashfuse siftool lxc
   # CRIU 4.x build dependencies (PLATFORM.md)
@@ -51,8 +51,15 @@ install_os_packages() {
   return 0
 }
 
+CRIU_PATCHES=("$HERE"/scripts/criu/*.patch)
+CRIU_MARK=/usr/local/share/hpcmig/criu-build
+
+criu_build_id() { cat "${CRIU_PATCHES[@]}" | sha256sum | cut -c1-16; }
+
 criu_ok() {
   command -v criu >/dev/null || return 1
+  # Our build carries the patches in scripts/criu (kernel >= 6.16, no CAP_SYS_RESOURCE).
+  [ "$(command -v criu)" = /usr/local/sbin/criu ] && [ "$(cat $CRIU_MARK 2>/dev/null)" = "$(criu_build_id)" ] || return 1
   local v; v=$(criu --version 2>/dev/null | sed -n 's/^Version: *\([0-9]*\).*/\1/p')
   [ -n "$v" ] && [ "$v" -ge 4 ] && criu check >/dev/null 2>&1
 }
@@ -75,8 +82,18 @@ install_criu() {
   [ -n "$tarball" ] || die "could not download CRIU's source from the Debian mirror"
   rm -rf "$src/criu-build" && mkdir -p "$src/criu-build"
   tar -xf "$tarball" -C "$src/criu-build" --strip-components=1
+  local p
+  for p in "${CRIU_PATCHES[@]}"; do
+    if patch -d "$src/criu-build" -p1 --quiet --forward --dry-run <"$p" >/dev/null; then
+      patch -d "$src/criu-build" -p1 --quiet --forward <"$p"
+    else
+      log "warning: $(basename "$p") does not apply to $(basename "$tarball"); building without it" \
+          "(container dumps may fail on kernels >= 6.16 or without CAP_SYS_RESOURCE)"
+    fi
+  done
   make -C "$src/criu-build" -j"$(nproc)" criu >"$src/criu-build.log" 2>&1 || { tail -n 30 "$src/criu-build.log" >&2; die "CRIU build failed (log: $src/criu-build.log)"; }
   install -m 0755 "$src/criu-build/criu/criu" /usr/local/sbin/criu
+  mkdir -p "$(dirname $CRIU_MARK)" && criu_build_id >$CRIU_MARK
   hash -r
   criu_ok || die "CRIU was built but 'criu check' fails: $(criu check 2>&1 | tail -n 3)"
   log "CRIU $(criu --version | sed -n 's/^Version: *//p') installed in /usr/local/sbin"

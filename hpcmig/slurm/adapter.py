@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from hpcmig import _proc
 from hpcmig.errors import CommandError, SlurmError, UsageError
@@ -106,12 +106,17 @@ class Slurm:
         """Replace a pending job's excluded node list (Slurm refuses it for running jobs)."""
         self._run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={compress(list(nodes))}"])
 
-    def submit(self, args: Sequence[str], user: str | None = None, cwd: str | None = None) -> int:
-        """`sbatch --parsable ARGS` (as `user` when running as root); returns the job id."""
+    def submit(self, args: Sequence[str], user: str | None = None, cwd: str | None = None,
+               env: Mapping[str, str] | None = None) -> int:
+        """`sbatch --parsable ARGS` (as `user` when running as root); returns the job id.
+
+        `env` adds variables sbatch reads (e.g. SLURM_HOSTFILE) to this environment.
+        """
         argv = ["sbatch", "--parsable", *args]
         if user is not None and os.geteuid() == 0:
             argv = ["runuser", "-u", user, "--", *argv]
-        out = self._run(argv, cwd=cwd).strip()
+        full_env = {**os.environ, **env} if env else None
+        out = self._run(argv, cwd=cwd, env=full_env).strip()
         try:
             return int(out.split(";", 1)[0])
         except ValueError as exc:

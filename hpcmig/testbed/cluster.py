@@ -29,6 +29,8 @@ from hpcmig.testbed.plan import MAX_NODES, Plan
 Progress = Callable[[str], None]
 REQUIRED_TOOLS = ("slurmctld", "slurmd", "munged", "munge", "sinfo", "scontrol", "ip",
                   "nsenter", "unshare", "mount", "useradd", "criu")
+# Slurm node states that mean the testbed itself is broken (drained or busy nodes are fine).
+BROKEN = {"down", "fail", "failing", "unknown", "future", "inval", "invalid"}
 INSTALL_HINT = "install everything with: sudo bash scripts/bootstrap.sh install"
 
 
@@ -152,7 +154,7 @@ def _start_munge(plan: Plan, state: State, progress: Progress) -> None:
         _proc.run(["unmunge", "-S", str(plan.munge_socket)], input=cred, timeout=10)
         return True
 
-    daemons.wait_for("munged", ready, 20, proc, log)
+    daemons.wait_for("munged", ready, 20, proc, [log, str(plan.munge_dir / "munged.log")])
 
 
 def _make_network(plan: Plan, progress: Progress) -> None:
@@ -314,7 +316,6 @@ def healthy() -> bool:
         return False
     _, _, nodes, central = result
     return all(central.values()) and all(
-        n.netns and n.slurmd and n.agent
-        and n.slurm_state.rstrip("*") in ("idle", "mixed", "allocated")
+        n.netns and n.slurmd and n.agent and n.slurm_state.rstrip("*~#!%$@^-") not in BROKEN
         for n in nodes
     )

@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from hpcmig import _proc
@@ -42,8 +42,13 @@ def cmdline(pid: int) -> str | None:
 
 
 def alive(proc: Proc) -> bool:
-    line = cmdline(proc.pid)
-    return line is not None and proc.match in line
+    # While a process execs (setpriv -> munged), its cmdline reads empty for a moment.
+    for _ in range(50):
+        line = cmdline(proc.pid)
+        if line != "":
+            return line is not None and proc.match in line
+        time.sleep(0.01)
+    return False
 
 
 def pids_in_namespaces(inodes: Iterable[int], kinds: tuple[str, ...] = ("net", "mnt")) -> list[int]:
@@ -106,7 +111,7 @@ def daemon_env() -> dict[str, str]:
 
 
 def wait_for(what: str, probe: Callable[[], bool], timeout: float, proc: Proc | None = None,
-             log: str | None = None) -> None:
+             log: str | Sequence[str] | None = None) -> None:
     """Poll `probe` until it is true; fail early if `proc` died, with the log's last lines."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -121,9 +126,14 @@ def wait_for(what: str, probe: Callable[[], bool], timeout: float, proc: Proc | 
     raise TestbedError(f"{what} not ready after {timeout:g}s{_tail(log)}")
 
 
-def _tail(log: str | None, lines: int = 5) -> str:
-    if not log or not os.path.exists(log):
-        return ""
-    with open(log, errors="replace") as f:
-        tail = [line.rstrip() for line in f.readlines()[-lines:]]
-    return f"; last lines of {log}: " + " | ".join(tail) if tail else ""
+def _tail(log: str | Sequence[str] | None, lines: int = 5) -> str:
+    logs = [log] if isinstance(log, str) else list(log or [])
+    out = ""
+    for path in logs:
+        if not os.path.exists(path):
+            continue
+        with open(path, errors="replace") as f:
+            tail = [line.rstrip() for line in f.readlines()[-lines:]]
+        if tail:
+            out += f"; last lines of {path}: " + " | ".join(tail)
+    return out
