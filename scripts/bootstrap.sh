@@ -76,10 +76,11 @@ install_criu() {
   printf 'Types: deb-src\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" >$list
   mkdir -p "$src"
   (cd "$src" && apt-get update -qq -o Dir::Etc::sourcelist=$list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 \
-      && apt-get source --download-only -qq criu) || true
+      && apt-get source --download-only -qq criu) >"$src/criu-download.log" 2>&1 || true
   rm -f $list
+  # Only the upstream .orig tarball is needed (the .dsc may be missing on the mirror).
   local tarball; tarball=$(ls -1 "$src"/criu_*.orig.tar.* 2>/dev/null | sort -V | tail -n1)
-  [ -n "$tarball" ] || die "could not download CRIU's source from the Debian mirror"
+  [ -n "$tarball" ] || { cat "$src/criu-download.log" >&2; die "could not download CRIU's source from the Debian mirror"; }
   rm -rf "$src/criu-build" && mkdir -p "$src/criu-build"
   tar -xf "$tarball" -C "$src/criu-build" --strip-components=1
   local p
