@@ -177,6 +177,26 @@ def _heap_remove(hv: np.ndarray, hk: np.ndarray, pos: np.ndarray, size: int, v: 
 
 
 @njit(cache=True)
+def _flip(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, side: np.ndarray,
+          gain: np.ndarray, ext: np.ndarray, v: int) -> None:
+    """Move v to the other side, keeping every vertex's gain and external weight exact."""
+    s = side[v]
+    side[v] = 1 - s
+    own = 0.0
+    for e in range(xadj[v], xadj[v + 1]):
+        u = adj[e]
+        if side[u] == s:  # u was on v's side: the edge is now cut
+            own += ew[e]
+            ext[u] += ew[e]
+            gain[u] += 2.0 * ew[e]
+        else:
+            ext[u] -= ew[e]
+            gain[u] -= 2.0 * ew[e]
+    ext[v] = own
+    gain[v] = -gain[v]
+
+
+@njit(cache=True)
 def fm_refine(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
               bias: np.ndarray, side: np.ndarray, target0: float, tol_accept: float,
               tol_search: float, max_passes: int) -> float:
@@ -184,33 +204,37 @@ def fm_refine(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
 
     A state is acceptable when |weight(side 0) - target0| <= tol_accept; each pass keeps the
     best prefix of moves ordered by (excess imbalance, objective) and rolls back the rest.
+    Gains and external weights are computed once and kept exact through moves and rollbacks,
+    so a pass costs O(n) plus the moves (dense graphs: no O(edges) rescan per pass).
     """
     n = len(xadj) - 1
     hv = np.empty((2, n), dtype=np.int64)
     hk = np.empty((2, n), dtype=np.float64)
     pos = np.full(n, -1, dtype=np.int64)
     gain = np.empty(n, dtype=np.float64)
+    ext = np.zeros(n, dtype=np.float64)
     locked = np.zeros(n, dtype=np.bool_)
     moves = np.empty(n, dtype=np.int64)
     limit = min(max(n // 50, 25), 150)
-    obj = objective(xadj, adj, ew, bias, side)
+    obj = 0.0
+    w0 = 0.0
+    for v in range(n):
+        own = 0.0
+        for e in range(xadj[v], xadj[v + 1]):
+            if side[adj[e]] == side[v]:
+                own += ew[e]
+            else:
+                ext[v] += ew[e]
+        gain[v] = ext[v] - own + (bias[v] if side[v] == 1 else -bias[v])
+        obj += 0.5 * ext[v] + (bias[v] if side[v] == 1 else 0.0)
+        if side[v] == 0:
+            w0 += vw[v]
     for _ in range(max_passes):
-        w0 = 0.0
         size = np.zeros(2, dtype=np.int64)
         for v in range(n):
-            if side[v] == 0:
-                w0 += vw[v]
             locked[v] = False
             pos[v] = -1
-            ext = 0.0
-            own = 0.0
-            for e in range(xadj[v], xadj[v + 1]):
-                if side[adj[e]] == side[v]:
-                    own += ew[e]
-                else:
-                    ext += ew[e]
-            gain[v] = ext - own + (bias[v] if side[v] == 1 else -bias[v])
-            if ext > 0.0 or bias[v] != 0.0:
+            if ext[v] > 0.0 or bias[v] != 0.0:
                 s = side[v]
                 i = size[s]
                 hv[s, i] = v
@@ -223,6 +247,7 @@ def fm_refine(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
         best_obj = obj
         best_excess = start_excess
         best_k = 0
+        best_w0 = w0
         nmoves = 0
         since = 0
         while True:
@@ -245,14 +270,13 @@ def fm_refine(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
             s = side[v]
             size[s] = _heap_remove(hv[s], hk[s], pos, size[s], v)
             obj -= gain[v]
-            side[v] = 1 - s
             w0 += -vw[v] if s == 0 else vw[v]
             locked[v] = True
+            _flip(xadj, adj, ew, side, gain, ext, v)
             for e in range(xadj[v], xadj[v + 1]):
                 u = adj[e]
                 if locked[u]:
                     continue
-                gain[u] += 2.0 * ew[e] if side[u] == s else -2.0 * ew[e]
                 su = side[u]
                 if pos[u] >= 0:
                     i = pos[u]
@@ -276,14 +300,16 @@ def fm_refine(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
                 best_obj = obj
                 best_excess = excess
                 best_k = nmoves
+                best_w0 = w0
                 since = 0
             else:
                 since += 1
                 if since > limit:
                     break
         for k in range(nmoves - 1, best_k - 1, -1):
-            side[moves[k]] = 1 - side[moves[k]]
+            _flip(xadj, adj, ew, side, gain, ext, moves[k])
         obj = best_obj
+        w0 = best_w0
         if not (best_excess < start_excess or best_obj < start_obj - 1e-9):
             break
     return obj

@@ -140,7 +140,9 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, caps:
     """Position (index into the topology order) of every rank; `caps` are slots per position.
 
     `ccum` is the (M+1, D) cumulative sum of torus coordinates along the order (D = 0 for
-    hierarchical machines); `ring` holds the torus extents as floats.
+    hierarchical machines); `ring` holds the torus extents as floats. A subgraph that is
+    coarsened is bisected `nruns` times (best kept); a small one once (its `ntries` initial
+    bisections already cover it).
     """
     n = len(xadj) - 1
     m = len(caps)
@@ -220,7 +222,7 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, caps:
         side = multilevel_bisect(sx, sa, se, svw, sbias, float(n_left), state, ntries,
                                  coarsen_to)
         best = objective(sx, sa, se, sbias, side)
-        for _ in range(1, nruns):
+        for _ in range(1, nruns if ns > coarsen_to else 1):
             other = multilevel_bisect(sx, sa, se, svw, sbias, float(n_left), state, ntries,
                                       coarsen_to)
             obj = objective(sx, sa, se, sbias, other)

@@ -32,7 +32,10 @@ from hpcmig.topology.model import IntArray, Topology
 
 COARSEN_TO = 80
 INITIAL_TRIES = 8
-BISECTION_RUNS = 3
+MIN_RUNS = 3
+MAX_RUNS = 6
+RUN_WORK = 50_000  # small graphs: up to RUN_WORK / edge entries runs per bisection
+DENSE_DEGREE = 32
 REFINE_PASSES = 8
 SWAP_CANDIDATES = 4
 
@@ -53,6 +56,18 @@ class Mapping:
         return [names[i] for i in self.node_of]
 
 
+def bisection_runs(n: int, nnz: int) -> int:
+    """Independent multilevel runs per coarsened bisection (best kept).
+
+    Sparse graphs: MIN_RUNS, more on small graphs where they are cheap (an unlucky coarsening
+    of a grid costs a few percent). Dense graphs (all-to-all in rows/columns): one run, as
+    their runs agree and each costs O(edges) per level.
+    """
+    if nnz > DENSE_DEGREE * n:
+        return 1
+    return max(MIN_RUNS, min(MAX_RUNS, RUN_WORK // max(nnz, 1)))
+
+
 def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,
               slots: int | npt.ArrayLike, seed: int = 0) -> Mapping:
     """Place the ranks of traffic matrix `comm` on `topology` with `slots` per node."""
@@ -71,7 +86,8 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     ccum[1:] = np.cumsum(coords[order].astype(np.float64), axis=0)
     pos = _kernels_rb.recursive_bisection(
         xadj, adj, w.data, caps[order], np.ascontiguousarray(topology.split_key), ccum,
-        ring.astype(np.float64), seed, INITIAL_TRIES, COARSEN_TO, BISECTION_RUNS)
+        ring.astype(np.float64), seed, INITIAL_TRIES, COARSEN_TO,
+        bisection_runs(n, len(adj)))
     node_of = order[pos].astype(np.int64)
     _kernels_cost.swap_refine(xadj, adj, w.data, node_of, caps, groups, half, coords, ring,
                               REFINE_PASSES, seed, SWAP_CANDIDATES)
