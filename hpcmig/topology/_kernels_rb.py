@@ -15,7 +15,7 @@ from hpcmig.topology._jit import configure_cache
 configure_cache()
 
 import numpy as np  # noqa: E402
-from numba import njit  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 from hpcmig.topology._kernels import (  # noqa: E402
     _MOD,
@@ -134,15 +134,118 @@ def _ring_dist(a: np.ndarray, b: np.ndarray, ring: np.ndarray) -> float:
 
 
 @njit(cache=True)
+def _split_point(keys: np.ndarray, capcum: np.ndarray, lo: int, hi: int) -> int:
+    """Boundary of the highest key in lo..hi nearest the capacity midpoint."""
+    kmax = keys[lo:hi - 1].max()
+    half = 0.5 * (capcum[hi] + capcum[lo])
+    mid = -1
+    bestd = np.inf
+    for p in range(lo, hi - 1):
+        if keys[p] == kmax and abs(capcum[p + 1] - half) < bestd:
+            bestd = abs(capcum[p + 1] - half)
+            mid = p + 1
+    return mid
+
+
+@njit(cache=True)
+def _bisect_task(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, members: np.ndarray,
+                 owner: np.ndarray, task: int, loc: np.ndarray, vlo: np.ndarray,
+                 vhi: np.ndarray, ccum: np.ndarray, ring: np.ndarray, lo: int, mid: int, hi: int,
+                 n_left: int, state: np.ndarray, ntries: int, coarsen_to: int, runs: int
+                 ) -> np.ndarray:
+    """Side of each of `members` (owner[v] == task and loc[v] = index for exactly those)."""
+    ns = len(members)
+    dims = len(ring)
+    sx = np.zeros(ns + 1, dtype=np.int64)
+    for i in range(ns):
+        v = members[i]
+        cnt = 0
+        for e in range(xadj[v], xadj[v + 1]):
+            if owner[adj[e]] == task:
+                cnt += 1
+        sx[i + 1] = sx[i] + cnt
+    sa = np.empty(sx[ns], dtype=np.int64)
+    se = np.empty(sx[ns], dtype=np.float64)
+    sbias = np.zeros(ns, dtype=np.float64)
+    c_left = (ccum[mid] - ccum[lo]) / (mid - lo)
+    c_right = (ccum[hi] - ccum[mid]) / (hi - mid)
+    for i in range(ns):
+        v = members[i]
+        j = sx[i]
+        for e in range(xadj[v], xadj[v + 1]):
+            u = adj[e]
+            if owner[u] == task:
+                sa[j] = loc[u]
+                se[j] = ew[e]
+                j += 1
+            elif dims > 0:
+                cu = (ccum[vhi[u]] - ccum[vlo[u]]) / (vhi[u] - vlo[u])
+                sbias[i] += ew[e] * (_ring_dist(c_right, cu, ring)
+                                     - _ring_dist(c_left, cu, ring))
+    svw = np.ones(ns, dtype=np.float64)
+    side = multilevel_bisect(sx, sa, se, svw, sbias, float(n_left), state, ntries, coarsen_to)
+    best = objective(sx, sa, se, sbias, side)
+    for _ in range(1, runs):
+        other = multilevel_bisect(sx, sa, se, svw, sbias, float(n_left), state, ntries,
+                                  coarsen_to)
+        obj = objective(sx, sa, se, sbias, other)
+        if obj < best:
+            best = obj
+            side = other
+    return side
+
+
+@njit(cache=True)
+def _run_task(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, perm: np.ndarray,
+              sides: np.ndarray, owner: np.ndarray, loc: np.ndarray, vlo: np.ndarray,
+              vhi: np.ndarray, ccum: np.ndarray, ring: np.ndarray, capcum: np.ndarray,
+              start: int, end: int, lo: int, hi: int, mid: int, task: int, base: int,
+              ntries: int, coarsen_to: int, runs: int) -> None:
+    """One task of a level: write the side of perm[start:end] into sides[start:end]."""
+    if mid < 0:
+        return
+    ns = end - start
+    n_left = min(ns, capcum[mid] - capcum[lo])
+    if n_left == ns or n_left == 0:
+        sides[start:end] = 0 if n_left == ns else 1
+        return
+    state = np.array([(base + 1_000_003 * lo + 7919 * hi) % (_MOD - 1) + 1], dtype=np.int64)
+    side = _bisect_task(xadj, adj, ew, perm[start:end].copy(), owner, task, loc, vlo, vhi,
+                        ccum, ring, lo, mid, hi, n_left, state, ntries, coarsen_to, runs)
+    sides[start:end] = side
+
+
+@njit(cache=True, parallel=True)
+def _run_level(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, perm: np.ndarray,
+               sides: np.ndarray, owner: np.ndarray, loc: np.ndarray, vlo: np.ndarray,
+               vhi: np.ndarray, ccum: np.ndarray, ring: np.ndarray, capcum: np.ndarray,
+               qs: np.ndarray, qe: np.ndarray, ql: np.ndarray, qh: np.ndarray,
+               mids: np.ndarray, base: int, ntries: int, coarsen_to: int, nruns: int,
+               runs_above: int, first: int, step: int) -> None:
+    """Tasks first, first + step, ... of one level, in parallel (disjoint `sides` ranges)."""
+    for i in prange((len(qs) - first + step - 1) // step):
+        t = first + i * step
+        runs = nruns if qe[t] - qs[t] > runs_above else 1
+        _run_task(xadj, adj, ew, perm, sides, owner, loc, vlo, vhi, ccum, ring, capcum,
+                  qs[t], qe[t], ql[t], qh[t], mids[t], t, base, ntries, coarsen_to, runs)
+
+
+@njit(cache=True)
 def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, caps: np.ndarray,
                         keys: np.ndarray, ccum: np.ndarray, ring: np.ndarray, seed: int,
-                        ntries: int, coarsen_to: int, nruns: int) -> np.ndarray:
+                        ntries: int, coarsen_to: int, nruns: int, runs_above: int
+                        ) -> np.ndarray:
     """Position (index into the topology order) of every rank; `caps` are slots per position.
 
     `ccum` is the (M+1, D) cumulative sum of torus coordinates along the order (D = 0 for
-    hierarchical machines); `ring` holds the torus extents as floats. A subgraph that is
-    coarsened is bisected `nruns` times (best kept); a small one once (its `ntries` initial
-    bisections already cover it).
+    hierarchical machines); `ring` holds the torus extents as floats. A subgraph of more than
+    `runs_above` ranks is bisected `nruns` times (best kept); a smaller one once (its
+    `ntries` initial bisections on a graph that coarsens little already cover it).
+
+    Level by level: the tasks of one level are independent (each reads where the other ranks
+    were placed by the previous levels only) and run in parallel (`prange`); each has its own
+    random stream seeded from (seed, its node range), so the result does not depend on the
+    number of threads, nor on NUMBA_DISABLE_JIT.
     """
     n = len(xadj) - 1
     m = len(caps)
@@ -153,102 +256,86 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, caps:
     vlo = np.zeros(n, dtype=np.int64)
     vhi = np.full(n, m, dtype=np.int64)
     pos = np.full(n, -1, dtype=np.int64)
-    loc = np.full(n, -1, dtype=np.int64)
-    state = np.array([seed % (_MOD - 1) + 1], dtype=np.int64)
-    qn = 2 * m + 4
-    qs = np.empty(qn, dtype=np.int64)
-    qe = np.empty(qn, dtype=np.int64)
-    ql = np.empty(qn, dtype=np.int64)
-    qh = np.empty(qn, dtype=np.int64)
-    qs[0], qe[0], ql[0], qh[0] = 0, n, 0, m
-    head, tail = 0, 1
-    dims = len(ring)
-    while head < tail:
-        start, end, lo, hi = qs[head], qe[head], ql[head], qh[head]
-        head += 1
-        ns = end - start
-        if ns == 0:
-            continue
-        if hi - lo == 1:
-            for k in range(start, end):
-                pos[perm[k]] = lo
-            continue
-        kmax = keys[lo:hi - 1].max()
-        half = 0.5 * (capcum[hi] + capcum[lo])
-        mid = -1
-        bestd = np.inf
-        for p in range(lo, hi - 1):
-            if keys[p] == kmax and abs(capcum[p + 1] - half) < bestd:
-                bestd = abs(capcum[p + 1] - half)
-                mid = p + 1
-        n_left = min(ns, capcum[mid] - capcum[lo])
-        if n_left == ns or n_left == 0:
-            nlo, nhi = (lo, mid) if n_left == ns else (mid, hi)
-            for k in range(start, end):
-                vlo[perm[k]] = nlo
-                vhi[perm[k]] = nhi
-            qs[tail], qe[tail], ql[tail], qh[tail] = start, end, nlo, nhi
-            tail += 1
-            continue
-        for k in range(start, end):
-            loc[perm[k]] = k - start
-        sx = np.zeros(ns + 1, dtype=np.int64)
-        for i in range(ns):
-            v = perm[start + i]
-            cnt = 0
-            for e in range(xadj[v], xadj[v + 1]):
-                if loc[adj[e]] >= 0:
-                    cnt += 1
-            sx[i + 1] = sx[i] + cnt
-        sa = np.empty(sx[ns], dtype=np.int64)
-        se = np.empty(sx[ns], dtype=np.float64)
-        sbias = np.zeros(ns, dtype=np.float64)
-        c_left = (ccum[mid] - ccum[lo]) / (mid - lo)
-        c_right = (ccum[hi] - ccum[mid]) / (hi - mid)
-        for i in range(ns):
-            v = perm[start + i]
-            j = sx[i]
-            for e in range(xadj[v], xadj[v + 1]):
-                u = adj[e]
-                if loc[u] >= 0:
-                    sa[j] = loc[u]
-                    se[j] = ew[e]
-                    j += 1
-                elif dims > 0:
-                    cu = (ccum[vhi[u]] - ccum[vlo[u]]) / (vhi[u] - vlo[u])
-                    sbias[i] += ew[e] * (_ring_dist(c_right, cu, ring)
-                                         - _ring_dist(c_left, cu, ring))
-        svw = np.ones(ns, dtype=np.float64)
-        side = multilevel_bisect(sx, sa, se, svw, sbias, float(n_left), state, ntries,
-                                 coarsen_to)
-        best = objective(sx, sa, se, sbias, side)
-        for _ in range(1, nruns if ns > coarsen_to else 1):
-            other = multilevel_bisect(sx, sa, se, svw, sbias, float(n_left), state, ntries,
-                                      coarsen_to)
-            obj = objective(sx, sa, se, sbias, other)
-            if obj < best:
-                best = obj
-                side = other
-        tmp = perm[start:end].copy()
-        a = start
-        for i in range(ns):
-            loc[tmp[i]] = -1
-            if side[i] == 0:
-                perm[a] = tmp[i]
-                a += 1
-        b = a
-        for i in range(ns):
-            if side[i] == 1:
-                perm[b] = tmp[i]
-                b += 1
-        for k in range(start, end):
-            vlo[perm[k]] = lo if k < a else mid
-            vhi[perm[k]] = mid if k < a else hi
-        qs[tail], qe[tail], ql[tail], qh[tail] = start, a, lo, mid
-        tail += 1
-        qs[tail], qe[tail], ql[tail], qh[tail] = a, end, mid, hi
-        tail += 1
+    loc = np.zeros(n, dtype=np.int64)
+    owner = np.full(n, -1, dtype=np.int64)
+    sides = np.zeros(n, dtype=np.int8)
+    base = seed % (_MOD - 1)
+    qs = np.zeros(1, dtype=np.int64)
+    qe = np.full(1, n, dtype=np.int64)
+    ql = np.zeros(1, dtype=np.int64)
+    qh = np.full(1, m, dtype=np.int64)
+    while len(qs) > 0:
+        nt = len(qs)
+        mids = np.full(nt, -1, dtype=np.int64)
+        for t in range(nt):
+            if qh[t] - ql[t] > 1 and qe[t] > qs[t]:
+                mids[t] = _split_point(keys, capcum, ql[t], qh[t])
+            for k in range(qs[t], qe[t]):
+                loc[perm[k]] = k - qs[t]
+                owner[perm[k]] = t
+        # A tree's tasks are independent: one parallel phase. On a torus a task looks at where
+        # the tasks before it put their ranks (orientation): one task per phase.
+        phases = 1 if len(ring) == 0 else nt
+        for ph in range(phases):
+            _run_level(xadj, adj, ew, perm, sides, owner, loc, vlo, vhi, ccum, ring, capcum,
+                       qs, qe, ql, qh, mids, base, ntries, coarsen_to, nruns, runs_above, ph,
+                       phases)
+            for t in range(ph, nt, phases):
+                _apply_task(perm, sides, vlo, vhi, qs[t], qe[t], ql[t], mids[t], qh[t])
+        nxt = _next_level(perm, sides, pos, qs, qe, ql, qh, mids)
+        qs, qe, ql, qh = nxt[0], nxt[1], nxt[2], nxt[3]
     return pos
+
+
+@njit(cache=True)
+def _apply_task(perm: np.ndarray, sides: np.ndarray, vlo: np.ndarray, vhi: np.ndarray,
+                start: int, end: int, lo: int, mid: int, hi: int) -> None:
+    """Order a bisected task's ranks side 0 first and narrow their node ranges."""
+    if mid < 0:
+        return
+    tmp = perm[start:end].copy()
+    side = sides[start:end].copy()
+    a = start
+    for i in range(end - start):
+        if side[i] == 0:
+            perm[a] = tmp[i]
+            a += 1
+    b = a
+    for i in range(end - start):
+        if side[i] == 1:
+            perm[b] = tmp[i]
+            b += 1
+    for k in range(start, end):
+        vlo[perm[k]] = lo if k < a else mid
+        vhi[perm[k]] = mid if k < a else hi
+        sides[k] = 0 if k < a else 1
+
+
+@njit(cache=True)
+def _next_level(perm: np.ndarray, sides: np.ndarray, pos: np.ndarray, qs: np.ndarray,
+                qe: np.ndarray, ql: np.ndarray, qh: np.ndarray, mids: np.ndarray) -> np.ndarray:
+    """Record leaves in `pos`; returns the next level's tasks as rows (start, end, lo, hi)."""
+    nt = len(qs)
+    cnt = 0
+    for t in range(nt):
+        if mids[t] >= 0:
+            cnt += 2
+        else:
+            for k in range(qs[t], qe[t]):
+                pos[perm[k]] = ql[t]
+    out = np.empty((4, cnt), dtype=np.int64)
+    c = 0
+    for t in range(nt):
+        start, end, lo, hi, mid = qs[t], qe[t], ql[t], qh[t], mids[t]
+        if mid < 0:
+            continue
+        a = start
+        while a < end and sides[a] == 0:
+            a += 1
+        out[0, c], out[1, c], out[2, c], out[3, c] = start, a, lo, mid
+        out[0, c + 1], out[1, c + 1], out[2, c + 1], out[3, c + 1] = a, end, mid, hi
+        c += 2
+    return out
 
 
 __all__ = ["multilevel_bisect", "objective", "recursive_bisection"]

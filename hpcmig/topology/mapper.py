@@ -32,10 +32,11 @@ from hpcmig.topology.model import IntArray, Topology
 
 COARSEN_TO = 80
 INITIAL_TRIES = 8
-MIN_RUNS = 3
+MIN_RUNS = 4
 MAX_RUNS = 6
 RUN_WORK = 50_000  # small graphs: up to RUN_WORK / edge entries runs per bisection
 DENSE_DEGREE = 32
+RUNS_ABOVE = 2 * COARSEN_TO  # smaller subgraphs: one run
 REFINE_PASSES = 8
 SWAP_CANDIDATES = 4
 
@@ -87,7 +88,7 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     pos = _kernels_rb.recursive_bisection(
         xadj, adj, w.data, caps[order], np.ascontiguousarray(topology.split_key), ccum,
         ring.astype(np.float64), seed, INITIAL_TRIES, COARSEN_TO,
-        bisection_runs(n, len(adj)))
+        bisection_runs(n, len(adj)), RUNS_ABOVE)
     node_of = order[pos].astype(np.int64)
     _kernels_cost.swap_refine(xadj, adj, w.data, node_of, caps, groups, half, coords, ring,
                               REFINE_PASSES, seed, SWAP_CANDIDATES)

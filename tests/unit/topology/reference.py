@@ -136,3 +136,17 @@ def best_mapping(mat: list[list[float]], caps: list[int], dist: list[list[float]
     for perm in set(itertools.permutations(slots, n)):
         best = min(best, hop_bytes(mat, list(perm), dist))
     return best
+
+
+def split_point(keys: list[int], capcum: list[int], lo: int, hi: int) -> int:
+    """Boundary (position) of the highest key in lo..hi nearest half the capacity."""
+    kmax = max(keys[lo:hi - 1])
+    half = 0.5 * (capcum[hi] + capcum[lo])
+    cands = [p + 1 for p in range(lo, hi - 1) if keys[p] == kmax]
+    return min(cands, key=lambda b: (abs(capcum[b] - half), b))
+
+
+def level_order(perm: list[int], sides: list[int], start: int, end: int) -> list[int]:
+    """A bisected task's ranks, side 0 first, each side in its previous order."""
+    seg = list(zip(perm[start:end], sides[start:end], strict=True))
+    return [v for v, s in seg if s == 0] + [v for v, s in seg if s == 1]

@@ -188,9 +188,38 @@ def test_recursive_bisection_respects_capacities_and_is_optimal_on_tiny_tree() -
     xadj, adj, ew = csr_arrays(sp.csr_array(mat))
     caps = np.full(4, 2, dtype=np.int64)
     pos = _kernels_rb.recursive_bisection(xadj, adj, ew, caps[topo.order], topo.split_key,
-                                          np.zeros((5, 0)), np.zeros(0), 1, 4, 4, 2)
+                                          np.zeros((5, 0)), np.zeros(0), 1, 4, 4, 2, 0)
     node_of = topo.order[pos]
     assert np.all(np.bincount(node_of, minlength=4) == 2)
     dist = topo.distance_matrix().tolist()
     got = ref.hop_bytes(mat.tolist(), node_of.tolist(), dist)
     assert got == ref.best_mapping(mat.tolist(), caps.tolist(), dist)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_split_point_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, 3, 15).astype(np.int64)
+    capcum = np.concatenate([[0], np.cumsum(rng.integers(0, 5, 16))]).astype(np.int64)
+    for lo in range(0, 14):
+        for hi in range(lo + 2, 17):
+            got = _kernels_rb._split_point(keys, capcum, lo, hi)
+            assert got == ref.split_point(keys.tolist(), capcum.tolist(), lo, hi)
+
+
+def test_apply_task_and_next_level_match_reference() -> None:
+    rng = np.random.default_rng(3)
+    perm = rng.permutation(10).astype(np.int64)
+    sides = rng.integers(0, 2, 10).astype(np.int8)
+    want = ref.level_order(perm.tolist(), sides.tolist(), 2, 9)
+    n0 = int((sides[2:9] == 0).sum())
+    vlo, vhi = np.zeros(10, dtype=np.int64), np.full(10, 4, dtype=np.int64)
+    _kernels_rb._apply_task(perm, sides, vlo, vhi, 2, 9, 0, 2, 4)
+    assert perm[2:9].tolist() == want
+    assert vlo[want].tolist() == [0] * n0 + [2] * (7 - n0)
+    assert vhi[want].tolist() == [2] * n0 + [4] * (7 - n0)
+    pos = np.full(10, -1, dtype=np.int64)
+    qs, qe, ql, qh = (np.array([0, 2]), np.array([2, 9]), np.array([0, 0]), np.array([1, 4]))
+    nxt = _kernels_rb._next_level(perm, sides, pos, qs, qe, ql, qh, np.array([-1, 2]))
+    assert nxt.tolist() == [[2, 2 + n0], [2 + n0, 9], [0, 2], [2, 4]]
+    assert pos[perm[:2]].tolist() == [0, 0]

@@ -53,6 +53,18 @@ def test_kernel_tests_pass_without_jit() -> None:
     assert " passed" in proc.stdout
 
 
+def test_mapper_does_not_depend_on_the_number_of_threads() -> None:
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _MAP_SCRIPT], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one_thread = json.loads(proc.stdout)
+    comm, _ = permute(stencil((8, 8)), seed=3)
+    assert map_ranks(comm, fat_tree([4, 2, 2]), 4, seed=5).node_of.tolist() == \
+        one_thread["fattree"]
+
+
 def test_mapper_gives_the_same_mapping_with_and_without_jit() -> None:
     proc = subprocess.run([sys.executable, "-c", _MAP_SCRIPT], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=300)
