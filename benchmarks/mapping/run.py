@@ -44,7 +44,7 @@ FATTREE = {1024: "fattree:8,8", 4096: "fattree:16,16", 16384: "fattree:16,8,8",
 TORUS = {1024: "torus:4x4x4", 4096: "torus:8x8x4", 16384: "torus:16x8x8",
          65536: "torus:16x16x16"}
 PATTERNS = ["stencil2d", "stencil2d-perm", "stencil3d", "stencil3d-perm", "fft", "mesh"]
-METHODS = ["block", "cyclic", "random", "hpcmig", "metis", "kahip", "scotch"]
+METHODS = ["block", "cyclic", "random", "hpcmig", "hpcmig-1thread", "metis", "kahip", "scotch"]
 
 
 def make_pattern(name: str, n: int) -> sp.csr_array:
@@ -76,9 +76,22 @@ def method_fn(name: str, comm: sp.csr_array, topo: Topology) -> Callable[[], np.
         return lambda: random_placement(n, topo, caps, seed=0)
     if name == "hpcmig":
         return lambda: map_ranks(comm, topo, caps, seed=0).node_of
+    if name == "hpcmig-1thread":  # the same mapping on one core (the tools use one)
+        return lambda: _one_thread(lambda: map_ranks(comm, topo, caps, seed=0).node_of)
     part = TOOLS[name]
     w = rank_graph(comm)
     return lambda: by_levels(w, topo, caps, part)
+
+
+def _one_thread(fn: Callable[[], np.ndarray]) -> np.ndarray:
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        numba.set_num_threads(before)
 
 
 def measure(fn: Callable[[], np.ndarray], repeat: int) -> tuple[np.ndarray, float]:
@@ -113,6 +126,8 @@ def main() -> int:
                     if (spec, pname, n, meth) in done:
                         continue
                     rep = args.repeat if n <= 16384 or meth in ("hpcmig", "block") else 1
+                    if n > 16384 and meth in ("hpcmig", "hpcmig-1thread"):
+                        rep = min(rep, 2)
                     try:
                         node_of, secs = measure(method_fn(meth, comm, topo), rep)
                     except ImportError as exc:

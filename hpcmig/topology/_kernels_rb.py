@@ -4,8 +4,10 @@ Design note: private, arrays and scalars only, no validation (see `_kernels.py` 
 conventions and the random generator). `recursive_bisection` walks the machine's split order
 breadth first: a task is (ranks, range of node positions); it splits the range at its highest
 `split_key` nearest the capacity midpoint, bisects the ranks' subgraph with exact sizes (left
-side filled to capacity first), and queues both halves. On a torus the ranks already placed
-elsewhere pull each vertex towards the nearer half (`bias`), which orients the halves.
+side filled to capacity first), and queues both halves for the next level. On a torus the
+ranks already placed elsewhere pull each vertex towards the nearer half (`bias`), which
+orients the halves, so a torus level runs task after task; a tree's tasks are independent
+and a level runs in parallel (`prange`). Each task has its own random stream.
 """
 
 from __future__ import annotations

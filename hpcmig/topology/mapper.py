@@ -7,9 +7,11 @@ natural order (it falls back to a refined block placement if it would be). It do
 Algorithm (dual recursive bipartitioning, as in Scotch): the machine's split order
 (`Topology.order` / `split_key`) is cut recursively at its highest level, the ranks' graph is
 bisected with exact capacities by a multilevel scheme (heavy-edge matching, greedy growing,
-Fiduccia-Mattheyses refinement); on a torus the ranks already placed pull each vertex
-towards the nearer half. A final pass swaps ranks between nodes while the true hop-bytes
-(full distance, every level at once) improve. Same seed, same mapping.
+Fiduccia-Mattheyses refinement, best of several runs on large sparse subgraphs); on a torus
+the ranks already placed pull each vertex towards the nearer half. On a tree the bisections
+of one level run in parallel (numba threads); the mapping does not depend on their number.
+A final pass swaps ranks between nodes while the true hop-bytes (full distance, every level
+at once) improve. Same seed, same mapping.
 """
 
 from __future__ import annotations
