@@ -153,8 +153,8 @@ def _split_point(keys: np.ndarray, capcum: np.ndarray, lo: int, hi: int) -> int:
 def _bisect_task(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, members: np.ndarray,
                  owner: np.ndarray, task: int, loc: np.ndarray, vlo: np.ndarray,
                  vhi: np.ndarray, ccum: np.ndarray, ring: np.ndarray, lo: int, mid: int, hi: int,
-                 n_left: int, state: np.ndarray, ntries: int, coarsen_to: int, runs: int
-                 ) -> np.ndarray:
+                 n_left: int, state: np.ndarray, ntries: int, coarsen_to: int, runs: int,
+                 par_runs: bool) -> np.ndarray:
     """Side of each of `members` (owner[v] == task and loc[v] = index for exactly those)."""
     ns = len(members)
     dims = len(ring)
@@ -184,12 +184,31 @@ def _bisect_task(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, members: np.
                 cu = (ccum[vhi[u]] - ccum[vlo[u]]) / (vhi[u] - vlo[u])
                 sbias[i] += ew[e] * (_ring_dist(c_right, cu, ring)
                                      - _ring_dist(c_left, cu, ring))
-    svw = np.ones(ns, dtype=np.float64)
-    side = multilevel_bisect(sx, sa, se, svw, sbias, float(n_left), state, ntries, coarsen_to)
+    if par_runs and runs > 1:
+        return _runs_parallel(sx, sa, se, sbias, float(n_left), state[0], ntries, coarsen_to,
+                              runs)
+    return _runs_serial(sx, sa, se, sbias, float(n_left), state[0], ntries, coarsen_to, runs)
+
+
+@njit(cache=True)
+def _one_run(sx: np.ndarray, sa: np.ndarray, se: np.ndarray, sbias: np.ndarray,
+             target0: float, seed0: int, run: int, ntries: int, coarsen_to: int
+             ) -> np.ndarray:
+    """Run `run` of a bisection, on its own random stream (so runs may go in parallel)."""
+    state = np.array([(seed0 + 104_729 * run) % (_MOD - 1) + 1], dtype=np.int64)
+    svw = np.ones(len(sx) - 1, dtype=np.float64)
+    return multilevel_bisect(sx, sa, se, svw, sbias, target0, state, ntries, coarsen_to)
+
+
+@njit(cache=True)
+def _runs_serial(sx: np.ndarray, sa: np.ndarray, se: np.ndarray, sbias: np.ndarray,
+                 target0: float, seed0: int, ntries: int, coarsen_to: int, runs: int
+                 ) -> np.ndarray:
+    """Best of `runs` runs (lowest objective, first on ties)."""
+    side = _one_run(sx, sa, se, sbias, target0, seed0, 0, ntries, coarsen_to)
     best = objective(sx, sa, se, sbias, side)
-    for _ in range(1, runs):
-        other = multilevel_bisect(sx, sa, se, svw, sbias, float(n_left), state, ntries,
-                                  coarsen_to)
+    for r in range(1, runs):
+        other = _one_run(sx, sa, se, sbias, target0, seed0, r, ntries, coarsen_to)
         obj = objective(sx, sa, se, sbias, other)
         if obj < best:
             best = obj
@@ -197,12 +216,31 @@ def _bisect_task(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, members: np.
     return side
 
 
+@njit(cache=True, parallel=True)
+def _runs_parallel(sx: np.ndarray, sa: np.ndarray, se: np.ndarray, sbias: np.ndarray,
+                   target0: float, seed0: int, ntries: int, coarsen_to: int, runs: int
+                   ) -> np.ndarray:
+    """`_runs_serial` with the runs in parallel; the same result."""
+    ns = len(sx) - 1
+    out = np.empty((runs, ns), dtype=np.int8)
+    objs = np.empty(runs, dtype=np.float64)
+    for r in prange(runs):
+        side = _one_run(sx, sa, se, sbias, target0, seed0, r, ntries, coarsen_to)
+        out[r] = side
+        objs[r] = objective(sx, sa, se, sbias, side)
+    best = 0
+    for r in range(1, runs):
+        if objs[r] < objs[best]:
+            best = r
+    return out[best].copy()
+
+
 @njit(cache=True)
 def _run_task(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, perm: np.ndarray,
               sides: np.ndarray, owner: np.ndarray, loc: np.ndarray, vlo: np.ndarray,
               vhi: np.ndarray, ccum: np.ndarray, ring: np.ndarray, capcum: np.ndarray,
               start: int, end: int, lo: int, hi: int, mid: int, task: int, base: int,
-              ntries: int, coarsen_to: int, runs: int) -> None:
+              ntries: int, coarsen_to: int, runs: int, par_runs: bool) -> None:
     """One task of a level: write the side of perm[start:end] into sides[start:end]."""
     if mid < 0:
         return
@@ -213,7 +251,8 @@ def _run_task(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, perm: np.ndarra
         return
     state = np.array([(base + 1_000_003 * lo + 7919 * hi) % (_MOD - 1) + 1], dtype=np.int64)
     side = _bisect_task(xadj, adj, ew, perm[start:end].copy(), owner, task, loc, vlo, vhi,
-                        ccum, ring, lo, mid, hi, n_left, state, ntries, coarsen_to, runs)
+                        ccum, ring, lo, mid, hi, n_left, state, ntries, coarsen_to, runs,
+                        par_runs)
     sides[start:end] = side
 
 
@@ -223,13 +262,13 @@ def _run_level(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, perm: np.ndarr
                vhi: np.ndarray, ccum: np.ndarray, ring: np.ndarray, capcum: np.ndarray,
                qs: np.ndarray, qe: np.ndarray, ql: np.ndarray, qh: np.ndarray,
                mids: np.ndarray, base: int, ntries: int, coarsen_to: int, nruns: int,
-               runs_above: int, first: int, step: int) -> None:
-    """Tasks first, first + step, ... of one level, in parallel (disjoint `sides` ranges)."""
-    for i in prange((len(qs) - first + step - 1) // step):
-        t = first + i * step
+               runs_above: int) -> None:
+    """The tasks of one level in parallel (they write disjoint ranges of `sides`)."""
+    for t in prange(len(qs)):
         runs = nruns if qe[t] - qs[t] > runs_above else 1
         _run_task(xadj, adj, ew, perm, sides, owner, loc, vlo, vhi, ccum, ring, capcum,
-                  qs[t], qe[t], ql[t], qh[t], mids[t], t, base, ntries, coarsen_to, runs)
+                  qs[t], qe[t], ql[t], qh[t], mids[t], t, base, ntries, coarsen_to, runs,
+                  False)
 
 
 @njit(cache=True)
@@ -275,14 +314,17 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, caps:
             for k in range(qs[t], qe[t]):
                 loc[perm[k]] = k - qs[t]
                 owner[perm[k]] = t
-        # A tree's tasks are independent: one parallel phase. On a torus a task looks at where
-        # the tasks before it put their ranks (orientation): one task per phase.
-        phases = 1 if len(ring) == 0 else nt
-        for ph in range(phases):
+        if len(ring) == 0:  # a tree's tasks are independent: the level in parallel
             _run_level(xadj, adj, ew, perm, sides, owner, loc, vlo, vhi, ccum, ring, capcum,
-                       qs, qe, ql, qh, mids, base, ntries, coarsen_to, nruns, runs_above, ph,
-                       phases)
-            for t in range(ph, nt, phases):
+                       qs, qe, ql, qh, mids, base, ntries, coarsen_to, nruns, runs_above)
+            for t in range(nt):
+                _apply_task(perm, sides, vlo, vhi, qs[t], qe[t], ql[t], mids[t], qh[t])
+        else:  # torus: a task sees where the tasks before it put their ranks (orientation),
+            for t in range(nt):  # so tasks in turn, each one's runs in parallel
+                runs = nruns if qe[t] - qs[t] > runs_above else 1
+                _run_task(xadj, adj, ew, perm, sides, owner, loc, vlo, vhi, ccum, ring,
+                          capcum, qs[t], qe[t], ql[t], qh[t], mids[t], t, base, ntries,
+                          coarsen_to, runs, True)
                 _apply_task(perm, sides, vlo, vhi, qs[t], qe[t], ql[t], mids[t], qh[t])
         nxt = _next_level(perm, sides, pos, qs, qe, ql, qh, mids)
         qs, qe, ql, qh = nxt[0], nxt[1], nxt[2], nxt[3]

@@ -38,6 +38,7 @@ MIN_RUNS = 4
 MAX_RUNS = 6
 RUN_WORK = 50_000  # small graphs: up to RUN_WORK / edge entries runs per bisection
 DENSE_DEGREE = 32
+TORUS_RUNS = 2
 RUNS_ABOVE = 2 * COARSEN_TO  # smaller subgraphs: one run
 REFINE_PASSES = 8
 SWAP_CANDIDATES = 4
@@ -59,15 +60,18 @@ class Mapping:
         return [names[i] for i in self.node_of]
 
 
-def bisection_runs(n: int, nnz: int) -> int:
+def bisection_runs(n: int, nnz: int, tree: bool = True) -> int:
     """Independent multilevel runs per coarsened bisection (best kept).
 
-    Sparse graphs: MIN_RUNS, more on small graphs where they are cheap (an unlucky coarsening
-    of a grid costs a few percent). Dense graphs (all-to-all in rows/columns): one run, as
-    their runs agree and each costs O(edges) per level.
+    Sparse graphs on a tree: MIN_RUNS, more on small graphs where they are cheap (an unlucky
+    coarsening of a grid costs a few percent). On a torus TORUS_RUNS, run in parallel (the
+    pull of placed ranks and the final swaps matter more there). Dense graphs (all-to-all in
+    rows/columns): one run, as their runs agree and each costs O(edges) per level.
     """
     if nnz > DENSE_DEGREE * n:
         return 1
+    if not tree:
+        return TORUS_RUNS
     return max(MIN_RUNS, min(MAX_RUNS, RUN_WORK // max(nnz, 1)))
 
 
@@ -90,7 +94,7 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     pos = _kernels_rb.recursive_bisection(
         xadj, adj, w.data, caps[order], np.ascontiguousarray(topology.split_key), ccum,
         ring.astype(np.float64), seed, INITIAL_TRIES, COARSEN_TO,
-        bisection_runs(n, len(adj)), RUNS_ABOVE)
+        bisection_runs(n, len(adj), topology.hierarchical), RUNS_ABOVE)
     node_of = order[pos].astype(np.int64)
     _kernels_cost.swap_refine(xadj, adj, w.data, node_of, caps, groups, half, coords, ring,
                               REFINE_PASSES, seed, SWAP_CANDIDATES)

@@ -223,3 +223,13 @@ def test_apply_task_and_next_level_match_reference() -> None:
     nxt = _kernels_rb._next_level(perm, sides, pos, qs, qe, ql, qh, np.array([-1, 2]))
     assert nxt.tolist() == [[2, 2 + n0], [2 + n0, 9], [0, 2], [2, 4]]
     assert pos[perm[:2]].tolist() == [0, 0]
+
+
+def test_parallel_runs_match_serial_runs(small_graph: sp.csr_array) -> None:
+    xadj, adj, ew = csr_arrays(small_graph)
+    n = len(xadj) - 1
+    bias = np.linspace(-3.0, 3.0, n)
+    serial = _kernels_rb._runs_serial(xadj, adj, ew, bias, n / 2, 12345, 4, 4, 3)
+    parallel = _kernels_rb._runs_parallel(xadj, adj, ew, bias, n / 2, 12345, 4, 4, 3)
+    assert serial.tolist() == parallel.tolist()
+    assert int((serial == 0).sum()) == n // 2

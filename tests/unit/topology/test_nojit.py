@@ -63,6 +63,7 @@ def test_mapper_does_not_depend_on_the_number_of_threads() -> None:
     comm, _ = permute(stencil((8, 8)), seed=3)
     assert map_ranks(comm, fat_tree([4, 2, 2]), 4, seed=5).node_of.tolist() == \
         one_thread["fattree"]
+    assert map_ranks(comm, torus([4, 4]), 4, seed=5).node_of.tolist() == one_thread["torus"]
 
 
 def test_mapper_gives_the_same_mapping_with_and_without_jit() -> None:
