@@ -32,8 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     say = console.print
-    plan_check = Plan(nodes_count=args.nodes, controller_host="-")  # validates --nodes early
-    del plan_check
+    Plan(nodes_count=args.nodes, controller_host="-")  # validates --nodes before any work
     current = cluster.current_plan()
     if current is not None and current.nodes_count == args.nodes and cluster.healthy():
         plan = current

@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 
-from hpcmig import _proc
+from hpcmig import _proc, _procfs
 from hpcmig.errors import HpcmigError, UsageError
 from hpcmig.runtime import _linux
 from hpcmig.runtime.base import Container, ContainerSpec, Runtime, register
@@ -40,30 +40,13 @@ def become_subreaper() -> None:
     _linux.set_child_subreaper(True)
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def _state(pid: int) -> str | None:
-    """The one-letter state of pid (R, S, Z, ...), None if it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
 def _is_init_of(pid: int, spec_path: str) -> bool:
-    argv = _cmdline(pid)
+    argv = _procfs.argv(pid)
     return INIT_MODULE in argv and spec_path in argv
 
 
 def _alive(pid: int, spec_path: str) -> bool:
-    return _state(pid) not in (None, "Z", "X") and _is_init_of(pid, spec_path)
+    return _procfs.live_cmdline(pid) is not None and _is_init_of(pid, spec_path)
 
 
 def find_inits(state_dir: str = "/run/hpcmig/containers") -> dict[str, int]:
@@ -73,8 +56,8 @@ def find_inits(state_dir: str = "/run/hpcmig/containers") -> dict[str, int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        argv = _cmdline(int(entry))
-        if INIT_MODULE in argv and argv[-1].startswith(prefix) and _state(int(entry)) != "Z":
+        argv = _procfs.argv(int(entry))
+        if INIT_MODULE in argv and argv[-1].startswith(prefix) and _procfs.state(int(entry)) != "Z":
             found[os.path.basename(os.path.dirname(argv[-1]))] = int(entry)
     return found
 

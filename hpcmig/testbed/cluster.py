@@ -206,11 +206,16 @@ def _start_slurm(plan: Plan, state: State, progress: Progress) -> None:
                     f"slurmd on {node.name} exited",
                     f"see {plan.log_dir}/slurmd-{node.name}.log",
                 )
-        out = _proc.run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=10).stdout
-        states = dict(line.split() for line in out.splitlines() if line.strip())
+        states = _slurm_states()
         return all(states.get(n, "").rstrip("*") == "idle" for n in names)
 
     daemons.wait_for("slurm nodes", all_idle, 60, None, str(plan.log_dir / "slurmctld.log"))
+
+
+def _slurm_states() -> dict[str, str]:
+    """{node: state} as `sinfo` prints it (a trailing * means not responding)."""
+    out = _proc.run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=10).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
 
 
 def _start_agents(plan: Plan, state: State, progress: Progress) -> None:
@@ -286,12 +291,10 @@ def status() -> tuple[Plan, State, list[NodeStatus], dict[str, bool]] | None:
         return None
     state = load_state(plan)
     assert state is not None
-    slurm_states: dict[str, str] = {}
     try:
-        out = _proc.run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=10).stdout
-        slurm_states = dict(line.split() for line in out.splitlines() if line.strip())
+        slurm_states = _slurm_states()
     except (CommandError, MissingDependency):
-        pass
+        slurm_states = {}
     netns = set(host.netns_list())
     nodes = []
     for node in plan.nodes:

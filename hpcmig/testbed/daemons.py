@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from hpcmig import _proc
+from hpcmig import _proc, _procfs
 from hpcmig.errors import CommandError, TestbedError
 
 
@@ -28,17 +28,7 @@ class Proc:
     match: str
 
 
-def cmdline(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-    if state in ("Z", "X"):
-        return None
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+cmdline = _procfs.live_cmdline
 
 
 def alive(proc: Proc) -> bool:
