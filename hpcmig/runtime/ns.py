@@ -53,13 +53,24 @@ def find_inits(state_dir: str = "/run/hpcmig/containers") -> dict[str, int]:
     """{container name: init pid} of live inits on this node (e.g. after an agent restart)."""
     found: dict[str, int] = {}
     prefix = os.path.join(state_dir, "")
+    own_mnt = _mnt_ns("self")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         argv = _procfs.argv(int(entry))
-        if INIT_MODULE in argv and argv[-1].startswith(prefix) and _procfs.state(int(entry)) != "Z":
+        if (INIT_MODULE in argv and argv[-1].startswith(prefix)
+                and _procfs.state(int(entry)) != "Z" and _mnt_ns(entry) == own_mnt):
             found[os.path.basename(os.path.dirname(argv[-1]))] = int(entry)
     return found
+
+
+def _mnt_ns(pid: str) -> int | None:
+    """Mount namespace inode: a node's containers share its mount namespace, so the same state
+    path on another node of one machine (the testbed) is told apart by it."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return None
 
 
 @register("ns")

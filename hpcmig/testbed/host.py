@@ -90,7 +90,8 @@ def make_ns_dir(plan: Plan) -> None:
 
 
 def make_node_namespaces(plan: Plan, node: Node) -> None:
-    """Mount + UTS namespaces for a node: hostname, private /tmp and /dev/shm, /etc/hosts."""
+    """Mount + UTS namespaces for a node: hostname, private /tmp, /dev/shm, /run/hpcmig and
+    /etc/hosts (so every node sees hpcmig's runtime paths where a real node would)."""
     mnt, uts = plan.mnt_ns(node), plan.uts_ns(node)
     if mounted(mnt) and mounted(uts):
         return
@@ -101,8 +102,12 @@ def make_node_namespaces(plan: Plan, node: Node) -> None:
     tmp = plan.node_dir(node) / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     tmp.chmod(0o1777)
+    run = plan.node_dir(node) / "run-hpcmig"  # the node's own /run/hpcmig (agent, containers)
+    run.mkdir(parents=True, exist_ok=True)
+    run.chmod(0o755)
     script = (
         f"hostname {node.name} && mount --bind {tmp} /tmp && "
+        f"mkdir -p /run/hpcmig && mount --bind {run} /run/hpcmig && "
         "mount -t tmpfs -o mode=1777,size=4g tmpfs /dev/shm && "
         f"mount --bind {plan.hosts_file} /etc/hosts"
     )

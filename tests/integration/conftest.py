@@ -6,9 +6,11 @@ A missing capability skips with the reason; under CI (`HPCMIG_REQUIRE_INTEGRATIO
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from hpcmig.testbed import cluster
 from hpcmig.testbed.plan import Plan
 
 NODES = 3
+LOCK = "/run/lock/hpcmig-integration.lock"
 TOOLS = ("slurmctld", "slurmd", "munged", "criu", "ip", "nsenter", "unshare", "mpiexec.mpich",
          "mpiexec.openmpi")
 
@@ -41,6 +44,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("integration") or item.get_closest_marker("lifecycle"):
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def integration_lock() -> Iterator[None]:
+    """One integration session at a time on this machine: the tests share namespace, user
+    and daemon names, so a second concurrent run would sweep the first one's objects."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.makedirs(os.path.dirname(LOCK), exist_ok=True)
+    with open(LOCK, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for {LOCK}: another integration run holds it", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")
