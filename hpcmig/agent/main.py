@@ -1,24 +1,35 @@
 """`hpcmig-agent`: the per-node daemon.
 
 Owns the node-local view: it samples the node's health (psutil) into a heartbeat file that the
-controller and `hpcmig testbed status` read. Container lifecycle, routes, CRIU and the
-authenticated RPC are added on top of this loop by the virtual-cluster work. It must not talk to
-Slurm: the controller does.
+controller and `hpcmig testbed status` read, and serves the authenticated RPC (server.py, the
+operations in ops.py) from a thread pool: container lifecycle, routes, checkpoints. It must
+not talk to Slurm: the prolog, `hpcmig run` and the controller do.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
 import sys
+import threading
 import time
+from ipaddress import IPv4Network
 from pathlib import Path
 from types import FrameType
 
 import psutil
+
+from hpcmig import config as site_config
+from hpcmig.agent import ops as _ops  # noqa: F401  (registers the operations)
+from hpcmig.agent.node import NodeAgent
+from hpcmig.agent.server import Server
+from hpcmig.errors import HpcmigError
+from hpcmig.network import NodeNet
+from hpcmig.runtime.ns import become_subreaper
 
 HEARTBEAT_SECONDS = 2.0
 
@@ -47,10 +58,28 @@ def write_heartbeat(path: Path, data: dict[str, object]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpcmig-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--node", required=True, help="the Slurm name of this node")
-    parser.add_argument("--state-dir", default="/run/hpcmig/agent", type=Path)
+    parser.add_argument("--state-dir", default=None, type=Path,
+                        help="where the heartbeat goes (default: <run_dir>/agent)")
     parser.add_argument("--munge-socket", default=None, help="MUNGE socket for authentication")
+    parser.add_argument("--listen", default="0.0.0.0", help="address to serve RPC on")
+    parser.add_argument("--config", default=None, help="hpcmig.toml (default: $HPCMIG_CONFIG "
+                        "or /etc/hpcmig/hpcmig.toml)")
     args = parser.parse_args(argv)
-    args.state_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s hpcmig-agent: %(levelname)s %(message)s")
+    try:
+        cfg = site_config.load(args.config)
+        state_dir = args.state_dir or cfg.agent_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        agent = NodeAgent(args.node, cfg, args.munge_socket or cfg.munge_socket or None)
+        become_subreaper()
+        NodeNet(None).install_isolation(IPv4Network(cfg.pool))
+        agent.adopt()
+        server = Server(agent, args.listen, cfg.agent_port)
+    except (HpcmigError, OSError) as exc:
+        print(f"hpcmig-agent: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
+    threading.Thread(target=server.serve_forever, name="rpc", daemon=True).start()
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -59,13 +88,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    beat = args.state_dir / "heartbeat.json"
-    print(f"hpcmig-agent: node {args.node} (pid {os.getpid()}) started", flush=True)
+    beat = state_dir / "heartbeat.json"
+    print(f"hpcmig-agent: node {args.node} (pid {os.getpid()}) serving on "
+          f"{args.listen}:{cfg.agent_port}", flush=True)
     while not stopping:
+        agent.reap()
         write_heartbeat(beat, sample(args.node))
         deadline = time.monotonic() + HEARTBEAT_SECONDS
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.1)
+    server.shutdown()
     beat.unlink(missing_ok=True)
     print(f"hpcmig-agent: node {args.node} stopped", flush=True)
     return 0

@@ -6,9 +6,10 @@ nothing else. It knows no request format and makes no policy decision (which uid
 It must not shell out to `munge`/`unmunge` (a fork per request is too slow for MPI launch) and
 must not cache decoded credentials (replay detection is munged's job; see `decode`).
 
-The socket of munged is, in order: the `socket` argument, `$HPCMIG_MUNGE_SOCKET`, libmunge's
-default (/run/munge/munge.socket.2). Errors are `MungeError` with the MUNGE error code, so a
-caller can tell "munged not running" (EMUNGE_SOCKET) from "credential replayed".
+The socket of munged is, in order: the `socket` argument, `$HPCMIG_MUNGE_SOCKET`, the
+`socket=` of slurm.conf's AuthInfo (hpcmig authenticates with the munged Slurm uses),
+libmunge's default (/run/munge/munge.socket.2). Errors are `MungeError` with the MUNGE error
+code, so a caller can tell "munged not running" (EMUNGE_SOCKET) from "credential replayed".
 """
 
 from __future__ import annotations
@@ -94,7 +95,24 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
 
 def socket_path(socket: str | None = None) -> str:
     """The munged socket this process talks to."""
-    return socket or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    return socket or os.environ.get(SOCKET_ENV) or slurm_socket() or DEFAULT_SOCKET
+
+
+def slurm_socket(conf: str | None = None) -> str | None:
+    """`AuthInfo=socket=PATH,...` from slurm.conf ($SLURM_CONF or /etc/slurm/slurm.conf)."""
+    conf = conf or os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    try:
+        with open(conf, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.split("#", 1)[0].strip().partition("=")
+                if key.strip().lower() == "authinfo":
+                    for item in value.split(","):
+                        k, _, v = item.strip().partition("=")
+                        if k.strip().lower() == "socket" and v.strip():
+                            return v.strip()
+    except OSError:
+        return None
+    return None
 
 
 def _error(lib: ctypes.CDLL, ctx: int, code: int, action: str, sock: str) -> MungeError:

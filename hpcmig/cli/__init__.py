@@ -20,6 +20,7 @@ from hpcmig.errors import HpcmigError
 SUBCOMMANDS: dict[str, str] = {
     "testbed": "testbed",
     "demo": "demo",
+    "run": "run",
     "map": "map",
 }
 

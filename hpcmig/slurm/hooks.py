@@ -1,20 +1,35 @@
 """`hpcmig-prolog` / `hpcmig-epilog`: slurmd's Prolog= and Epilog= for hpcmig jobs.
 
-A job opts in with `--comment=hpcmig[:key=value,...]` (until the SPANK plugin carries
-`--hpcmig=`); every other job is untouched and the hook exits 0 at once. A hook exits non-zero
-only for a real node fault, because Slurm drains a node whose prolog fails.
+Design note: a job opts in with `#SBATCH --comment=hpcmig[:key=value,...]` (keys: image=,
+spares=, runtime=, mpi=; until the SPANK plugin carries `--hpcmig=`); every other job is
+untouched and the hook exits 0 at once. With `PrologFlags=Alloc` every node of the job runs
+the prolog at allocation; each computes the same virtual-cluster plan (hpcmig.vcluster) from
+what Slurm says and asks its local agent to build its part. A hook exits non-zero only for a
+real node fault (the local agent or munged unreachable, namespaces that cannot be made),
+because Slurm drains a node whose prolog fails. A job's own mistake (a bad option, a missing
+image) is recorded on the agent and reported by `hpcmig run`; the hook exits 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
+import time
+from ipaddress import IPv4Network
 
 from hpcmig import _proc
-from hpcmig.errors import HpcmigError
-from hpcmig.slurm.parse import keyvalues
+from hpcmig import config as site_config
+from hpcmig.agent.rpc import AgentClient, RpcError
+from hpcmig.errors import HpcmigError, SlurmError, UsageError
+from hpcmig.network import AddressPool
+from hpcmig.slurm.hostlist import expand
+from hpcmig.slurm.parse import keyvalues, nodes_from_text
+from hpcmig.vcluster import VCluster, parse_options, plan
 
 OPT_IN = "hpcmig"
+KEEP_BLOCK_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING"}
 
 
 def parse_opt_in(comment: str) -> dict[str, str] | None:
@@ -30,29 +45,132 @@ def parse_opt_in(comment: str) -> dict[str, str] | None:
     return opts
 
 
-def job_comment(job_id: str) -> str:
+def job_fields(job_id: str) -> dict[str, str]:
     out = _proc.run(["scontrol", "show", "job", "-o", job_id], timeout=20).stdout
     for line in out.splitlines():
         if line.startswith("JobId="):
-            return keyvalues(line).get("Comment", "")
-    return ""
+            return keyvalues(line)
+    raise SlurmError(f"scontrol does not know job {job_id}")
+
+
+def job_comment(job_id: str) -> str:
+    return job_fields(job_id).get("Comment", "")
+
+
+def _name_id(value: str) -> tuple[str, int]:
+    """`hpcuser(1001)` -> ('hpcuser', 1001)."""
+    name, _, rest = value.partition("(")
+    try:
+        return name, int(rest.rstrip(")"))
+    except ValueError:
+        raise SlurmError(f"cannot read a user/group from {value!r}") from None
+
+
+def node_addresses(nodes: list[str]) -> dict[str, str]:
+    out = _proc.run(["scontrol", "show", "node", "-o", ",".join(nodes)], timeout=20).stdout
+    return {n.name: n.address or n.name for n in nodes_from_text(out)}
+
+
+def plan_job(job_id: str, fields: dict[str, str], opts: dict[str, str],
+             cfg: site_config.Config) -> VCluster:
+    options = parse_options(opts)
+    user, uid = _name_id(fields.get("UserId", ""))
+    _, gid = _name_id(fields.get("GroupId", ""))
+    nodes = expand(fields.get("NodeList", ""))
+    block = AddressPool(str(cfg.pool_state), cfg.pool, cfg.block_prefix).reserve(job_id)
+    return plan(job_id=job_id, restart=int(fields.get("Restarts", "0") or 0), user=user,
+                uid=uid, gid=gid, nodes=nodes, node_addrs=node_addresses(nodes),
+                block=IPv4Network(block), spares=options.get("spares", 0),
+                image=options.get("image"), runtime=options.get("runtime", cfg.runtime),
+                mpi=options.get("mpi", cfg.mpi))
+
+
+def local_agent(cfg: site_config.Config, node: str) -> AgentClient:
+    """The agent of this node (the hooks run in the node's network namespace)."""
+    return AgentClient(node, "127.0.0.1", cfg.agent_port, cfg.munge_socket or None)
+
+
+def log(kind: str, job_id: str, message: str) -> None:
+    line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} hpcmig-{kind}: job {job_id}: {message}"
+    print(line, file=sys.stderr)
+    try:
+        cfg = site_config.load()
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        with open(os.path.join(cfg.run_dir, "hooks.log"), "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+    except (OSError, HpcmigError):
+        pass
+
+
+def prolog(job_id: str, node: str) -> int:
+    try:
+        cfg = site_config.load()
+        fields = job_fields(job_id)
+    except HpcmigError as exc:
+        log("prolog", job_id, f"cannot read the job or the configuration: {exc}")
+        return 0  # not a node fault
+    opts = parse_opt_in(fields.get("Comment", ""))
+    if opts is None:
+        return 0
+    agent = local_agent(cfg, node)
+    try:
+        vc = plan_job(job_id, fields, opts, cfg)
+    except (UsageError, SlurmError) as exc:
+        log("prolog", job_id, f"cannot plan the virtual cluster: {exc}")
+        return 0
+    try:
+        agent.call("job.setup", vcluster=vc.to_json())
+    except UsageError as exc:  # the job's own mistake: tell the job, keep the node
+        log("prolog", job_id, f"job error: {exc}")
+        with contextlib.suppress(HpcmigError):
+            agent.call("job.fail", vcluster=vc.to_json(), error=str(exc))
+        return 0
+    except (RpcError, HpcmigError) as exc:
+        log("prolog", job_id, f"node fault: {exc}")
+        return 1
+    here = [m for m in vc.members if m.node == node]
+    log("prolog", job_id, "ready: " + (", ".join(f"container {m.index} at {m.address}"
+                                                 for m in here) or "spare node, routes only"))
+    return 0
+
+
+def epilog(job_id: str, node: str) -> int:
+    try:
+        cfg = site_config.load()
+        fields = job_fields(job_id)
+    except HpcmigError as exc:
+        fields = {}
+        log("epilog", job_id, f"cannot read the job ({exc}); cleaning up anyway")
+        try:
+            cfg = site_config.load()
+        except HpcmigError:
+            return 0
+    if fields and parse_opt_in(fields.get("Comment", "")) is None:
+        return 0
+    try:
+        removed = local_agent(cfg, node).call("job.teardown", job_id=job_id)["removed"]
+    except RpcError as exc:
+        log("epilog", job_id, f"node fault: {exc}")
+        return 1
+    except HpcmigError as exc:
+        log("epilog", job_id, f"teardown failed: {exc}")
+        return 1
+    if fields and fields.get("JobState", "").upper() not in KEEP_BLOCK_STATES:
+        AddressPool(str(cfg.pool_state), cfg.pool, cfg.block_prefix).release(job_id)
+        shutil.rmtree(os.path.join(cfg.state_dir, "jobs", job_id), ignore_errors=True)
+    if removed:
+        log("epilog", job_id, f"removed {', '.join(removed)}")
+    return 0
 
 
 def _hook(kind: str) -> int:
     job_id = os.environ.get("SLURM_JOB_ID", "")
-    if not job_id:
-        print(f"hpcmig-{kind}: SLURM_JOB_ID is not set; run me from slurmd", file=sys.stderr)
+    node = os.environ.get("SLURMD_NODENAME", "")
+    if not job_id or not node:
+        print(f"hpcmig-{kind}: SLURM_JOB_ID/SLURMD_NODENAME not set; run me from slurmd",
+              file=sys.stderr)
         return 0
-    try:
-        opts = parse_opt_in(job_comment(job_id))
-    except HpcmigError as exc:
-        print(f"hpcmig-{kind}: job {job_id}: cannot read the job: {exc}", file=sys.stderr)
-        return 0  # not a node fault
-    if opts is None:
-        return 0
-    print(f"hpcmig-{kind}: job {job_id} asked for hpcmig {opts}, but this node has no "
-          "virtual-cluster support yet; the job runs without containers", file=sys.stderr)
-    return 0
+    return prolog(job_id, node) if kind == "prolog" else epilog(job_id, node)
 
 
 def prolog_main() -> int:

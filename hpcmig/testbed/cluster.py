@@ -172,6 +172,11 @@ def _write_config(plan: Plan, progress: Progress) -> None:
     progress(f"writing {plan.slurm_etc}/slurm.conf and cgroup.conf")
     host.write_owned_file(plan.slurm_etc / "slurm.conf", plan.slurm_conf())
     host.write_owned_file(plan.slurm_etc / "cgroup.conf", plan.cgroup_conf())
+    progress(f"writing {plan.hpcmig_conf_path}")
+    plan.hpcmig_conf_path.parent.mkdir(parents=True, exist_ok=True)
+    host.write_owned_file(plan.hpcmig_conf_path, plan.hpcmig_conf())
+    for d in ("shared", "ckpt"):
+        (plan.base / d).mkdir(parents=True, exist_ok=True, mode=0o755)
     user = host.ensure_user(plan)
     progress(f"job user: {user.pw_name} (uid {user.pw_uid}), home {user.pw_dir}")
 
@@ -269,6 +274,7 @@ def down(progress: Progress = _quiet) -> None:
     host.remove_bridge(plan)
     host.remove_owned_file(plan.slurm_etc / "slurm.conf")
     host.remove_owned_file(plan.slurm_etc / "cgroup.conf")
+    host.remove_owned_file(plan.hpcmig_conf_path)
     host.remove_user(plan)
     host.remove_tree(plan.base)
 

@@ -69,8 +69,9 @@ def make_node_netns(plan: Plan, node: Node) -> None:
 
 
 def remove_node_netns(node: Node) -> None:
-    if node.netns in netns_list():
-        _ip("netns", "del", node.netns, check=False)
+    for name in netns_list():  # the node's, and its containers' (`<container>.<node>`)
+        if name == node.netns or name.endswith(f".{node.name}"):
+            _ip("netns", "del", name, check=False)
     if link_exists(node.host_veth):
         _ip("link", "del", node.host_veth, check=False)
 

@@ -14,10 +14,13 @@ Layout (defaults; every path lives under `base` so `down` can remove one tree):
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpcmig.config import Config, render
 from hpcmig.errors import UsageError
 
 MIN_NODES = 2
@@ -45,6 +48,7 @@ class Plan:
     controller_host: str
     base: Path = Path("/run/hpcmig-testbed")
     slurm_etc: Path = Path("/etc/slurm")
+    hpcmig_conf_path: Path = Path("/etc/hpcmig/hpcmig.toml")
     subnet: str = "10.251.0.0/24"
     bridge: str = "hpcmig-tb0"
     user: str = "hpcuser"
@@ -174,6 +178,8 @@ class Plan:
             "TaskPlugin=task/none",
             "SlurmdParameters=config_overrides",
             "PrologFlags=Alloc,Contain",
+            f"Prolog={self.bin_dir}/hpcmig-prolog",
+            f"Epilog={self.bin_dir}/hpcmig-epilog",
             "MpiDefault=none",
             "MailProg=/bin/true",
             "ReturnToService=2",
@@ -194,6 +200,16 @@ class Plan:
             "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
         ]
         return "\n".join(lines) + "\n"
+
+    @property
+    def bin_dir(self) -> str:
+        """Where hpcmig's entry points are (this Python's environment)."""
+        return os.path.dirname(sys.executable)
+
+    def hpcmig_conf(self) -> str:
+        cfg = Config(state_dir=str(self.base / "shared"), checkpoint_dir=str(self.base / "ckpt"),
+                     munge_socket=str(self.munge_socket))
+        return render(cfg, MARKER)
 
     def cgroup_conf(self) -> str:
         # slurmd refuses to start without cgroup.conf (PLATFORM.md); the machine is cgroup v1.

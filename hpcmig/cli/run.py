@@ -1,0 +1,160 @@
+"""`hpcmig run [-n N] [--ppn K] -- PROG ARGS`: MPI inside the job's virtual cluster.
+
+Used in a batch script of a job that opted in (`#SBATCH --comment=hpcmig`). Asks the local
+agent (as the job's user, MUNGE-authenticated) for the job's containers, writes a hostfile of
+their virtual addresses, and starts MPICH's or Open MPI's launcher inside the container on
+this node through the exec service. When the batch script's output is a file (the usual
+sbatch case) the launcher runs detached (hpcmig.runtime.launch) and writes to that file
+itself, and this command waits for its recorded exit code: no connection ties the running
+job to this process, so every container, the launcher's included, can move. Otherwise (a
+terminal or a pipe) output is streamed through the exec connection. SIGTERM/SIGINT (scancel)
+are passed on to the launcher; the exit code is the launcher's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HEARTBEAT_TIMEOUT = 180.0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="launch an MPI program inside this job's containers "
+                       "(in a batch script of an hpcmig job)")
+    p.add_argument("-n", "--ntasks", type=int, default=None,
+                   help="ranks (default: $SLURM_NTASKS, else one per container)")
+    p.add_argument("--ppn", type=int, default=None,
+                   help="ranks per container (default: as even as possible, in blocks)")
+    p.add_argument("--mpi", choices=["mpich", "openmpi"], default=None,
+                   help="MPI implementation (default: the job's mpi= option, else the site's)")
+    p.add_argument("--stream", action="store_true",
+                   help="stream output through the exec connection even to a file")
+    p.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
+    p.set_defaults(func=run)
+
+
+def _regular_file(fd: int) -> str | None:
+    """The path behind fd when it is a regular file (the sbatch output), else None."""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return path if path.startswith("/") and os.path.exists(path) else None
+
+
+def _next_run_dir(job_dir: Path, restart: int) -> Path:
+    """run-<restart>-<k>: the k-th `hpcmig run` of this execution of the batch script."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    with open(job_dir / f".seq-{restart}", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        k = int(fh.read().strip() or 0)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(k + 1))
+    d = job_dir / f"run-{restart}-{k}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d
+
+
+def run(args: argparse.Namespace) -> int:
+    from hpcmig import config as site_config
+    from hpcmig import mpi, mpi_launch
+    from hpcmig.agent.rpc import AgentClient
+    from hpcmig.errors import HpcmigError, PermissionDenied, UsageError
+    from hpcmig.runtime import client
+    from hpcmig.vcluster import VCluster
+
+    program = args.program[1:] if args.program[:1] == ["--"] else args.program
+    if not program:
+        raise UsageError("nothing to run", hint="hpcmig run -n 6 -- python3 app.py")
+    job_id = os.environ.get("SLURM_JOB_ID")
+    node = os.environ.get("SLURMD_NODENAME")
+    if not job_id or not node:
+        raise UsageError("hpcmig run works inside a Slurm job",
+                         hint="put it in a batch script submitted with sbatch")
+    cfg = site_config.load()
+    munge = cfg.munge_socket or None
+    agent = AgentClient(node, "127.0.0.1", cfg.agent_port, munge)
+    try:
+        info: dict[str, Any] = agent.call("job.info", job_id=job_id)
+    except PermissionDenied as exc:
+        raise UsageError(f"job {job_id} has no hpcmig virtual cluster on {node} ({exc})",
+                         hint="submit with `#SBATCH --comment=hpcmig`") from None
+    if info.get("error"):
+        raise HpcmigError(f"hpcmig could not build this job's virtual cluster: {info['error']}")
+    vc = VCluster.from_json(info["vc"])
+    here = vc.on_node(node) or list(vc.members)
+    head = min(here, key=lambda m: m.index)
+    flavour = mpi.flavour(args.mpi or vc.mpi)
+    n = args.ntasks or int(os.environ.get("SLURM_NTASKS") or 0) or len(vc.members)
+    members = sorted(vc.members, key=lambda m: m.index)
+    slots = mpi_launch.block_slots(n, len(members), args.ppn)
+    run_dir = _next_run_dir(Path(cfg.state_dir) / "jobs" / job_id,
+                            int(os.environ.get("SLURM_RESTART_COUNT") or 0))
+    hostfile = run_dir / "hostfile"
+    hostfile.write_text(mpi_launch.hostfile(flavour, [m.address for m in members], slots))
+    venv_bin = os.path.dirname(sys.executable)
+    env = mpi_launch.launch_env(os.environ, flavour.environment("eth0"))
+    env["PATH"] = f"{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}"
+    env["HPCMIG_HOSTS"] = info["hosts_file"]
+    if munge:
+        env["HPCMIG_MUNGE_SOCKET"] = munge
+    argv = mpi_launch.launcher_argv(
+        flavour, rsh=os.path.join(venv_bin, "hpcmig-rsh"), hostfile_path=str(hostfile), n=n,
+        env_names=[k for k in env if k not in ("HOME", "USER", "LOGNAME")], program=program)
+    out, err = _regular_file(1), _regular_file(2)
+    common: dict[str, Any] = {"env": env, "cwd": os.getcwd(), "munge_socket": munge}
+    print(f"hpcmig run: {n} rank(s) of {flavour.name} in {len(members)} container(s) "
+          f"({', '.join(f'{m.address} on {m.node}' for m in members)})", file=sys.stderr,
+          flush=True)
+    if args.stream or out is None:
+        return client.exec_stream(head.address, argv, forward_signals=True, **common)
+    launch = [sys.executable, "-m", "hpcmig.runtime.launch", "--status", str(run_dir),
+              "--stdout", out, "--stderr", err or out, "--", *argv]
+    res = client.run_in(head.address, launch, **common)
+    if res.code != 0:
+        raise HpcmigError(f"could not start {flavour.mpiexec} in {head.address}: "
+                          f"{res.stderr.decode(errors='replace').strip()}")
+    return _wait(run_dir, head.address, common)
+
+
+def _wait(run_dir: Path, address: str, common: dict[str, Any]) -> int:
+    from hpcmig.errors import HpcmigError
+    from hpcmig.runtime import client
+
+    stopping: list[int] = []
+    old = {s: signal.signal(s, lambda n, _f: stopping.append(n))
+           for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    sent = False
+    try:
+        while True:
+            result = run_dir / "exit.json"
+            if result.exists():
+                return int(json.loads(result.read_text())["exit_code"])
+            if stopping and not sent and (run_dir / "pid").exists():
+                pid = (run_dir / "pid").read_text().strip()
+                with contextlib.suppress(HpcmigError):
+                    client.run_in(address, ["kill", f"-{stopping[0]}", pid], timeout=10,
+                                  **common)
+                sent = True
+            beat = run_dir / "heartbeat"
+            if beat.exists() and time.time() - beat.stat().st_mtime > HEARTBEAT_TIMEOUT:
+                raise HpcmigError(f"the MPI launcher in {address} stopped reporting "
+                                  f"(no heartbeat for {HEARTBEAT_TIMEOUT:g} s)")
+            time.sleep(0.25)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

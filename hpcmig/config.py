@@ -1,0 +1,115 @@
+"""Site configuration: one TOML file, one defaults table, unknown keys rejected.
+
+Design note: this module owns where hpcmig keeps things and how its pieces find each other
+(agent port, MUNGE socket, address pool). It reads `$HPCMIG_CONFIG` or
+/etc/hpcmig/hpcmig.toml (a missing file means all defaults) and validates every key; it does
+not create directories or talk to anything. `state_dir` must be one directory every node and
+the controller see (the address pool lives there); `run_dir` is node-local.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+from hpcmig.errors import UsageError
+
+CONFIG_ENV = "HPCMIG_CONFIG"
+DEFAULT_PATH = "/etc/hpcmig/hpcmig.toml"
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: str = "/var/lib/hpcmig"  # shared by every node: address pool, controller store
+    run_dir: str = "/run/hpcmig"  # node-local: agent socket files, containers, hook log
+    checkpoint_dir: str = "/var/spool/hpcmig/ckpt"  # shared: checkpoint images
+    agent_port: int = 7101
+    munge_socket: str = ""  # "" = $HPCMIG_MUNGE_SOCKET, slurm.conf AuthInfo, munge's default
+    pool: str = "10.252.0.0/16"
+    block_prefix: int = 26
+    runtime: str = "ns"
+    mpi: str = "mpich"
+    admin_users: tuple[str, ...] = ()  # besides root and SlurmUser, may act on any job
+
+    @property
+    def pool_state(self) -> Path:
+        return Path(self.state_dir) / "addresses.json"
+
+    @property
+    def containers_dir(self) -> str:
+        return os.path.join(self.run_dir, "containers")
+
+    @property
+    def agent_dir(self) -> Path:
+        return Path(self.run_dir) / "agent"
+
+    def validate(self) -> Config:
+        for name in ("state_dir", "run_dir", "checkpoint_dir"):
+            if not str(getattr(self, name)).startswith("/"):
+                raise UsageError(f"config: {name} must be an absolute path")
+        if not 0 < self.agent_port < 65536:
+            raise UsageError(f"config: bad agent_port {self.agent_port}")
+        try:
+            net = IPv4Network(self.pool)
+        except ValueError as exc:
+            raise UsageError(f"config: bad pool {self.pool!r}: {exc}") from None
+        if not net.prefixlen < self.block_prefix <= 30:
+            raise UsageError(f"config: block_prefix must be in ({net.prefixlen}, 30]")
+        if self.mpi not in ("mpich", "openmpi"):
+            raise UsageError(f"config: mpi must be mpich or openmpi, got {self.mpi!r}")
+        return self
+
+
+def parse(text: str, origin: str = "config") -> Config:
+    """Config from TOML text; unknown keys and wrong types are errors."""
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{origin}: {exc}") from None
+    known = {f.name: f for f in fields(Config)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UsageError(f"{origin}: unknown key(s) {', '.join(unknown)}",
+                         hint=f"known keys: {', '.join(known)}")
+    values: dict[str, Any] = {}
+    defaults = Config()
+    for key, value in data.items():
+        want = type(getattr(defaults, key))
+        if want is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise UsageError(f"{origin}: {key} must be a list of strings")
+            value = tuple(value)
+        elif not isinstance(value, want) or isinstance(value, bool):
+            raise UsageError(f"{origin}: {key} must be a {want.__name__}")
+        values[key] = value
+    return replace(defaults, **values).validate()
+
+
+def render(config: Config, header: str = "") -> str:
+    """TOML text for `config` (the testbed writes its file with this)."""
+    lines = [header] if header else []
+    for f in fields(Config):
+        value = getattr(config, f.name)
+        if isinstance(value, str):
+            lines.append(f'{f.name} = "{value}"')
+        elif isinstance(value, tuple):
+            lines.append(f"{f.name} = [{', '.join(repr(v) for v in value)}]".replace("'", '"'))
+        else:
+            lines.append(f"{f.name} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def load(path: str | None = None) -> Config:
+    """The site configuration (defaults when the file does not exist)."""
+    path = path or os.environ.get(CONFIG_ENV) or DEFAULT_PATH
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Config()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return parse(text, path)

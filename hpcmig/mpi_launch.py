@@ -1,0 +1,73 @@
+"""How `hpcmig run` launches MPI inside a job's containers: placement, hostfile, argv, env.
+
+Design note: pure functions. MPICH's Hydra and Open MPI's mpirun both run in container 0 and
+start their daemons in the other containers through `hpcmig-rsh` (Hydra: `-launcher rsh
+-launcher-exec`; Open MPI: `plm_rsh_agent`), so every MPI process and connection lives in the
+virtual cluster. Ranks go to containers in blocks (rank r on container r // ppn) unless a
+per-rank placement is given; the hostfile lists container addresses in that order. Slurm's
+variables are removed from the launcher's environment: inside the containers MPI must not
+believe it runs under Slurm (it would try srun/PMI from the batch step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from hpcmig.errors import UsageError
+from hpcmig.mpi import Flavour
+
+# never passed from the batch script into the containers
+DROP_PREFIXES = ("SLURM_", "SLURMD_", "PMI_", "PMIX_", "OMPI_COMM_", "SBATCH_", "SRUN_",
+                 "HYDRA_", "MPIR_", "I_MPI_")
+DROP_NAMES = {"HOSTNAME", "PWD", "OLDPWD", "SHLVL", "_", "TMPDIR", "HPCMIG_HOSTS"}
+
+
+def block_slots(n: int, containers: int, ppn: int | None) -> list[int]:
+    """Ranks per container for n ranks in blocks of ppn (default: as even as possible)."""
+    if n < 1:
+        raise UsageError("-n must be at least 1")
+    if containers < 1:
+        raise UsageError("the job has no containers")
+    per = ppn or math.ceil(n / containers)
+    if per * containers < n:
+        raise UsageError(f"{n} ranks do not fit in {containers} containers of {per} "
+                         f"(--ppn {per})", hint="raise --ppn or ask Slurm for more nodes")
+    slots, left = [], n
+    for _ in range(containers):
+        take = min(per, left)
+        slots.append(take)
+        left -= take
+    return slots
+
+
+def hostfile(flavour: Flavour, addresses: Sequence[str], slots: Sequence[int]) -> str:
+    """Hostfile in the launcher's own format; containers with no rank are left out."""
+    lines = []
+    for addr, k in zip(addresses, slots, strict=True):
+        if k:
+            lines.append(f"{addr}:{k}" if flavour.name == "mpich" else f"{addr} slots={k}")
+    return "\n".join(lines) + "\n"
+
+
+def launch_env(environ: Mapping[str, str], flavour_env: Mapping[str, str]) -> dict[str, str]:
+    """The user's environment for the launcher, minus Slurm's and MPI's, plus the flavour's."""
+    env = {k: v for k, v in environ.items()
+           if not k.startswith(DROP_PREFIXES) and k not in DROP_NAMES}
+    env.update(flavour_env)
+    return env
+
+
+def launcher_argv(flavour: Flavour, *, rsh: str, hostfile_path: str, n: int,
+                  env_names: Sequence[str], program: Sequence[str]) -> list[str]:
+    if not program:
+        raise UsageError("nothing to run", hint="hpcmig run -n 6 -- python3 app.py")
+    if flavour.name == "mpich":
+        return [flavour.mpiexec, "-launcher", "rsh", "-launcher-exec", rsh,
+                "-f", hostfile_path, "-n", str(n), *program]
+    forwarded: list[str] = []
+    for name in sorted(env_names):
+        forwarded += ["-x", name]
+    return [flavour.mpiexec, "--mca", "plm", "rsh", "--mca", "plm_rsh_agent", rsh,
+            "--mca", "plm_rsh_no_tree_spawn", "1", "--hostfile", hostfile_path,
+            "-np", str(n), *forwarded, *program]
