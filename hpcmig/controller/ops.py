@@ -1,0 +1,124 @@
+"""The effects a migration, checkpoint or restore needs, as one Protocol: `MigrationOps`.
+
+Design note: the state machines (`migration`, `jobckpt`, `recovery`) only decide; every
+effect on a node goes through these methods, so the machines are unit-tested with a fake
+and run for real with `LocalOps` (throwaway node namespaces, tests and benchmarks) or the
+agent's RPC (`AgentOps`, same Protocol). Methods take node *names*; the implementation knows
+each node's address, image root and container registry.
+
+Contract for implementations (recovery depends on it):
+- Every method is idempotent: calling it twice, or after a crash half-way, is harmless.
+- Undo-like methods (`remove_net`, `close_stream`, `remove_images`, `kill`, `resume`,
+  `unroute`, `point_local`) succeed when there is nothing to do.
+- `container_state` reports BUSY while an engine command (criu dump/restore) for that copy
+  is still running on the node, so recovery can wait for it to settle.
+- Errors are `HpcmigError`s (an unreachable node included); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from hpcmig.checkpoint.base import DumpStats
+from hpcmig.checkpoint.stream import Stream
+from hpcmig.runtime.base import container_name
+
+
+class ContainerState(StrEnum):
+    ABSENT = "absent"  # no process of this container on the node
+    RUNNING = "running"  # its init is alive and not stopped, no engine command on it
+    STOPPED = "stopped"  # left stopped by a dump
+    BUSY = "busy"  # criu dump/restore of it still running on the node
+
+
+@dataclass(frozen=True)
+class ContainerRef:
+    """Which container: job, restart count, index; its address and the job's uid."""
+
+    job_id: str
+    restart: int
+    index: int
+    address: str
+    uid: int
+
+    @property
+    def name(self) -> str:
+        return container_name(self.job_id, self.restart, self.index)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ContainerRef:
+        return cls(str(data["job_id"]), int(data["restart"]), int(data["index"]),
+                   str(data["address"]), int(data["uid"]))
+
+
+@runtime_checkable
+class MigrationOps(Protocol):
+    # -- queries -------------------------------------------------------------------------
+    def refuse_reasons(self, node: str, ref: ContainerRef) -> list[str]:
+        """What the engine cannot dump in the container on node ([]: dumpable)."""
+
+    def container_state(self, node: str, ref: ContainerRef) -> ContainerState:
+        """The state of the container's copy on node (see ContainerState)."""
+
+    # -- virtual network -----------------------------------------------------------------
+    def blackhole(self, node: str, address: str) -> None:
+        """Network lock: node drops packets to address silently (`ip route replace
+        blackhole addr/32`)."""
+
+    def point_local(self, node: str, ref: ContainerRef) -> None:
+        """Route ref.address to the container's veth on node (lifts a blackhole)."""
+
+    def route_via(self, node: str, address: str, via: str) -> None:
+        """On node, route address/32 via node `via`'s address."""
+
+    def unroute(self, node: str, address: str) -> None:
+        """Remove node's route for address/32 (idempotent)."""
+
+    def create_net(self, node: str, ref: ContainerRef) -> None:
+        """Make the container's netns + veth on node with ref.address, *unrouted*: the /32
+        stays blackholed on node until `point_local` (restore target)."""
+
+    def remove_net(self, node: str, ref: ContainerRef) -> None:
+        """Remove the container's netns, veth and /32 route on node (idempotent)."""
+
+    # -- images --------------------------------------------------------------------------
+    def prepare_images(self, node: str, image_dir: str, uid: int) -> None:
+        """Make image_dir on node empty, root-owned, readable by uid (images.create)."""
+
+    def open_stream(self, node: str, image_dir: str, uid: int, peer: str) -> Stream:
+        """On node (the target): page server + file receiver into image_dir, accepting only
+        node `peer` (the source)."""
+
+    def close_stream(self, node: str, stream: Stream) -> None:
+        """Stop whatever of the stream still listens (idempotent)."""
+
+    def send_images(self, node: str, image_dir: str, stream: Stream) -> int:
+        """On node (the source): send the non-page files of the dump; returns bytes sent."""
+
+    def verify_images(self, node: str, image_dir: str, manifest_sha256: str | None) -> None:
+        """Raise CorruptImage unless image_dir on node matches its manifest, and the
+        manifest has this sha256 (None: whatever manifest is there; images.verify)."""
+
+    def remove_images(self, node: str, image_dir: str) -> None:
+        """Remove image_dir on node, first stopping any page server or receiver still
+        serving it (a stream opened by a process that died before journaling it)."""
+
+    # -- engine --------------------------------------------------------------------------
+    def dump(self, node: str, ref: ContainerRef, image_dir: str,
+             stream: Stream | None) -> DumpStats:
+        """criu dump of the container on node, left stopped; pages to the stream if given."""
+
+    def restore(self, node: str, ref: ContainerRef, image_dir: str) -> int:
+        """criu restore on node into the netns `create_net` made; returns the init's pid."""
+
+    def resume(self, node: str, ref: ContainerRef) -> None:
+        """SIGCONT a copy a dump left stopped (idempotent; nothing if absent)."""
+
+    def kill(self, node: str, ref: ContainerRef) -> None:
+        """Kill the container's copy on node (stopped or running) and wait until it is
+        gone (idempotent)."""
