@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import pytest
 
 from hpcmig.controller import recovery
@@ -35,13 +32,6 @@ def crash_at(step: str, point: str):  # type: ignore[no-untyped-def]
         if (p, name) == (point, step):
             raise Crash(f"{point} {name}")
     return hook
-
-
-@pytest.fixture
-def journal(tmp_path: object) -> Iterator[Journal]:
-    j = Journal(os.path.join(str(tmp_path), "journal.db"))
-    yield j
-    j.close()
 
 
 def setup() -> tuple[World, FakeOps, JobSpec]:

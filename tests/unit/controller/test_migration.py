@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import pytest
 
 from hpcmig.controller import recovery
@@ -36,13 +33,6 @@ def spec(transport: str = "shared") -> MigrationSpec:
     else:
         src, dst = "/spool/42/r0/c1/m1", "/spool/42/r0/c1/m1"
     return MigrationSpec(REF, "n1", "n2", ("n3", "n4"), src, dst, transport)
-
-
-@pytest.fixture
-def journal(tmp_path: object) -> Iterator[Journal]:
-    j = Journal(os.path.join(str(tmp_path), "journal.db"))
-    yield j
-    j.close()
 
 
 def world() -> tuple[World, FakeOps]:
