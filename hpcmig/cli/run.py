@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 HEARTBEAT_TIMEOUT = 180.0
+STOP_GRACE = 15.0  # after scancel's SIGTERM, wait this long for the launcher's exit code
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -138,18 +139,21 @@ def _wait(run_dir: Path, address: str, common: dict[str, Any]) -> int:
     stopping: list[int] = []
     old = {s: signal.signal(s, lambda n, _f: stopping.append(n))
            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    sent = False
+    sent: float | None = None
     try:
         while True:
             result = run_dir / "exit.json"
             if result.exists():
                 return int(json.loads(result.read_text())["exit_code"])
-            if stopping and not sent and (run_dir / "pid").exists():
-                pid = (run_dir / "pid").read_text().strip()
-                with contextlib.suppress(HpcmigError):
-                    client.run_in(address, ["kill", f"-{stopping[0]}", pid], timeout=10,
-                                  **common)
-                sent = True
+            if stopping and sent is None:
+                sent = time.monotonic()
+                if (run_dir / "pid").exists():
+                    pid = (run_dir / "pid").read_text().strip()
+                    with contextlib.suppress(HpcmigError):
+                        client.run_in(address, ["kill", f"-{stopping[0]}", pid], timeout=10,
+                                      **common)
+            if sent is not None and time.monotonic() - sent > STOP_GRACE:
+                return 128 + stopping[0]
             beat = run_dir / "heartbeat"
             if beat.exists() and time.time() - beat.stat().st_mtime > HEARTBEAT_TIMEOUT:
                 raise HpcmigError(f"the MPI launcher in {address} stopped reporting "

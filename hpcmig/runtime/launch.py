@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # let the exec request see EOF and end now
+        os.dup2(null, fd)
     write_atomic(args.status / "pid", str(os.getpid()))
     code = 255
     try:

@@ -41,3 +41,39 @@ def ring_script(
     cmd = [sys.executable, "-m", "hpcmig.workloads.ring", *args]
     lines.append(f"srun --mpi={fl.srun_mpi} {shlex.join(cmd)}")
     return "\n".join(lines) + "\n"
+
+
+def vcluster_script(
+    nodes: int,
+    steps: Sequence[Sequence[str]],
+    *,
+    mpi: str | None = None,
+    ntasks: int | None = None,
+    options: Mapping[str, str] | None = None,
+    job_name: str = "hpcmig-vc",
+    output: str | None = None,
+) -> str:
+    """A batch script for a job in hpcmig's virtual cluster: one `hpcmig run` per step.
+
+    A step is a module of hpcmig.workloads plus its arguments, run with this Python."""
+    opts = ",".join(f"{k}={v}" for k, v in (options or {}).items())
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={job_name}",
+        f"#SBATCH --nodes={nodes}",
+        f"#SBATCH --comment=hpcmig{':' + opts if opts else ''}",
+        "#SBATCH --open-mode=append",
+    ]
+    if output:
+        lines.append(f"#SBATCH --output={output}")
+    if os.environ.get("PYTHONPATH"):
+        lines.append(f"export PYTHONPATH={shlex.quote(os.environ['PYTHONPATH'])}")
+    hpcmig = os.path.join(os.path.dirname(sys.executable), "hpcmig")
+    run = [hpcmig, "run"]
+    if ntasks:
+        run += ["-n", str(ntasks)]
+    if mpi:
+        run += ["--mpi", mpi]
+    for step in steps:
+        lines.append(shlex.join([*run, "--", sys.executable, "-m", *step]))
+    return "\n".join(lines) + "\n"
