@@ -11,6 +11,7 @@ detail: the network namespace a container joins is made beforehand by `hpcmig.ne
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import resource
 import shutil
@@ -22,9 +23,10 @@ from typing import Any, TypeVar
 from hpcmig.errors import MissingDependency, UsageError
 
 DEFAULT_EXEC_PORT = 7100
+RESERVED_PATHS = ("/proc", "/sys", "/dev", "/.hpcmig")  # in image roots, hpcmig's own binds
 
 # backend name -> module that registers it when imported
-_BACKEND_MODULES: dict[str, str] = {"ns": "hpcmig.runtime.ns"}
+_BACKEND_MODULES: dict[str, str] = {"ns": "hpcmig.runtime.ns", "lxc": "hpcmig.runtime.lxc"}
 _REGISTRY: dict[str, type[Runtime]] = {}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -52,7 +54,8 @@ class ContainerSpec:
     netns: str  # path of the network namespace to join, made outside (/run/netns/...)
     address: str | None = None  # virtual address the exec service listens on (None: any)
     restart_count: int = 0
-    image: str | None = None  # None = the host root, shared
+    image: str | None = None  # None = the host root, shared; else a .sif file or a directory
+    binds: tuple[str, ...] = ()  # image containers: node paths bound read-write, same path
     hostname: str | None = None  # default: the container name
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str = "/"
@@ -85,6 +88,13 @@ class ContainerSpec:
             if "\0" in value:
                 raise UsageError(f"container {self.name}: NUL byte in ${key}")
         check_limits(self.limits)
+        if self.image is not None and (not self.image.startswith("/") or "\0" in self.image):
+            raise UsageError(f"container {self.name}: image must be an absolute path, "
+                             f"got {self.image!r}")
+        if self.binds and self.image is None:
+            raise UsageError(f"container {self.name}: binds need an image (the host root "
+                             "already shows every path)")
+        check_binds(tuple(self.binds))
         if self.stop_grace < 0:
             raise UsageError("stop_grace must be >= 0")
 
@@ -92,6 +102,7 @@ class ContainerSpec:
         data = asdict(self)
         data["env"] = dict(self.env)
         data["limits"] = {k: list(v) for k, v in self.limits.items()}
+        data["binds"] = list(self.binds)
         return data
 
     @classmethod
@@ -99,7 +110,17 @@ class ContainerSpec:
         data = dict(data)
         data["limits"] = {k: (int(v[0]), int(v[1])) for k, v in data.get("limits", {}).items()}
         data["env"] = dict(data.get("env", {}))
+        data["binds"] = tuple(data.get("binds", ()))
         return cls(**data)
+
+
+def check_binds(paths: tuple[str, ...]) -> None:
+    """UsageError for a bind hpcmig must not make into an image root."""
+    for path in paths:
+        if not path.startswith("/") or os.path.normpath(path) != path or path == "/":
+            raise UsageError(f"bind {path!r} must be an absolute, normalised path, not /")
+        if any(path == r or path.startswith(r + "/") for r in RESERVED_PATHS):
+            raise UsageError(f"bind {path!r}: {', '.join(RESERVED_PATHS)} belong to hpcmig")
 
 
 def check_limits(limits: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
@@ -177,6 +198,17 @@ class Runtime(ABC):
     def enter_argv(self, container: Container) -> list[str]:
         """argv prefix that runs a command as root inside the container's namespaces."""
         raise NotImplementedError(f"runtime {self.name!r} cannot enter containers")
+
+    def prepare_restore(self, spec: ContainerSpec, writable_archive: str | None = None) -> None:
+        """Migration target, before `criu restore`: recreate on this node what the dumped
+        container needs besides its network (state directory, image root at the same path,
+        the writable layer from `save_writable`'s archive)."""
+        raise NotImplementedError(f"runtime {self.name!r} cannot restore containers")
+
+    def save_writable(self, container: Container, archive: str) -> bool:
+        """Migration source, after the dump: archive the container's writable layer for
+        `prepare_restore`; False (nothing written) if the container has none."""
+        raise NotImplementedError(f"runtime {self.name!r} cannot migrate containers")
 
 
 R = TypeVar("R", bound=type[Runtime])

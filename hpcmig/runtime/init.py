@@ -9,6 +9,12 @@ children and an epoll fd, so a `criu dump` of the container carries nothing node
 The log file is opened per line for the same reason. It must never run job code as root:
 exec children go through `_session.Session`, which switches to the job's uid first.
 
+Image containers (`spec.image`): the runtime has built the root at <state>/<name>/root
+(`hpcmig.runtime.image`). The init does everything that needs the node's files first (users,
+groups, libmunge, the listening socket), then changes directory to <state>/<name> and
+chroots into root/. Its children (every exec) therefore see only the image; the init keeps
+its cwd outside the root, so its log stays `init.log` next to spec.json on the node.
+
 Signals: SIGTERM/SIGINT are forwarded to every process of the container and start the stop
 (SIGKILL to what is left after `stop_grace`, then exit); SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 are
 forwarded only. An init of a PID namespace ignores signals it has no handler for, hence these.
@@ -24,6 +30,7 @@ import os
 import pwd
 import resource
 import selectors
+import shutil
 import signal
 import socket
 import sys
@@ -35,6 +42,8 @@ from hpcmig.auth import credential, munge
 from hpcmig.runtime import _linux
 from hpcmig.runtime._session import ExecContext, Session, current_limits
 from hpcmig.runtime.base import RLIMIT_NAMES, Container, ContainerSpec
+
+IMAGE_TOOLS_BIN = "/.hpcmig/bin"  # hpcmig.runtime.image binds hpcmig's tools here
 
 log = logging.getLogger("hpcmig.runtime.init")
 READY_TIMEOUT = 20.0
@@ -196,6 +205,12 @@ def exec_context(spec: ContainerSpec, munge_socket: str) -> ExecContext:
     if user:
         env.update(USER=user, LOGNAME=user)
     env.update(spec.env)
+    if spec.image is not None:  # the image's own PATH, then hpcmig's tools
+        env["PATH"] = env["PATH"].rstrip(":") + ":" + IMAGE_TOOLS_BIN
+        env["HPCMIG_RSH"] = f"{IMAGE_TOOLS_BIN}/hpcmig-rsh"
+    else:
+        env["HPCMIG_RSH"] = (shutil.which("hpcmig-rsh", path=os.path.dirname(sys.executable))
+                             or shutil.which("hpcmig-rsh") or "hpcmig-rsh")
     targets = frozenset({f"{spec.address}:{spec.exec_port}"}) if spec.address else None
     return ExecContext(
         uid=spec.uid, gid=spec.gid, user=user, groups=groups, base_env=env, cwd=spec.cwd,
@@ -219,14 +234,21 @@ def _become_init(spec: ContainerSpec, log_path: str, ready_fd: int) -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    os.chdir("/")
     socket.sethostname(spec.hostname or spec.name)
+    sock_path = spec.env.get(munge.SOCKET_ENV) or munge.socket_path()
+    ctx = exec_context(spec, sock_path)
+    listener = listen(spec.address, spec.exec_port)
+    if spec.image is None:
+        os.chdir("/")
+    else:
+        munge._load()  # dlopen libmunge before the chroot: the image need not have it
+        os.chdir(os.path.dirname(log_path))
+        os.chroot(os.path.join(os.path.dirname(log_path), "root"))
+        log_path = os.path.basename(log_path)  # relative to the cwd, which is outside root/
     handler = _AppendPerLine(log_path)
     handler.setFormatter(logging.Formatter(f"%(asctime)s {spec.name} %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    sock_path = spec.env.get(munge.SOCKET_ENV) or munge.socket_path()
-    init = Init(listen(spec.address, spec.exec_port), exec_context(spec, sock_path),
-                spec.stop_grace)
+    init = Init(listener, ctx, spec.stop_grace)
     log.info("serving exec requests on %s:%d for uid %d", spec.address or "*", spec.exec_port,
              spec.uid)
     os.write(ready_fd, b"ok\n")

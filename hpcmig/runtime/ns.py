@@ -1,8 +1,11 @@
 """The `ns` runtime: a container is PID+UTS+IPC namespaces around hpcmig's init.
 
 Design note: this backend owns starting, finding and stopping container inits on this node.
-A container shares the node's mount namespace and root (image None), and joins a network
-namespace made beforehand by `hpcmig.network` (so CRIU sees it as external). Starting runs
+A container shares the node's mount namespace, and joins a network namespace made beforehand
+by `hpcmig.network` (so CRIU sees it as external). Its root is the node's (image None), or
+an image (`.sif` or directory) that `hpcmig.runtime.image` mounts at <state>/<name>/root and
+the init chroots into; `stop` unmounts it, `prepare_restore` rebuilds it on a migration
+target. Starting runs
 `python -m hpcmig.runtime.init launch SPEC.json` through `_proc` and returns once the init
 serves exec requests. It does not make or remove network namespaces, and never signals a pid
 without first checking that the pid is still this container's init.
@@ -23,8 +26,8 @@ import sys
 import time
 
 from hpcmig import _proc, _procfs
-from hpcmig.errors import HpcmigError, UsageError
-from hpcmig.runtime import _linux
+from hpcmig.errors import HpcmigError
+from hpcmig.runtime import _linux, image
 from hpcmig.runtime.base import Container, ContainerSpec, Runtime, register
 
 INIT_MODULE = "hpcmig.runtime.init"
@@ -83,11 +86,6 @@ class NsRuntime(Runtime):
     def start(self, spec: ContainerSpec) -> Container:
         spec.validate()
         self.check_available()
-        if spec.image is not None:
-            raise UsageError(
-                f"container {spec.name}: the ns runtime runs on the host root only",
-                hint="leave image unset (None) for now; images come with the lxc runtime",
-            )
         if os.geteuid() != 0:
             raise ContainerError("starting a container needs root", hint="run as root")
         if not os.path.exists(spec.netns):
@@ -102,19 +100,64 @@ class NsRuntime(Runtime):
                 f"container {spec.name} is already running (init pid {running[spec.name]})",
                 hint="stop it first, or choose another name",
             )
+        if spec.image is not None:
+            image.image_kind(spec.image)  # exists?
+        self._write_state(spec)
+        try:
+            if spec.image is not None:
+                image.prepare_root(spec)
+            result = _proc.run([sys.executable, "-m", INIT_MODULE, "launch", spec_path],
+                               timeout=LAUNCH_TIMEOUT)
+        except HpcmigError as exc:
+            log_tail = _tail(os.path.join(os.path.dirname(spec_path), "init.log"))
+            self._remove_state(spec)
+            raise ContainerError(f"container {spec.name} did not start: {exc}{log_tail}",
+                                 hint=exc.hint) from None
+        return Container.from_json(json.loads(result.stdout))
+
+    def _write_state(self, spec: ContainerSpec) -> None:
+        spec_path = self._spec_path(spec)
         os.makedirs(os.path.dirname(spec_path), mode=0o700, exist_ok=True)
         tmp = spec_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(spec.to_json(), fh)
         os.replace(tmp, spec_path)
+
+    def _remove_state(self, spec: ContainerSpec) -> None:
+        """Unmount the image root (if any), then remove the state directory; never removes
+        anything below a mount that is still there (a bound home, for one)."""
+        directory = os.path.dirname(self._spec_path(spec))
+        if spec.image is not None:
+            image.release_root(spec)
+        if image.mounts_under(directory):
+            raise ContainerError(f"container {spec.name}: {directory} still has mounts; "
+                                 "not removing it")
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def prepare_restore(self, spec: ContainerSpec, writable_archive: str | None = None) -> None:
+        """Migration target, before `criu restore`: the state directory (spec.json, init.log,
+        found by `find_inits` and `stop`) and, for an image, its root at the same path with the
+        source's writable layer. Undo with `stop` (after a restore) or `abort_restore`."""
+        spec.validate()
+        if spec.name in find_inits(spec.state_dir):
+            raise ContainerError(f"container {spec.name} already runs on this node")
+        self._write_state(spec)
         try:
-            result = _proc.run([sys.executable, "-m", INIT_MODULE, "launch", spec_path],
-                               timeout=LAUNCH_TIMEOUT)
-        except HpcmigError as exc:
-            shutil.rmtree(os.path.dirname(spec_path), ignore_errors=True)
-            raise ContainerError(f"container {spec.name} did not start: {exc}",
-                                 hint=f"see {os.path.dirname(spec_path)}/init.log") from None
-        return Container.from_json(json.loads(result.stdout))
+            if spec.image is not None:
+                image.prepare_root(spec, writable_archive)
+        except BaseException:
+            self._remove_state(spec)
+            raise
+
+    def abort_restore(self, spec: ContainerSpec) -> None:
+        """Undo `prepare_restore` when the restore failed (no process of it may be left)."""
+        self._remove_state(spec)
+
+    def save_writable(self, container: Container, archive: str) -> bool:
+        if container.spec.image is None:
+            return False
+        image.save_writable(container.spec, archive)
+        return True
 
     def is_running(self, container: Container) -> bool:
         return _alive(container.init_pid, self._spec_path(container.spec))
@@ -138,11 +181,22 @@ class NsRuntime(Runtime):
             if _alive(pid, spec_path):
                 raise ContainerError(f"container {container.name}: init {pid} survived SIGKILL")
         _reap_if_child(pid)
-        shutil.rmtree(os.path.dirname(spec_path), ignore_errors=True)
+        self._remove_state(container.spec)
 
     def enter_argv(self, container: Container) -> list[str]:
-        """nsenter prefix to run a command as root in the container (not the job's user)."""
-        return ["nsenter", "-t", str(container.init_pid), "--pid", "--uts", "--ipc", "--net"]
+        """nsenter prefix to run a command as root in the container (not the job's user);
+        in an image container, with the image as root (and / as cwd)."""
+        argv = ["nsenter", "-t", str(container.init_pid), "--pid", "--uts", "--ipc", "--net"]
+        return [*argv, "--root"] if container.spec.image is not None else argv
+
+
+def _tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            text = fh.readlines()[-lines:]
+    except OSError:
+        return ""
+    return ("; init.log: " + " | ".join(t.strip() for t in text)) if text else ""
 
 
 def _reap_if_child(pid: int) -> None:

@@ -179,3 +179,135 @@ def links_in(netns: str) -> str:
     return in_ns(netns, "ip", "-br", "link").stdout
 
 
+
+
+# -- per-node mount namespaces (image containers: their mounts must stay on their node) ----
+
+@contextlib.contextmanager
+def node_mounts(state_dir: str) -> Iterator[dict[str, int]]:
+    """A mount namespace per node, each held by a `sleep` (slave propagation: netns files
+    made later still show up; nothing mounted inside leaks out), with a private tmpfs on
+    `state_dir`, so the same state path holds different containers on each node, as on two
+    machines. Yields {node: holder pid}; enter with `in_node`."""
+    os.makedirs(state_dir, exist_ok=True)
+    holders: dict[str, int] = {}
+    log = os.path.join(tempfile.gettempdir(), "hpcmig-rt-holders.log")
+    try:
+        for node in NODES:
+            pid = _proc.spawn(["unshare", "--mount", "--propagation", "slave", "sleep", "1d"],
+                              log_path=log)
+            holders[node] = pid
+            if not wait_for(lambda p=pid: os.readlink(f"/proc/{p}/ns/mnt")  # type: ignore
+                            != os.readlink("/proc/self/ns/mnt"), 5):
+                raise RuntimeError("mount namespace holder did not start")
+            in_node(pid, "mount", "-t", "tmpfs", "-o", "mode=0755", "hpcmig-rt-state",
+                    state_dir)
+        yield holders
+    finally:
+        for pid in holders.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        with contextlib.suppress(OSError):
+            os.rmdir(state_dir)
+
+
+def in_node(holder: int, *argv: str, netns: str | None = None, check: bool = True,
+            timeout: float = 60.0, input: str | None = None,
+            env: dict[str, str] | None = None) -> _proc.Result:
+    """Run argv in a node's mount namespace (and network namespace `netns`, a name)."""
+    prefix = ["nsenter", "-t", str(holder), "-m"]
+    if netns:
+        prefix.append(f"--net=/run/netns/{netns}")
+    return _proc.run([*prefix, "--", *argv], check=check, timeout=timeout, input=input,
+                     env=env)
+
+
+def node_mountpoints(holder: int, under: str) -> list[str]:
+    with open(f"/proc/{holder}/mountinfo") as fh:
+        points = [line.split()[4] for line in fh]
+    return [p for p in points if p == under or p.startswith(under.rstrip("/") + "/")]
+
+
+# -- three nodes on a bridge (checkpoint/migration tests: source, target and a peer) -------
+BRIDGED = {"hpcmig-rt-b1": "10.253.1.1", "hpcmig-rt-b2": "10.253.1.2",
+           "hpcmig-rt-b3": "10.253.1.3"}
+BRIDGE = "hpcmig-rtbr0"
+
+
+def _sweep_bridged() -> None:
+    for ns in BRIDGED:
+        sh("ip", "netns", "del", ns, check=False)
+    sh("ip", "link", "del", BRIDGE, check=False)
+
+
+@contextlib.contextmanager
+def bridged_nodes() -> Iterator[dict[str, str]]:
+    """Three node namespaces (10.253.1.1-3/24) on a bridge in the root namespace that has no
+    address (nothing is routed out). Removed afterwards, leftovers of a crashed run first."""
+    _sweep_bridged()
+    try:
+        sh("ip", "link", "add", BRIDGE, "type", "bridge")
+        sh("ip", "link", "set", BRIDGE, "up")
+        for i, (ns, addr) in enumerate(BRIDGED.items(), start=1):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "add", f"hpcmig-rtb{i}", "type", "veth", "peer", "name", "eth0",
+               "netns", ns)
+            sh("ip", "link", "set", f"hpcmig-rtb{i}", "master", BRIDGE, "up")
+            in_ns(ns, "ip", "link", "set", "lo", "up")
+            in_ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
+            in_ns(ns, "ip", "link", "set", "eth0", "up")
+        yield dict(BRIDGED)
+    finally:
+        _sweep_bridged()
+
+
+def criu_problem(criu: str = "criu") -> str | None:
+    """Why CRIU cannot checkpoint job containers here (None: it can): `criu check`, then a
+    dump of a non-root process holding a TCP socket (the two breaks docs/runtime.md
+    describes: CRIU < 4.2 on Linux >= 6.16, and root without CAP_SYS_RESOURCE)."""
+    if shutil.which(criu) is None and not os.path.exists(criu):
+        return f"{criu} is not installed"
+    if sh(criu, "check", check=False, timeout=60).returncode != 0:
+        return f"{criu} check fails on this kernel"
+    work = tempfile.mkdtemp(prefix="hpcmig-rt-criuprobe-")
+    pid = _proc.spawn(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                       sys.executable, "-c", "import socket,time\n"
+                       "s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\n"
+                       "time.sleep(60)"], log_path=os.path.join(work, "out"))
+    try:
+        time.sleep(0.3)
+        r = sh(criu, "dump", "-t", str(pid), "-D", work, "-o", "probe.log", "--leave-running",
+               "--shell-job", check=False, timeout=60)
+        if r.returncode == 0:
+            return None
+        with open(os.path.join(work, "probe.log")) as fh:
+            log = fh.read()
+        if "Can't get 1:16 opt" in log:
+            return f"{criu} cannot dump INET sockets on this kernel (needs CRIU >= 4.2)"
+        if "Can't get rlimit" in log:
+            return f"{criu} cannot read rlimits of non-root tasks (root lacks CAP_SYS_RESOURCE)"
+        return None
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def holder_processes(marker: str = "hpcmig.workloads.holder serve") -> list[int]:
+    """Live `holder serve` processes anywhere on this machine (exactly-once checks)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmd and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
