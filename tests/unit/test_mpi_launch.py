@@ -1,0 +1,41 @@
+"""`hpcmig run`'s launch plan: block placement, hostfiles, launcher argv, environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpcmig import mpi_launch
+from hpcmig.errors import UsageError
+from hpcmig.mpi import flavour
+
+
+def test_block_slots() -> None:
+    assert mpi_launch.block_slots(6, 3, None) == [2, 2, 2]
+    assert mpi_launch.block_slots(5, 3, None) == [2, 2, 1]
+    assert mpi_launch.block_slots(4, 3, 4) == [4, 0, 0]
+    with pytest.raises(UsageError, match="do not fit"):
+        mpi_launch.block_slots(7, 3, 2)
+
+
+def test_hostfiles_in_each_launchers_format() -> None:
+    addrs = ["10.252.0.1", "10.252.0.2", "10.252.0.3"]
+    assert mpi_launch.hostfile(flavour("mpich"), addrs, [2, 2, 0]) == \
+        "10.252.0.1:2\n10.252.0.2:2\n"
+    assert mpi_launch.hostfile(flavour("openmpi"), addrs, [1, 1, 1]).splitlines()[2] == \
+        "10.252.0.3 slots=1"
+
+
+def test_launchers_start_daemons_through_hpcmig_rsh() -> None:
+    mpich = mpi_launch.launcher_argv(flavour("mpich"), rsh="/v/hpcmig-rsh",
+                                     hostfile_path="/h", n=6, env_names=[], program=["a"])
+    assert mpich[:5] == ["mpiexec.mpich", "-launcher", "rsh", "-launcher-exec", "/v/hpcmig-rsh"]
+    ompi = mpi_launch.launcher_argv(flavour("openmpi"), rsh="/v/hpcmig-rsh", hostfile_path="/h",
+                                    n=6, env_names=["B", "A"], program=["a", "b"])
+    assert "plm_rsh_agent" in ompi and ompi[ompi.index("plm_rsh_agent") + 1] == "/v/hpcmig-rsh"
+    assert ompi[-6:] == ["-x", "A", "-x", "B", "a", "b"]
+
+
+def test_slurm_and_pmi_variables_stay_out_of_the_containers() -> None:
+    env = mpi_launch.launch_env({"SLURM_JOB_ID": "1", "PMI_FD": "3", "PATH": "/bin",
+                                 "PYTHONPATH": "/x", "HOSTNAME": "node1"}, {"UCX_TLS": "tcp"})
+    assert env == {"PATH": "/bin", "PYTHONPATH": "/x", "UCX_TLS": "tcp"}
