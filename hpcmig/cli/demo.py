@@ -1,17 +1,22 @@
 """`hpcmig demo`: the point of hpcmig in one command, on the built-in testbed.
 
 Brings the testbed up (unless it already runs), submits an MPI job across its nodes as the
-unprivileged testbed user, follows it, and prints the result next to the value an undisturbed
-serial computation gives. Later stages (virtual cluster, live migration) extend this story.
+unprivileged testbed user, inside hpcmig's virtual cluster (one container per node, virtual
+addresses, MPI launched inside by `hpcmig run`), follows it, shows where every rank ran, and
+prints the result next to the value an undisturbed serial computation gives.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,11 +56,14 @@ def run(args: argparse.Namespace) -> int:
     out = job_dir / "ring.out"
     out.unlink(missing_ok=True)
     script = job_dir / "ring.sh"
-    ntasks = args.nodes
-    script.write_text(batch.ring_script(args.mpi, nodes=args.nodes, ntasks=ntasks,
-                                        args=["--rounds", str(args.rounds)], output=str(out)))
-    say(f"[bold]2.[/bold] sbatch as user {plan.user}: {ntasks}-rank {args.mpi} ring + allreduce "
-        f"over {args.nodes} nodes ({script})")
+    ntasks = 2 * args.nodes
+    ring_args = ["--rounds", str(args.rounds)]
+    script.write_text(batch.vcluster_script(
+        args.nodes, [["hpcmig.workloads.whereami"], ["hpcmig.workloads.ring", *ring_args]],
+        mpi=args.mpi, ntasks=ntasks, job_name="hpcmig-demo", output=str(out)))
+    say(f"[bold]2.[/bold] sbatch as user {plan.user} (#SBATCH --comment=hpcmig): "
+        f"`hpcmig run -n {ntasks}` of a {args.mpi} ring + allreduce inside the job's "
+        f"virtual cluster, one container per node ({script})")
     job_id = slurm.submit([str(script)], user=plan.user, cwd=str(job_dir))
     t0 = time.monotonic()
     with console.status(f"job {job_id} running") as status:
@@ -71,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     want = ring.expected(ntasks, 4096, args.rounds)
     say(f"[bold]3.[/bold] job {job_id} {job.state} on {','.join(job.nodes)} "
         f"in {time.monotonic() - t0:.1f}s")
+    placed = next((line for line in text.splitlines() if line.startswith("whereami: ")), None)
+    if placed:
+        console.print(_ranks_table(json.loads(placed.split(" ", 1)[1]), job.nodes))
     ok = job.state == "COMPLETED" and result is not None and f"checksum={want} " in result
     if result:
         say(f"   {result}")
@@ -86,3 +97,16 @@ def run(args: argparse.Namespace) -> int:
         raise HpcmigError(f"demo job {job_id} did not produce the expected result",
                           f"see {out} and {plan.log_dir}")
     return 0
+
+
+def _ranks_table(ranks: list[dict[str, Any]], nodes: Sequence[str]) -> Table:
+    """Where each rank ran: container, virtual address, node (container i is on node i)."""
+    table = Table(title="ranks inside the virtual cluster", title_justify="left")
+    for col in ("rank", "container", "virtual address", "node", "user", "pid in container"):
+        table.add_column(col)
+    for rank, r in enumerate(ranks):
+        index = int(r["host"].rsplit("-", 1)[-1])
+        node = nodes[index] if index < len(nodes) else "?"
+        table.add_row(str(rank), r["host"], ", ".join(r["addresses"]), node, r["user"],
+                      str(r["pid"]))
+    return table
