@@ -28,7 +28,7 @@ import signal
 import time
 
 from hpcmig import _proc, _procfs
-from hpcmig.checkpoint import _tree, images
+from hpcmig.checkpoint import _sockets, _tree, images
 from hpcmig.checkpoint.base import (
     CheckpointError,
     DumpStats,
@@ -222,14 +222,18 @@ def restore_container(image_dir: str, *, netns_path: str) -> Container:
                      spec=spec)
 
 
-def resume(init_pid: int, timeout: float = 10.0) -> None:
-    """SIGCONT every process of a tree a dump left stopped; wait until none is stopped."""
+def resume(init_pid: int, timeout: float = 10.0) -> int:
+    """Continue a tree a dump left stopped, exactly where it was (rollback): first take its
+    TCP sockets out of the repair mode `--leave-stopped` leaves them in (see _sockets), then
+    SIGCONT every process and wait until none is stopped. Returns the sockets repaired."""
+    _own_pid_namespace(init_pid)
+    repaired = _sockets.repair_off(_tree.members(init_pid))
     deadline = time.monotonic() + timeout
     while True:
         _tree.signal_all(init_pid, signal.SIGCONT)
         stopped = [p for p in _tree.members(init_pid) if _procfs.state(p) in ("T", "t")]
         if not stopped:
-            return
+            return repaired
         if time.monotonic() > deadline:
             raise CheckpointError(f"processes {stopped} of container {init_pid} stay stopped")
         time.sleep(0.02)
@@ -241,6 +245,7 @@ def kill_stopped(init_pid: int, timeout: float = 30.0) -> None:
     if not _tree.live(init_pid):
         _reap(init_pid)
         return
+    _own_pid_namespace(init_pid)
     pids = _tree.members(init_pid)
     os.kill(init_pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
@@ -249,6 +254,14 @@ def kill_stopped(init_pid: int, timeout: float = 30.0) -> None:
             raise CheckpointError(f"container {init_pid}: {pids} survived SIGKILL")
         time.sleep(0.01)
     _reap(init_pid)
+
+
+def _own_pid_namespace(init_pid: int) -> None:
+    """Refuse to treat a process that shares our PID namespace as a container's init (its
+    "members" would be every process of the node)."""
+    if _tree.ns_link(init_pid, "pid") == _tree.ns_link("self", "pid"):
+        raise CheckpointError(f"pid {init_pid} is not the init of a container "
+                              "(it shares this process's PID namespace)")
 
 
 def _reap(pid: int) -> None:
