@@ -172,7 +172,7 @@ def _libmunge_path() -> str:
 
 
 def _write_tools(lay: Layout) -> None:
-    for sub in ("bin", "lib", "python/hpcmig"):
+    for sub in ("bin", "lib", "python/hpcmig", "state"):
         os.makedirs(f"{lay.tools}/{sub}", mode=0o755, exist_ok=True)
     rsh = f"{lay.tools}/bin/hpcmig-rsh"
     with open(rsh, "w", encoding="utf-8") as fh:
@@ -214,7 +214,8 @@ def image_kind(image: str) -> str:
     raise ImageError(f"image {image} does not exist", hint="give the path of a .sif file")
 
 
-def prepare_root(spec: ContainerSpec, writable_archive: str | None = None) -> str:
+def prepare_root(spec: ContainerSpec, writable_archive: str | None = None,
+                 extra_binds: tuple[Bind, ...] = ()) -> str:
     """Build the container's root at `layout(spec).root` (see the module note); returns it.
 
     writable_archive: a `save_writable` archive from the source node (migration), unpacked
@@ -251,6 +252,7 @@ def prepare_root(spec: ContainerSpec, writable_archive: str | None = None) -> st
         hosts = _write_hosts(spec, lay)
         if hosts:
             plan.append(Bind(hosts, "/etc/hosts", True))
+        plan += extra_binds
         for bind in plan:
             if not os.path.exists(bind.source):
                 raise ImageError(f"container {spec.name}: cannot bind {bind.source}: "

@@ -227,9 +227,12 @@ def listen(address: str | None, port: int) -> socket.socket:
     return sock
 
 
-def _become_init(spec: ContainerSpec, log_path: str, ready_fd: int) -> None:
-    """In the forked child (PID 1 of the new PID namespace): set up, report ready, serve."""
-    os.setsid()
+def _become_init(spec: ContainerSpec, log_path: str, ready_fd: int | None,
+                 chroot: bool) -> None:
+    """PID 1 of the container: set up, chroot into the image root (ns runtime), report
+    ready (on ready_fd, and with the "serving" log line), serve; never returns."""
+    with contextlib.suppress(PermissionError):  # LXC's init is a session leader already
+        os.setsid()
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -238,7 +241,7 @@ def _become_init(spec: ContainerSpec, log_path: str, ready_fd: int) -> None:
     sock_path = spec.env.get(munge.SOCKET_ENV) or munge.socket_path()
     ctx = exec_context(spec, sock_path)
     listener = listen(spec.address, spec.exec_port)
-    if spec.image is None:
+    if not chroot:
         os.chdir("/")
     else:
         munge._load()  # dlopen libmunge before the chroot: the image need not have it
@@ -251,8 +254,9 @@ def _become_init(spec: ContainerSpec, log_path: str, ready_fd: int) -> None:
     init = Init(listener, ctx, spec.stop_grace)
     log.info("serving exec requests on %s:%d for uid %d", spec.address or "*", spec.exec_port,
              spec.uid)
-    os.write(ready_fd, b"ok\n")
-    os.close(ready_fd)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ok\n")
+        os.close(ready_fd)
     try:
         code = init.run()
     except BaseException:
@@ -277,7 +281,7 @@ def launch(spec_path: str) -> int:
     if pid == 0:
         os.close(ready_r)
         try:
-            _become_init(spec, log_path, ready_w)
+            _become_init(spec, log_path, ready_w, chroot=spec.image is not None)
         except BaseException as exc:  # noqa: BLE001 - report any failure to the launcher
             os.write(ready_w, f"error: {type(exc).__name__}: {exc}\n".encode())
         os._exit(1)
@@ -294,6 +298,22 @@ def launch(spec_path: str) -> int:
                           spec=spec)
     print(json.dumps(container.to_json()))
     return 0
+
+
+def serve(spec_path: str) -> int:
+    """Be PID 1 of a container another tool made (LXC's `lxc.init.cmd`): its namespaces,
+    root and hostname are in place. The runtime waits for the "serving" log line."""
+    with open(spec_path, encoding="utf-8") as fh:
+        spec = ContainerSpec.from_json(json.load(fh))
+    spec.validate()
+    log_path = os.path.join(os.path.dirname(os.path.abspath(spec_path)), "init.log")
+    try:
+        _become_init(spec, log_path, None, chroot=False)
+    except BaseException as exc:  # noqa: BLE001 - the runtime reads the log
+        _AppendPerLine(log_path).emit(logging.makeLogRecord(
+            {"msg": f"error: init did not start: {type(exc).__name__}: {exc}",
+             "levelno": logging.ERROR, "levelname": "ERROR"}))
+    return 1
 
 
 def _read_ready(fd: int, timeout: float) -> str:
@@ -318,9 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_launch = sub.add_parser("launch", help="start a container from a ContainerSpec JSON file")
     p_launch.add_argument("spec")
+    p_serve = sub.add_parser("serve", help="be PID 1 of a container made by LXC")
+    p_serve.add_argument("spec")
     args = parser.parse_args(argv)
     try:
-        return launch(args.spec)
+        return launch(args.spec) if args.cmd == "launch" else serve(args.spec)
     except Exception as exc:  # noqa: BLE001 - the agent reads this line
         print(f"hpcmig: error: {exc}", file=sys.stderr)
         return 1
