@@ -35,3 +35,12 @@ def live_cmdline(pid: int) -> str | None:
     if state(pid) in (None, "Z", "X"):
         return None
     return " ".join(args)
+
+
+def ppid(pid: int) -> int:
+    """Parent pid (0 when the process is gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0

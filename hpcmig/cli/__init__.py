@@ -21,6 +21,9 @@ SUBCOMMANDS: dict[str, str] = {
     "testbed": "testbed",
     "demo": "demo",
     "run": "run",
+    "migrate": "migrate",
+    "drain": "drain",
+    "resume": "resume",
     "map": "map",
 }
 

@@ -106,6 +106,10 @@ class Slurm:
         """Replace a pending job's excluded node list (Slurm refuses it for running jobs)."""
         self._run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={compress(list(nodes))}"])
 
+    def update_nodes(self, job_id: int, nodes: Sequence[str]) -> None:
+        """Shrink a running job to `nodes` (Slurm releases the others to the idle pool)."""
+        self._run(["scontrol", "update", f"JobId={job_id}", f"NodeList={compress(list(nodes))}"])
+
     def submit(self, args: Sequence[str], user: str | None = None, cwd: str | None = None,
                env: Mapping[str, str] | None = None) -> int:
         """`sbatch --parsable ARGS` (as `user` when running as root); returns the job id.

@@ -1,0 +1,289 @@
+"""The agent's side of migrations and checkpoints: `MigrationOps`, one node, over RPC.
+
+Design note: one RPC operation per `hpcmig.controller.ops.MigrationOps` method, carried out on
+this node, in the agent's own namespaces (so criu runs in the node's mount namespace, which
+the containers share). Every operation names its job (`ref` or `job_id`), so a user may move
+their own job and nobody else's (access "job"); each also checks that the address belongs to
+that job's block and the image directory to that job's checkpoint tree. Besides the engine
+work, the operations keep this node's job record true: a restored container is added, a
+killed one removed, a re-pointed route moves the member. `NodeAgent` owns the records; the
+engine is `hpcmig.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from hpcmig import _procfs
+from hpcmig.agent.node import JobRecord, NodeAgent, netns_name
+from hpcmig.agent.server import Call, operation
+from hpcmig.checkpoint import _tree, criu, images, stream
+from hpcmig.checkpoint.base import CheckpointError
+from hpcmig.checkpoint.stream import Stream
+from hpcmig.controller.ops import ContainerRef, ContainerState
+from hpcmig.errors import HpcmigError, PermissionDenied
+from hpcmig.network import ContainerNet, container_net
+from hpcmig.runtime.ns import INIT_MODULE
+from hpcmig.vcluster import VCluster
+
+_busy: set[str] = set()
+_busy_lock = threading.Lock()
+
+
+def _agent(call: Call) -> NodeAgent:
+    agent: NodeAgent = call.ctx
+    return agent
+
+
+def _ref(data: dict[str, Any]) -> ContainerRef:
+    return ContainerRef.from_json(data)
+
+
+def _net(agent: NodeAgent, ref: ContainerRef) -> ContainerNet:
+    return container_net(ref.address, netns_name(ref.name, agent.node))
+
+
+def _check_address(agent: NodeAgent, job_id: str, address: str) -> None:
+    rec = agent.load(str(job_id))
+    if rec is not None and IPv4Address(address) not in IPv4Network(rec.vc.block):
+        raise PermissionDenied(f"{address} is not an address of job {job_id}")
+
+
+def _check_images(agent: NodeAgent, job_id: str, image_dir: str) -> str:
+    roots = (agent.config.checkpoint_dir, os.path.join(agent.config.run_dir, "spool"))
+    real = os.path.realpath(image_dir)
+    for root in roots:
+        if real.startswith(os.path.join(os.path.realpath(images.job_dir(root, job_id)), "")):
+            return root
+    raise PermissionDenied(f"{image_dir} is not a checkpoint directory of job {job_id}")
+
+
+def _init(agent: NodeAgent, ref: ContainerRef) -> int | None:
+    pids = _tree.in_netns(_net(agent, ref).netns_path)
+    inits = [p for p in pids if INIT_MODULE in _procfs.argv(p) and _procfs.ppid(p) not in pids]
+    return inits[0] if inits else None
+
+
+@contextlib.contextmanager
+def _engine(ref: ContainerRef) -> Iterator[None]:
+    with _busy_lock:
+        _busy.add(ref.name)
+    try:
+        yield
+    finally:
+        with _busy_lock:
+            _busy.discard(ref.name)
+
+
+# -- queries ----------------------------------------------------------------------------------
+@operation("ckpt.refuse_reasons", "job")
+def refuse_reasons(call: Call, job_id: str, ref: dict[str, Any]) -> list[str]:
+    r = _ref(ref)
+    pid = _init(_agent(call), r)
+    return [f"{r.name} is not on {_agent(call).node}"] if pid is None else criu.refuse_reasons(pid)
+
+
+@operation("ckpt.state", "job")
+def container_state(call: Call, job_id: str, ref: dict[str, Any]) -> str:
+    r = _ref(ref)
+    agent = _agent(call)
+    if r.name in _busy:
+        return ContainerState.BUSY.value
+    pid = _init(agent, r)
+    if pid is None:
+        left = _tree.in_netns(_net(agent, r).netns_path)
+        return (ContainerState.STOPPED if left else ContainerState.ABSENT).value
+    return (ContainerState.STOPPED if _procfs.state(pid) in ("T", "t")
+            else ContainerState.RUNNING).value
+
+
+# -- network ----------------------------------------------------------------------------------
+@operation("ckpt.blackhole", "job")
+def blackhole(call: Call, job_id: str, address: str) -> None:
+    _check_address(_agent(call), job_id, address)
+    _agent(call).net.blackhole(address)
+
+
+@operation("ckpt.point_local", "job")
+def point_local(call: Call, job_id: str, ref: dict[str, Any]) -> None:
+    r = _ref(ref)
+    _check_address(_agent(call), job_id, r.address)
+    _agent(call).net.point_local(_net(_agent(call), r))
+
+
+@operation("ckpt.route_via", "job")
+def route_via(call: Call, job_id: str, address: str, via: str, via_addr: str) -> None:
+    """address/32 now lives on node `via`: route it there, and note the move."""
+    agent = _agent(call)
+    _check_address(agent, job_id, address)
+    with agent.job_lock(str(job_id)):
+        rec = agent.load(str(job_id))
+        if rec is not None:
+            index = next((m.index for m in rec.vc.members if m.address == address), None)
+            if index is not None:
+                rec.vc = rec.vc.moved(index, via, via_addr)
+                agent.save(rec)
+                agent.write_hosts(rec.vc)
+    if via != agent.node:
+        agent.net.route_via(address, via_addr)
+
+
+@operation("ckpt.unroute", "job")
+def unroute(call: Call, job_id: str, address: str) -> None:
+    _check_address(_agent(call), job_id, address)
+    _agent(call).net.unroute(address)
+
+
+@operation("ckpt.create_net", "job")
+def create_net(call: Call, job_id: str, ref: dict[str, Any],
+               vcluster: dict[str, Any] | None = None) -> None:
+    """The restore target's netns, /32 blackholed. `vcluster`: the job as the controller
+    knows it, for a node that has no record of the job yet (acquired for it)."""
+    agent = _agent(call)
+    r = _ref(ref)
+    with agent.job_lock(str(job_id)):
+        if agent.load(str(job_id)) is None and vcluster is not None:
+            vc = VCluster.from_json(vcluster)
+            agent.save(JobRecord(vc, {}))
+            agent.write_hosts(vc)
+            agent.user_dir(vc)
+            agent.net.allow_job(IPv4Network(vc.block))
+            agent.routes(vc)
+    _check_address(agent, job_id, r.address)
+    net = _net(agent, r)
+    if os.path.exists(net.netns_path):
+        if _tree.in_netns(net.netns_path):
+            raise HpcmigError(f"{net.netns} on {agent.node} already holds processes")
+        agent.net.remove_container_net(net)  # a half-made one: start over
+    agent.net.create_container_net(net, routed=False)
+
+
+@operation("ckpt.remove_net", "job")
+def remove_net(call: Call, job_id: str, ref: dict[str, Any]) -> None:
+    agent = _agent(call)
+    r = _ref(ref)
+    net = _net(agent, r)
+    if _tree.in_netns(net.netns_path):
+        raise HpcmigError(f"{r.name} still has processes on {agent.node}: kill it first")
+    agent.net.remove_container_net(net)
+
+
+# -- images -----------------------------------------------------------------------------------
+@operation("ckpt.prepare_images", "job")
+def prepare_images(call: Call, job_id: str, image_dir: str, uid: int) -> None:
+    root = _check_images(_agent(call), job_id, image_dir)
+    _stop_listeners(image_dir)
+    images.create(root, image_dir, uid)
+
+
+@operation("ckpt.open_stream", "job")
+def open_stream(call: Call, job_id: str, image_dir: str, uid: int, address: str,
+                peer: str) -> dict[str, Any]:
+    _check_images(_agent(call), job_id, image_dir)
+    return stream.open_stream(image_dir, address, peer, uid).to_json()
+
+
+@operation("ckpt.close_stream", "job")
+def close_stream(call: Call, job_id: str, stream_: dict[str, Any]) -> None:
+    stream.close_stream(Stream.from_json(stream_))
+
+
+@operation("ckpt.send_images", "job")
+def send_images(call: Call, job_id: str, image_dir: str, stream_: dict[str, Any]) -> int:
+    _check_images(_agent(call), job_id, image_dir)
+    s = Stream.from_json(stream_)
+    return stream.send_files(image_dir, s.address, s.file_port)
+
+
+@operation("ckpt.verify_images", "job")
+def verify_images(call: Call, job_id: str, image_dir: str, manifest_sha256: str | None) -> None:
+    _check_images(_agent(call), job_id, image_dir)
+    images.verify(image_dir, manifest_sha256)
+
+
+@operation("ckpt.remove_images", "job")
+def remove_images(call: Call, job_id: str, image_dir: str) -> None:
+    _check_images(_agent(call), job_id, image_dir)
+    _stop_listeners(image_dir)
+    images.remove(image_dir)
+
+
+def _stop_listeners(image_dir: str) -> None:
+    for pid in _tree.pids():
+        argv = _procfs.argv(pid)
+        if image_dir in argv and ("page-server" in argv or
+                                  "hpcmig.checkpoint.stream" in argv) and _tree.live(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# -- engine -----------------------------------------------------------------------------------
+@operation("ckpt.dump", "job")
+def dump(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
+         stream_: dict[str, Any] | None = None) -> dict[str, Any]:
+    agent = _agent(call)
+    r = _ref(ref)
+    _check_images(agent, job_id, image_dir)
+    rec = agent.load(str(job_id))
+    if rec is None or r.index not in rec.containers:
+        raise HpcmigError(f"{r.name} is not on {agent.node}")
+    container = rec.containers[r.index]
+    s = Stream.from_json(stream_) if stream_ else None
+    with _engine(r):
+        stats = criu.dump(container, image_dir,
+                          page_server=(s.address, s.page_port) if s else None)
+    return stats.to_json()
+
+
+@operation("ckpt.restore", "job")
+def restore(call: Call, job_id: str, ref: dict[str, Any], image_dir: str) -> int:
+    agent = _agent(call)
+    r = _ref(ref)
+    _check_images(agent, job_id, image_dir)
+    with _engine(r):
+        container = criu.restore_container(image_dir, netns_path=_net(agent, r).netns_path)
+    with agent.job_lock(str(job_id)):
+        rec = agent.load(str(job_id))
+        if rec is not None:
+            rec.containers[r.index] = container
+            agent.save(rec)
+    return container.init_pid
+
+
+@operation("ckpt.resume", "job")
+def resume(call: Call, job_id: str, ref: dict[str, Any]) -> None:
+    pid = _init(_agent(call), _ref(ref))
+    if pid is not None:
+        criu.resume(pid)
+
+
+@operation("ckpt.kill", "job")
+def kill(call: Call, job_id: str, ref: dict[str, Any]) -> None:
+    agent = _agent(call)
+    r = _ref(ref)
+    pid = _init(agent, r)
+    if pid is not None:
+        criu.kill_stopped(pid)
+    netns = _net(agent, r).netns_path
+    deadline = time.monotonic() + 30
+    while (left := _tree.in_netns(netns)) and time.monotonic() < deadline:
+        for p in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        time.sleep(0.02)
+    if _tree.in_netns(netns):
+        raise CheckpointError(f"{r.name} on {agent.node} survived SIGKILL")
+    with agent.job_lock(str(job_id)):
+        rec = agent.load(str(job_id))
+        if rec is not None and r.index in rec.containers:
+            c = rec.containers.pop(r.index)
+            agent.save(rec)
+            shutil.rmtree(os.path.join(c.spec.state_dir, c.spec.name), ignore_errors=True)

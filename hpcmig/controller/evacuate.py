@@ -1,0 +1,194 @@
+"""Moving containers off nodes: pick targets, run the journaled migrations, tell Slurm.
+
+Design note: `plan_moves` is the pure policy (which container goes where, or why it cannot
+move); `Controller` carries a plan out: it reads the job's virtual cluster from its agents and
+the node addresses from Slurm, runs one journaled `migration.migrate` per container through
+`AgentOps` (containers of different jobs in parallel), and keeps Slurm's view true. The
+mechanism for Slurm's view (docs/migration.md): a job keeps `spares=N` nodes of its
+allocation free of containers; a container moves to a spare of its own job, so no job
+process ever runs on a node Slurm does not list for that job. When a node is drained, the
+job is then shrunk off it (`scontrol update JobId=... NodeList=...`), which lets Slurm call
+the node DRAINED. The batch host cannot leave a job (Slurm keeps the batch step there).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcmig import config as site_config
+from hpcmig.agent.rpc import AgentClient
+from hpcmig.checkpoint import images
+from hpcmig.controller._machine import Outcome
+from hpcmig.controller.agentops import AgentOps
+from hpcmig.controller.journal import Journal
+from hpcmig.controller.migration import MigrationSpec, migrate
+from hpcmig.controller.ops import ContainerRef
+from hpcmig.controller.recovery import recover
+from hpcmig.errors import HpcmigError, UsageError
+from hpcmig.slurm import Slurm
+from hpcmig.slurm.hostlist import compress
+from hpcmig.vcluster import VCluster
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Move:
+    job_id: str
+    index: int
+    source: str
+    target: str | None  # None: no spare left; `reason` says what to do
+    reason: str = ""
+
+
+def plan_moves(vcs: Sequence[VCluster], node: str, batch_hosts: dict[str, str],
+               target: str | None = None, unusable: frozenset[str] = frozenset()) -> list[Move]:
+    """A move for every container on `node`: to `target` if given, else to a spare of its
+    job (in the order Slurm listed them) that is not `unusable` (drained, down)."""
+    moves = []
+    for vc in vcs:
+        taken: set[str] = set()
+        for m in vc.on_node(node):
+            if target is not None:
+                if target not in vc.spares:
+                    moves.append(Move(vc.job_id, m.index, node, None,
+                                      f"{target} is not a spare node of job {vc.job_id} "
+                                      f"(spares: {', '.join(vc.spares) or 'none'})"))
+                else:
+                    moves.append(Move(vc.job_id, m.index, node, target))
+                continue
+            free = [s for s in vc.spares if s not in unusable and s not in taken]
+            if not free:
+                moves.append(Move(vc.job_id, m.index, node, None,
+                                  f"job {vc.job_id} has no spare node left (submit with "
+                                  f"--comment=hpcmig:spares=1)"))
+                continue
+            taken.add(free[0])
+            moves.append(Move(vc.job_id, m.index, node, free[0]))
+    return moves
+
+
+class Controller:
+    """The CLI acting as hpcmig's controller (the daemon will run the same code)."""
+
+    def __init__(self, cfg: site_config.Config | None = None, slurm: Slurm | None = None,
+                 progress: Progress = lambda _m: None) -> None:
+        self.cfg = cfg or site_config.load()
+        self.slurm = slurm or Slurm()
+        self.progress = progress
+        self.munge = self.cfg.munge_socket or None
+        self._addrs: dict[str, str] | None = None
+
+    @property
+    def journal_path(self) -> str:
+        return str(Path(self.cfg.state_dir) / "controller.db")
+
+    def node_addrs(self) -> dict[str, str]:
+        if self._addrs is None:
+            self._addrs = {n.name: n.address or n.name for n in self.slurm.nodes()}
+        return self._addrs
+
+    def agent(self, node: str) -> AgentClient:
+        return AgentClient(node, self.node_addrs()[node], self.cfg.agent_port, self.munge)
+
+    def vcluster(self, job_id: str) -> VCluster:
+        job = self.slurm.job(int(job_id))
+        if job.state != "RUNNING":
+            raise UsageError(f"job {job_id} is {job.state}, not running")
+        for node in [job.batch_host, *job.nodes]:
+            if not node:
+                continue
+            try:
+                info = self.agent(node).call("job.info", job_id=str(job_id))
+            except HpcmigError:
+                continue
+            return VCluster.from_json(info["vc"])
+        raise UsageError(f"job {job_id} does not run in an hpcmig virtual cluster",
+                         hint="submit it with #SBATCH --comment=hpcmig")
+
+    def hpcmig_jobs_on(self, node: str) -> list[VCluster]:
+        info = self.agent(node).call("job.list")
+        return [VCluster.from_json(rec["vc"]) for rec in info
+                if any(int(i) >= 0 for i in rec["containers"])]
+
+    # -- one container ----------------------------------------------------------------------
+    def migrate_one(self, vc: VCluster, move: Move, transport: str = "shared") -> Outcome:
+        if move.target is None:
+            raise UsageError(f"container {move.index} of job {vc.job_id}: {move.reason}")
+        member = vc.member(move.index)
+        ref = ContainerRef(vc.job_id, vc.restart, move.index, member.address, vc.uid)
+        tag = f"move-{int(time.time() * 1000)}"
+        if transport == "shared":
+            src = dst = images.image_dir(self.cfg.checkpoint_dir, vc.job_id, vc.restart,
+                                         move.index, tag)
+        else:
+            spool = os.path.join(self.cfg.run_dir, "spool")
+            src = dst = images.image_dir(spool, vc.job_id, vc.restart, move.index, tag)
+        peers = tuple(n for n in vc.nodes() if n not in (move.source, move.target))
+        spec = MigrationSpec(ref, move.source, move.target, peers, src, dst, transport)
+        ops = AgentOps(vc, self.node_addrs(), self.cfg.agent_port, self.munge)
+        self.progress(f"job {vc.job_id}: moving container {move.index} ({member.address}) "
+                      f"{move.source} -> {move.target} ({transport})")
+        with Journal(self.journal_path) as journal:
+            recover(journal, ops, job_id=vc.job_id)  # finish anything a crash left open
+            outcome = migrate(journal, ops, spec)
+        pause = f", pause {outcome.pause:.2f} s" if outcome.pause is not None else ""
+        self.progress(f"job {vc.job_id}: container {move.index} {outcome.state}{pause}"
+                      + (f": {outcome.error}" if outcome.error else ""))
+        return outcome
+
+    def migrate(self, job_id: str, source: str, target: str | None = None,
+                transport: str = "shared") -> Outcome:
+        vc = self.vcluster(job_id)
+        if not vc.on_node(source):
+            raise UsageError(f"job {job_id} has no container on {source}",
+                             hint="its containers: " + ", ".join(
+                                 f"{m.index}@{m.node}" for m in vc.members))
+        moves = plan_moves([vc], source, {}, target, self._unusable())
+        outcomes = [self.migrate_one(vc, mv, transport) for mv in moves]
+        bad = [o for o in outcomes if o.state != "done"]
+        if bad:
+            raise HpcmigError(f"job {job_id}: migration {bad[0].state}: {bad[0].error}")
+        return outcomes[0]
+
+    def _unusable(self) -> frozenset[str]:
+        return frozenset(n.name for n in self.slurm.nodes()
+                         if n.flags & {"DRAIN", "NOT_RESPONDING"} or n.state in ("down",))
+
+    # -- a whole node -------------------------------------------------------------------------
+    def plan_drain(self, node: str) -> tuple[list[VCluster], list[Move]]:
+        vcs = [vc for vc in self.hpcmig_jobs_on(node) if vc.on_node(node)]
+        batch = {vc.job_id: self.slurm.job(int(vc.job_id)).batch_host for vc in vcs}
+        return vcs, plan_moves(vcs, node, batch, None, self._unusable() | {node})
+
+    def evacuate(self, node: str, transport: str = "shared") -> list[Outcome]:
+        vcs, moves = self.plan_drain(node)
+        by_job = {vc.job_id: vc for vc in vcs}
+        stuck = [m for m in moves if m.target is None]
+        if stuck:
+            raise HpcmigError("cannot evacuate " + node + ": " +
+                              "; ".join(f"container {m.index} of job {m.job_id}: {m.reason}"
+                                        for m in stuck))
+        with ThreadPoolExecutor(max_workers=max(1, len(moves))) as pool:
+            outcomes = list(pool.map(
+                lambda mv: self.migrate_one(by_job[mv.job_id], mv, transport), moves))
+        for vc in vcs:
+            self.shrink_off(vc.job_id, node)
+        return outcomes
+
+    def shrink_off(self, job_id: str, node: str) -> None:
+        """Release `node` from the job in Slurm (it hosts nothing of the job any more)."""
+        job = self.slurm.job(int(job_id))
+        if node not in job.nodes:
+            return
+        if node == job.batch_host:
+            self.progress(f"job {job_id}: {node} runs its batch step and stays in the job")
+            return
+        rest = [n for n in job.nodes if n != node]
+        self.slurm.update_nodes(int(job_id), rest)
+        self.progress(f"job {job_id}: Slurm shrank the job to {compress(rest)}")
