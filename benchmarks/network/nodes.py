@@ -74,6 +74,20 @@ class Bench:
     container_env: dict[str, str] = field(default_factory=dict)
     link_wait: float = 0.0  # seconds the links took to come up after setup
 
+    def set_filter(self, on: bool) -> None:
+        """Install (as the agent does) or remove the nft isolation on both nodes."""
+        for ns in self.nodes:
+            node = NodeNet(ns)
+            if on:
+                node.install_isolation(IPv4Network(POOL))
+                node.allow_job(self.block)
+            else:
+                node.remove_isolation()
+
+    def filtered(self) -> bool:
+        """Whether both nodes forward the job's traffic through the nft isolation table."""
+        return all(self.block in NodeNet(ns).allowed_blocks() for ns in self.nodes)
+
 
 # -- leftovers ---------------------------------------------------------------------------------
 def _netns_names() -> list[str]:

@@ -2,7 +2,8 @@
 
 Design note: this script owns the measurement loop. `nodes.bench_nodes()` builds two node
 namespaces with one container of one job on each (and removes everything afterwards); here
-each round runs `hpcmig.workloads.pingpong` with 2 ranks, one per node, in two ways per MPI:
+each round runs `hpcmig.workloads.pingpong` with 2 ranks, one per node, in up to three modes
+per MPI:
 
 * native: the launcher runs as root in node 1's namespace and starts its daemon in node 2's
   through `nbrsh` (an rsh look-alike: `nsenter --net` into the other node); TCP over the
@@ -11,15 +12,18 @@ each round runs `hpcmig.workloads.pingpong` with 2 ranks, one per node, in two w
   protocol (`client.exec_stream`, what `hpcmig run --stream` does) with the argv
   `hpcmig.mpi_launch.launcher_argv` builds for `hpcmig run`, and starts its daemon in
   container 1 through `hpcmig-rsh`; TCP between the containers' /32 addresses (veth, routed
-  by both nodes, nft forward filter).
+  by both nodes, nft forward filter);
+* container-unfiltered: the same with the nodes' nft isolation table removed for the run, to
+  tell the filter's cost from the extra veth hops and routing.
 
-Both ways use the same hostfile format, the flavour's transport settings (`hpcmig.mpi`) and
-distinct host names per node (a UTS namespace natively, the container's otherwise), so MPI
-never takes a shared-memory path. Native and container runs alternate (ABBA order) over
-`--rounds` rounds; `report.py` turns the records into medians and container/native ratios.
+Every mode uses the same hostfile format, the flavour's transport settings (`hpcmig.mpi`) and
+distinct host names per node (a UTS namespace natively, the container's otherwise), and each
+run checks that its messages crossed the link between the nodes, so MPI never takes a
+shared-memory path. The modes alternate (forward order in even rounds, reverse in odd ones)
+over `--rounds` rounds; `report.py` turns the records into medians and ratios to native.
 
     flock /run/lock/hpcmig-integration.lock \
-        /opt/hpcmig/venv/bin/python benchmarks/network/run.py --rounds 5 \
+        /opt/hpcmig/venv/bin/python benchmarks/network/run.py --rounds 7 \
         --out benchmarks/network/results.json --md benchmarks/network/results.md
 """
 
@@ -46,6 +50,7 @@ from hpcmig.errors import CommandError, HpcmigError  # noqa: E402
 from hpcmig.workloads import pingpong  # noqa: E402
 
 RUN_TIMEOUT = 90.0
+MODES = ("native", "container", "container-unfiltered")
 N1 = next(iter(nodes.NODES))
 # Both "nodes" share this machine's cores. Open MPI binds each node's first rank to core 0 by
 # default, so both ranks would fight over one core (measured: 4 ms per message natively);
@@ -134,9 +139,14 @@ def payload_bytes(record: dict[str, Any], warmup: int) -> int:
 
 def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
             args: argparse.Namespace) -> dict[str, Any]:
+    if mode != "native":
+        bench.set_filter(mode == "container")
+        if bench.filtered() != (mode == "container"):
+            raise HpcmigError(f"{mode}: the nft isolation is not in the state this mode needs")
     before = nodes.wire_bytes(N1)
     t0 = time.monotonic()
     run = native_run if mode == "native" else container_run
+
     res = run(bench, flavour, program(args))
     seconds = time.monotonic() - t0
     wire = nodes.wire_bytes(N1) - before
@@ -153,6 +163,7 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
     if len(set(hosts)) != len(hosts):
         raise HpcmigError(f"{flavour.name} {mode}: ranks share a host name {hosts}")
     return {"flavour": flavour.name, "mode": mode, "seconds": round(seconds, 2),
+            "nft_filter": mode == "container",
             "loadavg_1min": loadavg()[0],
             "wire_bytes": wire, "payload_bytes": sent, "hosts": hosts, "mpi": record["mpi"],
             "sizes": record["sizes"]}
@@ -178,6 +189,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--rounds", type=int, default=5,
                         help="native/container pairs per MPI (default 5)")
     parser.add_argument("--mpi", default="mpich,openmpi", help="comma-separated flavours")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated, from {', '.join(MODES)} (default: all)")
     parser.add_argument("--iterations", type=int, default=1000,
                         help="timed round trips per small size (fewer for large ones)")
     parser.add_argument("--warmup", type=int, default=20)
@@ -190,6 +203,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"network benchmark: {why}", file=sys.stderr)
         return 3
     flavours = [mpi.flavour(f.strip()) for f in args.mpi.split(",") if f.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if "native" not in modes or not set(modes) <= set(MODES):
+        parser.error(f"--modes: choose from {', '.join(MODES)}, native included")
     # SIGTERM/SIGHUP unwind like Ctrl-C, so every context manager cleans up
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.default_int_handler)
@@ -202,7 +218,7 @@ def _main(argv: list[str] | None) -> int:
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                     "python": platform.python_version()},
         "settings": {"rounds": args.rounds, "iterations": args.iterations,
-                     "warmup": args.warmup, "mpi": [f.name for f in flavours],
+                     "warmup": args.warmup, "mpi": [f.name for f in flavours], "modes": modes,
                      "ranks": 2, "ranks_per_node": 1},
         "loadavg_before": loadavg(),
         "runs": [],
@@ -215,13 +231,12 @@ def _main(argv: list[str] | None) -> int:
                              "link_wait_seconds": round(bench.link_wait, 3)}
         for rnd in range(args.rounds):
             for flavour in flavours:
-                order = ["native", "container"] if rnd % 2 == 0 else ["container", "native"]
-                for mode in order:
+                for mode in modes if rnd % 2 == 0 else modes[::-1]:
                     rec = measure(bench, flavour, mode, args)
                     rec["round"] = rnd
                     result["runs"].append(rec)
                     first = rec["sizes"][0]
-                    print(f"round {rnd} {flavour.name:8} {mode:9} {rec['seconds']:5.1f} s  "
+                    print(f"round {rnd} {flavour.name:8} {mode:20} {rec['seconds']:5.1f} s  "
                           f"{first['size']} B: {first['latency_us']:6.1f} us  "
                           f"max bw {max(s['bandwidth_MBps'] for s in rec['sizes']):7.0f} MB/s",
                           flush=True)

@@ -3,13 +3,14 @@
 `python -m hpcmig.workloads.pingpong [--sizes 1,8,...] [--iterations N] [--warmup W]`
 
 Rank 0 sends a buffer of `size` bytes to rank 1, which sends it straight back; one round
-trip is one sample, timed with `MPI.Wtime` on rank 0. Every size gets `warmup` untimed round
-trips, then `iterations_for(size)` timed ones (fewer for large messages, so each size moves a
-bounded number of bytes). Reported per size: the one-way latency (half a round trip) as the
-median, mean and minimum of the samples, and the bandwidth `size / median one-way latency`
+trip is one sample, timed with `MPI.Wtime` on rank 0. After `settle` untimed 8-byte round
+trips (start-up noise), every size gets `warmup` untimed round trips, then
+`iterations_for(size)` timed ones (fewer for large messages, so each size moves a bounded
+number of bytes). Reported per size: the one-way latency (half a round trip) as the median,
+mean and minimum of the samples, and the bandwidth `size / median one-way latency`
 (ping-pong bandwidth, as in NetPIPE / IMB PingPong; 1 MB = 10**6 bytes). Rank 0 fills the
 buffer with a known pattern and checks the echo of the last round trip of every size, so a
-run passes or fails explicitly. Ranks other than 0 and 1 only join the final barrier.
+run passes or fails explicitly. Ranks other than 0 and 1 only join the barriers.
 
 Rank 0 prints one JSON line (`{"workload": "pingpong", "ok": ..., "sizes": [...], ...}`);
 `parse_output` finds it in a launcher's output. Only rank 0 and 1's buffers touch memory, no
@@ -79,6 +80,20 @@ def _parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def _settle(comm: Any, rank: int, round_trips: int) -> None:
+    """Untimed 8-byte round trips before the first size: start-up (the other rank still
+    importing, lazy connection set-up) must not land in the first size's samples."""
+    buf = np.zeros(8, dtype=np.uint8)
+    for _ in range(round_trips):
+        if rank == 0:
+            comm.Send(buf, dest=1, tag=3)
+            comm.Recv(buf, source=1, tag=4)
+        elif rank == 1:
+            comm.Recv(buf, source=0, tag=3)
+            comm.Send(buf, dest=0, tag=4)
+    comm.Barrier()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pingpong", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=_parse_sizes, default=list(DEFAULT_SIZES),
@@ -87,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed round trips per small size (default 1000)")
     parser.add_argument("--min-iterations", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=20, help="untimed round trips per size")
+    parser.add_argument("--settle", type=int, default=1000,
+                        help="untimed 8-byte round trips before the first size")
     args = parser.parse_args(argv)
 
     from mpi4py import MPI
@@ -98,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             print("pingpong: needs at least 2 ranks", file=sys.stderr)
         return 2
     hosts = comm.gather(socket.gethostname(), root=0)
+    _settle(comm, rank, args.settle)
     records: list[dict[str, Any]] = []
     ok = True
     for n in args.sizes:

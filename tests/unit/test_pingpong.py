@@ -108,7 +108,7 @@ def test_report_ratios_are_container_over_native_medians() -> None:
     assert s["rounds"] == 3
     assert s["latency_ratio"]["1"] == pytest.approx(12.0 / 11.0)  # median 12 over median 11
     assert s["bandwidth_ratio"][str(mib)] == pytest.approx(11.0 / 12.0)
-    row = s["table"][0]["latency_us"]
+    row = s["vs_native"]["container"]["table"][0]["latency_us"]
     assert (row["paired_min"], row["paired_max"]) == (pytest.approx(0.5), pytest.approx(1.2))
     text = report.markdown({"command": "x", "started": "t", "machine": {"kernel": "k",
                             "cpus": 2}, "loadavg_before": [1.0], "runs": runs,
