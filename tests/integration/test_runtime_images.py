@@ -25,7 +25,7 @@ import pytest
 
 from hpcmig.network import NodeNet, container_net
 from hpcmig.network.plan import ContainerNet
-from hpcmig.runtime import Container, ContainerSpec
+from hpcmig.runtime import Container, ContainerSpec, get_runtime
 from hpcmig.runtime import ns as ns_runtime
 from hpcmig.runtime.sifbuild import build_test_image
 from tests.integration import rt_support as S
@@ -158,6 +158,9 @@ def test_the_image_is_the_root_and_the_job_user_resolves(img: ImgCluster) -> Non
     assert r.stdout.split() == ["ID=hpcmig-test", img.a.name, "hpcmig-rt-i0",
                                 "/.hpcmig/bin/hpcmig-rsh", "no-host-venv",
                                 os.readlink(f"/proc/{img.holders[N1]}/ns/mnt")[5:-1], "x"], r
+    entered = S.sh(*get_runtime("ns").enter_argv(img.containers["i0"]), "cat",
+                   "/etc/os-release", check=False)  # the agent's way in, as root
+    assert "ID=hpcmig-test" in entered.stdout, entered
     with open(os.path.join(img.containers["i0"].log_path.replace(
             STATE, f"/proc/{img.holders[N1]}/root{STATE}"))) as fh:
         assert "serving exec requests" in fh.read()
