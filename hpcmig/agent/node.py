@@ -117,6 +117,16 @@ class NodeAgent:
         d.chmod(0o700)
         return d
 
+    def tmp_dir(self, vc: VCluster, index: int) -> Path:
+        """The container's $TMPDIR, on shared storage: files a process keeps open there (Open
+        MPI's session directory) are found at the same path after a move to another node."""
+        d = Path(self.config.state_dir) / "jobs" / vc.job_id / "tmp" / str(index)
+        for path in (d.parent, d):
+            path.mkdir(exist_ok=True)
+            os.chown(path, vc.uid, vc.gid)
+            path.chmod(0o700)
+        return d
+
     def job_dir(self, job_id: str) -> Path:
         return Path(self.config.run_dir) / "jobs" / str(job_id)
 
@@ -144,6 +154,7 @@ class NodeAgent:
                 "PATH": BASE_PATH, "HOME": home, "USER": vc.user, "LOGNAME": vc.user,
                 "HPCMIG_HOSTS": str(hosts), "HPCMIG_JOB_ID": vc.job_id,
                 "HPCMIG_CONTAINER": str(member.index), "HPCMIG_ADDRESS": member.address,
+                "TMPDIR": str(self.tmp_dir(vc, member.index)),
             }, cwd=home if os.path.isdir(home) else "/", state_dir=self.config.containers_dir,
         )
 

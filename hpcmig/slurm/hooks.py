@@ -22,6 +22,7 @@ from ipaddress import IPv4Network
 from hpcmig import _proc
 from hpcmig import config as site_config
 from hpcmig.agent.rpc import AgentClient, RpcError
+from hpcmig.checkpoint import images
 from hpcmig.errors import HpcmigError, SlurmError, UsageError
 from hpcmig.network import AddressPool
 from hpcmig.slurm.hostlist import expand
@@ -29,7 +30,10 @@ from hpcmig.slurm.parse import keyvalues, nodes_from_text
 from hpcmig.vcluster import VCluster, parse_options, plan
 
 OPT_IN = "hpcmig"
-KEEP_BLOCK_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING"}
+# The job is over (its address block and shared files can go) only in these states; an epilog
+# also runs when a running job is shrunk off a node, and before a requeued job runs again.
+ENDED_STATES = {"COMPLETING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
+                "OUT_OF_MEMORY", "DEADLINE", "BOOT_FAIL", "PREEMPTED"}
 
 
 def parse_opt_in(comment: str) -> dict[str, str] | None:
@@ -155,9 +159,11 @@ def epilog(job_id: str, node: str) -> int:
     except HpcmigError as exc:
         log("epilog", job_id, f"teardown failed: {exc}")
         return 1
-    if fields and fields.get("JobState", "").upper() not in KEEP_BLOCK_STATES:
+    if fields and fields.get("JobState", "").upper() in ENDED_STATES:
         AddressPool(str(cfg.pool_state), cfg.pool, cfg.block_prefix).release(job_id)
         shutil.rmtree(os.path.join(cfg.state_dir, "jobs", job_id), ignore_errors=True)
+        for root in (cfg.checkpoint_dir, os.path.join(cfg.run_dir, "spool")):
+            images.remove_job(root, job_id)  # checkpoint images hold process memory
     if removed:
         log("epilog", job_id, f"removed {', '.join(removed)}")
     return 0

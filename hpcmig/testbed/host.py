@@ -91,8 +91,8 @@ def make_ns_dir(plan: Plan) -> None:
 
 
 def make_node_namespaces(plan: Plan, node: Node) -> None:
-    """Mount + UTS namespaces for a node: hostname, private /tmp, /dev/shm, /run/hpcmig and
-    /etc/hosts (so every node sees hpcmig's runtime paths where a real node would)."""
+    """Mount + UTS namespaces for a node: hostname, private /tmp, /dev/shm, /dev/pts,
+    /run/hpcmig and /etc/hosts (every node sees hpcmig's paths where a real node would)."""
     mnt, uts = plan.mnt_ns(node), plan.uts_ns(node)
     if mounted(mnt) and mounted(uts):
         return
@@ -110,6 +110,10 @@ def make_node_namespaces(plan: Plan, node: Node) -> None:
         f"hostname {node.name} && mount --bind {tmp} /tmp && "
         f"mkdir -p /run/hpcmig && mount --bind {run} /run/hpcmig && "
         "mount -t tmpfs -o mode=1777,size=4g tmpfs /dev/shm && "
+        # a node's own pseudo-terminals, as on a real node: CRIU restores a pty (Open MPI's
+        # orted keeps some) under its old index, which must be free on the target node
+        "mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts && "
+        "mount --bind /dev/pts/ptmx /dev/ptmx && "
         f"mount --bind {plan.hosts_file} /etc/hosts"
     )
     _proc.run(
