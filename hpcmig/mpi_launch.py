@@ -63,7 +63,7 @@ def launcher_argv(flavour: Flavour, *, rsh: str, hostfile_path: str, n: int,
     if not program:
         raise UsageError("nothing to run", hint="hpcmig run -n 6 -- python3 app.py")
     if flavour.name == "mpich":
-        return [flavour.mpiexec, "-launcher", "rsh", "-launcher-exec", rsh,
+        return [flavour.mpiexec, "-launcher", "rsh", "-launcher-exec", rsh, "-iface", "eth0",
                 "-f", hostfile_path, "-n", str(n), *program]
     forwarded: list[str] = []
     for name in sorted(env_names):

@@ -156,6 +156,8 @@ class NodeAgent:
                 "HPCMIG_CONTAINER": str(member.index), "HPCMIG_ADDRESS": member.address,
                 "TMPDIR": str(self.tmp_dir(vc, member.index)),
             }, cwd=home if os.path.isdir(home) else "/", state_dir=self.config.containers_dir,
+            # an image root sees the job's shared directory (hpcmig run's outcome, $TMPDIR)
+            binds=(str(Path(self.config.state_dir) / "jobs" / vc.job_id),) if vc.image else (),
         )
 
     def routes(self, vc: VCluster) -> None:

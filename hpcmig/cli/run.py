@@ -110,11 +110,19 @@ def run(args: argparse.Namespace) -> int:
     venv_bin = os.path.dirname(sys.executable)
     env = mpi_launch.launch_env(os.environ, flavour.environment("eth0"))
     env["PATH"] = f"{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}"
+    rsh, python = os.path.join(venv_bin, "hpcmig-rsh"), [sys.executable]
+    if vc.image:  # the image's own python3 and MPI; hpcmig's tools are bound on /.hpcmig
+        from hpcmig.runtime import image
+
+        rsh = image.RSH
+        env["PYTHONPATH"] = ":".join(p for p in (image.TOOLS + "/python",
+                                                 env.get("PYTHONPATH")) if p)
+        python = ["env", f"PYTHONPATH={image.TOOLS}/python", "python3"]
     env["HPCMIG_HOSTS"] = info["hosts_file"]
     if munge:
         env["HPCMIG_MUNGE_SOCKET"] = munge
     argv = mpi_launch.launcher_argv(
-        flavour, rsh=os.path.join(venv_bin, "hpcmig-rsh"), hostfile_path=str(hostfile), n=n,
+        flavour, rsh=rsh, hostfile_path=str(hostfile), n=n,
         env_names=[k for k in env if k not in ("HOME", "USER", "LOGNAME")], program=program)
     out, err = _regular_file(1), _regular_file(2)
     common: dict[str, Any] = {"env": env, "cwd": os.getcwd(), "munge_socket": munge}
@@ -123,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     if args.stream or out is None:
         return client.exec_stream(head.address, argv, forward_signals=True, **common)
-    launch = [sys.executable, "-m", "hpcmig.runtime.launch", "--status", str(run_dir),
+    launch = [*python, "-m", "hpcmig.runtime.launch", "--status", str(run_dir),
               "--stdout", out, "--stderr", err or out, "--", *argv]
     res = client.run_in(head.address, launch, **common)
     if res.code != 0:

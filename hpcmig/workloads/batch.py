@@ -52,10 +52,12 @@ def vcluster_script(
     options: Mapping[str, str] | None = None,
     job_name: str = "hpcmig-vc",
     output: str | None = None,
+    python: str = sys.executable,
 ) -> str:
     """A batch script for a job in hpcmig's virtual cluster: one `hpcmig run` per step.
 
-    A step is a module of hpcmig.workloads plus its arguments, run with this Python."""
+    A step is a module of hpcmig.workloads plus its arguments, run with `python` (this one;
+    `python3` for an image, which brings its own)."""
     opts = ",".join(f"{k}={v}" for k, v in (options or {}).items())
     lines = [
         "#!/bin/bash",
@@ -75,5 +77,5 @@ def vcluster_script(
     if mpi:
         run += ["--mpi", mpi]
     for step in steps:
-        lines.append(shlex.join([*run, "--", sys.executable, "-m", *step]))
+        lines.append(shlex.join([*run, "--", python, "-m", *step]))
     return "\n".join(lines) + "\n"

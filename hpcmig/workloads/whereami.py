@@ -7,17 +7,19 @@ namespaces to prove that ranks run inside containers, as the job's user, on virt
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pwd
 import socket
+import struct
 
-import psutil
+SIOCGIFADDR = 0x8915
 
 
 def describe() -> dict[str, object]:
-    addrs = sorted(a.address for nic in psutil.net_if_addrs().values() for a in nic
-                   if a.family == socket.AF_INET and not a.address.startswith("127."))
+    addrs = sorted(a for a in map(_ipv4, (n for _, n in socket.if_nameindex()))
+                   if a and not a.startswith("127."))
     return {
         "host": socket.gethostname(),
         "uid": os.getuid(),
@@ -26,7 +28,29 @@ def describe() -> dict[str, object]:
         "netns": os.stat("/proc/self/ns/net").st_ino,
         "pid": os.getpid(),
         "addresses": addrs,
+        "os": _os_id(),
     }
+
+
+def _ipv4(nic: str) -> str | None:
+    """The interface's IPv4 address (stdlib only: images need not carry psutil)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            req = struct.pack("256s", nic.encode()[:15])
+            return socket.inet_ntoa(fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)[20:24])
+        except OSError:
+            return None
+
+
+def _os_id() -> str:
+    try:
+        with open("/etc/os-release", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("ID="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return ""
 
 
 def main() -> int:

@@ -88,6 +88,33 @@ def test_job_runs_inside_containers_with_exact_checksum(testbed: Plan, slurm: Sl
     assert [r["host"] for r in ranks] == [f"hpcmig-{job_id}-0-{i // 2}" for i in range(6)]
 
 
+@pytest.mark.parametrize("variant", ["sif-mpich", "sif-openmpi", "lxc"])
+def test_job_with_a_sif_image_or_the_lxc_runtime(testbed: Plan, slurm: Slurm, job_dir: Path,
+                                                  variant: str) -> None:
+    from hpcmig.runtime import sifbuild
+
+    if variant.startswith("sif"):
+        mpi = variant.split("-")[1]
+        options = {"image": str(sifbuild.build_test_image())}
+        python = "python3"  # the image's own
+    else:
+        mpi, options, python = "mpich", {"runtime": "lxc"}, sys.executable
+    script = batch.vcluster_script(
+        3, [["hpcmig.workloads.whereami"],
+            ["hpcmig.workloads.ring", "--rounds", str(ROUNDS), "--elements", str(ELEMENTS)]],
+        mpi=mpi, ntasks=6, options=options, job_name=f"vc-{variant}", python=python)
+    job_id, out = run_job(testbed, slurm, job_dir, script, f"vc-{variant}")
+    assert f"ring: PASS checksum={ring.expected(6, ELEMENTS, ROUNDS)} " in out, out
+    ranks = json.loads(re.search(r"^whereami: (.*)$", out, re.M).group(1))  # type: ignore[union-attr]
+    nets, pids = node_namespaces(testbed)
+    assert {r["host"] for r in ranks} == {f"hpcmig-{job_id}-0-{i}" for i in range(3)}
+    for r in ranks:
+        assert r["netns"] not in nets and r["pidns"] not in pids and r["user"] == testbed.user
+        assert IPv4Address(r["addresses"][0]) in IPv4Network("10.252.0.0/16"), r
+        if variant.startswith("sif"):
+            assert r["os"] == "hpcmig-test", r  # the image's root, not the host's
+
+
 def test_nothing_of_a_job_is_left_when_it_ends(testbed: Plan, slurm: Slurm,
                                                job_dir: Path) -> None:
     script = batch.vcluster_script(3, [["hpcmig.workloads.whereami"]], ntasks=3,
