@@ -148,7 +148,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['machine']['kernel']}, {result['machine']['cpus']} CPUs; 1-minute load "
              f"average {result['loadavg_before'][0]:.2f} before, "
              f"{after[0] if after else '?'} after.", ""]
-    versions = {r["flavour"]: " ".join(r["mpi"].replace("\0", "").split()[:4])
+    versions = {r["flavour"]: " ".join(r["mpi"].replace("\0", "").split(",")[0].split())
                 for r in result["runs"]}
     for flavour, s in result["summary"].items():
         vs = s["vs_native"]
