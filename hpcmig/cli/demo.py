@@ -9,6 +9,7 @@ prints the result next to the value an undisturbed serial computation gives.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import time
@@ -23,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run an MPI job on the built-in testbed and show the result")
     p.add_argument("--nodes", type=int, default=3, help="testbed nodes, 2 to 8 (default 3)")
     p.add_argument("--mpi", choices=["openmpi", "mpich"], default="openmpi")
-    p.add_argument("--rounds", type=int, default=200, help="ring rounds (default 200)")
+    p.add_argument("--rounds", type=int, default=400, help="ring rounds (default 400)")
+    p.add_argument("--seconds", type=float, default=20.0, help="ring run time (default 20)")
+    p.add_argument("--memory-mb", type=int, default=64, help="memory per rank (default 64)")
     p.add_argument("--down", action="store_true", help="take the testbed down afterwards")
     p.set_defaults(func=run)
 
@@ -56,16 +59,32 @@ def run(args: argparse.Namespace) -> int:
     out = job_dir / "ring.out"
     out.unlink(missing_ok=True)
     script = job_dir / "ring.sh"
-    ntasks = 2 * args.nodes
-    ring_args = ["--rounds", str(args.rounds)]
+    hosting = args.nodes - 1  # one node of the allocation stays free: the spare
+    ntasks = 2 * hosting
+    ring_args = ["--rounds", str(args.rounds), "--seconds", str(args.seconds),
+                 "--memory-mb", str(args.memory_mb)]
     script.write_text(batch.vcluster_script(
         args.nodes, [["hpcmig.workloads.whereami"], ["hpcmig.workloads.ring", *ring_args]],
-        mpi=args.mpi, ntasks=ntasks, job_name="hpcmig-demo", output=str(out)))
-    say(f"[bold]2.[/bold] sbatch as user {plan.user} (#SBATCH --comment=hpcmig): "
-        f"`hpcmig run -n {ntasks}` of a {args.mpi} ring + allreduce inside the job's "
-        f"virtual cluster, one container per node ({script})")
+        mpi=args.mpi, ntasks=ntasks, options={"spares": "1"}, job_name="hpcmig-demo",
+        output=str(out)))
+    victim = "node2"
+    say(f"[bold]2.[/bold] sbatch as user {plan.user} (#SBATCH --comment=hpcmig:spares=1): "
+        f"`hpcmig run -n {ntasks}` of a {args.mpi} ring + allreduce ({args.memory_mb} MB per "
+        f"rank, ~{args.seconds:g} s) inside the job's virtual cluster: one container on each "
+        f"of {hosting} nodes, node{args.nodes} kept as a spare ({script})")
     job_id = slurm.submit([str(script)], user=plan.user, cwd=str(job_dir))
     t0 = time.monotonic()
+    with console.status(f"job {job_id} starting"):
+        while not _ring_started(plan, job_id):
+            if slurm.job(job_id).state not in ("PENDING", "CONFIGURING", "RUNNING"):
+                break
+            time.sleep(0.3)
+        time.sleep(2.0)
+    text = out.read_text() if out.exists() else ""
+    placed = next((line for line in text.splitlines() if line.startswith("whereami: ")), None)
+    if placed:
+        console.print(_ranks_table(json.loads(placed.split(" ", 1)[1]), slurm.job(job_id).nodes))
+    pause = _drain(say, victim) if slurm.job(job_id).state == "RUNNING" else None
     with console.status(f"job {job_id} running") as status:
         while True:
             job = slurm.job(job_id)
@@ -77,16 +96,17 @@ def run(args: argparse.Namespace) -> int:
     text = out.read_text() if out.exists() else ""
     result = next((line for line in text.splitlines() if line.startswith("ring: ")), None)
     want = ring.expected(ntasks, 4096, args.rounds)
-    say(f"[bold]3.[/bold] job {job_id} {job.state} on {','.join(job.nodes)} "
+    say(f"[bold]4.[/bold] job {job_id} {job.state} on {','.join(job.nodes)} "
         f"in {time.monotonic() - t0:.1f}s")
-    placed = next((line for line in text.splitlines() if line.startswith("whereami: ")), None)
-    if placed:
-        console.print(_ranks_table(json.loads(placed.split(" ", 1)[1]), job.nodes))
     ok = job.state == "COMPLETED" and result is not None and f"checksum={want} " in result
     if result:
         say(f"   {result}")
     say(f"   undisturbed serial value: {want}  ->  "
-        + ("[green]MATCH[/green]" if ok else "[red]MISMATCH[/red]"))
+        + ("[green]MATCH[/green]" if ok else "[red]MISMATCH[/red]")
+        + (f": the job never noticed its container moving, except a {pause:.2f} s pause"
+           if ok and pause is not None else ""))
+    with contextlib.suppress(HpcmigError):
+        slurm.resume(victim)
     if args.down:
         cluster.down()
         say("testbed down")
@@ -110,3 +130,25 @@ def _ranks_table(ranks: list[dict[str, Any]], nodes: Sequence[str]) -> Table:
         table.add_row(str(rank), r["host"], ", ".join(r["addresses"]), node, r["user"],
                       str(r["pid"]))
     return table
+
+
+def _ring_started(plan: Any, job_id: int) -> bool:
+    """The job's second `hpcmig run` (the ring; the first is whereami) has its launcher up."""
+    return (plan.base / "shared" / "jobs" / str(job_id) / "run-0-1" / "heartbeat").exists()
+
+
+def _drain(say: Any, node: str) -> float | None:
+    """`hpcmig drain NODE` while the job runs; returns the pause of the moved container."""
+    from hpcmig.controller.evacuate import Controller
+
+    say(f"[bold]3.[/bold] `hpcmig drain {node}` while the job runs: DRAIN in Slurm, move "
+        "its container live (CRIU) to the spare, shrink the job off it")
+    ctl = Controller(progress=lambda m: say(f"   {m}"))
+    ctl.slurm.drain(node, "hpcmig: demo")
+    t0 = time.monotonic()
+    outcomes = ctl.evacuate(node)
+    pauses = [o.pause for o in outcomes if o.pause is not None]
+    state = ctl.slurm.node(node)
+    say(f"   {node}: {state.state}+{'+'.join(sorted(state.flags))} after "
+        f"{time.monotonic() - t0:.1f} s; reason '{state.reason}'")
+    return max(pauses) if pauses else None
