@@ -303,7 +303,9 @@ def wait_links_up(paths: list[str], timeout: float = 10.0) -> float:
     return time.monotonic() - t0
 
 
-def wire_bytes(node: str) -> int:
-    """Bytes node has sent on its eth0 (the link between the two nodes) so far."""
+def wire_counters(node: str) -> tuple[int, int]:
+    """(bytes, packets) node has sent on its eth0 (the link between the two nodes) so far.
+    A veth counts each skb it passes as one packet, GSO or not."""
     out = in_node(node, "ip", "-j", "-s", "link", "show", "dev", "eth0").stdout
-    return int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
+    tx = json.loads(out)[0]["stats64"]["tx"]
+    return int(tx["bytes"]), int(tx["packets"])

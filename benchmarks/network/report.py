@@ -52,6 +52,15 @@ def compare(native: Rounds, other: Rounds, size: int, metric: str) -> dict[str, 
             "paired_min": min(paired), "paired_max": max(paired)}
 
 
+def _bytes_per_packet(runs: list[dict[str, Any]], flavour: str) -> dict[str, float]:
+    """Median over runs of node 1's link bytes / packets, per mode (how big the skbs are)."""
+    per: dict[str, list[float]] = {}
+    for run in runs:
+        if run["flavour"] == flavour and run.get("wire_packets"):
+            per.setdefault(run["mode"], []).append(run["wire_bytes"] / run["wire_packets"])
+    return {mode: statistics.median(v) for mode, v in per.items()}
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per flavour and per non-native mode: the size table and the headline ratios.
 
@@ -63,7 +72,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         modes = sorted({r["mode"] for r in runs if r["flavour"] == flavour} - {"native"})
         if not native or not modes:
             continue
-        entry: dict[str, Any] = {"rounds": len(native), "vs_native": {}}
+        entry: dict[str, Any] = {"rounds": len(native), "vs_native": {},
+                                 "bytes_per_packet": _bytes_per_packet(runs, flavour)}
         for mode in modes:
             other = _by(runs, flavour, mode)
             sizes = sorted(set.intersection(*(set(r) for r in [*native.values(),
@@ -155,7 +165,12 @@ def markdown(result: dict[str, Any]) -> str:
         modes = [m for m in ("container", "container-unfiltered") if m in vs]
         modes += sorted(set(vs) - set(modes))
         lines += [f"## {flavour} ({versions.get(flavour, '?')}), {s['rounds']} rounds", ""]
-        lines += [*_headline(vs, modes), "", *_full_table(vs, modes), ""]
+        lines += _headline(vs, modes)
+        if s.get("bytes_per_packet"):
+            lines += ["", "Bytes per packet on the link between the nodes (median over runs): "
+                      + ", ".join(f"{m} {v:.0f}" for m, v in s["bytes_per_packet"].items())
+                      + "."]
+        lines += ["", *_full_table(vs, modes), ""]
     lines += ["Each value is the median over rounds of a run's median one-way latency (half a "
               "round trip) or bandwidth (size / that latency, 1 MB = 10^6 B); *best* uses each "
               "run's minimum one-way latency instead. Ratios are mode / native; the range is "

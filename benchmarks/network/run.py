@@ -143,13 +143,14 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
         bench.set_filter(mode == "container")
         if bench.filtered() != (mode == "container"):
             raise HpcmigError(f"{mode}: the nft isolation is not in the state this mode needs")
-    before = nodes.wire_bytes(N1)
+    bytes0, packets0 = nodes.wire_counters(N1)
     t0 = time.monotonic()
     run = native_run if mode == "native" else container_run
 
     res = run(bench, flavour, program(args))
     seconds = time.monotonic() - t0
-    wire = nodes.wire_bytes(N1) - before
+    bytes1, packets1 = nodes.wire_counters(N1)
+    wire, packets = bytes1 - bytes0, packets1 - packets0
     if res.returncode != 0:
         raise CommandError(res.argv, res.returncode, res.stdout, res.stderr)
     record = pingpong.parse_output(res.stdout)
@@ -165,7 +166,8 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
     return {"flavour": flavour.name, "mode": mode, "seconds": round(seconds, 2),
             "nft_filter": mode == "container",
             "loadavg_1min": loadavg()[0],
-            "wire_bytes": wire, "payload_bytes": sent, "hosts": hosts, "mpi": record["mpi"],
+            "wire_bytes": wire, "wire_packets": packets, "payload_bytes": sent,
+            "hosts": hosts, "mpi": record["mpi"],
             "sizes": record["sizes"]}
 
 
