@@ -7,8 +7,9 @@ TCP lines: `PING <n>` -> `PONG <n> <pings this server answered so far>`, `CHECK`
 `python -m hpcmig.workloads.holder client HOST --progress FILE [--interval S]` pings over one
 connection and requires the server's count to equal its own every time: a server restored from
 an older state, or answered twice, breaks that at once. It rewrites FILE (atomically) with
-`<pings> <largest gap between two answers, ms>`, or `ERROR ...` and exits. The largest gap is
-the pause the peer saw across a migration (TCP retransmission included).
+`<pings> <largest gap between two answers, ms>`, or `ERROR ...` and exits; `--gaps FILE`
+also logs every gap over 50 ms with its wall-clock end. A gap is the pause the peer saw
+across a migration (TCP retransmission included).
 The zdtm habit: set up state, keep running through the checkpoint, verify explicitly after.
 """
 
@@ -84,7 +85,8 @@ def _note(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def client(host: str, port: int, progress: str, interval: float) -> int:
+def client(host: str, port: int, progress: str, interval: float,
+           gaps: str | None = None) -> int:
     pings, gap = 0, 0.0
     try:
         conn = socket.create_connection((host, port), timeout=120)
@@ -97,6 +99,9 @@ def client(host: str, port: int, progress: str, interval: float) -> int:
                 raise RuntimeError(f"ping {pings + 1} answered {words}")
             pings += 1
             now = time.monotonic()
+            if gaps and now - last > 0.05:
+                with open(gaps, "a", encoding="utf-8") as fh:  # wall clock: other processes
+                    fh.write(f"{time.time():.6f} {now - last:.6f}\n")  # compare with theirs
             gap = max(gap, now - last)
             last = now
             _note(progress, f"{pings} {gap * 1000:.1f}")
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--port", type=int, default=9000)
     c.add_argument("--progress", required=True)
     c.add_argument("--interval", type=float, default=0.01)
+    c.add_argument("--gaps", help="append '<time> <seconds>' for every gap over 50 ms")
     k = sub.add_parser("check")
     k.add_argument("host")
     k.add_argument("--port", type=int, default=9000)
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         return serve(args.memory_mb, args.port)
     if args.cmd == "client":
-        return client(args.host, args.port, args.progress, args.interval)
+        return client(args.host, args.port, args.progress, args.interval, args.gaps)
     print(check(args.host, args.port))
     return 0
 
