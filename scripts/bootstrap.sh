@@ -115,6 +115,11 @@ install_python() {
   ln -sf "$VENV/bin/hpcmig" /usr/local/bin/hpcmig
 }
 
+install_jobs() {
+  # the C workloads of jobs/, one binary per MPI (PREFIX/jobs/bin/ring.{mpich,openmpi})
+  make -s -C "$HERE/jobs" install PREFIX="$PREFIX" BUILD="$PREFIX/src/jobs-build" >/dev/null
+}
+
 action=${1:-install}
 case "$action" in
   install|demo|test) ;;
@@ -123,6 +128,7 @@ esac
 install_os_packages
 install_criu
 install_python
+install_jobs
 case "$action" in
   demo) exec "$VENV/bin/hpcmig" demo ;;
   test) cd "$HERE" && exec "$VENV/bin/python" -m pytest -ra tests ;;
