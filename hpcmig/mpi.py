@@ -67,6 +67,9 @@ FLAVOURS: dict[str, Flavour] = {
             "OMPI_MCA_oob_tcp_if_include": "{if}",
             "OMPI_MCA_pml": "ob1",
             "PMIX_MCA_gds": "hash",
+            # mpirun binds each node's first rank to core 0; testbed "nodes" share the cores
+            # (and containers do not enforce it): no binding, or two ranks fight for one core
+            "OMPI_MCA_hwloc_base_binding_policy": "none",
         },
     ),
     "mpich": Flavour(

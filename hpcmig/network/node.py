@@ -12,6 +12,7 @@ address is the caller's (agent's, controller's) knowledge.
 from __future__ import annotations
 
 import json
+import time
 from ipaddress import IPv4Address, IPv4Network
 
 from hpcmig import _proc
@@ -69,10 +70,24 @@ class NodeNet:
         self.enable_forwarding()
         try:
             self.run_all(plan.create_plan(net, routed))
+            self.wait_link_up(net)
         except HpcmigError:
             self.remove_container_net(net)
             raise
         return net
+
+    def wait_link_up(self, net: ContainerNet, timeout: float = 5.0) -> None:
+        """Until the container's eth0 carries traffic: `ip link set up` returns before the
+        veth runs, and MPICH started at once then finds "eth0 not available"."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.run(["ip", "-n", net.netns, "-j", "link", "show", "dev", "eth0"])
+            links = json.loads(out or "[]")
+            if links and links[0].get("operstate") == "UP":
+                return
+            if time.monotonic() > deadline:
+                raise NetworkError(f"eth0 of {net.netns} is not up after {timeout:g} s")
+            time.sleep(0.02)
 
     def remove_container_net(self, net: ContainerNet) -> None:
         """Remove the veth, the netns and the /32 route (blackhole included). Idempotent."""
