@@ -72,36 +72,37 @@ def heavy_edge_matching(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: n
 
 
 @njit(cache=True)
-def contract(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
-             bias: np.ndarray, match: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Merge matched pairs: returns (cmap, cxadj, cadj, cew, cvw, cbias)."""
+def contract_into(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
+                  match: np.ndarray, cmap: np.ndarray, cxadj: np.ndarray, cadj: np.ndarray,
+                  cew: np.ndarray, cvw: np.ndarray, mark: np.ndarray) -> tuple[int, int]:
+    """Merge matched pairs into the caller's buffers; returns (coarse vertices, entries).
+
+    Coarse ids follow the smaller vertex of each pair. `cmap` (n), `cxadj` (n + 1), `cvw`
+    and `mark` (n) and `cadj`/`cew` (len(adj)) are large enough for any matching; only
+    their first nc (+1) / ne entries are written.
+    """
     n = len(xadj) - 1
-    cmap = np.empty(n, dtype=np.int64)
-    reps = np.empty(n, dtype=np.int64)
     nc = 0
     for v in range(n):
         u = match[v]
         if u >= v:
             cmap[v] = nc
             cmap[u] = nc
-            reps[nc] = v
+            mark[nc] = v  # representative, overwritten below by the entry marks
             nc += 1
-    cxadj = np.zeros(nc + 1, dtype=np.int64)
-    cadj = np.empty(len(adj), dtype=np.int64)
-    cew = np.empty(len(adj), dtype=np.float64)
-    cvw = np.zeros(nc, dtype=np.float64)
-    cbias = np.zeros(nc, dtype=np.float64)
-    mark = np.full(nc, -1, dtype=np.int64)
+    reps = mark[:nc].copy()
+    mark[:nc] = -1
+    cxadj[0] = 0
     ne = 0
     for c in range(nc):
         start = ne
         v0 = reps[c]
+        cvw[c] = 0.0
         for k in range(2):
             v = v0 if k == 0 else match[v0]
             if k == 1 and v == v0:
                 break
             cvw[c] += vw[v]
-            cbias[c] += bias[v]
             for e in range(xadj[v], xadj[v + 1]):
                 cu = cmap[adj[e]]
                 if cu == c:
@@ -114,7 +115,26 @@ def contract(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
                     cew[ne] = ew[e]
                     ne += 1
         cxadj[c + 1] = ne
-    return cmap, cxadj, cadj[:ne].copy(), cew[:ne].copy(), cvw, cbias
+    return nc, ne
+
+
+@njit(cache=True)
+def contract(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
+             bias: np.ndarray, match: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Merge matched pairs: returns (cmap, cxadj, cadj, cew, cvw, cbias)."""
+    n = len(xadj) - 1
+    cmap = np.empty(n, dtype=np.int64)
+    cxadj = np.empty(n + 1, dtype=np.int64)
+    cadj = np.empty(len(adj), dtype=np.int64)
+    cew = np.empty(len(adj), dtype=np.float64)
+    cvw = np.empty(n, dtype=np.float64)
+    mark = np.empty(n, dtype=np.int64)
+    nc, ne = contract_into(xadj, adj, ew, vw, match, cmap, cxadj, cadj, cew, cvw, mark)
+    cbias = np.zeros(nc, dtype=np.float64)
+    for v in range(n):
+        cbias[cmap[v]] += bias[v]
+    return (cmap, cxadj[:nc + 1].copy(), cadj[:ne].copy(), cew[:ne].copy(), cvw[:nc].copy(),
+            cbias)
 
 
 @njit(cache=True)

@@ -14,14 +14,16 @@ from hpcmig.topology._jit import configure_cache
 configure_cache()
 
 import numpy as np  # noqa: E402
-from numba import njit  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 from hpcmig.topology._kernels import _MOD, _permutation  # noqa: E402
 
 DENSE_DEGREE = 64
+CHUNKS = 64
+PARALLEL_ENTRIES = 1 << 20
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def node_distance(a: int, b: int, groups: np.ndarray, half: np.ndarray, coords: np.ndarray,
                   ring: np.ndarray) -> float:
     d = 0.0
@@ -36,17 +38,49 @@ def node_distance(a: int, b: int, groups: np.ndarray, half: np.ndarray, coords: 
 
 
 @njit(cache=True)
-def hop_bytes(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
-              groups: np.ndarray, half: np.ndarray, coords: np.ndarray, ring: np.ndarray
-              ) -> float:
-    """sum over CSR entries (i, j) of w[i, j] * hops(node_of[i], node_of[j])."""
+def _hop_bytes_rows(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
+                    groups: np.ndarray, half: np.ndarray, coords: np.ndarray, ring: np.ndarray,
+                    r0: int, r1: int) -> float:
     total = 0.0
-    for i in range(len(xadj) - 1):
+    for i in range(r0, r1):
         a = node_of[i]
         for e in range(xadj[i], xadj[i + 1]):
             b = node_of[adj[e]]
             if a != b:
                 total += w[e] * node_distance(a, b, groups, half, coords, ring)
+    return total
+
+
+@njit(cache=True, parallel=True)
+def _hop_bytes_chunks(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
+                      groups: np.ndarray, half: np.ndarray, coords: np.ndarray,
+                      ring: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    part = np.zeros(len(bounds) - 1, dtype=np.float64)
+    for k in prange(len(bounds) - 1):
+        part[k] = _hop_bytes_rows(xadj, adj, w, node_of, groups, half, coords, ring,
+                                  bounds[k], bounds[k + 1])
+    return part
+
+
+@njit(cache=True)
+def hop_bytes(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
+              groups: np.ndarray, half: np.ndarray, coords: np.ndarray, ring: np.ndarray
+              ) -> float:
+    """sum over CSR entries (i, j) of w[i, j] * hops(node_of[i], node_of[j]).
+
+    Large inputs go in parallel over CHUNKS row ranges of equal entry counts, summed in
+    order: the same float result for any number of threads.
+    """
+    n = len(xadj) - 1
+    if len(adj) < PARALLEL_ENTRIES:
+        return _hop_bytes_rows(xadj, adj, w, node_of, groups, half, coords, ring, 0, n)
+    bounds = np.searchsorted(xadj, np.linspace(0, len(adj), CHUNKS + 1)).astype(np.int64)
+    bounds[0] = 0
+    bounds[CHUNKS] = n
+    part = _hop_bytes_chunks(xadj, adj, w, node_of, groups, half, coords, ring, bounds)
+    total = 0.0
+    for k in range(CHUNKS):
+        total += part[k]
     return total
 
 
@@ -63,6 +97,19 @@ def _rank_cost(v: int, at: int, xadj: np.ndarray, adj: np.ndarray, w: np.ndarray
 
 
 @njit(cache=True)
+def _moved(u: int, a: int, b: int, skip: int, xadj: np.ndarray, adj: np.ndarray,
+           w: np.ndarray, node_of: np.ndarray, cost: np.ndarray, groups: np.ndarray,
+           half: np.ndarray, coords: np.ndarray, ring: np.ndarray) -> None:
+    """Rank u went from node a to b: update its partners' costs (except `skip`'s)."""
+    for e in range(xadj[u], xadj[u + 1]):
+        x = adj[e]
+        if x != skip:
+            nx = node_of[x]
+            cost[x] += w[e] * (node_distance(nx, b, groups, half, coords, ring)
+                               - node_distance(nx, a, groups, half, coords, ring))
+
+
+@njit(cache=True)
 def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
                 caps: np.ndarray, groups: np.ndarray, half: np.ndarray, coords: np.ndarray,
                 ring: np.ndarray, max_passes: int, seed: int, candidates: int) -> float:
@@ -71,18 +118,22 @@ def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.nd
     `w` is the symmetric rank graph, so the hop-bytes it measures are those of the traffic
     matrix. A rank is only offered the `candidates` nodes it sends most to; a swap is taken
     when the exact change of hop-bytes (partner between the two ranks counted once) is an
-    improvement.
+    improvement. Ranks' current costs, once computed, are kept up to date: they skip ranks
+    with no off-node partner and swap partners that cannot pay (gain <= gain of u + cost of
+    v). Ranks with many partners only move to free slots: with none, they are not looked at.
     """
     n = len(xadj) - 1
     m = len(caps)
     start = np.zeros(m + 1, dtype=np.int64)
     for k in range(m):
         start[k + 1] = start[k] + caps[k]
+    free = start[m] - n
     slot = np.full(start[m], -1, dtype=np.int64)
     fill = start[:m].copy()
     for v in range(n):
         slot[fill[node_of[v]]] = v
         fill[node_of[v]] += 1
+    cost = np.full(n, np.nan)  # current cost of each rank, computed when first needed
     seen = np.full(m, -1, dtype=np.int64)
     conn = np.zeros(m, dtype=np.float64)
     touched = np.empty(max(m, 1), dtype=np.int64)
@@ -95,8 +146,14 @@ def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.nd
         visit = _permutation(n, state)
         for k in range(n):
             u = visit[k]
+            # swaps of ranks with many partners cost deg^2 per node and rarely pay
+            # (all-to-all): they only move to free slots, if there are any
+            dense = xadj[u + 1] - xadj[u] > DENSE_DEGREE
+            if cost[u] <= 0.0 or (dense and free == 0):
+                continue
             a = node_of[u]
             cost_a = _rank_cost(u, a, xadj, adj, w, node_of, groups, half, coords, ring)
+            cost[u] = cost_a
             if cost_a <= 0.0:
                 continue
             for e in range(xadj[u], xadj[u + 1]):
@@ -121,8 +178,6 @@ def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.nd
                     if conn[touched[j]] > conn[touched[top]]:
                         top = j
                 touched[i], touched[top] = touched[top], touched[i]
-            # swaps of ranks with many partners cost deg^2 per node and rarely pay (all-to-all)
-            dense = xadj[u + 1] - xadj[u] > DENSE_DEGREE
             done = False
             for i in range(ncand):
                 b = touched[i]
@@ -140,6 +195,11 @@ def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.nd
                     elif dense:
                         continue
                     else:
+                        if np.isnan(cost[v]):
+                            cost[v] = _rank_cost(v, b, xadj, adj, w, node_of, groups, half,
+                                                 coords, ring)
+                        if gu + cost[v] * (1.0 + 1e-9) + 1e-9 <= best:
+                            continue
                         g = (gu - 2.0 * wmark[v] * dab
                              + _rank_cost(v, b, xadj, adj, w, node_of, groups, half, coords, ring)
                              - _rank_cost(v, a, xadj, adj, w, node_of, groups, half, coords, ring))
@@ -154,8 +214,17 @@ def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.nd
                             break
                     slot[best_s] = u
                     node_of[u] = b
+                    _moved(u, a, b, v, xadj, adj, w, node_of, cost, groups, half, coords, ring)
+                    cost[u] = _rank_cost(u, b, xadj, adj, w, node_of, groups, half, coords,
+                                         ring)
                     if v >= 0:
                         node_of[v] = a
+                        _moved(v, b, a, u, xadj, adj, w, node_of, cost, groups, half, coords,
+                               ring)
+                        cost[v] = _rank_cost(v, a, xadj, adj, w, node_of, groups, half, coords,
+                                             ring)
+                        cost[u] = _rank_cost(u, b, xadj, adj, w, node_of, groups, half,
+                                             coords, ring)
                     pass_gain += best
                     done = True
                 if done:

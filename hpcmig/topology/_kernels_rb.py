@@ -24,11 +24,14 @@ from hpcmig.topology._kernels import (  # noqa: E402
     _permutation,
     _rand,
     contract,
+    contract_into,
     fm_refine,
     grow_bisection,
     heavy_edge_matching,
     objective,
 )
+
+DENSE_TRIES = 16  # coarsest graphs with more entries per vertex get one initial try
 
 
 @njit(cache=True)
@@ -66,8 +69,12 @@ def _force_balance(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.nda
 @njit(cache=True)
 def multilevel_bisect(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
                       bias: np.ndarray, target0: float, state: np.ndarray, ntries: int,
-                      coarsen_to: int) -> np.ndarray:
-    """Bisection with side-0 weight exactly target0 (when vertex weights allow it)."""
+                      coarsen_to: int, seq: bool) -> np.ndarray:
+    """Bisection with side-0 weight exactly target0 (when vertex weights allow it).
+
+    Matching visits vertices in random order, or in their given order when `seq` (ranks in
+    natural order often number a grid row by row: coarse vertices then stay aligned).
+    """
     total = vw.sum()
     maxvw = max(1.5 * total / coarsen_to, vw.max())
     gx = [xadj]
@@ -78,7 +85,7 @@ def multilevel_bisect(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.
     cmaps = [np.empty(0, dtype=np.int64)]
     while len(gx[-1]) - 1 > coarsen_to:
         n = len(gx[-1]) - 1
-        visit = _permutation(n, state)
+        visit = np.arange(n) if seq else _permutation(n, state)
         match = heavy_edge_matching(gx[-1], ga[-1], ge[-1], gv[-1], maxvw, visit)
         cmap, cx, ca, ce, cv, cb = contract(gx[-1], ga[-1], ge[-1], gv[-1], gb[-1], match)
         if len(cx) - 1 > 0.95 * n:
@@ -96,7 +103,10 @@ def multilevel_bisect(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.
     best_side = np.zeros(nc, dtype=np.int8)
     best_key0 = np.inf
     best_key1 = np.inf
-    for _ in range(ntries):
+    # initial tries are cheap on sparse coarse graphs; on dense ones (near cliques) they cost
+    # O(n^2) each and agree: one
+    tries = ntries if len(ga[top]) <= DENSE_TRIES * nc else 1
+    for _ in range(tries):
         side = grow_bisection(gx[top], ga[top], ge[top], gv[top], gb[top], target0,
                               _rand(state) % nc)
         obj = fm_refine(gx[top], ga[top], ge[top], gv[top], gb[top], side, target0, tol_c,
@@ -150,191 +160,426 @@ def _split_point(keys: np.ndarray, capcum: np.ndarray, lo: int, hi: int) -> int:
 
 
 @njit(cache=True)
-def _bisect_task(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, members: np.ndarray,
-                 owner: np.ndarray, task: int, loc: np.ndarray, vlo: np.ndarray,
-                 vhi: np.ndarray, ccum: np.ndarray, ring: np.ndarray, lo: int, mid: int, hi: int,
-                 n_left: int, state: np.ndarray, ntries: int, coarsen_to: int, runs: int,
-                 par_runs: bool) -> np.ndarray:
-    """Side of each of `members` (owner[v] == task and loc[v] = index for exactly those)."""
-    ns = len(members)
-    dims = len(ring)
-    sx = np.zeros(ns + 1, dtype=np.int64)
-    for i in range(ns):
-        v = members[i]
-        cnt = 0
-        for e in range(xadj[v], xadj[v + 1]):
-            if owner[adj[e]] == task:
-                cnt += 1
-        sx[i + 1] = sx[i] + cnt
-    sa = np.empty(sx[ns], dtype=np.int64)
-    se = np.empty(sx[ns], dtype=np.float64)
-    sbias = np.zeros(ns, dtype=np.float64)
-    c_left = (ccum[mid] - ccum[lo]) / (mid - lo)
-    c_right = (ccum[hi] - ccum[mid]) / (hi - mid)
-    for i in range(ns):
-        v = members[i]
-        j = sx[i]
-        for e in range(xadj[v], xadj[v + 1]):
-            u = adj[e]
-            if owner[u] == task:
-                sa[j] = loc[u]
-                se[j] = ew[e]
-                j += 1
-            elif dims > 0:
-                cu = (ccum[vhi[u]] - ccum[vlo[u]]) / (vhi[u] - vlo[u])
-                sbias[i] += ew[e] * (_ring_dist(c_right, cu, ring)
-                                     - _ring_dist(c_left, cu, ring))
-    if par_runs and runs > 1:
-        return _runs_parallel(sx, sa, se, sbias, float(n_left), state[0], ntries, coarsen_to,
-                              runs)
-    return _runs_serial(sx, sa, se, sbias, float(n_left), state[0], ntries, coarsen_to, runs)
+def _grow_i(a: np.ndarray, need: int) -> np.ndarray:
+    if need <= len(a):
+        return a
+    b = np.empty(max(need, len(a) + len(a) // 2), dtype=a.dtype)
+    b[:len(a)] = a
+    return b
 
 
 @njit(cache=True)
-def _one_run(sx: np.ndarray, sa: np.ndarray, se: np.ndarray, sbias: np.ndarray,
-             target0: float, seed0: int, run: int, ntries: int, coarsen_to: int
+def _grow_f(a: np.ndarray, need: int) -> np.ndarray:
+    if need <= len(a):
+        return a
+    b = np.empty(max(need, len(a) + len(a) // 2), dtype=a.dtype)
+    b[:len(a)] = a
+    return b
+
+
+@njit(cache=True)
+def build_hierarchy(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, seed: int,
+                    min_vertices: int, max_levels: int, seq: bool) -> tuple[np.ndarray, ...]:
+    """Coarsen the whole rank graph once by heavy-edge matching: levels 1..L.
+
+    Returns (hx, ha, he, hv, vofs, eofs, anc). Level l >= 1 is the CSR graph
+    hx[vofs[l-1] + l-1 : vofs[l] + l], ha/he[eofs[l-1] : eofs[l]] with vertex weights (ranks
+    per cluster) hv[vofs[l-1] : vofs[l]]; anc[l, v] is the level-l cluster of rank v (anc[0]
+    is the identity). Coarsening stops at `min_vertices` vertices, `max_levels` levels, or
+    when a level shrinks by less than 10%. With `seq`, matching visits vertices in order
+    (ranks numbered along a grid give aligned clusters, so coarse levels stay sparse).
+    """
+    n = len(xadj) - 1
+    state = np.array([seed % (_MOD - 1) + 1], dtype=np.int64)
+    maxvw = max(2.0, 1.5 * n / max(min_vertices, 1))
+    anc = np.empty((max_levels + 1, n), dtype=np.int64)
+    anc[0] = np.arange(n)
+    vofs = np.zeros(max_levels + 1, dtype=np.int64)
+    eofs = np.zeros(max_levels + 1, dtype=np.int64)
+    hx = np.empty(n + 1, dtype=np.int64)
+    hv = np.empty(n, dtype=np.float64)
+    ha = np.empty(len(adj) + 1, dtype=np.int64)
+    he = np.empty(len(adj) + 1, dtype=np.float64)
+    cmap = np.empty(n, dtype=np.int64)
+    mark = np.empty(n, dtype=np.int64)
+    cx, ca, ce, cv = xadj, adj, ew, np.ones(n, dtype=np.float64)
+    levels = 0
+    while levels < max_levels and len(cx) - 1 > min_vertices:
+        nl = len(cx) - 1
+        visit = np.arange(nl) if seq else _permutation(nl, state)
+        match = heavy_edge_matching(cx, ca, ce, cv, maxvw, visit)
+        v0 = vofs[levels]
+        e0 = eofs[levels]
+        hx = _grow_i(hx, v0 + levels + nl + 1)
+        hv = _grow_f(hv, v0 + nl)
+        ha = _grow_i(ha, e0 + len(ca))
+        he = _grow_f(he, e0 + len(ca))
+        nc, ne = contract_into(cx, ca, ce, cv, match, cmap, hx[v0 + levels:v0 + levels + nl + 1],
+                               ha[e0:e0 + len(ca)], he[e0:e0 + len(ca)], hv[v0:v0 + nl], mark)
+        if nc > 0.9 * nl:
+            break
+        vofs[levels + 1] = v0 + nc
+        eofs[levels + 1] = e0 + ne
+        for v in range(n):
+            anc[levels + 1, v] = cmap[anc[levels, v]]
+        levels += 1
+        cx = hx[v0 + levels - 1:v0 + nc + levels]
+        ca = ha[e0:e0 + ne]
+        ce = he[e0:e0 + ne]
+        cv = hv[v0:v0 + nc]
+    return hx, ha, he, hv, vofs[:levels + 1].copy(), eofs[:levels + 1].copy(), anc[:levels + 1]
+
+
+@njit(cache=True)
+def _level(lev: int, xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: np.ndarray,
+           ha: np.ndarray, he: np.ndarray, hv: np.ndarray, vofs: np.ndarray, eofs: np.ndarray,
+           ones: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(xadj, adj, ew, vertex weights) of hierarchy level `lev` (0 = the rank graph)."""
+    if lev == 0:
+        return xadj, adj, ew, ones
+    k = lev - 1
+    return (hx[vofs[k] + k:vofs[k + 1] + k + 1], ha[eofs[k]:eofs[k + 1]],
+            he[eofs[k]:eofs[k + 1]], hv[vofs[k]:vofs[k + 1]])
+
+
+@njit(cache=True)
+def _one_run(x: np.ndarray, a: np.ndarray, e: np.ndarray, w: np.ndarray, b: np.ndarray,
+             target0: float, seed0: int, run: int, ntries: int, coarsen_to: int, seq: bool
              ) -> np.ndarray:
     """Run `run` of a bisection, on its own random stream (so runs may go in parallel)."""
     state = np.array([(seed0 + 104_729 * run) % (_MOD - 1) + 1], dtype=np.int64)
-    svw = np.ones(len(sx) - 1, dtype=np.float64)
-    return multilevel_bisect(sx, sa, se, svw, sbias, target0, state, ntries, coarsen_to)
+    return multilevel_bisect(x, a, e, w, b, target0, state, ntries, coarsen_to, seq)
 
 
 @njit(cache=True)
-def _runs_serial(sx: np.ndarray, sa: np.ndarray, se: np.ndarray, sbias: np.ndarray,
-                 target0: float, seed0: int, ntries: int, coarsen_to: int, runs: int
-                 ) -> np.ndarray:
-    """Best of `runs` runs (lowest objective, first on ties)."""
-    side = _one_run(sx, sa, se, sbias, target0, seed0, 0, ntries, coarsen_to)
-    best = objective(sx, sa, se, sbias, side)
-    for r in range(1, runs):
-        other = _one_run(sx, sa, se, sbias, target0, seed0, r, ntries, coarsen_to)
-        obj = objective(sx, sa, se, sbias, other)
-        if obj < best:
-            best = obj
-            side = other
-    return side
+def _job(j: int, bx: np.ndarray, ba: np.ndarray, be: np.ndarray, bw: np.ndarray,
+         bb: np.ndarray, tv: np.ndarray, te: np.ndarray, ttarget: np.ndarray,
+         tseed: np.ndarray, tries: np.ndarray, jt: np.ndarray, jr: np.ndarray,
+         jseq: np.ndarray, jo: np.ndarray, out: np.ndarray, objs: np.ndarray,
+         coarsen_to: int) -> None:
+    t = jt[j]
+    v0 = tv[t]
+    v1 = tv[t + 1]
+    x = bx[v0 + t:v1 + t + 1]
+    a = ba[te[t]:te[t + 1]]
+    e = be[te[t]:te[t + 1]]
+    b = bb[v0:v1]
+    side = _one_run(x, a, e, bw[v0:v1], b, ttarget[t], tseed[t], jr[j], tries[t], coarsen_to,
+                    jseq[j])
+    out[jo[j]:jo[j] + v1 - v0] = side
+    objs[j] = objective(x, a, e, b, side)
 
 
 @njit(cache=True, parallel=True)
-def _runs_parallel(sx: np.ndarray, sa: np.ndarray, se: np.ndarray, sbias: np.ndarray,
-                   target0: float, seed0: int, ntries: int, coarsen_to: int, runs: int
-                   ) -> np.ndarray:
-    """`_runs_serial` with the runs in parallel; the same result."""
-    ns = len(sx) - 1
-    out = np.empty((runs, ns), dtype=np.int8)
-    objs = np.empty(runs, dtype=np.float64)
-    for r in prange(runs):
-        side = _one_run(sx, sa, se, sbias, target0, seed0, r, ntries, coarsen_to)
-        out[r] = side
-        objs[r] = objective(sx, sa, se, sbias, side)
-    best = 0
-    for r in range(1, runs):
-        if objs[r] < objs[best]:
-            best = r
-    return out[best].copy()
+def _run_jobs(bx: np.ndarray, ba: np.ndarray, be: np.ndarray, bw: np.ndarray, bb: np.ndarray,
+              tv: np.ndarray, te: np.ndarray, ttarget: np.ndarray, tseed: np.ndarray,
+              tries: np.ndarray, jt: np.ndarray, jr: np.ndarray, jseq: np.ndarray,
+              jo: np.ndarray, out: np.ndarray, objs: np.ndarray, coarsen_to: int) -> None:
+    """Every job (one run of one extracted bisection) in parallel; they write disjoint parts."""
+    for j in prange(len(jt)):
+        _job(j, bx, ba, be, bw, bb, tv, te, ttarget, tseed, tries, jt, jr, jseq, jo, out, objs,
+             coarsen_to)
 
 
 @njit(cache=True)
-def _run_task(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, perm: np.ndarray,
-              sides: np.ndarray, owner: np.ndarray, loc: np.ndarray, vlo: np.ndarray,
-              vhi: np.ndarray, ccum: np.ndarray, ring: np.ndarray, capcum: np.ndarray,
-              start: int, end: int, lo: int, hi: int, mid: int, task: int, base: int,
-              ntries: int, coarsen_to: int, runs: int, par_runs: bool) -> None:
-    """One task of a level: write the side of perm[start:end] into sides[start:end]."""
-    if mid < 0:
-        return
-    ns = end - start
-    n_left = min(ns, capcum[mid] - capcum[lo])
-    if n_left == ns or n_left == 0:
-        sides[start:end] = 0 if n_left == ns else 1
-        return
-    state = np.array([(base + 1_000_003 * lo + 7919 * hi) % (_MOD - 1) + 1], dtype=np.int64)
-    side = _bisect_task(xadj, adj, ew, perm[start:end].copy(), owner, task, loc, vlo, vhi,
-                        ccum, ring, lo, mid, hi, n_left, state, ntries, coarsen_to, runs,
-                        par_runs)
-    sides[start:end] = side
-
-
-@njit(cache=True, parallel=True)
-def _run_level(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, perm: np.ndarray,
-               sides: np.ndarray, owner: np.ndarray, loc: np.ndarray, vlo: np.ndarray,
-               vhi: np.ndarray, ccum: np.ndarray, ring: np.ndarray, capcum: np.ndarray,
-               qs: np.ndarray, qe: np.ndarray, ql: np.ndarray, qh: np.ndarray,
-               mids: np.ndarray, base: int, ntries: int, coarsen_to: int, nruns: int,
-               runs_above: int) -> None:
-    """The tasks of one level in parallel (they write disjoint ranges of `sides`)."""
-    for t in prange(len(qs)):
-        runs = nruns if qe[t] - qs[t] > runs_above else 1
-        _run_task(xadj, adj, ew, perm, sides, owner, loc, vlo, vhi, ccum, ring, capcum,
-                  qs[t], qe[t], ql[t], qh[t], mids[t], t, base, ntries, coarsen_to, runs,
-                  False)
+def _centroid(ccum: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return (ccum[hi] - ccum[lo]) / (hi - lo)
 
 
 @njit(cache=True)
-def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, caps: np.ndarray,
-                        keys: np.ndarray, ccum: np.ndarray, ring: np.ndarray, seed: int,
-                        ntries: int, coarsen_to: int, nruns: int, runs_above: int
-                        ) -> np.ndarray:
+def _extract(perm: np.ndarray, start: int, end: int, lev: int, x: np.ndarray, a: np.ndarray,
+             e: np.ndarray, anc: np.ndarray, base: int, mark: np.ndarray, lid: np.ndarray,
+             stamp: int, clus: np.ndarray, rl: np.ndarray, bx: np.ndarray, ba: np.ndarray,
+             be: np.ndarray, bw: np.ndarray, bb: np.ndarray, v0: int, xo: int, e0: int,
+             vlo: np.ndarray, vhi: np.ndarray, ccum: np.ndarray, csum: np.ndarray,
+             hw: np.ndarray, ring: np.ndarray, lo: int, mid: int, hi: int) -> tuple[int, int]:
+    """The task's subgraph at level `lev` into the buffers; returns (vertices, entries).
+
+    A vertex is a level-`lev` cluster holding some of the task's ranks, weighted by how many
+    (`rl[i]` = local vertex of the rank at perm[i]); clusters are told apart from others by
+    `mark[base + c] == stamp`. On a torus, edges to clusters outside the task become `bias`
+    towards the nearer half: the cluster's position is the mean centroid of its ranks' node
+    ranges (`csum`, level >= 1) or the rank's own range (level 0).
+    """
+    ns = 0
+    for i in range(start, end):
+        c = anc[lev, perm[i]]
+        f = base + c
+        if mark[f] != stamp:
+            mark[f] = stamp
+            lid[f] = ns
+            clus[ns] = c
+            bw[v0 + ns] = 0.0
+            ns += 1
+        rl[i] = lid[f]
+        bw[v0 + lid[f]] += 1.0
+    dims = len(ring)
+    if dims > 0:
+        c_left = _centroid(ccum, lo, mid)
+        c_right = _centroid(ccum, mid, hi)
+    else:
+        c_left = np.zeros(0)
+        c_right = np.zeros(0)
+    k = e0
+    bx[xo] = 0
+    for i in range(ns):
+        c = clus[i]
+        bias = 0.0
+        for q in range(x[c], x[c + 1]):
+            u = a[q]
+            if mark[base + u] == stamp:
+                ba[k] = lid[base + u]
+                be[k] = e[q]
+                k += 1
+            elif dims > 0:  # pull towards the nearer half: d(right, u) - d(left, u)
+                if lev == 0:
+                    p0 = ccum[vlo[u]]
+                    p1 = ccum[vhi[u]]
+                    scale = 1.0 / (vhi[u] - vlo[u])
+                else:
+                    p0 = csum[base + u - len(perm)]
+                    p1 = p0
+                    scale = 1.0 / hw[u]
+                diff = 0.0
+                for d in range(dims):
+                    pu = (p1[d] - p0[d]) * scale if lev == 0 else p0[d] * scale
+                    xr = abs(c_right[d] - pu)
+                    xl = abs(c_left[d] - pu)
+                    diff += min(xr, ring[d] - xr) - min(xl, ring[d] - xl)
+                bias += e[q] * diff
+        bb[v0 + i] = bias
+        bx[xo + i + 1] = k - e0
+    return ns, k - e0
+
+
+@njit(cache=True)
+def _finish(side: np.ndarray, x: np.ndarray, a: np.ndarray, e: np.ndarray, w: np.ndarray,
+            b: np.ndarray, target0: float, rl: np.ndarray, start: int, end: int,
+            sides: np.ndarray) -> None:
+    """Rank sides of a task from its vertices' sides, with side 0 holding exactly target0.
+
+    A bisection of clusters (level >= 1) can miss the target by a few ranks: the heavy side
+    then gives up whole clusters, best gain first, and splits one cluster if still needed.
+    """
+    ns = len(x) - 1
+    w0 = 0.0
+    for v in range(ns):
+        if side[v] == 0:
+            w0 += w[v]
+    split = -1
+    need = 0
+    s = 0
+    if abs(w0 - target0) > 0.5:
+        s = 0 if w0 > target0 else 1
+        need = int(round(abs(w0 - target0)))
+        gain = np.full(ns, -np.inf)
+        for v in range(ns):
+            if side[v] == s:
+                g = b[v] if s == 1 else -b[v]
+                for q in range(x[v], x[v + 1]):
+                    g += e[q] if side[a[q]] != s else -e[q]
+                gain[v] = g
+        order = np.argsort(-gain, kind="mergesort")  # stable: ties in vertex order
+        for v in order:
+            if need == 0 or side[v] != s:
+                break
+            if w[v] <= need:
+                side[v] = 1 - s
+                need -= int(w[v])
+        if need > 0:
+            for v in order:
+                if side[v] == s:
+                    split = v
+                    break
+    for i in range(start, end):
+        c = rl[i]
+        sides[i] = side[c]
+        if c == split and need > 0:
+            sides[i] = 1 - s
+            need -= 1
+
+
+@njit(cache=True)
+def _child_level(ranks: int, parent: int, avgw: np.ndarray, min_coarse: int) -> int:
+    """Coarsest level, not above the parent's, where `ranks` make >= min_coarse clusters."""
+    for lev in range(parent, 0, -1):
+        if ranks >= min_coarse * avgw[lev]:
+            return lev
+    return 0
+
+
+@njit(cache=True)
+def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: np.ndarray,
+                        ha: np.ndarray, he: np.ndarray, hv: np.ndarray, vofs: np.ndarray,
+                        eofs: np.ndarray, anc: np.ndarray, caps: np.ndarray, keys: np.ndarray,
+                        ccum: np.ndarray, ring: np.ndarray, seed: int, ntries: int,
+                        small_tries: int, coarsen_to: int, nruns: int, runs_above: int,
+                        min_coarse: int, seq_run: bool) -> np.ndarray:
     """Position (index into the topology order) of every rank; `caps` are slots per position.
 
     `ccum` is the (M+1, D) cumulative sum of torus coordinates along the order (D = 0 for
-    hierarchical machines); `ring` holds the torus extents as floats. A subgraph of more than
-    `runs_above` ranks is bisected `nruns` times (best kept); a smaller one once (its
-    `ntries` initial bisections on a graph that coarsens little already cover it).
+    hierarchical machines); `ring` holds the torus extents as floats. The hierarchy
+    (`build_hierarchy`; no levels for sparse graphs) lets a task of many ranks be bisected as
+    clusters: at the coarsest level where it still has `min_coarse` of them. A bisection of
+    more than `runs_above` ranks keeps the best of `nruns` runs (run 0 in rank order when
+    `seq_run`); smaller ones make one run, with `small_tries` initial bisections when they
+    are not coarsened at all (at most `coarsen_to` vertices), else `ntries`.
 
-    Level by level: the tasks of one level are independent (each reads where the other ranks
-    were placed by the previous levels only) and run in parallel (`prange`); each has its own
-    random stream seeded from (seed, its node range), so the result does not depend on the
-    number of threads, nor on NUMBA_DISABLE_JIT.
+    Level by level: a tree's tasks are independent (each reads where the other ranks were
+    placed by the previous levels only), so all runs of all tasks of a level go in parallel;
+    on a torus tasks go in turn (placed ranks orient the next) with their runs in parallel.
+    Every task has a random stream seeded from (seed, its node range), every run its own:
+    the result does not depend on the number of threads, nor on NUMBA_DISABLE_JIT.
     """
     n = len(xadj) - 1
     m = len(caps)
+    nlev = anc.shape[0]
+    dims = len(ring)
     capcum = np.zeros(m + 1, dtype=np.int64)
     for p in range(m):
         capcum[p + 1] = capcum[p] + caps[p]
+    ones = np.ones(n, dtype=np.float64)
+    nflat = n + vofs[nlev - 1]
+    mark = np.full(nflat, -1, dtype=np.int64)
+    lid = np.zeros(nflat, dtype=np.int64)
+    avgw = np.ones(nlev, dtype=np.float64)
+    for lev in range(1, nlev):
+        avgw[lev] = n / (vofs[lev] - vofs[lev - 1])
+    csum = np.zeros((max(nflat - n, 1) if dims > 0 else 1, max(dims, 1)), dtype=np.float64)
+    if dims > 0:
+        c0 = _centroid(ccum, 0, m)
+        for f in range(nflat - n):
+            csum[f] = hv[f] * c0
     perm = np.arange(n)
     vlo = np.zeros(n, dtype=np.int64)
     vhi = np.full(n, m, dtype=np.int64)
     pos = np.full(n, -1, dtype=np.int64)
-    loc = np.zeros(n, dtype=np.int64)
-    owner = np.full(n, -1, dtype=np.int64)
     sides = np.zeros(n, dtype=np.int8)
+    rl = np.zeros(n, dtype=np.int64)
+    clus = np.zeros(n, dtype=np.int64)
+    bx = np.zeros(n + m + 2, dtype=np.int64)  # a task's xadj: its vertices + 1, tasks <= m
+    bw = np.zeros(n + 1, dtype=np.float64)
+    bb = np.zeros(n + 1, dtype=np.float64)
+    ba = np.zeros(len(adj) + 1, dtype=np.int64)
+    be = np.zeros(len(adj) + 1, dtype=np.float64)
     base = seed % (_MOD - 1)
+    stamp = 0
     qs = np.zeros(1, dtype=np.int64)
     qe = np.full(1, n, dtype=np.int64)
     ql = np.zeros(1, dtype=np.int64)
     qh = np.full(1, m, dtype=np.int64)
+    qv = np.full(1, _child_level(n, nlev - 1, avgw, min_coarse), dtype=np.int64)
     while len(qs) > 0:
         nt = len(qs)
         mids = np.full(nt, -1, dtype=np.int64)
         for t in range(nt):
             if qh[t] - ql[t] > 1 and qe[t] > qs[t]:
                 mids[t] = _split_point(keys, capcum, ql[t], qh[t])
-            for k in range(qs[t], qe[t]):
-                loc[perm[k]] = k - qs[t]
-                owner[perm[k]] = t
-        if len(ring) == 0:  # a tree's tasks are independent: the level in parallel
-            _run_level(xadj, adj, ew, perm, sides, owner, loc, vlo, vhi, ccum, ring, capcum,
-                       qs, qe, ql, qh, mids, base, ntries, coarsen_to, nruns, runs_above)
-            for t in range(nt):
-                _apply_task(perm, sides, vlo, vhi, qs[t], qe[t], ql[t], mids[t], qh[t])
-        else:  # torus: a task sees where the tasks before it put their ranks (orientation),
-            for t in range(nt):  # so tasks in turn, each one's runs in parallel
-                runs = nruns if qe[t] - qs[t] > runs_above else 1
-                _run_task(xadj, adj, ew, perm, sides, owner, loc, vlo, vhi, ccum, ring,
-                          capcum, qs[t], qe[t], ql[t], qh[t], mids[t], t, base, ntries,
-                          coarsen_to, runs, True)
-                _apply_task(perm, sides, vlo, vhi, qs[t], qe[t], ql[t], mids[t], qh[t])
-        nxt = _next_level(perm, sides, pos, qs, qe, ql, qh, mids)
-        qs, qe, ql, qh = nxt[0], nxt[1], nxt[2], nxt[3]
+        # a tree's tasks are independent: one batch. On a torus each task reads where the
+        # tasks before it put their ranks (it orients the halves): one task per batch
+        tord = np.arange(nt)
+        bnd = np.array([0, nt], dtype=np.int64) if dims == 0 else np.arange(nt + 1)
+        for bi in range(len(bnd) - 1):
+            b0, b1 = bnd[bi], bnd[bi + 1]
+            # 1) extract the bisections of the batch's tasks (serial), count their runs
+            tv = np.zeros(b1 - b0 + 1, dtype=np.int64)
+            te = np.zeros(b1 - b0 + 1, dtype=np.int64)
+            ttarget = np.zeros(b1 - b0, dtype=np.float64)
+            tseed = np.zeros(b1 - b0, dtype=np.int64)
+            tries = np.zeros(b1 - b0, dtype=np.int64)
+            truns = np.zeros(b1 - b0, dtype=np.int64)
+            for k in range(b1 - b0):
+                t = tord[b0 + k]
+                tv[k + 1] = tv[k]
+                te[k + 1] = te[k]
+                ns = qe[t] - qs[t]
+                if mids[t] < 0:
+                    continue
+                lo, mid, hi = ql[t], mids[t], qh[t]
+                n_left = min(ns, capcum[mid] - capcum[lo])
+                if n_left == ns or n_left == 0:
+                    sides[qs[t]:qe[t]] = 0 if n_left == ns else 1
+                    continue
+                lev = qv[t]
+                x, a, e, hw = _level(lev, xadj, adj, ew, hx, ha, he, hv, vofs, eofs, ones)
+                fbase = 0 if lev == 0 else n + vofs[lev - 1]
+                room = 0
+                for i in range(qs[t], qe[t]):
+                    c = anc[lev, perm[i]]
+                    if mark[fbase + c] != -2 - stamp:
+                        mark[fbase + c] = -2 - stamp
+                        room += x[c + 1] - x[c]
+                ba = _grow_i(ba, te[k] + room)
+                be = _grow_f(be, te[k] + room)
+                stamp += 1
+                nv, ne = _extract(perm, qs[t], qe[t], lev, x, a, e, anc, fbase, mark, lid,
+                                  stamp, clus, rl, bx, ba, be, bw, bb, tv[k], tv[k] + k,
+                                  te[k], vlo, vhi, ccum, csum, hw, ring, lo, mid, hi)
+                stamp += 1
+                tv[k + 1] = tv[k] + nv
+                te[k + 1] = te[k] + ne
+                ttarget[k] = n_left
+                tseed[k] = (base + 1_000_003 * lo + 7919 * hi) % (_MOD - 1) + 1
+                tries[k] = small_tries if nv <= coarsen_to else ntries
+                truns[k] = nruns if ns > runs_above else 1
+            # 2) all runs of those bisections, in parallel
+            nj = 0
+            for k in range(b1 - b0):
+                if tv[k + 1] > tv[k]:
+                    nj += truns[k]
+            jt = np.zeros(nj, dtype=np.int64)
+            jr = np.zeros(nj, dtype=np.int64)
+            jseq = np.zeros(nj, dtype=np.bool_)
+            jo = np.zeros(nj + 1, dtype=np.int64)
+            j = 0
+            for k in range(b1 - b0):
+                if tv[k + 1] == tv[k]:
+                    continue
+                for r in range(truns[k]):
+                    jt[j] = k
+                    jr[j] = r
+                    jseq[j] = seq_run and r == 0 and truns[k] > 1
+                    jo[j + 1] = jo[j] + tv[k + 1] - tv[k]
+                    j += 1
+            out = np.empty(jo[nj], dtype=np.int8)
+            objs = np.empty(nj, dtype=np.float64)
+            if nj == 1:
+                _job(0, bx, ba, be, bw, bb, tv, te, ttarget, tseed, tries, jt, jr, jseq, jo, out,
+                     objs, coarsen_to)
+            elif nj > 1:
+                _run_jobs(bx, ba, be, bw, bb, tv, te, ttarget, tseed, tries, jt, jr, jseq, jo,
+                          out, objs, coarsen_to)
+            # 3) best run of each task, exact side sizes, ranks' sides; then place them
+            j = 0
+            for k in range(b1 - b0):
+                if tv[k + 1] == tv[k]:
+                    continue
+                best = j
+                for r in range(1, truns[k]):
+                    if objs[j + r] < objs[best]:
+                        best = j + r
+                j += truns[k]
+                v0, v1 = tv[k], tv[k + 1]
+                _finish(out[jo[best]:jo[best + 1]].copy(), bx[v0 + k:v1 + k + 1],
+                        ba[te[k]:te[k + 1]], be[te[k]:te[k + 1]], bw[v0:v1], bb[v0:v1],
+                        ttarget[k], rl, qs[tord[b0 + k]], qe[tord[b0 + k]], sides)
+            for k in range(b1 - b0):
+                t = tord[b0 + k]
+                _apply_task(perm, sides, vlo, vhi, qs[t], qe[t], ql[t], mids[t], qh[t], ccum,
+                            anc, vofs, csum, n)
+        nxt = _next_level(perm, sides, pos, qs, qe, ql, qh, mids, qv, avgw, min_coarse)
+        qs, qe, ql, qh, qv = nxt[0], nxt[1], nxt[2], nxt[3], nxt[4]
     return pos
 
 
 @njit(cache=True)
 def _apply_task(perm: np.ndarray, sides: np.ndarray, vlo: np.ndarray, vhi: np.ndarray,
-                start: int, end: int, lo: int, mid: int, hi: int) -> None:
-    """Order a bisected task's ranks side 0 first and narrow their node ranges."""
+                start: int, end: int, lo: int, mid: int, hi: int, ccum: np.ndarray,
+                anc: np.ndarray, vofs: np.ndarray, csum: np.ndarray, n: int) -> None:
+    """Order a bisected task's ranks side 0 first and narrow their node ranges.
+
+    On a torus with a hierarchy, the clusters' centroid sums (`csum`) follow their ranks.
+    """
     if mid < 0:
         return
     tmp = perm[start:end].copy()
@@ -349,6 +594,17 @@ def _apply_task(perm: np.ndarray, sides: np.ndarray, vlo: np.ndarray, vhi: np.nd
         if side[i] == 1:
             perm[b] = tmp[i]
             b += 1
+    dims = ccum.shape[1]
+    nlev = anc.shape[0]
+    if dims > 0 and nlev > 1:
+        old = _centroid(ccum, lo, hi)
+        d0 = _centroid(ccum, lo, mid) - old
+        d1 = _centroid(ccum, mid, hi) - old
+        for k in range(start, end):
+            v = perm[k]
+            d = d0 if k < a else d1
+            for lev in range(1, nlev):
+                csum[vofs[lev - 1] + anc[lev, v]] += d
     for k in range(start, end):
         vlo[perm[k]] = lo if k < a else mid
         vhi[perm[k]] = mid if k < a else hi
@@ -357,8 +613,9 @@ def _apply_task(perm: np.ndarray, sides: np.ndarray, vlo: np.ndarray, vhi: np.nd
 
 @njit(cache=True)
 def _next_level(perm: np.ndarray, sides: np.ndarray, pos: np.ndarray, qs: np.ndarray,
-                qe: np.ndarray, ql: np.ndarray, qh: np.ndarray, mids: np.ndarray) -> np.ndarray:
-    """Record leaves in `pos`; returns the next level's tasks as rows (start, end, lo, hi)."""
+                qe: np.ndarray, ql: np.ndarray, qh: np.ndarray, mids: np.ndarray,
+                qv: np.ndarray, avgw: np.ndarray, min_coarse: int) -> np.ndarray:
+    """Record leaves in `pos`; next level's tasks as rows (start, end, lo, hi, level)."""
     nt = len(qs)
     cnt = 0
     for t in range(nt):
@@ -367,7 +624,7 @@ def _next_level(perm: np.ndarray, sides: np.ndarray, pos: np.ndarray, qs: np.nda
         else:
             for k in range(qs[t], qe[t]):
                 pos[perm[k]] = ql[t]
-    out = np.empty((4, cnt), dtype=np.int64)
+    out = np.empty((5, cnt), dtype=np.int64)
     c = 0
     for t in range(nt):
         start, end, lo, hi, mid = qs[t], qe[t], ql[t], qh[t], mids[t]
@@ -378,8 +635,10 @@ def _next_level(perm: np.ndarray, sides: np.ndarray, pos: np.ndarray, qs: np.nda
             a += 1
         out[0, c], out[1, c], out[2, c], out[3, c] = start, a, lo, mid
         out[0, c + 1], out[1, c + 1], out[2, c + 1], out[3, c + 1] = a, end, mid, hi
+        out[4, c] = _child_level(a - start, qv[t], avgw, min_coarse)
+        out[4, c + 1] = _child_level(end - a, qv[t], avgw, min_coarse)
         c += 2
     return out
 
 
-__all__ = ["multilevel_bisect", "objective", "recursive_bisection"]
+__all__ = ["build_hierarchy", "multilevel_bisect", "objective", "recursive_bisection"]

@@ -8,10 +8,15 @@ Algorithm (dual recursive bipartitioning, as in Scotch): the machine's split ord
 (`Topology.order` / `split_key`) is cut recursively at its highest level, the ranks' graph is
 bisected with exact capacities by a multilevel scheme (heavy-edge matching, greedy growing,
 Fiduccia-Mattheyses refinement, best of several runs on large sparse subgraphs); on a torus
-the ranks already placed pull each vertex towards the nearer half. On a tree the bisections
-of one level run in parallel (numba threads); the mapping does not depend on their number.
-A final pass swaps ranks between nodes while the true hop-bytes (full distance, every level
-at once) improve. Same seed, same mapping.
+the ranks already placed pull each vertex towards the nearer half. Dense graphs (more than
+DENSE_DEGREE partners per rank, e.g. all-to-all in rows and columns) are coarsened once for
+the whole recursion: a task is bisected as clusters while it holds MIN_COARSE of them, so no
+level walks all entries of every rank again. When ranks are numbered along the communication
+(most partners within LOCAL_RADIUS sqrt(N) ranks, as in grids in natural order) one run of
+each bisection, and the one-time coarsening, match in rank order, which keeps coarse vertices
+aligned. On a tree all runs of all bisections of one level run in parallel (numba threads);
+the mapping does not depend on their number. A final pass swaps ranks between nodes while the
+true hop-bytes (full distance, every level at once) improve. Same seed, same mapping.
 """
 
 from __future__ import annotations
@@ -22,14 +27,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from hpcmig.topology.comm import as_csr, rank_graph
-from hpcmig.topology.metrics import (
-    _topo_arrays,
-    block_placement,
-    check_fits,
-    hop_bytes,
-    slot_array,
-)
+from hpcmig.topology.comm import as_csr
+from hpcmig.topology.metrics import _topo_arrays, block_placement, check_fits, slot_array
 from hpcmig.topology.model import IntArray, Topology
 
 COARSEN_TO = 80
@@ -42,6 +41,10 @@ TORUS_RUNS = 2
 RUNS_ABOVE = 2 * COARSEN_TO  # smaller subgraphs: one run
 REFINE_PASSES = 8
 SWAP_CANDIDATES = 4
+SMALL_TRIES = 8
+MIN_COARSE = 32  # dense graphs: a task is bisected as clusters while it has this many
+MAX_LEVELS = 40
+LOCAL_RADIUS = 2.0  # ranks numbered along the grid: most partners within 2 sqrt(N)
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,35 +81,49 @@ def bisection_runs(n: int, nnz: int, tree: bool = True) -> int:
 def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,
               slots: int | npt.ArrayLike, seed: int = 0) -> Mapping:
     """Place the ranks of traffic matrix `comm` on `topology` with `slots` per node."""
-    from hpcmig.topology import _kernels_cost, _kernels_rb
+    from hpcmig.topology import _kernels_cost, _kernels_graph, _kernels_rb
 
     c = as_csr(comm)
     n = c.shape[0]
     caps = slot_array(topology, slots)
     check_fits(n, topology, caps)
-    w = rank_graph(c)
-    xadj, adj = w.indptr.astype(np.int64), w.indices.astype(np.int64)
+    xadj, adj, w = _kernels_graph.symmetrize(c.indptr.astype(np.int64),
+                                             c.indices.astype(np.int64), c.data)
+    dense = len(adj) > DENSE_DEGREE * n
+    local = _kernels_graph.near_fraction(xadj, adj, LOCAL_RADIUS * np.sqrt(n)) >= 0.5
+    if dense:
+        hx, ha, he, hv, vofs, eofs, anc = _kernels_rb.build_hierarchy(
+            xadj, adj, w, seed, MIN_COARSE, MAX_LEVELS, local)
+    else:  # no coarse levels: every bisection starts from the ranks
+        hx, ha, he, hv = (np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64),
+                          np.zeros(1), np.zeros(1))
+        vofs, eofs = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
+        anc = np.arange(n, dtype=np.int64).reshape(1, n)
     groups, half, coords, ring = _topo_arrays(topology)
     order = topology.order
     dims = coords.shape[1]
     ccum = np.zeros((topology.n_nodes + 1, dims), dtype=np.float64)
     ccum[1:] = np.cumsum(coords[order].astype(np.float64), axis=0)
     pos = _kernels_rb.recursive_bisection(
-        xadj, adj, w.data, caps[order], np.ascontiguousarray(topology.split_key), ccum,
-        ring.astype(np.float64), seed, INITIAL_TRIES, COARSEN_TO,
-        bisection_runs(n, len(adj), topology.hierarchical), RUNS_ABOVE)
+        xadj, adj, w, hx, ha, he, hv, vofs, eofs, anc, caps[order],
+        np.ascontiguousarray(topology.split_key), ccum, ring.astype(np.float64), seed,
+        INITIAL_TRIES, SMALL_TRIES, COARSEN_TO, bisection_runs(n, len(adj), topology.hierarchical),
+        RUNS_ABOVE, MIN_COARSE, local)
     node_of = order[pos].astype(np.int64)
-    _kernels_cost.swap_refine(xadj, adj, w.data, node_of, caps, groups, half, coords, ring,
+    _kernels_cost.swap_refine(xadj, adj, w, node_of, caps, groups, half, coords, ring,
                               REFINE_PASSES, seed, SWAP_CANDIDATES)
     block = block_placement(n, topology, caps)
-    ours = hop_bytes(c, topology, node_of)
-    base = hop_bytes(c, topology, block)
+    ours = 0.5 * _kernels_cost.hop_bytes(xadj, adj, w, node_of, groups, half, coords, ring)
+    base = 0.5 * _kernels_cost.hop_bytes(xadj, adj, w, block, groups, half, coords, ring)
     if ours <= base:
         return Mapping(topology, node_of, ours, base, "recursive-bisection")
     refined = block.copy()
-    _kernels_cost.swap_refine(xadj, adj, w.data, refined, caps, groups, half, coords, ring,
-                              REFINE_PASSES, seed, SWAP_CANDIDATES)
-    refined_hb = hop_bytes(c, topology, refined)
+    gain = _kernels_cost.swap_refine(xadj, adj, w, refined, caps, groups, half, coords, ring,
+                                     REFINE_PASSES, seed, SWAP_CANDIDATES)
+    if gain <= 0.0:
+        return Mapping(topology, block, base, base, "block")
+    refined_hb = 0.5 * _kernels_cost.hop_bytes(xadj, adj, w, refined, groups, half, coords,
+                                               ring)
     if refined_hb > base:
         return Mapping(topology, block, base, base, "block")
     return Mapping(topology, refined, refined_hb, base, "block")

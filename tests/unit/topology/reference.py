@@ -150,3 +150,60 @@ def level_order(perm: list[int], sides: list[int], start: int, end: int) -> list
     """A bisected task's ranks, side 0 first, each side in its previous order."""
     seg = list(zip(perm[start:end], sides[start:end], strict=True))
     return [v for v, s in seg if s == 0] + [v for v, s in seg if s == 1]
+
+
+def symmetrize(mat: list[list[float]]) -> list[list[float]]:
+    """Rank graph: C + C^T with a zero diagonal."""
+    n = len(mat)
+    return [[0.0 if i == j else mat[i][j] + mat[j][i] for j in range(n)] for i in range(n)]
+
+
+def near_fraction(mat: list[list[float]], radius: float) -> float:
+    entries = [(i, j) for i, row in enumerate(mat) for j, x in enumerate(row) if x != 0]
+    return sum(abs(i - j) <= radius for i, j in entries) / max(len(entries), 1)
+
+
+def quotient(mat: list[list[float]], cluster: list[int]) -> list[list[float]]:
+    """Coarse graph of `cluster[v]` (ids 0..k-1): summed weights between clusters, no loops."""
+    k = max(cluster) + 1
+    out = [[0.0] * k for _ in range(k)]
+    for v, row in enumerate(mat):
+        for u, x in enumerate(row):
+            if cluster[u] != cluster[v]:
+                out[cluster[v]][cluster[u]] += x
+    return out
+
+
+def finish(side: list[int], mat: list[list[float]], weight: list[float], bias: list[float],
+           target0: int, local: list[int]) -> list[int]:
+    """Rank sides with exactly target0 ranks on side 0 (see `_kernels_rb._finish`).
+
+    The heavy side gives up whole vertices in order of gain (stable on ties) while they fit,
+    then the ranks of the best remaining one are moved one by one, in rank order.
+    """
+    side = list(side)
+    n = len(side)
+    w0 = sum(weight[v] for v in range(n) if side[v] == 0)
+    need = round(abs(w0 - target0))
+    s = 0 if w0 > target0 else 1
+    split = -1
+    if need:
+        def gain(v: int) -> float:
+            g = bias[v] if s == 1 else -bias[v]
+            return g + sum(x if side[u] != s else -x for u, x in enumerate(mat[v]) if x)
+
+        gains = {v: gain(v) for v in range(n) if side[v] == s}
+        order = sorted(gains, key=lambda v: -gains[v])
+        for v in order:
+            if need and weight[v] <= need:
+                side[v] = 1 - s
+                need -= int(weight[v])
+        split = next((v for v in order if side[v] == s), -1) if need else -1
+    out = []
+    for c in local:
+        if c == split and need:
+            out.append(1 - s)
+            need -= 1
+        else:
+            out.append(side[c])
+    return out

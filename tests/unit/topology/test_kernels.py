@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hpcmig.topology import _kernels, _kernels_cost, _kernels_rb
+from hpcmig.topology import _kernels, _kernels_cost, _kernels_graph, _kernels_rb
 from hpcmig.topology.generate import dragonfly, fat_tree, torus
 from hpcmig.topology.metrics import uplink_ids
 from hpcmig.topology.model import Topology
@@ -80,20 +80,21 @@ def test_multilevel_bisect_finds_the_optimum_of_two_cliques() -> None:
     xadj, adj, ew = csr_arrays(sp.csr_array(blocks))
     state = np.array([7], dtype=np.int64)
     side = _kernels_rb.multilevel_bisect(xadj, adj, ew, np.ones(12), np.zeros(12), 6.0, state,
-                                         4, 4)
+                                         4, 4, False)
     mat = ref.dense(xadj, adj, ew)
     assert ref.objective(mat, [0.0] * 12, side.tolist()) == ref.best_bisection(mat, [0.0] * 12, 6)
 
 
 @pytest.mark.parametrize("size0", [3, 6])
+@pytest.mark.parametrize("seq", [False, True])
 def test_multilevel_bisect_exact_size_and_near_optimum(small_graph: sp.csr_array,
-                                                       size0: int) -> None:
+                                                       size0: int, seq: bool) -> None:
     xadj, adj, ew = csr_arrays(small_graph)
     n = len(xadj) - 1
     bias = np.linspace(-3, 3, n)
     state = np.array([3], dtype=np.int64)
     side = _kernels_rb.multilevel_bisect(xadj, adj, ew, np.ones(n), bias, float(size0), state,
-                                         8, 4)
+                                         8, 4, seq)
     assert int((side == 0).sum()) == size0
     mat = ref.dense(xadj, adj, ew)
     got = ref.objective(mat, bias.tolist(), side.tolist())
@@ -175,6 +176,25 @@ def test_link_loads_match_reference(topo: Topology) -> None:
     np.testing.assert_allclose(got, want)
 
 
+def _no_hierarchy(n: int) -> tuple[np.ndarray, ...]:
+    return (np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1),
+            np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64),
+            np.arange(n, dtype=np.int64).reshape(1, n))
+
+
+def _rb(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, topo: Topology, caps: np.ndarray,
+        hier: tuple[np.ndarray, ...] | None = None, seed: int = 1, min_coarse: int = 4,
+        seq: bool = False) -> np.ndarray:
+    """Node of every rank by `recursive_bisection` (as `map_ranks` calls it)."""
+    order = topo.order
+    ccum = np.zeros((topo.n_nodes + 1, len(topo.ring)))
+    ccum[1:] = np.cumsum(topo.coords[order], axis=0)
+    pos = _kernels_rb.recursive_bisection(
+        xadj, adj, ew, *(hier or _no_hierarchy(len(xadj) - 1)), caps[order], topo.split_key,
+        ccum, topo.ring.astype(np.float64), seed, 4, 4, 4, 2, 0, min_coarse, seq)
+    return order[pos]
+
+
 def test_recursive_bisection_respects_capacities_and_is_optimal_on_tiny_tree() -> None:
     topo = fat_tree([2, 2])  # 4 nodes, 2 per leaf switch
     # 8 ranks in 4 tight pairs; pairs 0-1 and 2-3 also talk: optimum puts each pair on a node
@@ -187,13 +207,33 @@ def test_recursive_bisection_respects_capacities_and_is_optimal_on_tiny_tree() -
     mat = mat[perm][:, perm]
     xadj, adj, ew = csr_arrays(sp.csr_array(mat))
     caps = np.full(4, 2, dtype=np.int64)
-    pos = _kernels_rb.recursive_bisection(xadj, adj, ew, caps[topo.order], topo.split_key,
-                                          np.zeros((5, 0)), np.zeros(0), 1, 4, 4, 2, 0)
-    node_of = topo.order[pos]
+    node_of = _rb(xadj, adj, ew, topo, caps)
     assert np.all(np.bincount(node_of, minlength=4) == 2)
     dist = topo.distance_matrix().tolist()
     got = ref.hop_bytes(mat.tolist(), node_of.tolist(), dist)
     assert got == ref.best_mapping(mat.tolist(), caps.tolist(), dist)
+
+
+@pytest.mark.parametrize("topo", [fat_tree([3, 2, 2]), torus([3, 4])],
+                         ids=lambda t: t.kind)
+@pytest.mark.parametrize("seq", [False, True])
+def test_recursive_bisection_on_clusters_fills_every_node_exactly(topo: Topology,
+                                                                  seq: bool) -> None:
+    # dense traffic coarsened once: bisections of clusters must still give exact node counts
+    g = random_graph(40, 0.6, 9)
+    xadj, adj, ew = csr_arrays(g)
+    hier = _kernels_rb.build_hierarchy(xadj, adj, ew, 3, 4, 10, seq)
+    assert len(hier[4]) > 2  # at least two coarse levels
+    caps = np.full(topo.n_nodes, 4, dtype=np.int64)
+    caps[0] = 2  # uneven capacities, and two free slots in all
+    node_of = _rb(xadj, adj, ew, topo, caps, hier, seq=seq)
+    counts = np.bincount(node_of, minlength=topo.n_nodes)
+    assert np.all(counts <= caps) and counts.sum() == 40
+    # filled in split order: only the last nodes of the order have free slots
+    filled = counts[topo.order] == caps[topo.order]
+    assert filled[:np.argmin(filled)].all() if not filled.all() else True
+    again = _rb(xadj, adj, ew, topo, caps, hier, seq=seq)
+    np.testing.assert_array_equal(node_of, again)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -214,22 +254,216 @@ def test_apply_task_and_next_level_match_reference() -> None:
     want = ref.level_order(perm.tolist(), sides.tolist(), 2, 9)
     n0 = int((sides[2:9] == 0).sum())
     vlo, vhi = np.zeros(10, dtype=np.int64), np.full(10, 4, dtype=np.int64)
-    _kernels_rb._apply_task(perm, sides, vlo, vhi, 2, 9, 0, 2, 4)
+    ccum = np.zeros((5, 1))
+    ccum[1:, 0] = np.cumsum([0.0, 1.0, 2.0, 3.0])  # torus coordinates 0..3 along the order
+    anc = np.stack([np.arange(10), np.arange(10) // 2]).astype(np.int64)  # pairs at level 1
+    vofs = np.array([0, 5], dtype=np.int64)
+    csum = np.full((5, 1), 2 * 1.5)  # every pair starts at the centroid of nodes 0..3
+    _kernels_rb._apply_task(perm, sides, vlo, vhi, 2, 9, 0, 2, 4, ccum, anc, vofs, csum, 10)
     assert perm[2:9].tolist() == want
     assert vlo[want].tolist() == [0] * n0 + [2] * (7 - n0)
     assert vhi[want].tolist() == [2] * n0 + [4] * (7 - n0)
+    cen = {0: 1.5, 1: 0.5, 2: 2.5}  # whole range, left half, right half
+    where = {v: 1 if v in want[:n0] else 2 if v in want else 0 for v in range(10)}
+    for c in range(5):
+        assert csum[c, 0] == pytest.approx(cen[where[2 * c]] + cen[where[2 * c + 1]])
     pos = np.full(10, -1, dtype=np.int64)
     qs, qe, ql, qh = (np.array([0, 2]), np.array([2, 9]), np.array([0, 0]), np.array([1, 4]))
-    nxt = _kernels_rb._next_level(perm, sides, pos, qs, qe, ql, qh, np.array([-1, 2]))
-    assert nxt.tolist() == [[2, 2 + n0], [2 + n0, 9], [0, 2], [2, 4]]
+    qv = np.array([0, 1], dtype=np.int64)
+    avgw = np.array([1.0, 2.0])
+    nxt = _kernels_rb._next_level(perm, sides, pos, qs, qe, ql, qh, np.array([-1, 2]), qv, avgw,
+                                  3)
+    # children keep level 1 while they have >= 3 clusters of 2 ranks, else go to level 0
+    levels = [1 if size >= 6 else 0 for size in (n0, 7 - n0)]
+    assert nxt.tolist() == [[2, 2 + n0], [2 + n0, 9], [0, 2], [2, 4], levels]
     assert pos[perm[:2]].tolist() == [0, 0]
 
 
-def test_parallel_runs_match_serial_runs(small_graph: sp.csr_array) -> None:
+def test_parallel_jobs_match_serial_jobs(small_graph: sp.csr_array) -> None:
+    # two tasks (the graph twice) with 3 runs each: the parallel kernel must equal the
+    # jobs run one after the other
     xadj, adj, ew = csr_arrays(small_graph)
     n = len(xadj) - 1
-    bias = np.linspace(-3.0, 3.0, n)
-    serial = _kernels_rb._runs_serial(xadj, adj, ew, bias, n / 2, 12345, 4, 4, 3)
-    parallel = _kernels_rb._runs_parallel(xadj, adj, ew, bias, n / 2, 12345, 4, 4, 3)
-    assert serial.tolist() == parallel.tolist()
-    assert int((serial == 0).sum()) == n // 2
+    bx = np.concatenate([xadj, xadj])
+    ba = np.concatenate([adj, adj])
+    be = np.concatenate([ew, ew])
+    bw = np.ones(2 * n)
+    bb = np.concatenate([np.linspace(-3.0, 3.0, n), np.zeros(n)])
+    tv = np.array([0, n, 2 * n])
+    te = np.array([0, len(adj), 2 * len(adj)])
+    target = np.array([n / 2, 5.0])
+    seeds = np.array([12345, 777])
+    tries = np.array([4, 4])
+    jt = np.repeat(np.arange(2), 3)
+    jr = np.tile(np.arange(3), 2)
+    jseq = jr == 0
+    jo = np.arange(7) * n
+    out_p, objs_p = np.empty(6 * n, dtype=np.int8), np.empty(6)
+    out_s, objs_s = np.empty(6 * n, dtype=np.int8), np.empty(6)
+    _kernels_rb._run_jobs(bx, ba, be, bw, bb, tv, te, target, seeds, tries, jt, jr, jseq, jo,
+                          out_p, objs_p, 4)
+    for j in range(6):
+        _kernels_rb._job(j, bx, ba, be, bw, bb, tv, te, target, seeds, tries, jt, jr, jseq, jo,
+                         out_s, objs_s, 4)
+    assert out_p.tolist() == out_s.tolist() and objs_p.tolist() == objs_s.tolist()
+    sides = out_p.reshape(6, n)
+    assert (sides[:3] == 0).sum(axis=1).tolist() == [n // 2] * 3
+    assert (sides[3:] == 0).sum(axis=1).tolist() == [5] * 3
+    mat = ref.dense(xadj, adj, ew)
+    for j in range(6):
+        assert objs_p[j] == pytest.approx(ref.objective(mat, bb[tv[jt[j]]:tv[jt[j] + 1]].tolist(),
+                                                       sides[j].tolist()))
+
+
+def _matrix(n: int, seed: int, symmetric: bool, diagonal: bool, zeros: bool) -> sp.csr_array:
+    rng = np.random.default_rng(seed)
+    mat = (rng.random((n, n)) < 0.3) * rng.integers(1, 9, (n, n)).astype(np.float64)
+    if symmetric:
+        mat = np.triu(mat, 1) + np.triu(mat, 1).T
+    np.fill_diagonal(mat, 5.0 if diagonal else 0.0)
+    csr = sp.csr_array(mat)
+    if zeros:  # explicit zero entries, kept by scipy
+        csr.data[::4] = 0.0
+    csr.sort_indices()
+    return csr
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize(("diagonal", "zeros"), [(False, False), (True, False), (False, True)])
+def test_symmetrize_matches_reference(symmetric: bool, diagonal: bool, zeros: bool) -> None:
+    csr = _matrix(11, 4, symmetric, diagonal, zeros)
+    xadj, adj, w = _kernels_graph.symmetrize(*csr_arrays_raw(csr))
+    assert _kernels_graph._symmetric(*csr_arrays_raw(csr)) == (
+        np.array_equal(csr.toarray(), csr.toarray().T))
+    want = ref.symmetrize(csr.toarray().tolist())
+    assert ref.dense(xadj, adj, w) == want
+    # sorted rows, no zero entries, nothing on the diagonal
+    for i in range(11):
+        row = adj[xadj[i]:xadj[i + 1]]
+        assert row.tolist() == sorted(set(row.tolist())) and i not in row.tolist()
+    assert np.all(w != 0)
+
+
+def csr_arrays_raw(csr: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR arrays as they are, explicit zeros and diagonal included."""
+    return csr.indptr.astype(np.int64), csr.indices.astype(np.int64), csr.data
+
+
+@pytest.mark.parametrize("radius", [0.5, 2.0, 6.0])
+def test_near_fraction_matches_reference(small_graph: sp.csr_array, radius: float) -> None:
+    xadj, adj, ew = csr_arrays(small_graph)
+    got = _kernels_graph.near_fraction(xadj, adj, radius)
+    assert got == pytest.approx(ref.near_fraction(ref.dense(xadj, adj, ew), radius))
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_build_hierarchy_levels_are_quotients_of_the_rank_graph(seq: bool) -> None:
+    g = random_graph(30, 0.3, 5)
+    xadj, adj, ew = csr_arrays(g)
+    hx, ha, he, hv, vofs, eofs, anc = _kernels_rb.build_hierarchy(xadj, adj, ew, 7, 3, 10, seq)
+    mat = ref.dense(xadj, adj, ew)
+    levels = len(vofs) - 1
+    assert levels >= 2 and anc.shape == (levels + 1, 30)
+    assert anc[0].tolist() == list(range(30))
+    for lev in range(1, levels + 1):
+        x, a, e, w = _kernels_rb._level(lev, xadj, adj, ew, hx, ha, he, hv, vofs, eofs,
+                                        np.ones(30))
+        nc = len(x) - 1
+        assert sorted(set(anc[lev].tolist())) == list(range(nc))
+        # each cluster merges whole clusters of the level below, and weighs its ranks
+        for v in range(30):
+            assert len(set(anc[lev, anc[lev - 1] == anc[lev - 1, v]].tolist())) == 1
+        assert w.tolist() == np.bincount(anc[lev], minlength=nc).astype(float).tolist()
+        np.testing.assert_allclose(ref.dense(x, a, e), ref.quotient(mat, anc[lev].tolist()))
+        assert nc < len(_kernels_rb._level(lev - 1, xadj, adj, ew, hx, ha, he, hv, vofs, eofs,
+                                           np.ones(30))[0]) - 1
+
+
+@pytest.mark.parametrize("target0", [3, 5, 7, 10])
+def test_finish_matches_reference(target0: int) -> None:
+    g = random_graph(6, 0.6, 2)
+    xadj, adj, ew = csr_arrays(g)
+    weight = np.array([3.0, 1.0, 2.0, 4.0, 1.0, 2.0])  # 13 ranks in 6 clusters
+    bias = np.array([0.5, -1.0, 0.0, 2.0, -0.5, 1.0])
+    side = np.array([0, 1, 0, 0, 1, 1], dtype=np.int8)  # side 0 holds 9 ranks
+    local = np.repeat(np.arange(6), weight.astype(int))
+    rl = np.random.default_rng(1).permutation(local)  # the local vertex of each rank
+    sides = np.full(13, 9, dtype=np.int8)
+    _kernels_rb._finish(side.copy(), xadj, adj, ew, weight, bias, float(target0), rl, 0, 13,
+                        sides)
+    want = ref.finish(side.tolist(), ref.dense(xadj, adj, ew), weight.tolist(), bias.tolist(),
+                      target0, rl.tolist())
+    assert sides.tolist() == want
+    assert int((sides == 0).sum()) == target0
+
+
+@pytest.mark.parametrize("lev", [0, 1])
+def test_extract_matches_reference(lev: int) -> None:
+    # 12 ranks on a ring of 4 torus nodes; the task holds 6 of them, bisected between nodes
+    # 0..1 and 2..3; other ranks sit on single nodes (level 0) or are clusters (level 1)
+    n = 12
+    g = random_graph(n, 0.4, 8)
+    xadj, adj, ew = csr_arrays(g)
+    if lev == 0:
+        anc = np.arange(n, dtype=np.int64).reshape(1, n)
+        x, a, e, hw = xadj, adj, ew, np.ones(n)
+    else:
+        pairs = np.arange(n) // 2
+        anc = np.stack([np.arange(n), pairs]).astype(np.int64)
+        quot = sp.csr_array(np.array(ref.quotient(ref.dense(xadj, adj, ew), pairs.tolist())))
+        x, a, e = csr_arrays(quot)
+        hw = np.full(6, 2.0)
+    perm = np.array([5, 0, 9, 4, 1, 8, 2, 3, 6, 7, 10, 11], dtype=np.int64)
+    start, end = 0, 6 if lev == 0 else 4  # level 1: ranks 0, 1, 4, 5 (pairs 0 and 2)
+    if lev == 1:
+        perm = np.array([5, 0, 4, 1, 9, 8, 2, 3, 6, 7, 10, 11], dtype=np.int64)
+    ring = np.array([4.0])
+    ccum = np.zeros((5, 1))
+    ccum[1:, 0] = np.cumsum([0.0, 1.0, 2.0, 3.0])
+    vlo = np.array([r % 4 for r in range(n)], dtype=np.int64)
+    vhi = vlo + 1
+    csum = np.array([[ccum[vhi[2 * c], 0] - ccum[vlo[2 * c], 0]
+                      + ccum[vhi[2 * c + 1], 0] - ccum[vlo[2 * c + 1], 0]] for c in range(6)])
+    base = 0 if lev == 0 else n
+    size = n + 6
+    mark, lid = np.full(size, -1, dtype=np.int64), np.zeros(size, dtype=np.int64)
+    clus, rl = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    bx, ba, be = np.zeros(n + 1, dtype=np.int64), np.zeros(len(a)), np.zeros(len(a))
+    ba = ba.astype(np.int64)
+    bw, bb = np.zeros(n), np.zeros(n)
+    nv, ne = _kernels_rb._extract(perm, start, end, lev, x, a, e, anc, base, mark, lid, 1,
+                                  clus, rl, bx, ba, be, bw, bb, 0, 0, 0, vlo, vhi, ccum, csum,
+                                  hw, ring, 0, 2, 4)
+    members = [int(anc[lev, perm[i]]) for i in range(start, end)]
+    verts = list(dict.fromkeys(members))  # first appearance
+    assert nv == len(verts) and rl[start:end].tolist() == [verts.index(c) for c in members]
+    assert bw[:nv].tolist() == [float(members.count(c)) for c in verts]
+    full = ref.dense(x, a, e)
+    assert ref.dense(bx[:nv + 1], ba[:ne], be[:ne]) == [[full[c][u] for u in verts]
+                                                         for c in verts]
+
+    def where(u: int) -> float:  # position of a vertex outside the task
+        if lev == 0:
+            return float(vlo[u])
+        return float(csum[u, 0] / 2)
+
+    def d(p: float, q: float) -> float:
+        return min(abs(p - q), 4 - abs(p - q))
+
+    for i, c in enumerate(verts):
+        want = sum(full[c][u] * (d(2.5, where(u)) - d(0.5, where(u)))
+                   for u in range(len(full)) if u not in verts and full[c][u])
+        assert bb[i] == pytest.approx(want)
+
+
+def test_hop_bytes_in_chunks_equals_one_pass() -> None:
+    topo = torus([4, 4])
+    g = random_graph(64, 0.3, 6)
+    xadj, adj, ew = csr_arrays(g)
+    node_of = np.arange(64) % 16
+    args = (xadj, adj, ew, node_of, topo.groups, topo.half, topo.coords, topo.ring)
+    one = _kernels_cost._hop_bytes_rows(*args, 0, 64)
+    bounds = np.array([0, 5, 5, 30, 64], dtype=np.int64)
+    parts = _kernels_cost._hop_bytes_chunks(*args, bounds)
+    assert parts.sum() == pytest.approx(one)
+    assert _kernels_cost.hop_bytes(*args) == pytest.approx(one)

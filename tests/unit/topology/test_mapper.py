@@ -58,6 +58,20 @@ def test_permuted_stencil_beats_block_by_far() -> None:
     assert m.method == "recursive-bisection"
 
 
+def test_dense_traffic_is_mapped_as_clusters_and_never_worse_than_block() -> None:
+    # pencil FFT on a 32 x 32 grid: 62 partners per rank, so the graph is coarsened once
+    comm = patterns.pencil_fft(32, 32)
+    topo = fat_tree([4, 4, 4])
+    m = map_ranks(comm, topo, 16, seed=1)
+    assert np.all(np.bincount(m.node_of, minlength=topo.n_nodes) == 16)
+    assert m.hop_bytes == pytest.approx(hop_bytes(comm, topo, m.node_of))
+    assert m.hop_bytes <= m.block_hop_bytes
+    perm, _ = patterns.permute(comm, seed=2)  # rank order carries no locality any more
+    mp = map_ranks(perm, topo, 16, seed=1)
+    assert np.all(np.bincount(mp.node_of, minlength=topo.n_nodes) == 16)
+    assert mp.hop_bytes < 0.9 * mp.block_hop_bytes
+
+
 def test_same_seed_same_mapping() -> None:
     comm = patterns.unstructured_mesh(128, seed=3)
     topo = torus([4, 4])

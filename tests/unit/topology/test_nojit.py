@@ -2,7 +2,8 @@
 
 Compiled and interpreted kernels must agree: the kernel-vs-reference tests pass under both,
 and the whole mapper gives the same mapping for the same seed under both (the random
-generator is integer Park-Miller, identical in numba and Python).
+generator is integer Park-Miller, identical in numba and Python) and on one thread, for
+sparse, dense (coarsened once) and rank-ordered (coarsened in rank order) traffic.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from hpcmig.topology.generate import fat_tree, torus
 from hpcmig.topology.mapper import map_ranks
-from hpcmig.topology.patterns import permute, stencil
+from hpcmig.topology.patterns import all_to_all, permute, stencil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -26,16 +27,22 @@ pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1",
                                 reason="already running without JIT")
 
 _MAP_SCRIPT = """
-import json, sys
-from hpcmig.topology.generate import fat_tree, torus
-from hpcmig.topology.mapper import map_ranks
-from hpcmig.topology.patterns import permute, stencil
-comm, _ = permute(stencil((8, 8)), seed=3)
-out = {}
-for name, topo in (("fattree", fat_tree([4, 2, 2])), ("torus", torus([4, 4]))):
-    out[name] = map_ranks(comm, topo, 4, seed=5).node_of.tolist()
-print(json.dumps(out))
+import json
+from tests.unit.topology.test_nojit import _mappings
+print(json.dumps(_mappings()))
 """
+
+
+def _mappings() -> dict[str, list[int]]:
+    """Mappings of sparse, dense (the coarsened path) and rank-ordered traffic."""
+    out = {}
+    dense = all_to_all(64, nbytes=1.0) + stencil((8, 8))
+    for kind, comm in (("sparse", permute(stencil((8, 8)), seed=3)[0]),
+                       ("dense", permute(dense, seed=3)[0]),
+                       ("local", stencil((8, 8)))):
+        for name, topo in (("fattree", fat_tree([4, 2, 2])), ("torus", torus([4, 4]))):
+            out[kind + name] = map_ranks(comm, topo, 4, seed=5).node_of.tolist()
+    return out
 
 
 def _env() -> dict[str, str]:
@@ -59,19 +66,11 @@ def test_mapper_does_not_depend_on_the_number_of_threads() -> None:
     proc = subprocess.run([sys.executable, "-c", _MAP_SCRIPT], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one_thread = json.loads(proc.stdout)
-    comm, _ = permute(stencil((8, 8)), seed=3)
-    assert map_ranks(comm, fat_tree([4, 2, 2]), 4, seed=5).node_of.tolist() == \
-        one_thread["fattree"]
-    assert map_ranks(comm, torus([4, 4]), 4, seed=5).node_of.tolist() == one_thread["torus"]
+    assert json.loads(proc.stdout) == _mappings()
 
 
 def test_mapper_gives_the_same_mapping_with_and_without_jit() -> None:
     proc = subprocess.run([sys.executable, "-c", _MAP_SCRIPT], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    interpreted = json.loads(proc.stdout)
-    comm, _ = permute(stencil((8, 8)), seed=3)
-    assert map_ranks(comm, fat_tree([4, 2, 2]), 4, seed=5).node_of.tolist() == \
-        interpreted["fattree"]
-    assert map_ranks(comm, torus([4, 4]), 4, seed=5).node_of.tolist() == interpreted["torus"]
+    assert json.loads(proc.stdout) == _mappings()
