@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,10 +76,24 @@ def testbed_session() -> Iterator[Plan]:
 
 @pytest.fixture
 def testbed(testbed_session: Plan) -> Plan:
-    """The running testbed; brought back up if a lifecycle test took it down."""
+    """The running testbed; brought back up if a lifecycle test took it down. Every test
+    starts on settled nodes: no job still completing (epilogs run hpcmig-epilog), and no
+    node left drained by hpcmig (a failed test must not starve the next ones)."""
     if not cluster.healthy():
         return cluster.up(NODES)
+    settle(Slurm())
     return testbed_session
+
+
+def settle(slurm: Slurm, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while any("COMPLETING" in n.flags or n.state == "completing" for n in slurm.nodes()):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    for node in slurm.nodes():
+        if "DRAIN" in node.flags and node.reason.startswith("hpcmig:"):
+            slurm.resume(node.name)
 
 
 @pytest.fixture

@@ -81,12 +81,14 @@ def test_srun_runs_as_the_unprivileged_user(testbed: Plan) -> None:
 
 
 def test_drain_and_resume_through_the_adapter(testbed: Plan, slurm: Slurm) -> None:
-    node = slurm.drain("node2", "integration test")
-    assert node.drained and node.reason == "hpcmig: integration test"
-    sinfo = subprocess.run(["sinfo", "-h", "-N", "-n", "node2", "-o", "%T|%E"],
-                           capture_output=True, text=True, check=True).stdout.strip()
-    assert sinfo == "drained|hpcmig: integration test"
-    node = slurm.resume("node2")
+    try:
+        node = slurm.drain("node2", "integration test")
+        assert node.drained and node.reason == "hpcmig: integration test"
+        sinfo = subprocess.run(["sinfo", "-h", "-N", "-n", "node2", "-o", "%T|%E"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        assert sinfo == "drained|hpcmig: integration test"
+    finally:
+        node = slurm.resume("node2")
     assert not node.drained and node.state == "idle"
     assert subprocess.run(["sinfo", "-h", "-N", "-n", "node2", "-o", "%T"], capture_output=True,
                           text=True, check=True).stdout.strip() == "idle"
