@@ -157,21 +157,25 @@ def test_stream_receiver_refuses_to_overwrite_streamed_pages(tmp_path: Path) -> 
     assert result == [1] and not Path(dst, "pages-1.img").exists()
 
 
-def test_large_files_are_hashed_in_pieces_and_any_piece_counts(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_checksums_follow_the_manifest_algorithm(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
-    monkeypatch.setattr(images, "CHUNK", 4096)
-    data = os.urandom(4096 * 3 + 100)
+    data = os.urandom((4 << 20) * 2 + 100)  # spans several reads
     f = tmp_path / "pages-1.img"
     f.write_bytes(data)
-    pieces = [hashlib.sha256(data[i:i + 4096]).digest() for i in range(0, len(data), 4096)]
-    assert images.file_sha256(str(f)) == hashlib.sha256(b"".join(pieces)).hexdigest()
-    small = tmp_path / "core-1.img"
-    small.write_bytes(b"abc")
-    assert images.file_sha256(str(small)) == hashlib.sha256(b"abc").hexdigest()
+    assert images.file_digest(str(f), "sha256") == hashlib.sha256(data).hexdigest()
+    if images.xxhash is not None:
+        assert images.file_digest(str(f), "xxh3_128") == \
+            images.xxhash.xxh3_128(data).hexdigest()
+    with pytest.raises(CorruptImage, match="unknown checksum"):
+        images.file_digest(str(f), "md4")
+    # a manifest written with sha256 (no xxhash where it was dumped) still verifies
+    monkeypatch.setattr(images, "FILE_HASH", "sha256")
     digest = images.write_manifest(str(tmp_path))
+    monkeypatch.setattr(images, "FILE_HASH", "xxh3_128")
+    assert images.verify(str(tmp_path), digest).hash == "sha256"
     changed = bytearray(data)
-    changed[4096 * 2 + 7] ^= 1  # inside the third piece
+    changed[(4 << 20) + 7] ^= 1  # inside the second read
     f.write_bytes(bytes(changed))
     with pytest.raises(CorruptImage, match="pages-1.img does not match its checksum"):
         images.verify(str(tmp_path), digest)
