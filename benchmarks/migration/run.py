@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from hpcmig import _procfs  # noqa: E402
-from hpcmig.checkpoint import _tree  # noqa: E402
+from hpcmig.checkpoint import _tree, images  # noqa: E402
 from hpcmig.checkpoint.criu import criu_binary  # noqa: E402
 from hpcmig.controller.journal import Journal  # noqa: E402
 from hpcmig.controller.localops import LocalConfig, LocalOps  # noqa: E402
@@ -189,12 +189,13 @@ class Bench:
                     lock_t = next(s.started for s in steps if s.name == "lock")
                     unlock_t = next(s.ended for s in steps if s.name == "unlock")
                     self.wait_pings(progress, self.pings(progress) + 20, 60)
-                    peer_gap = 0.0
+                    peer_gap = 0.0  # the longest wait that began before the unlock
                     if gaps.exists():
                         for line in gaps.read_text().split("\n"):
                             if line.strip():
                                 end, gap = (float(x) for x in line.split())
-                                if lock_t <= end <= (unlock_t or end) + 10:
+                                if lock_t - 0.5 <= end - gap <= (unlock_t or end) and \
+                                        end >= lock_t:
                                     peer_gap = max(peer_gap, gap)
                     dump = out.data["dump"]
                     records.append({
@@ -256,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                     "mem_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-                    "criu": S.sh(criu_binary(), "--version").stdout.split("\n")[0]},
+                    "criu": S.sh(criu_binary(), "--version").stdout.split("\n")[0],
+                    "image_checksum": images.FILE_HASH},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "copies": {}, "skipped": {},
         "migrations": []}
     lock = open(LOCK, "w")  # noqa: SIM115 - held for the whole run
