@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from hpcmig import _procfs
+from hpcmig.checkpoint import images
+from hpcmig.controller.jobckpt import JobCheckpoint, JobSpec, Placement, checkpoint_job, restore_job
 from hpcmig.controller.journal import Journal
 from hpcmig.controller.localops import LocalConfig, LocalOps
 from hpcmig.controller.migration import FORWARD, MigrationSpec, migrate
@@ -53,6 +55,7 @@ class Env:
     server: ContainerRef
     client: ContainerRef
     where: str = B1  # the server's node
+    client_at: str = B3  # the client's node
     tags: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def other(self) -> str:
@@ -171,7 +174,7 @@ def assert_serving_once(e: Env, node: str, after: int) -> None:
             assert route.get("dev", "").startswith("hmv") and route.get("type") != "blackhole"
         else:
             assert route.get("gateway") == S.BRIDGED[node], (n, route)
-    check = e.rsh(B3, e.client.address, f"{PY} -m hpcmig.workloads.holder check "
+    check = e.rsh(e.client_at, e.client.address, f"{PY} -m hpcmig.workloads.holder check "
                   f"{e.server.address}")
     assert check.stdout.split()[0] == "ok", check
     who = e.rsh(node, e.server.address, "hostname")
@@ -263,3 +266,43 @@ def test_sigkill_of_the_orchestrator_then_recovery(env: Env, step: str, how: str
     listeners = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
                  if spec.dst_images in _procfs.argv(pid)]
     assert not listeners  # no page server or receiver left behind
+
+
+def test_whole_job_checkpoint_resume_then_stop_and_restore_on_other_nodes(env: Env) -> None:
+    """Runs last: it moves the client too. Both containers are locked before either is
+    dumped (a consistent cut), so the connection between them survives a checkpoint that
+    resumes the job, and a stop + restore on a different set of nodes."""
+    def spec(tag: str, then: str) -> JobSpec:
+        return JobSpec("91", tuple(Placement(n, r, env.ops.image_dir(None, r, tag))
+                                   for n, r in ((env.where, env.server),
+                                                (env.client_at, env.client))),
+                       tuple(S.BRIDGED), then)
+
+    with Journal(env.journal_path) as journal:
+        before = _pings(env)
+        out = checkpoint_job(journal, env.ops, spec("ckpt1", "resume"))
+        assert out.state == "done", out.error
+        assert_serving_once(env, env.where, before)
+        for p in spec("ckpt1", "resume").containers:
+            images.verify(p.image_dir, out.data["dumps"][str(p.ref.index)]["manifest_sha256"])
+
+        out = checkpoint_job(journal, env.ops, spec("ckpt2", "stop"))
+        assert out.state == "done", out.error
+        stopped_at = _pings(env)
+        assert S.holder_processes() == []
+        assert not [n for n in S.netns_list() if n.startswith("hpcmig-rtc")]
+        time.sleep(0.5)
+        assert _pings(env) == stopped_at  # the client is checkpointed too: nothing runs
+
+        ckpt = JobCheckpoint(journal, env.ops, out.op_id).checkpoint()
+        server_to, client_to = env.other(), env.where  # a different set of nodes
+        back = restore_job(journal, env.ops, JobSpec("91", (
+            Placement(server_to, env.server, ckpt["1"]["image_dir"],
+                      ckpt["1"]["manifest_sha256"]),
+            Placement(client_to, env.client, ckpt["0"]["image_dir"],
+                      ckpt["0"]["manifest_sha256"])), tuple(S.BRIDGED)))
+        assert back.state == "done", back.error
+    env.where, env.client_at = server_to, client_to
+    assert_serving_once(env, server_to, stopped_at)
+    assert images.remove_job(env.ops.cfg.shared_root, "91")  # at job end
+    assert not os.path.exists(images.job_dir(env.ops.cfg.shared_root, "91"))
