@@ -61,8 +61,12 @@ def main() -> int:
     if comm.Get_rank() == 0:
         print("whereami: " + json.dumps(everyone), flush=True)
     # MPICH 4.0.2 (ch4:ucx over TCP) hangs in MPI_Finalize after a gather alone, with srun
-    # as well as in containers; a final exchange between every pair of ranks avoids it.
+    # as well as in containers; a final exchange between every pair of ranks, then the ring
+    # workload's own ending (sendrecv to both neighbours, allreduce), avoids it.
     comm.alltoall([0] * comm.Get_size())
+    size, rank = comm.Get_size(), comm.Get_rank()
+    comm.sendrecv(rank, dest=(rank + 1) % size, source=(rank - 1) % size)
+    comm.allreduce(rank)
     return 0
 
 

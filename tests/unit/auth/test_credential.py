@@ -72,6 +72,7 @@ def test_real_libmunge_says_clearly_when_munged_is_not_running(tmp_path: object)
 
 def test_socket_path_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(munge.SOCKET_ENV, raising=False)
+    monkeypatch.setenv("SLURM_CONF", "/nonexistent/slurm.conf")  # no AuthInfo socket=
     assert munge.socket_path() == munge.DEFAULT_SOCKET
     monkeypatch.setenv(munge.SOCKET_ENV, "/tmp/env.sock")
     assert munge.socket_path() == "/tmp/env.sock"
