@@ -21,6 +21,7 @@ from numba import njit  # noqa: E402
 
 _MOD = 2147483647
 _MUL = 48271
+FM_PATIENCE = 25  # moves tried past the best state before a pass stops (at least)
 
 
 @njit(cache=True)
@@ -235,7 +236,7 @@ def fm_refine(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
     ext = np.zeros(n, dtype=np.float64)
     locked = np.zeros(n, dtype=np.bool_)
     moves = np.empty(n, dtype=np.int64)
-    limit = min(max(n // 50, 25), 150)
+    limit = min(max(n // 50, FM_PATIENCE), 150)
     obj = 0.0
     w0 = 0.0
     for v in range(n):

@@ -14,13 +14,11 @@ from hpcmig.topology._jit import configure_cache
 configure_cache()
 
 import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
+from numba import njit  # noqa: E402
 
 from hpcmig.topology._kernels import _MOD, _permutation  # noqa: E402
 
 DENSE_DEGREE = 64
-CHUNKS = 64
-PARALLEL_ENTRIES = 1 << 20
 
 
 @njit(cache=True, inline="always")
@@ -38,49 +36,17 @@ def node_distance(a: int, b: int, groups: np.ndarray, half: np.ndarray, coords: 
 
 
 @njit(cache=True)
-def _hop_bytes_rows(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
-                    groups: np.ndarray, half: np.ndarray, coords: np.ndarray, ring: np.ndarray,
-                    r0: int, r1: int) -> float:
+def hop_bytes(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
+              groups: np.ndarray, half: np.ndarray, coords: np.ndarray, ring: np.ndarray
+              ) -> float:
+    """sum over CSR entries (i, j) of w[i, j] * hops(node_of[i], node_of[j])."""
     total = 0.0
-    for i in range(r0, r1):
+    for i in range(len(xadj) - 1):
         a = node_of[i]
         for e in range(xadj[i], xadj[i + 1]):
             b = node_of[adj[e]]
             if a != b:
                 total += w[e] * node_distance(a, b, groups, half, coords, ring)
-    return total
-
-
-@njit(cache=True, parallel=True)
-def _hop_bytes_chunks(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
-                      groups: np.ndarray, half: np.ndarray, coords: np.ndarray,
-                      ring: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    part = np.zeros(len(bounds) - 1, dtype=np.float64)
-    for k in prange(len(bounds) - 1):
-        part[k] = _hop_bytes_rows(xadj, adj, w, node_of, groups, half, coords, ring,
-                                  bounds[k], bounds[k + 1])
-    return part
-
-
-@njit(cache=True)
-def hop_bytes(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
-              groups: np.ndarray, half: np.ndarray, coords: np.ndarray, ring: np.ndarray
-              ) -> float:
-    """sum over CSR entries (i, j) of w[i, j] * hops(node_of[i], node_of[j]).
-
-    Large inputs go in parallel over CHUNKS row ranges of equal entry counts, summed in
-    order: the same float result for any number of threads.
-    """
-    n = len(xadj) - 1
-    if len(adj) < PARALLEL_ENTRIES:
-        return _hop_bytes_rows(xadj, adj, w, node_of, groups, half, coords, ring, 0, n)
-    bounds = np.searchsorted(xadj, np.linspace(0, len(adj), CHUNKS + 1)).astype(np.int64)
-    bounds[0] = 0
-    bounds[CHUNKS] = n
-    part = _hop_bytes_chunks(xadj, adj, w, node_of, groups, half, coords, ring, bounds)
-    total = 0.0
-    for k in range(CHUNKS):
-        total += part[k]
     return total
 
 

@@ -32,6 +32,7 @@ from hpcmig.topology._kernels import (  # noqa: E402
 )
 
 DENSE_TRIES = 16  # coarsest graphs with more entries per vertex get one initial try
+INIT_PASSES = 6  # FM passes after each initial bisection of the coarsest graph
 
 
 @njit(cache=True)
@@ -110,7 +111,7 @@ def multilevel_bisect(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.
         side = grow_bisection(gx[top], ga[top], ge[top], gv[top], gb[top], target0,
                               _rand(state) % nc)
         obj = fm_refine(gx[top], ga[top], ge[top], gv[top], gb[top], side, target0, tol_c,
-                        search_c, 6)
+                        search_c, INIT_PASSES)
         w0 = 0.0
         for v in range(nc):
             if side[v] == 0:
@@ -242,48 +243,37 @@ def _level(lev: int, xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: np.n
             he[eofs[k]:eofs[k + 1]], hv[vofs[k]:vofs[k + 1]])
 
 
-@njit(cache=True)
-def _one_run(x: np.ndarray, a: np.ndarray, e: np.ndarray, w: np.ndarray, b: np.ndarray,
-             target0: float, seed0: int, run: int, ntries: int, coarsen_to: int, seq: bool
-             ) -> np.ndarray:
-    """Run `run` of a bisection, on its own random stream (so runs may go in parallel)."""
-    state = np.array([(seed0 + 104_729 * run) % (_MOD - 1) + 1], dtype=np.int64)
-    return multilevel_bisect(x, a, e, w, b, target0, state, ntries, coarsen_to, seq)
-
-
-@njit(cache=True)
-def _job(j: int, bx: np.ndarray, ba: np.ndarray, be: np.ndarray, bw: np.ndarray,
-         bb: np.ndarray, tv: np.ndarray, te: np.ndarray, ttarget: np.ndarray,
-         tseed: np.ndarray, tries: np.ndarray, jt: np.ndarray, jr: np.ndarray,
-         jseq: np.ndarray, jo: np.ndarray, out: np.ndarray, objs: np.ndarray,
-         coarsen_to: int) -> None:
-    t = jt[j]
-    v0 = tv[t]
-    v1 = tv[t + 1]
-    x = bx[v0 + t:v1 + t + 1]
-    a = ba[te[t]:te[t + 1]]
-    e = be[te[t]:te[t + 1]]
-    b = bb[v0:v1]
-    side = _one_run(x, a, e, bw[v0:v1], b, ttarget[t], tseed[t], jr[j], tries[t], coarsen_to,
-                    jseq[j])
-    out[jo[j]:jo[j] + v1 - v0] = side
-    objs[j] = objective(x, a, e, b, side)
-
-
 @njit(cache=True, parallel=True)
 def _run_jobs(bx: np.ndarray, ba: np.ndarray, be: np.ndarray, bw: np.ndarray, bb: np.ndarray,
               tv: np.ndarray, te: np.ndarray, ttarget: np.ndarray, tseed: np.ndarray,
               tries: np.ndarray, jt: np.ndarray, jr: np.ndarray, jseq: np.ndarray,
               jo: np.ndarray, out: np.ndarray, objs: np.ndarray, coarsen_to: int) -> None:
-    """Every job (one run of one extracted bisection) in parallel; they write disjoint parts."""
+    """Every job in parallel: run jr[j] of the bisection of extracted task jt[j].
+
+    Task t is the CSR graph bx[tv[t] + t : tv[t+1] + t + 1], ba/be[te[t] : te[t+1]] with
+    vertex weights bw and bias bb[tv[t] : tv[t+1]]. Each run draws from its own random stream
+    (task seed, run), so jobs may go in any order; they write disjoint parts of out/objs.
+    """
     for j in prange(len(jt)):
-        _job(j, bx, ba, be, bw, bb, tv, te, ttarget, tseed, tries, jt, jr, jseq, jo, out, objs,
-             coarsen_to)
+        t = jt[j]
+        v0 = tv[t]
+        v1 = tv[t + 1]
+        x = bx[v0 + t:v1 + t + 1]
+        a = ba[te[t]:te[t + 1]]
+        e = be[te[t]:te[t + 1]]
+        b = bb[v0:v1]
+        state = np.array([(tseed[t] + 104_729 * jr[j]) % (_MOD - 1) + 1], dtype=np.int64)
+        side = multilevel_bisect(x, a, e, bw[v0:v1], b, ttarget[t], state, tries[t],
+                                 coarsen_to, jseq[j])
+        out[jo[j]:jo[j] + v1 - v0] = side
+        objs[j] = objective(x, a, e, b, side)
 
 
 @njit(cache=True)
-def _centroid(ccum: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    return (ccum[hi] - ccum[lo]) / (hi - lo)
+def _centroid(ccum: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
+    """Mean torus coordinates of the nodes at positions lo..hi-1 of the order, into out."""
+    for d in range(ccum.shape[1]):
+        out[d] = (ccum[hi, d] - ccum[lo, d]) / (hi - lo)
 
 
 @njit(cache=True)
@@ -314,12 +304,10 @@ def _extract(perm: np.ndarray, start: int, end: int, lev: int, x: np.ndarray, a:
         rl[i] = lid[f]
         bw[v0 + lid[f]] += 1.0
     dims = len(ring)
-    if dims > 0:
-        c_left = _centroid(ccum, lo, mid)
-        c_right = _centroid(ccum, mid, hi)
-    else:
-        c_left = np.zeros(0)
-        c_right = np.zeros(0)
+    c_left = np.empty(dims)
+    c_right = np.empty(dims)
+    _centroid(ccum, lo, mid, c_left)
+    _centroid(ccum, mid, hi, c_right)
     k = e0
     bx[xo] = 0
     for i in range(ns):
@@ -372,25 +360,28 @@ def _finish(side: np.ndarray, x: np.ndarray, a: np.ndarray, e: np.ndarray, w: np
     if abs(w0 - target0) > 0.5:
         s = 0 if w0 > target0 else 1
         need = int(round(abs(w0 - target0)))
-        gain = np.full(ns, -np.inf)
+        gain = np.zeros(ns)
         for v in range(ns):
             if side[v] == s:
                 g = b[v] if s == 1 else -b[v]
                 for q in range(x[v], x[v + 1]):
                     g += e[q] if side[a[q]] != s else -e[q]
                 gain[v] = g
-        order = np.argsort(-gain, kind="mergesort")  # stable: ties in vertex order
-        for v in order:
-            if need == 0 or side[v] != s:
+        # in order of gain (first vertex on ties), move whole vertices that fit; need only
+        # shrinks, so the best one that fits now is the next one of that order that fits
+        while need > 0:
+            best = -1
+            for v in range(ns):
+                if side[v] == s and w[v] <= need and (best == -1 or gain[v] > gain[best]):
+                    best = v
+            if best == -1:
                 break
-            if w[v] <= need:
-                side[v] = 1 - s
-                need -= int(w[v])
-        if need > 0:
-            for v in order:
-                if side[v] == s:
+            side[best] = 1 - s
+            need -= int(w[best])
+        if need > 0:  # every vertex left on side s is heavier than need: split the best
+            for v in range(ns):
+                if side[v] == s and (split == -1 or gain[v] > gain[split]):
                     split = v
-                    break
     for i in range(start, end):
         c = rl[i]
         sides[i] = side[c]
@@ -447,9 +438,11 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: n
         avgw[lev] = n / (vofs[lev] - vofs[lev - 1])
     csum = np.zeros((max(nflat - n, 1) if dims > 0 else 1, max(dims, 1)), dtype=np.float64)
     if dims > 0:
-        c0 = _centroid(ccum, 0, m)
+        c0 = np.empty(dims)
+        _centroid(ccum, 0, m, c0)
         for f in range(nflat - n):
-            csum[f] = hv[f] * c0
+            for d in range(dims):
+                csum[f, d] = hv[f] * c0[d]
     perm = np.arange(n)
     vlo = np.zeros(n, dtype=np.int64)
     vhi = np.full(n, m, dtype=np.int64)
@@ -520,8 +513,18 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: n
                 te[k + 1] = te[k] + ne
                 ttarget[k] = n_left
                 tseed[k] = (base + 1_000_003 * lo + 7919 * hi) % (_MOD - 1) + 1
-                tries[k] = small_tries if nv <= coarsen_to else ntries
-                truns[k] = nruns if ns > runs_above else 1
+                if ns > runs_above:  # runs of a full multilevel bisection (fewer initial
+                    truns[k] = nruns  # tries on the lower levels: cheap cuts, many tasks)
+                    tries[k] = ntries if ns > 4 * runs_above else max(1, ntries // 2)
+                elif nv > coarsen_to:  # coarsened once or twice: two runs, half the tries
+                    truns[k] = min(2, nruns)
+                    tries[k] = max(1, ntries // truns[k])
+                elif ne <= DENSE_TRIES * nv:  # not coarsened: its tries are the runs
+                    truns[k] = small_tries
+                    tries[k] = 1
+                else:  # a small near clique: one try (see multilevel_bisect)
+                    truns[k] = 1
+                    tries[k] = 1
             # 2) all runs of those bisections, in parallel
             nj = 0
             for k in range(b1 - b0):
@@ -535,18 +538,16 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: n
             for k in range(b1 - b0):
                 if tv[k + 1] == tv[k]:
                     continue
+                big = qe[tord[b0 + k]] - qs[tord[b0 + k]] > runs_above
                 for r in range(truns[k]):
                     jt[j] = k
                     jr[j] = r
-                    jseq[j] = seq_run and r == 0 and truns[k] > 1
+                    jseq[j] = seq_run and r == 0 and big
                     jo[j + 1] = jo[j] + tv[k + 1] - tv[k]
                     j += 1
             out = np.empty(jo[nj], dtype=np.int8)
             objs = np.empty(nj, dtype=np.float64)
-            if nj == 1:
-                _job(0, bx, ba, be, bw, bb, tv, te, ttarget, tseed, tries, jt, jr, jseq, jo, out,
-                     objs, coarsen_to)
-            elif nj > 1:
+            if nj > 0:
                 _run_jobs(bx, ba, be, bw, bb, tv, te, ttarget, tseed, tries, jt, jr, jseq, jo,
                           out, objs, coarsen_to)
             # 3) best run of each task, exact side sizes, ranks' sides; then place them
@@ -597,14 +598,18 @@ def _apply_task(perm: np.ndarray, sides: np.ndarray, vlo: np.ndarray, vhi: np.nd
     dims = ccum.shape[1]
     nlev = anc.shape[0]
     if dims > 0 and nlev > 1:
-        old = _centroid(ccum, lo, hi)
-        d0 = _centroid(ccum, lo, mid) - old
-        d1 = _centroid(ccum, mid, hi) - old
+        old = np.empty(dims)
+        d0 = np.empty(dims)
+        d1 = np.empty(dims)
+        _centroid(ccum, lo, hi, old)
+        _centroid(ccum, lo, mid, d0)
+        _centroid(ccum, mid, hi, d1)
         for k in range(start, end):
             v = perm[k]
-            d = d0 if k < a else d1
             for lev in range(1, nlev):
-                csum[vofs[lev - 1] + anc[lev, v]] += d
+                f = vofs[lev - 1] + anc[lev, v]
+                for d in range(dims):
+                    csum[f, d] += (d0[d] if k < a else d1[d]) - old[d]
     for k in range(start, end):
         vlo[perm[k]] = lo if k < a else mid
         vhi[perm[k]] = mid if k < a else hi
