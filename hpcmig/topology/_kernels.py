@@ -255,7 +255,7 @@ def fm_refine(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
         for v in range(n):
             locked[v] = False
             pos[v] = -1
-            if ext[v] > 0.0 or bias[v] != 0.0:
+            if ext[v] > 0.0 or gain[v] > 0.0:
                 s = side[v]
                 i = size[s]
                 hv[s, i] = v
