@@ -3,7 +3,8 @@
 Design note: this script owns the benchmark instances and the measurements; it writes one
 JSON record per (instance, method) to the results file as soon as it is measured (so a long
 run can be stopped and resumed with --resume). Times are warm and in-process: each method runs
-once untimed first (JIT compile, library load), then the best of --repeat timed runs.
+once untimed first (JIT compile, library load), then the best of --repeat timed runs, the
+methods of an instance taking turns run by run.
 
     python benchmarks/mapping/run.py --out benchmarks/mapping/results.json
 """
@@ -94,14 +95,29 @@ def _one_thread(fn: Callable[[], np.ndarray]) -> np.ndarray:
         numba.set_num_threads(before)
 
 
-def measure(fn: Callable[[], np.ndarray], repeat: int) -> tuple[np.ndarray, float]:
-    result = fn()  # warm-up: JIT compile / library load
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return result, best
+def measure(fns: dict[str, Callable[[], np.ndarray]], repeats: dict[str, int]
+            ) -> dict[str, tuple[np.ndarray, float]]:
+    """Best time of each method, its timed runs interleaved with the others' (round robin).
+
+    Every method runs once untimed first (JIT compile, library load; a method whose library
+    is missing is skipped). A load spike on the shared machine then hits all methods of an
+    instance alike, so their ratios hold.
+    """
+    out = {}
+    for name in list(fns):
+        try:
+            out[name] = (fns[name](), float("inf"))
+        except ImportError as exc:
+            print(f"skip {name}: {exc}", flush=True)
+            del fns[name]
+    for r in range(max(repeats.values(), default=0)):
+        for name, fn in fns.items():
+            if r < repeats[name]:
+                t0 = time.perf_counter()
+                result = fn()
+                secs = time.perf_counter() - t0
+                out[name] = (result, min(out[name][1], secs))
+    return out
 
 
 def main() -> int:
@@ -122,24 +138,22 @@ def main() -> int:
             topo = load_topology(spec)
             for pname in args.patterns.split(","):
                 comm = make_pattern(pname, n)
+                fns, reps = {}, {}
                 for meth in args.methods.split(","):
                     if (spec, pname, n, meth) in done:
                         continue
-                    rep = args.repeat if n <= 16384 or meth in ("hpcmig", "block") else 1
+                    fns[meth] = method_fn(meth, comm, topo)
+                    reps[meth] = args.repeat if n <= 16384 or meth in ("hpcmig", "block") else 1
                     if n > 16384 and meth in ("hpcmig", "hpcmig-1thread"):
-                        rep = min(rep, 2)
-                    try:
-                        node_of, secs = measure(method_fn(meth, comm, topo), rep)
-                    except ImportError as exc:
-                        print(f"skip {meth}: {exc}", flush=True)
-                        continue
+                        reps[meth] = min(reps[meth], 2)
+                for meth, (node_of, secs) in measure(fns, reps).items():
                     rec = {"topology": spec, "pattern": pname, "ranks": n, "method": meth,
                            "hop_bytes": hop_bytes(comm, topo, node_of),
                            "max_link_load": max_link_load(comm, topo, node_of),
                            "seconds": secs}
                     records.append(rec)
                     print(json.dumps(rec), flush=True)
-                    args.out.write_text(json.dumps(records, indent=1) + "\n")
+                args.out.write_text(json.dumps(records, indent=1) + "\n")
     return 0
 
 
