@@ -180,7 +180,8 @@ def _grow_f(a: np.ndarray, need: int) -> np.ndarray:
 
 @njit(cache=True)
 def build_hierarchy(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, seed: int,
-                    min_vertices: int, max_levels: int, seq: bool) -> tuple[np.ndarray, ...]:
+                    min_vertices: int, max_levels: int, seq: bool, first_shrink: float
+                    ) -> tuple[np.ndarray, ...]:
     """Coarsen the whole rank graph once by heavy-edge matching: levels 1..L.
 
     Returns (hx, ha, he, hv, vofs, eofs, anc). Level l >= 1 is the CSR graph
@@ -188,7 +189,10 @@ def build_hierarchy(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, seed: int
     per cluster) hv[vofs[l-1] : vofs[l]]; anc[l, v] is the level-l cluster of rank v (anc[0]
     is the identity). Coarsening stops at `min_vertices` vertices, `max_levels` levels, or
     when a level shrinks by less than 10%. With `seq`, matching visits vertices in order
-    (ranks numbered along a grid give aligned clusters, so coarse levels stay sparse).
+    (ranks numbered along a grid give aligned clusters, so coarse levels stay sparse). No
+    level is kept when the first one still has more than `first_shrink` of the entries: the
+    pairs then cut across the structure (all-to-all in rows and columns with ranks numbered
+    at random pairs row with column partners), and clusters fixed once would spoil every cut.
     """
     n = len(xadj) - 1
     state = np.array([seed % (_MOD - 1) + 1], dtype=np.int64)
@@ -217,7 +221,7 @@ def build_hierarchy(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, seed: int
         he = _grow_f(he, e0 + len(ca))
         nc, ne = contract_into(cx, ca, ce, cv, match, cmap, hx[v0 + levels:v0 + levels + nl + 1],
                                ha[e0:e0 + len(ca)], he[e0:e0 + len(ca)], hv[v0:v0 + nl], mark)
-        if nc > 0.9 * nl:
+        if nc > 0.9 * nl or (levels == 0 and ne > first_shrink * len(adj)):
             break
         vofs[levels + 1] = v0 + nc
         eofs[levels + 1] = e0 + ne

@@ -44,6 +44,7 @@ SWAP_CANDIDATES = 4
 SMALL_TRIES = 4  # subgraphs of at most COARSEN_TO ranks: best of this many tries
 MIN_COARSE = 32  # dense graphs: a task is bisected as clusters while it has this many
 MAX_LEVELS = 40
+FIRST_SHRINK = 0.5  # dense graphs keep the hierarchy if pairing halves the entries
 LOCAL_RADIUS = 2.0  # ranks numbered along the grid: most partners within 2 sqrt(N)
 
 
@@ -93,7 +94,7 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     local = _kernels_graph.near_fraction(xadj, adj, LOCAL_RADIUS * np.sqrt(n)) >= 0.5
     if dense:
         hx, ha, he, hv, vofs, eofs, anc = _kernels_rb.build_hierarchy(
-            xadj, adj, w, seed, MIN_COARSE, MAX_LEVELS, local)
+            xadj, adj, w, seed, MIN_COARSE, MAX_LEVELS, local, FIRST_SHRINK)
     else:  # no coarse levels: every bisection starts from the ranks
         hx, ha, he, hv = (np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64),
                           np.zeros(1), np.zeros(1))

@@ -222,7 +222,7 @@ def test_recursive_bisection_on_clusters_fills_every_node_exactly(topo: Topology
     # dense traffic coarsened once: bisections of clusters must still give exact node counts
     g = random_graph(40, 0.6, 9)
     xadj, adj, ew = csr_arrays(g)
-    hier = _kernels_rb.build_hierarchy(xadj, adj, ew, 3, 4, 10, seq)
+    hier = _kernels_rb.build_hierarchy(xadj, adj, ew, 3, 4, 10, seq, 1.0)
     assert len(hier[4]) > 2  # at least two coarse levels
     caps = np.full(topo.n_nodes, 4, dtype=np.int64)
     caps[0] = 2  # uneven capacities, and two free slots in all
@@ -358,7 +358,8 @@ def test_near_fraction_matches_reference(small_graph: sp.csr_array, radius: floa
 def test_build_hierarchy_levels_are_quotients_of_the_rank_graph(seq: bool) -> None:
     g = random_graph(30, 0.3, 5)
     xadj, adj, ew = csr_arrays(g)
-    hx, ha, he, hv, vofs, eofs, anc = _kernels_rb.build_hierarchy(xadj, adj, ew, 7, 3, 10, seq)
+    hx, ha, he, hv, vofs, eofs, anc = _kernels_rb.build_hierarchy(xadj, adj, ew, 7, 3, 10, seq,
+                                                                  1.0)
     mat = ref.dense(xadj, adj, ew)
     levels = len(vofs) - 1
     assert levels >= 2 and anc.shape == (levels + 1, 30)
@@ -375,6 +376,18 @@ def test_build_hierarchy_levels_are_quotients_of_the_rank_graph(seq: bool) -> No
         np.testing.assert_allclose(ref.dense(x, a, e), ref.quotient(mat, anc[lev].tolist()))
         assert nc < len(_kernels_rb._level(lev - 1, xadj, adj, ew, hx, ha, he, hv, vofs, eofs,
                                            np.ones(30))[0]) - 1
+
+
+def test_build_hierarchy_keeps_no_level_when_pairing_does_not_shrink_the_graph() -> None:
+    g = random_graph(30, 0.3, 5)
+    xadj, adj, ew = csr_arrays(g)
+    full = _kernels_rb.build_hierarchy(xadj, adj, ew, 7, 3, 10, False, 1.0)
+    ratio = full[5][1] / len(adj)  # entries of level 1 / of the rank graph
+    kept = _kernels_rb.build_hierarchy(xadj, adj, ew, 7, 3, 10, False, ratio + 0.01)
+    assert len(kept[4]) == len(full[4])
+    dropped = _kernels_rb.build_hierarchy(xadj, adj, ew, 7, 3, 10, False, ratio - 0.01)
+    assert len(dropped[4]) == 1 and dropped[6].shape == (1, 30)
+    assert dropped[6][0].tolist() == list(range(30))
 
 
 @pytest.mark.parametrize("target0", [3, 5, 7, 10])
