@@ -29,6 +29,7 @@ def main() -> int:
     print("|" + "---|" * (len(SHOWN) + 6))
     met_q = met_b = total = with_block = 0
     speed: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+    slowest: dict[int, tuple[float, str]] = {}
     for (topo, pat, n), m in inst.items():
         if "block" not in m or "hpcmig" not in m:
             continue
@@ -59,12 +60,16 @@ def main() -> int:
             cells += ["-", "-", "-"]
         with_block += 1
         met_b += m["hpcmig"]["hop_bytes"] <= blk
+        secs = m["hpcmig"]["seconds"]
+        if secs > slowest.get(n, (0.0, ""))[0]:
+            slowest[n] = (secs, f"{topo} {pat}")
         print(f"| {topo} | {pat} | {n} | " + " | ".join(cells) + " |")
     print(f"\nhpcmig <= best tool + 1%: {met_q}/{total} instances; "
           f"hpcmig <= block: {met_b}/{with_block} instances.")
     for n, (count, fast, fast1) in sorted(speed.items()):
         print(f"\n{n} ranks: hpcmig no slower than the fastest tool on {fast}/{count} "
-              f"instances ({fast1}/{count} on one thread).")
+              f"instances ({fast1}/{count} on one thread); slowest hpcmig run "
+              f"{slowest[n][0]:.3g} s ({slowest[n][1]}).")
     return 0
 
 

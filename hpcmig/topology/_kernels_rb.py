@@ -4,10 +4,19 @@ Design note: private, arrays and scalars only, no validation (see `_kernels.py` 
 conventions and the random generator). `recursive_bisection` walks the machine's split order
 breadth first: a task is (ranks, range of node positions); it splits the range at its highest
 `split_key` nearest the capacity midpoint, bisects the ranks' subgraph with exact sizes (left
-side filled to capacity first), and queues both halves for the next level. On a torus the
-ranks already placed elsewhere pull each vertex towards the nearer half (`bias`), which
-orients the halves, so a torus level runs task after task; a tree's tasks are independent
-and a level runs in parallel (`prange`). Each task has its own random stream.
+side filled to capacity first), and queues both halves for the next level. A level goes in
+three steps: extract the tasks' subgraphs (serial), run every run of every bisection as a
+job (`_run_jobs`, the one parallel kernel: `prange` over jobs), keep each task's best run
+and even out its sides (serial). On a torus the ranks already placed elsewhere pull each
+vertex towards the nearer half (`bias`), which orients the halves, so a torus level runs
+task after task (each task's runs in parallel); a tree's tasks are independent and a level
+is one batch. Each task and each run has its own random stream.
+
+`build_hierarchy` coarsens a dense rank graph once; a task holding enough clusters of some
+level is then bisected as those clusters (`_extract` at that level, `_finish` to exact
+sizes), so the recursion stops walking every rank's entries at every level. The kernels are
+few and flat on purpose: numba re-optimises every callee inside each caller it is linked
+into, so each extra layer above `multilevel_bisect` costs seconds of cold compilation.
 """
 
 from __future__ import annotations
@@ -134,16 +143,6 @@ def multilevel_bisect(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.
                   max(tol, slack, gv[lvl].max()), 8)
     _force_balance(xadj, adj, ew, vw, bias, side, target0, 0.0)
     return side
-
-
-@njit(cache=True)
-def _ring_dist(a: np.ndarray, b: np.ndarray, ring: np.ndarray) -> float:
-    d = 0.0
-    for k in range(len(ring)):
-        x = abs(a[k] - b[k])
-        y = ring[k] - x
-        d += x if x < y else y
-    return d
 
 
 @njit(cache=True)
@@ -408,17 +407,19 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: n
                         ha: np.ndarray, he: np.ndarray, hv: np.ndarray, vofs: np.ndarray,
                         eofs: np.ndarray, anc: np.ndarray, caps: np.ndarray, keys: np.ndarray,
                         ccum: np.ndarray, ring: np.ndarray, seed: int, ntries: int,
-                        small_tries: int, coarsen_to: int, nruns: int, runs_above: int,
-                        min_coarse: int, seq_run: bool) -> np.ndarray:
+                        small_tries: int, coarsen_to: int, nruns: int, root_runs: int,
+                        runs_above: int, min_coarse: int, seq_run: bool) -> np.ndarray:
     """Position (index into the topology order) of every rank; `caps` are slots per position.
 
     `ccum` is the (M+1, D) cumulative sum of torus coordinates along the order (D = 0 for
     hierarchical machines); `ring` holds the torus extents as floats. The hierarchy
     (`build_hierarchy`; no levels for sparse graphs) lets a task of many ranks be bisected as
     clusters: at the coarsest level where it still has `min_coarse` of them. A bisection of
-    more than `runs_above` ranks keeps the best of `nruns` runs (run 0 in rank order when
-    `seq_run`); smaller ones make one run, with `small_tries` initial bisections when they
-    are not coarsened at all (at most `coarsen_to` vertices), else `ntries`.
+    more than `runs_above` ranks keeps the best of `nruns` runs (`root_runs` for the first
+    cut of a tree; run 0 in rank order when `seq_run`) with `ntries` initial bisections
+    each (half below 4 runs_above ranks); smaller ones make two runs of half the tries, or,
+    when they are not coarsened at all (at most `coarsen_to` vertices), `small_tries` runs of
+    one try.
 
     Level by level: a tree's tasks are independent (each reads where the other ranks were
     placed by the previous levels only), so all runs of all tasks of a level go in parallel;
@@ -519,6 +520,8 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: n
                 tseed[k] = (base + 1_000_003 * lo + 7919 * hi) % (_MOD - 1) + 1
                 if ns > runs_above:  # runs of a full multilevel bisection (fewer initial
                     truns[k] = nruns  # tries on the lower levels: cheap cuts, many tasks)
+                    if dims == 0 and 2 * ns > n:  # a tree's first cut: its costliest
+                        truns[k] = max(nruns, root_runs)
                     tries[k] = ntries if ns > 4 * runs_above else max(1, ntries // 2)
                 elif nv > coarsen_to:  # coarsened once or twice: two runs, half the tries
                     truns[k] = min(2, nruns)

@@ -38,6 +38,7 @@ MAX_RUNS = 6
 RUN_WORK = 50_000  # small graphs: up to RUN_WORK / edge entries runs per bisection
 DENSE_DEGREE = 32
 TORUS_RUNS = 2
+ROOT_RUNS = 3  # sparse graphs: a tree's first cut (costliest, made once) gets 3x the runs
 RUNS_ABOVE = 2 * COARSEN_TO  # smaller subgraphs: one run
 REFINE_PASSES = 4
 SWAP_CANDIDATES = 4
@@ -68,9 +69,11 @@ def bisection_runs(n: int, nnz: int, tree: bool = True) -> int:
     """Independent multilevel runs per coarsened bisection (best kept).
 
     Sparse graphs on a tree: MIN_RUNS, more on small graphs where they are cheap (an unlucky
-    coarsening of a grid costs a few percent). On a torus TORUS_RUNS, run in parallel (the
-    pull of placed ranks and the final swaps matter more there). Dense graphs (all-to-all in
-    rows/columns): one run, as their runs agree and each costs O(edges) per level.
+    coarsening of a grid costs a few percent), and ROOT_RUNS times as many for the first cut
+    (the costliest per byte, made once: an unlucky one spoils every level below). On a
+    torus TORUS_RUNS, run in parallel (the pull of placed ranks and the final swaps matter
+    more there). Dense graphs (all-to-all in rows/columns): one run, as their runs agree and
+    each costs O(edges) per level.
     """
     if nnz > DENSE_DEGREE * n:
         return 1
@@ -101,6 +104,7 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
         vofs, eofs = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
         anc = np.arange(n, dtype=np.int64).reshape(1, n)
     groups, half, coords, ring = _topo_arrays(topology)
+    runs = bisection_runs(n, len(adj), topology.hierarchical)
     order = topology.order
     dims = coords.shape[1]
     ccum = np.zeros((topology.n_nodes + 1, dims), dtype=np.float64)
@@ -108,7 +112,7 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     pos = _kernels_rb.recursive_bisection(
         xadj, adj, w, hx, ha, he, hv, vofs, eofs, anc, caps[order],
         np.ascontiguousarray(topology.split_key), ccum, ring.astype(np.float64), seed,
-        INITIAL_TRIES, SMALL_TRIES, COARSEN_TO, bisection_runs(n, len(adj), topology.hierarchical),
+        INITIAL_TRIES, SMALL_TRIES, COARSEN_TO, runs, runs if dense else ROOT_RUNS * runs,
         RUNS_ABOVE, MIN_COARSE, local)
     node_of = order[pos].astype(np.int64)
     _kernels_cost.swap_refine(xadj, adj, w, node_of, caps, groups, half, coords, ring,

@@ -191,7 +191,7 @@ def _rb(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, topo: Topology, caps:
     ccum[1:] = np.cumsum(topo.coords[order], axis=0)
     pos = _kernels_rb.recursive_bisection(
         xadj, adj, ew, *(hier or _no_hierarchy(len(xadj) - 1)), caps[order], topo.split_key,
-        ccum, topo.ring.astype(np.float64), seed, 4, 4, 4, 2, 0, min_coarse, seq)
+        ccum, topo.ring.astype(np.float64), seed, 4, 4, 4, 2, 3, 0, min_coarse, seq)
     return order[pos]
 
 
