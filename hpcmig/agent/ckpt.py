@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import threading
-import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -26,7 +24,6 @@ from hpcmig import _procfs
 from hpcmig.agent.node import JobRecord, NodeAgent, netns_name
 from hpcmig.agent.server import Call, operation
 from hpcmig.checkpoint import _tree, criu, images, stream
-from hpcmig.checkpoint.base import CheckpointError
 from hpcmig.checkpoint.stream import Stream
 from hpcmig.controller.ops import ContainerRef, ContainerState
 from hpcmig.errors import HpcmigError, PermissionDenied
@@ -67,9 +64,7 @@ def _check_images(agent: NodeAgent, job_id: str, image_dir: str) -> str:
 
 
 def _init(agent: NodeAgent, ref: ContainerRef) -> int | None:
-    pids = _tree.in_netns(_net(agent, ref).netns_path)
-    inits = [p for p in pids if INIT_MODULE in _procfs.argv(p) and _procfs.ppid(p) not in pids]
-    return inits[0] if inits else None
+    return _tree.init_in_netns(_net(agent, ref).netns_path, INIT_MODULE)
 
 
 @contextlib.contextmanager
@@ -180,7 +175,7 @@ def remove_net(call: Call, job_id: str, ref: dict[str, Any]) -> None:
 @operation("ckpt.prepare_images", "job")
 def prepare_images(call: Call, job_id: str, image_dir: str, uid: int) -> None:
     root = _check_images(_agent(call), job_id, image_dir)
-    _stop_listeners(image_dir)
+    stream.stop_listeners(image_dir)
     images.create(root, image_dir, uid)
 
 
@@ -212,17 +207,8 @@ def verify_images(call: Call, job_id: str, image_dir: str, manifest_sha256: str 
 @operation("ckpt.remove_images", "job")
 def remove_images(call: Call, job_id: str, image_dir: str) -> None:
     _check_images(_agent(call), job_id, image_dir)
-    _stop_listeners(image_dir)
+    stream.stop_listeners(image_dir)
     images.remove(image_dir)
-
-
-def _stop_listeners(image_dir: str) -> None:
-    for pid in _tree.pids():
-        argv = _procfs.argv(pid)
-        if image_dir in argv and ("page-server" in argv or
-                                  "hpcmig.checkpoint.stream" in argv) and _tree.live(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 # -- engine -----------------------------------------------------------------------------------
@@ -269,18 +255,7 @@ def resume(call: Call, job_id: str, ref: dict[str, Any]) -> None:
 def kill(call: Call, job_id: str, ref: dict[str, Any]) -> None:
     agent = _agent(call)
     r = _ref(ref)
-    pid = _init(agent, r)
-    if pid is not None:
-        criu.kill_stopped(pid)
-    netns = _net(agent, r).netns_path
-    deadline = time.monotonic() + 30
-    while (left := _tree.in_netns(netns)) and time.monotonic() < deadline:
-        for p in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGKILL)
-        time.sleep(0.02)
-    if _tree.in_netns(netns):
-        raise CheckpointError(f"{r.name} on {agent.node} survived SIGKILL")
+    criu.kill_in_netns(_net(agent, r).netns_path, f"{r.name} on {agent.node}")
     with agent.job_lock(str(job_id)):
         rec = agent.load(str(job_id))
         if rec is not None and r.index in rec.containers:

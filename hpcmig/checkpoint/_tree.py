@@ -61,6 +61,15 @@ def in_netns(netns_path: str) -> list[int]:
     return found
 
 
+def init_in_netns(netns_path: str, marker: str) -> int | None:
+    """The container's init among the processes of a netns: its argv names `marker` (the
+    init's module) and its parent is not in the netns (children of the init may be inits of
+    nothing). None: no init (absent, or a tree a cut-short restore left without one)."""
+    found = in_netns(netns_path)
+    inits = [p for p in found if marker in _procfs.argv(p) and _procfs.ppid(p) not in found]
+    return inits[0] if inits else None
+
+
 def live(pid: int) -> bool:
     return _procfs.state(pid) not in (None, "Z", "X")
 

@@ -39,6 +39,7 @@ from hpcmig.checkpoint.base import (
 )
 from hpcmig.errors import CommandError, HpcmigError
 from hpcmig.runtime.base import Container, ContainerSpec
+from hpcmig.runtime.ns import INIT_MODULE
 
 DEFAULT_KEY = "extnet"
 DUMP_TIMEOUT = 900.0
@@ -262,6 +263,23 @@ def _own_pid_namespace(init_pid: int) -> None:
     if _tree.ns_link(init_pid, "pid") == _tree.ns_link("self", "pid"):
         raise CheckpointError(f"pid {init_pid} is not the init of a container "
                               "(it shares this process's PID namespace)")
+
+
+def kill_in_netns(netns_path: str, what: str, timeout: float = 30.0) -> None:
+    """Kill the container copy living in netns_path and wait until none of it is left:
+    its init (the whole PID namespace) and any tree without an init (a restore cut short).
+    Idempotent."""
+    pid = _tree.init_in_netns(netns_path, INIT_MODULE)
+    if pid is not None:
+        kill_stopped(pid)
+    deadline = time.monotonic() + timeout
+    while (left := _tree.in_netns(netns_path)) and time.monotonic() < deadline:
+        for p in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        time.sleep(0.02)
+    if _tree.in_netns(netns_path):
+        raise CheckpointError(f"{what} survived SIGKILL")
 
 
 def _reap(pid: int) -> None:

@@ -141,6 +141,17 @@ def close_stream(stream: Stream) -> None:
     _stop(stream.receiver_pid, "hpcmig.checkpoint.stream")
 
 
+def stop_listeners(image_dir: str) -> None:
+    """SIGKILL page servers and receivers still serving image_dir (a stream whose opener died
+    before journaling it)."""
+    for pid in _tree.pids():
+        argv = _procfs.argv(pid)
+        if image_dir in argv and ("page-server" in argv or
+                                  "hpcmig.checkpoint.stream" in argv) and _tree.live(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:

@@ -21,16 +21,14 @@ import contextlib
 import json
 import os
 import pickle
-import signal
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from hpcmig import _procfs
 from hpcmig.checkpoint import _tree, criu, images, stream
-from hpcmig.checkpoint.base import CheckpointError, DumpStats
+from hpcmig.checkpoint.base import DumpStats
 from hpcmig.checkpoint.stream import Stream
 from hpcmig.controller.journal import Journal
 from hpcmig.controller.ops import ContainerRef, ContainerState
@@ -154,9 +152,7 @@ class LocalOps:
         return _tree.in_netns(self.net(node, ref).netns_path)
 
     def _init(self, node: str, ref: ContainerRef) -> int | None:
-        pids = self._pids(node, ref)
-        inits = [p for p in pids if INIT_MODULE in _procfs.argv(p) and _ppid(p) not in pids]
-        return inits[0] if inits else None
+        return _tree.init_in_netns(self.net(node, ref).netns_path, INIT_MODULE)
 
     def container(self, node: str, ref: ContainerRef) -> Container:
         """The running (or stopped) container on node, as the runtime describes it."""
@@ -216,7 +212,7 @@ class LocalOps:
 
     # -- MigrationOps: images ----------------------------------------------------------------
     def prepare_images(self, node: str, image_dir: str, uid: int) -> None:
-        self._stop_listeners(image_dir)
+        stream.stop_listeners(image_dir)
         images.create(self._root_of(image_dir), image_dir, uid)
 
     def open_stream(self, node: str, image_dir: str, uid: int, peer: str) -> Stream:
@@ -233,18 +229,8 @@ class LocalOps:
         images.verify(image_dir, manifest_sha256)
 
     def remove_images(self, node: str, image_dir: str) -> None:
-        self._stop_listeners(image_dir)
+        stream.stop_listeners(image_dir)
         images.remove(image_dir)
-
-    def _stop_listeners(self, image_dir: str) -> None:
-        """Page servers and receivers still serving image_dir (a stream whose opener died
-        before journaling it)."""
-        for pid in _tree.pids():
-            argv = _procfs.argv(pid)
-            if image_dir in argv and ("page-server" in argv or
-                                      "hpcmig.checkpoint.stream" in argv) and _tree.live(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
 
     # -- MigrationOps: engine ----------------------------------------------------------------
     def dump(self, node: str, ref: ContainerRef, image_dir: str,
@@ -265,25 +251,7 @@ class LocalOps:
             criu.resume(pid)
 
     def kill(self, node: str, ref: ContainerRef) -> None:
-        pid = self._init(node, ref)
-        if pid is not None:
-            criu.kill_stopped(pid)
-        deadline = time.monotonic() + 30
-        while (left := self._pids(node, ref)) and time.monotonic() < deadline:
-            for p in left:  # a tree without its init (a restore cut short)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
-            time.sleep(0.02)
-        if self._pids(node, ref):
-            raise CheckpointError(f"{ref.name} on {node} survived SIGKILL")
-
-
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
+        criu.kill_in_netns(self.net(node, ref).netns_path, f"{ref.name} on {node}")
 
 
 def main(argv: list[str] | None = None) -> int:
