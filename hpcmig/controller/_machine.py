@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpcmig.checkpoint.base import Refused
 from hpcmig.controller.journal import Journal
 from hpcmig.controller.ops import ContainerRef, ContainerState, MigrationOps
 from hpcmig.errors import HpcmigError
@@ -104,6 +105,26 @@ class Machine:
             raise
         self.journal.step_ended(self.op_id, seq, "done", result=result)
         return result
+
+    def run_steps(self, steps: Iterable[tuple[str, Callable[[], dict[str, Any] | None]]]
+                  ) -> Outcome:
+        """Run forward steps in order. A refusal at `check` ends the operation `refused`;
+        any other failure goes to the machine's `_fail` (roll back, or forward if past the
+        point of no return)."""
+        try:
+            for name, effect in steps:
+                self.step(name, effect)
+        except Refused as exc:
+            if self.last_forward() == ("check", "failed"):
+                self.journal.set_state(self.op_id, "refused", str(exc))
+                return self.outcome()
+            return self._fail(exc)
+        except Exception as exc:
+            return self._fail(exc)
+        return self.outcome()
+
+    def _fail(self, exc: Exception) -> Outcome:
+        raise NotImplementedError
 
     def last_forward(self) -> tuple[str, str] | None:
         """(name, status) of the last forward step journaled, None if none was."""

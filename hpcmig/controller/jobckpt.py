@@ -122,17 +122,7 @@ class _JobMachine(Machine):
         return [name for name, _ in self.forward()]
 
     def run(self, start: int = 0) -> Outcome:
-        try:
-            for name, effect in self.forward()[start:]:
-                self.step(name, effect)
-        except Refused as exc:
-            if self.last_forward() == ("check", "failed"):
-                self.journal.set_state(self.op_id, "refused", str(exc))
-                return self.outcome()
-            return self._fail(exc)
-        except Exception as exc:
-            return self._fail(exc)
-        return self.outcome()
+        return self.run_steps(self.forward()[start:])
 
     def _fail(self, exc: Exception) -> Outcome:
         last = self.last_forward()

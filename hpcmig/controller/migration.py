@@ -105,17 +105,7 @@ class Migration(Machine):
 
     # -- running -------------------------------------------------------------------------
     def run(self, start: str = "check") -> Outcome:
-        try:
-            for name in FORWARD[_at(start):]:
-                self.step(name, getattr(self, f"_{name}"))
-        except Refused as exc:
-            if self.last_forward() == ("check", "failed"):
-                self.journal.set_state(self.op_id, "refused", str(exc))
-                return self.outcome()
-            return self._fail(exc)
-        except Exception as exc:
-            return self._fail(exc)
-        return self.outcome()
+        return self.run_steps((name, getattr(self, f"_{name}")) for name in FORWARD[_at(start):])
 
     def _fail(self, exc: Exception) -> Outcome:
         try:
