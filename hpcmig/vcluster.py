@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from typing import Any
 
 from hpcmig.errors import UsageError
@@ -152,7 +152,3 @@ def plan(
         members=members, spares=tuple(nodes[len(hosting):]),
         node_addrs={n: node_addrs[n] for n in nodes}, image=image, runtime=runtime, mpi=mpi,
     )
-
-
-def in_block(address: str, block: str) -> bool:
-    return IPv4Address(address) in IPv4Network(block)

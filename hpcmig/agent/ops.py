@@ -69,18 +69,3 @@ def job_info(call: Call, job_id: str) -> dict[str, Any]:
 @operation("job.list", "admin")
 def job_list(call: Call) -> list[dict[str, Any]]:
     return [rec.to_json() for rec in _agent(call).records()]
-
-
-@operation("route.set", "admin")
-def route_set(call: Call, job_id: str, index: int, node: str, node_addr: str) -> None:
-    """Container `index` of the job is now hosted by `node`: re-point this node's route."""
-    agent = _agent(call)
-    with agent.job_lock(str(job_id)):
-        rec = agent.load(str(job_id))
-        if rec is None:
-            raise UsageError(f"no hpcmig job {job_id} here")
-        rec.vc = rec.vc.moved(int(index), node, node_addr)
-        agent.save(rec)
-        agent.write_hosts(rec.vc)
-        if node != agent.node:
-            agent.net.route_via(rec.vc.member(int(index)).address, node_addr)

@@ -17,10 +17,9 @@ import logging
 import pwd
 import socket
 import socketserver
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from hpcmig.agent import rpc
@@ -64,16 +63,6 @@ def operation(name: str, access: Access) -> Callable[[Handler], Handler]:
         OPERATIONS[name] = Operation(name, access, fn)
         return fn
     return deco
-
-
-@dataclass
-class JobLocks:
-    _locks: dict[str, threading.Lock] = field(default_factory=dict)
-    _guard: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, job_id: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(str(job_id), threading.Lock())
 
 
 def user_name(uid: int) -> str:

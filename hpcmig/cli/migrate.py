@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     ctl = Controller(progress=lambda m: console.print(f"hpcmig: {m}"))
     if args.dry_run:
         vc = ctl.vcluster(args.job_id)
-        for mv in plan_moves([vc], args.source, {}, args.target):
+        for mv in plan_moves([vc], args.source, args.target):
             console.print(f"would move container {mv.index} of job {mv.job_id} "
                           f"{mv.source} -> {mv.target or '(nowhere: ' + mv.reason + ')'}")
         return 0

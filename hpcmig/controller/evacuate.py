@@ -46,8 +46,8 @@ class Move:
     reason: str = ""
 
 
-def plan_moves(vcs: Sequence[VCluster], node: str, batch_hosts: dict[str, str],
-               target: str | None = None, unusable: frozenset[str] = frozenset()) -> list[Move]:
+def plan_moves(vcs: Sequence[VCluster], node: str, target: str | None = None,
+               unusable: frozenset[str] = frozenset()) -> list[Move]:
     """A move for every container on `node`: to `target` if given, else to a spare of its
     job (in the order Slurm listed them) that is not `unusable` (drained, down)."""
     moves = []
@@ -112,9 +112,9 @@ class Controller:
                          hint="submit it with #SBATCH --comment=hpcmig")
 
     def hpcmig_jobs_on(self, node: str) -> list[VCluster]:
-        info = self.agent(node).call("job.list")
-        return [VCluster.from_json(rec["vc"]) for rec in info
-                if any(int(i) >= 0 for i in rec["containers"])]
+        """The jobs whose virtual cluster has a container on `node` (its agent's records)."""
+        vcs = [VCluster.from_json(rec["vc"]) for rec in self.agent(node).call("job.list")]
+        return [vc for vc in vcs if vc.on_node(node)]
 
     # -- one container ----------------------------------------------------------------------
     def migrate_one(self, vc: VCluster, move: Move, transport: str = "shared") -> Outcome:
@@ -149,7 +149,7 @@ class Controller:
             raise UsageError(f"job {job_id} has no container on {source}",
                              hint="its containers: " + ", ".join(
                                  f"{m.index}@{m.node}" for m in vc.members))
-        moves = plan_moves([vc], source, {}, target, self._unusable())
+        moves = plan_moves([vc], source, target, self._unusable())
         outcomes = [self.migrate_one(vc, mv, transport) for mv in moves]
         bad = [o for o in outcomes if o.state != "done"]
         if bad:
@@ -162,9 +162,8 @@ class Controller:
 
     # -- a whole node -------------------------------------------------------------------------
     def plan_drain(self, node: str) -> tuple[list[VCluster], list[Move]]:
-        vcs = [vc for vc in self.hpcmig_jobs_on(node) if vc.on_node(node)]
-        batch = {vc.job_id: self.slurm.job(int(vc.job_id)).batch_host for vc in vcs}
-        return vcs, plan_moves(vcs, node, batch, None, self._unusable() | {node})
+        vcs = self.hpcmig_jobs_on(node)
+        return vcs, plan_moves(vcs, node, None, self._unusable() | {node})
 
     def evacuate(self, node: str, transport: str = "shared") -> list[Outcome]:
         vcs, moves = self.plan_drain(node)

@@ -57,10 +57,6 @@ def job_fields(job_id: str) -> dict[str, str]:
     raise SlurmError(f"scontrol does not know job {job_id}")
 
 
-def job_comment(job_id: str) -> str:
-    return job_fields(job_id).get("Comment", "")
-
-
 def _name_id(value: str) -> tuple[str, int]:
     """`hpcuser(1001)` -> ('hpcuser', 1001)."""
     name, _, rest = value.partition("(")
