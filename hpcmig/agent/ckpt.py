@@ -6,15 +6,17 @@ the containers share). Every operation names its job (`ref` or `job_id`), so a u
 their own job and nobody else's (access "job"); each also checks that the address belongs to
 that job's block and the image directory to that job's checkpoint tree. Besides the engine
 work, the operations keep this node's job record true: a restored container is added, a
-killed one removed, a re-pointed route moves the member. `NodeAgent` owns the records; the
-engine is `hpcmig.checkpoint`.
+killed one removed, a re-pointed route moves the member. An image container's writable layer
+travels inside its dump (`writable.tar`: under the manifest, the image dir's permissions and
+removal); the target rebuilds the root from it before `criu restore`
+(`NsRuntime.prepare_restore`), and killing a copy releases its root's mounts on that node.
+`NodeAgent` owns the records; the engine is `hpcmig.checkpoint`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
@@ -28,8 +30,12 @@ from hpcmig.checkpoint.stream import Stream
 from hpcmig.controller.ops import ContainerRef, ContainerState
 from hpcmig.errors import HpcmigError, PermissionDenied
 from hpcmig.network import ContainerNet, container_net
-from hpcmig.runtime.ns import INIT_MODULE
+from hpcmig.runtime import ns
+from hpcmig.runtime.base import Container, ContainerSpec
+from hpcmig.runtime.ns import INIT_MODULE, NsRuntime
 from hpcmig.vcluster import VCluster
+
+WRITABLE = "writable.tar"  # an image container's writable layer, in its dump
 
 _busy: set[str] = set()
 _busy_lock = threading.Lock()
@@ -65,6 +71,29 @@ def _check_images(agent: NodeAgent, job_id: str, image_dir: str) -> str:
 
 def _init(agent: NodeAgent, ref: ContainerRef) -> int | None:
     return _tree.init_in_netns(_net(agent, ref).netns_path, INIT_MODULE)
+
+
+def _runtime(container: Container) -> NsRuntime:
+    """The runtime that dumps and restores containers (only `ns` can: docs/runtime.md)."""
+    if container.runtime != NsRuntime.name:
+        raise HpcmigError(f"{container.name}: containers of the {container.runtime} runtime "
+                          "cannot move")
+    return NsRuntime()
+
+
+def _kill_copy(agent: NodeAgent, r: ContainerRef) -> None:
+    """Kill the copy of r on this node (idempotent), forget it, and release what it left:
+    its image root's mounts and state directory (also those of a restore cut short, which
+    the record never knew)."""
+    criu.kill_in_netns(_net(agent, r).netns_path, f"{r.name} on {agent.node}")
+    with agent.job_lock(str(r.job_id)):
+        rec = agent.load(str(r.job_id))
+        c = rec.containers.pop(r.index, None) if rec is not None else None
+        if rec is not None and c is not None:
+            agent.save(rec)
+    spec = c.spec if c is not None else ns.saved_spec(agent.config.containers_dir, r.name)
+    if spec is not None:
+        NsRuntime().abort_restore(spec)
 
 
 @contextlib.contextmanager
@@ -222,10 +251,13 @@ def dump(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
     if rec is None or r.index not in rec.containers:
         raise HpcmigError(f"{r.name} is not on {agent.node}")
     container = rec.containers[r.index]
+    runtime = _runtime(container)
     s = Stream.from_json(stream_) if stream_ else None
     with _engine(r):
         stats = criu.dump(container, image_dir,
-                          page_server=(s.address, s.page_port) if s else None)
+                          page_server=(s.address, s.page_port) if s else None,
+                          extra=lambda d: runtime.save_writable(container,
+                                                                os.path.join(d, WRITABLE)))
     return stats.to_json()
 
 
@@ -234,8 +266,18 @@ def restore(call: Call, job_id: str, ref: dict[str, Any], image_dir: str) -> int
     agent = _agent(call)
     r = _ref(ref)
     _check_images(agent, job_id, image_dir)
+    net = _net(agent, r)
+    old, _key = criu.saved_container(image_dir)
+    spec = ContainerSpec.from_json({**old.spec.to_json(), "netns": net.netns_path})
+    archive = os.path.join(image_dir, WRITABLE)
     with _engine(r):
-        container = criu.restore_container(image_dir, netns_path=_net(agent, r).netns_path)
+        _runtime(old).prepare_restore(spec, archive if os.path.exists(archive) else None)
+        try:
+            container = criu.restore_container(image_dir, netns_path=net.netns_path)
+        except Exception:
+            with contextlib.suppress(HpcmigError):
+                _kill_copy(agent, r)
+            raise
     with agent.job_lock(str(job_id)):
         rec = agent.load(str(job_id))
         if rec is not None:
@@ -253,12 +295,4 @@ def resume(call: Call, job_id: str, ref: dict[str, Any]) -> None:
 
 @operation("ckpt.kill", "job")
 def kill(call: Call, job_id: str, ref: dict[str, Any]) -> None:
-    agent = _agent(call)
-    r = _ref(ref)
-    criu.kill_in_netns(_net(agent, r).netns_path, f"{r.name} on {agent.node}")
-    with agent.job_lock(str(job_id)):
-        rec = agent.load(str(job_id))
-        if rec is not None and r.index in rec.containers:
-            c = rec.containers.pop(r.index)
-            agent.save(rec)
-            shutil.rmtree(os.path.join(c.spec.state_dir, c.spec.name), ignore_errors=True)
+    _kill_copy(_agent(call), _ref(ref))

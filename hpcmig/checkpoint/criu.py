@@ -26,6 +26,7 @@ import re
 import shlex
 import signal
 import time
+from collections.abc import Callable
 
 from hpcmig import _proc, _procfs
 from hpcmig.checkpoint import _sockets, _tree, images
@@ -127,12 +128,15 @@ def _run(what: str, argv: list[str], image_dir: str, log: str, timeout: float) -
 
 def dump(container: Container, image_dir: str, *, leave_stopped: bool = True,
          page_server: tuple[str, int] | None = None, netns_key: str = DEFAULT_KEY,
-         timeout: float = DUMP_TIMEOUT) -> DumpStats:
+         timeout: float = DUMP_TIMEOUT, extra: Callable[[str], object] | None = None
+         ) -> DumpStats:
     """Dump the container into image_dir (made by `images.create`), the netns external.
 
     leave_stopped: the tree stays stopped after the dump (the migration default), else CRIU
     kills it. page_server=(address, port): pages go to a `criu page-server` there (see
-    hpcmig.checkpoint.stream); the rest stays in image_dir. Writes container.json and the
+    hpcmig.checkpoint.stream); the rest stays in image_dir. extra(image_dir) runs after CRIU,
+    before the manifest: more files of the dump (an image container's writable layer), so
+    they are checksummed, sealed, sent and removed with it. Writes container.json and the
     manifest, seals the directory for the container's user, returns the stats."""
     reasons = refuse_reasons(container.init_pid)
     if reasons:
@@ -156,6 +160,8 @@ def dump(container: Container, image_dir: str, *, leave_stopped: bool = True,
     t0 = time.perf_counter()
     out = _run("criu dump", argv, image_dir, "dump.log", timeout)
     seconds = time.perf_counter() - t0
+    if extra is not None:
+        extra(image_dir)
     match = _PAGES_WRITTEN.search(out)
     pages = int(match.group(1)) if match else 0
     streamed = pages * PAGE_SIZE if page_server is not None else 0

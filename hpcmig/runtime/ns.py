@@ -67,6 +67,19 @@ def find_inits(state_dir: str = "/run/hpcmig/containers") -> dict[str, int]:
     return found
 
 
+def saved_spec(state_dir: str, name: str) -> ContainerSpec | None:
+    """The spec a container's state directory on this node holds (written by `start` and
+    `prepare_restore`), None if there is none: what a restore cut short left behind."""
+    try:
+        with open(os.path.join(state_dir, name, "spec.json"), encoding="utf-8") as fh:
+            return ContainerSpec.from_json(json.load(fh))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ContainerError(f"container {name}: unreadable spec.json in {state_dir}: {exc}"
+                             ) from None
+
+
 def _mnt_ns(pid: str) -> int | None:
     """Mount namespace inode: a node's containers share its mount namespace, so the same state
     path on another node of one machine (the testbed) is told apart by it."""
@@ -150,7 +163,9 @@ class NsRuntime(Runtime):
             raise
 
     def abort_restore(self, spec: ContainerSpec) -> None:
-        """Undo `prepare_restore` when the restore failed (no process of it may be left)."""
+        """Undo `prepare_restore` when the restore failed, or release what a killed copy left
+        on this node: its image root's mounts and its state directory. No process of the
+        copy may be left (they would lose their root). Idempotent."""
         self._remove_state(spec)
 
     def save_writable(self, container: Container, archive: str) -> bool:
