@@ -29,6 +29,7 @@ class Flavour:
     mpiexec: str  # this implementation's own launcher
     env: dict[str, str] = field(default_factory=dict)
     shim: str | None = None  # a directory with the soname mpi4py's module links against
+    preload: str | None = None  # a library of hpcmig's (native/) every rank preloads
 
     def libmpi_path(self) -> str:
         for d in _libdirs():
@@ -45,14 +46,17 @@ class Flavour:
         env = {k: v.replace("{if}", interface) for k, v in self.env.items()}
         env["MPI4PY_LIBMPI"] = self.libmpi_path()
         if self.shim:
-            shim = os.path.join(PREFIX, self.shim)
-            if not os.path.isdir(shim):
-                raise MissingDependency(
-                    f"{self.name}: {shim} is missing",
-                    "install it with: sudo bash scripts/bootstrap.sh install",
-                )
-            env["LD_LIBRARY_PATH"] = shim
+            env["LD_LIBRARY_PATH"] = self._installed(self.shim)
+        if self.preload:
+            env["LD_PRELOAD"] = self._installed(self.preload)
         return env
+
+    def _installed(self, relpath: str) -> str:
+        path = os.path.join(PREFIX, relpath)
+        if not os.path.exists(path):
+            raise MissingDependency(f"{self.name}: {path} is missing",
+                                    "install it with: sudo bash scripts/bootstrap.sh install")
+        return path
 
 
 FLAVOURS: dict[str, Flavour] = {
@@ -77,10 +81,21 @@ FLAVOURS: dict[str, Flavour] = {
         libmpi="libmpich.so.12",
         srun_mpi="pmi2",
         mpiexec="mpiexec.mpich",
-        env={"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "{if}"},
+        env={
+            "UCX_TLS": "tcp,self",
+            "UCX_NET_DEVICES": "{if}",
+        },
         shim="lib/mpich",
+        # MPI_Finalize over UCX 1.13's TCP hangs about one job in four without it
+        # (native/ucx_finalize.c says why)
+        preload="lib/libhpcmig-ucx-finalize.so",
     ),
 }
+
+
+def preloads() -> list[str]:
+    """Every library a flavour preloads into its ranks (image containers carry copies)."""
+    return [os.path.join(PREFIX, f.preload) for f in FLAVOURS.values() if f.preload]
 
 
 def flavour(name: str) -> Flavour:

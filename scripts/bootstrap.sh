@@ -118,6 +118,8 @@ install_python() {
 install_jobs() {
   # the C workloads of jobs/, one binary per MPI (PREFIX/jobs/bin/ring.{mpich,openmpi})
   make -s -C "$HERE/jobs" install PREFIX="$PREFIX" BUILD="$PREFIX/src/jobs-build" >/dev/null
+  # hpcmig's native libraries (PREFIX/lib/libhpcmig-ucx-finalize.so: MPICH ranks preload it)
+  make -s -C "$HERE/native" install PREFIX="$PREFIX" BUILD="$PREFIX/src/native-build" >/dev/null
 }
 
 action=${1:-install}

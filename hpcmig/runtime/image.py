@@ -31,7 +31,7 @@ import shutil
 from dataclasses import dataclass
 
 import hpcmig
-from hpcmig import _proc
+from hpcmig import _proc, mpi
 from hpcmig.auth import munge
 from hpcmig.errors import CommandError, HpcmigError
 from hpcmig.runtime import sif
@@ -180,6 +180,9 @@ def _write_tools(lay: Layout) -> None:
     os.chmod(rsh, 0o755)
     os.utime(rsh, (0, 0))  # identical on every node: CRIU compares what it restores
     shutil.copy2(_libmunge_path(), f"{lay.tools}/lib/libmunge.so.2")
+    for lib in mpi.preloads():  # the MPI fixes `hpcmig run` preloads into ranks
+        if os.path.isfile(lib):
+            shutil.copy2(lib, f"{lay.tools}/lib/")
 
 
 def _write_hosts(spec: ContainerSpec, lay: Layout) -> str | None:
