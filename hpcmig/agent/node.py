@@ -166,8 +166,10 @@ class NodeAgent:
             if m.node != self.node:
                 self.net.route_via(m.address, m.node_addr)
 
-    def setup(self, vc: VCluster) -> JobRecord:
-        """This node's part of the virtual cluster; idempotent (a retried prolog is fine)."""
+    def setup(self, vc: VCluster, start: bool = True) -> JobRecord:
+        """This node's part of the virtual cluster; idempotent (a retried prolog is fine).
+        `start=False`: everything but the containers (a requeued job whose checkpoint is to
+        be restored here: hpcmig.controller.restart)."""
         old = self.load(vc.job_id)
         rec = JobRecord(vc, dict(old.containers) if old else {})
         self.save(rec)  # the owner is known from now on, even if building fails
@@ -176,7 +178,7 @@ class NodeAgent:
         self.write_hosts(vc)
         self.user_dir(vc)
         runtime = get_runtime(vc.runtime)
-        for m in vc.on_node(self.node):
+        for m in vc.on_node(self.node) if start else []:
             if m.index in rec.containers and runtime.is_running(rec.containers[m.index]):
                 continue
             net = self.container_net(vc, m)

@@ -29,12 +29,13 @@ def ping(call: Call) -> dict[str, Any]:
 
 
 @operation("job.setup", "admin")
-def job_setup(call: Call, vcluster: dict[str, Any]) -> dict[str, Any]:
-    """Build this node's part of a job's virtual cluster (the prolog calls this)."""
+def job_setup(call: Call, vcluster: dict[str, Any], restoring: bool = False) -> dict[str, Any]:
+    """Build this node's part of a job's virtual cluster (the prolog calls this); with
+    `restoring`, no container: the job's checkpoint will be restored here."""
     agent = _agent(call)
     vc = VCluster.from_json(vcluster)
     with agent.job_lock(vc.job_id):
-        rec = agent.setup(vc)
+        rec = agent.setup(vc, start=not restoring)
     return {"containers": [c.to_json() for c in rec.containers.values()]}
 
 

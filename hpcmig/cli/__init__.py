@@ -22,8 +22,11 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "demo",
     "run": "run",
     "migrate": "migrate",
+    "recover": "recover",
     "drain": "drain",
     "resume": "resume",
+    "checkpoint": "checkpoint",
+    "restore": "restore",
     "map": "map",
 }
 

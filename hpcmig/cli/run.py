@@ -103,8 +103,29 @@ def run(args: argparse.Namespace) -> int:
     n = args.ntasks or int(os.environ.get("SLURM_NTASKS") or 0) or len(vc.members)
     members = sorted(vc.members, key=lambda m: m.index)
     slots = mpi_launch.block_slots(n, len(members), args.ppn)
-    run_dir = _next_run_dir(Path(cfg.state_dir) / "jobs" / job_id,
-                            int(os.environ.get("SLURM_RESTART_COUNT") or 0))
+    # a requeued job restored from a whole-job checkpoint (hpcmig.controller.restart): the
+    # containers come back on this allocation, then each step of the batch script either
+    # ended before the checkpoint (its recorded exit code), was running (reattach), or runs
+    restored = agent.call("job.restore", timeout=1800, job_id=job_id)
+    if restored["restored"]:
+        print(f"hpcmig run: job {job_id} restored from the checkpoint of run "
+              f"{restored['from_restart']} ({len(members)} container(s))", file=sys.stderr,
+              flush=True)
+    incarnation = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    run_dir = _next_run_dir(Path(cfg.state_dir) / "jobs" / job_id, incarnation)
+    if vc.restart != incarnation:
+        before = run_dir.parent / run_dir.name.replace(f"run-{incarnation}-",
+                                                       f"run-{vc.restart}-", 1)
+        if (before / "exit.json").exists():
+            code = int(json.loads((before / "exit.json").read_text())["exit_code"])
+            print(f"hpcmig run: this step ended before the checkpoint (exit {code})",
+                  file=sys.stderr, flush=True)
+            return code
+        if before.is_dir():
+            print("hpcmig run: reattaching to the step the checkpoint caught running",
+                  file=sys.stderr, flush=True)
+            return _wait(before, head.address, {"env": {}, "cwd": "/", "munge_socket": munge},
+                         grace=HEARTBEAT_TIMEOUT)
     hostfile = run_dir / "hostfile"
     hostfile.write_text(mpi_launch.hostfile(flavour, [m.address for m in members], slots))
     venv_bin = os.path.dirname(sys.executable)
@@ -118,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         env["PYTHONPATH"] = ":".join(p for p in (image.TOOLS + "/python",
                                                  env.get("PYTHONPATH")) if p)
         python = ["env", f"PYTHONPATH={image.TOOLS}/python", "python3"]
+        if "LD_PRELOAD" in env:  # the image layer carries a copy (image.TOOLS/lib)
+            env["LD_PRELOAD"] = f"{image.TOOLS}/lib/{os.path.basename(env['LD_PRELOAD'])}"
     env["HPCMIG_HOSTS"] = info["hosts_file"]
     if munge:
         env["HPCMIG_MUNGE_SOCKET"] = munge
@@ -140,10 +163,13 @@ def run(args: argparse.Namespace) -> int:
     return _wait(run_dir, head.address, common)
 
 
-def _wait(run_dir: Path, address: str, common: dict[str, Any]) -> int:
+def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.0) -> int:
+    """The launcher's exit code; `grace`: seconds before a stale heartbeat counts (a restored
+    launcher's last beat is as old as its checkpoint)."""
     from hpcmig.errors import HpcmigError
     from hpcmig.runtime import client
 
+    beats_from = time.time() + grace
     stopping: list[int] = []
     old = {s: signal.signal(s, lambda n, _f: stopping.append(n))
            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
@@ -163,7 +189,8 @@ def _wait(run_dir: Path, address: str, common: dict[str, Any]) -> int:
             if sent is not None and time.monotonic() - sent > STOP_GRACE:
                 return 128 + stopping[0]
             beat = run_dir / "heartbeat"
-            if beat.exists() and time.time() - beat.stat().st_mtime > HEARTBEAT_TIMEOUT:
+            if (beat.exists() and time.time() > beats_from
+                    and time.time() - beat.stat().st_mtime > HEARTBEAT_TIMEOUT):
                 raise HpcmigError(f"the MPI launcher in {address} stopped reporting "
                                   f"(no heartbeat for {HEARTBEAT_TIMEOUT:g} s)")
             time.sleep(0.25)

@@ -13,6 +13,7 @@ image) is recorded on the agent and reported by `hpcmig run`; the hook exits 0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -23,6 +24,7 @@ from hpcmig import _proc
 from hpcmig import config as site_config
 from hpcmig.agent.rpc import AgentClient, RpcError
 from hpcmig.checkpoint import images
+from hpcmig.controller import restart
 from hpcmig.errors import HpcmigError, SlurmError, UsageError
 from hpcmig.network import AddressPool
 from hpcmig.slurm.hostlist import expand
@@ -118,8 +120,11 @@ def prolog(job_id: str, node: str) -> int:
     except (UsageError, SlurmError) as exc:
         log("prolog", job_id, f"cannot plan the virtual cluster: {exc}")
         return 0
+    ckpt = restart.pending(cfg.checkpoint_dir, job_id)
+    if ckpt is not None:  # a requeued job: its checkpointed incarnation's names, no container
+        vc = dataclasses.replace(vc, restart=ckpt.restart)
     try:
-        agent.call("job.setup", vcluster=vc.to_json())
+        agent.call("job.setup", vcluster=vc.to_json(), restoring=ckpt is not None)
     except UsageError as exc:  # the job's own mistake: tell the job, keep the node
         log("prolog", job_id, f"job error: {exc}")
         with contextlib.suppress(HpcmigError):
@@ -129,6 +134,10 @@ def prolog(job_id: str, node: str) -> int:
         log("prolog", job_id, f"node fault: {exc}")
         return 1
     here = [m for m in vc.members if m.node == node]
+    if ckpt is not None:
+        log("prolog", job_id, f"ready to restore the checkpoint of run {ckpt.restart}: "
+            + (", ".join(f"container {m.index} at {m.address}" for m in here) or "spare node"))
+        return 0
     log("prolog", job_id, "ready: " + (", ".join(f"container {m.index} at {m.address}"
                                                  for m in here) or "spare node, routes only"))
     return 0
@@ -155,7 +164,10 @@ def epilog(job_id: str, node: str) -> int:
     except HpcmigError as exc:
         log("epilog", job_id, f"teardown failed: {exc}")
         return 1
-    if fields and fields.get("JobState", "").upper() in ENDED_STATES:
+    ended = fields.get("JobState", "").upper() in ENDED_STATES if fields else False
+    if ended and restart.pending(cfg.checkpoint_dir, job_id) is not None:
+        ended = False  # requeued from a whole-job checkpoint: kept for its restore
+    if ended:
         AddressPool(str(cfg.pool_state), cfg.pool, cfg.block_prefix).release(job_id)
         shutil.rmtree(os.path.join(cfg.state_dir, "jobs", job_id), ignore_errors=True)
         for root in (cfg.checkpoint_dir, os.path.join(cfg.run_dir, "spool")):
