@@ -4,9 +4,11 @@ Design note: a step is journaled (`started`) *before* its effect runs and marked
 `failed` after, so after a crash the journal names the step that may have been half done.
 Fault injection sits exactly at those two points: `HPCMIG_FAULT=<step>:kill` SIGKILLs the
 process right after the step is journaled (before its effect), `<step>:kill-after` right
-after the effect (before it is marked done), `<step>:fail` raises instead of running it.
-Rollback actions are named `undo:<action>`. Several entries: comma-separated. Unit tests
-pass a hook instead of the environment. No effects here besides the journal and the fault.
+after the effect (before it is marked done), `<step>:fail` raises instead of running it,
+`<step>:stop` / `<step>:stop-after` SIGSTOP the process at those two points (a test does
+something to the world, e.g. corrupts an image, then SIGCONTs it). Rollback actions are
+named `undo:<action>`. Several entries: comma-separated. Unit tests pass a hook instead of
+the environment. No effects here besides the journal and the fault.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hpcmig.controller.ops import ContainerRef, ContainerState, MigrationOps
 from hpcmig.errors import HpcmigError
 
 FaultHook = Callable[[str, str], None]  # (point: "before" | "after", step name)
+ACTIONS = ("kill", "kill-after", "fail", "stop", "stop-after")  # HPCMIG_FAULT actions
 SETTLE_TIMEOUT = 900.0  # how long recovery waits for an engine command still running
 
 
@@ -41,9 +44,9 @@ def env_faults(value: str | None = None) -> FaultHook | None:
     entries: list[tuple[str, str]] = []
     for item in filter(None, (i.strip() for i in text.split(","))):
         name, _, action = item.rpartition(":")
-        if not name or action not in ("kill", "kill-after", "fail"):
+        if not name or action not in ACTIONS:
             raise HpcmigError(f"bad HPCMIG_FAULT entry {item!r}",
-                              hint="use <step>:kill, <step>:kill-after or <step>:fail")
+                              hint="use <step>:ACTION, ACTION one of " + ", ".join(ACTIONS))
         entries.append((name, action))
     if not entries:
         return None
@@ -55,6 +58,8 @@ def env_faults(value: str | None = None) -> FaultHook | None:
             if (action, point) in (("kill", "before"), ("kill-after", "after")):
                 os.kill(os.getpid(), signal.SIGKILL)
                 time.sleep(10)  # the signal is delivered before this returns
+            if (action, point) in (("stop", "before"), ("stop-after", "after")):
+                os.kill(os.getpid(), signal.SIGSTOP)  # returns once SIGCONT came
             if action == "fail" and point == "before":
                 raise InjectedFault(f"injected failure at step {step}")
 
@@ -124,6 +129,10 @@ class Machine:
         return self.outcome()
 
     def _fail(self, exc: Exception) -> Outcome:
+        raise NotImplementedError
+
+    def resume_after_crash(self) -> Outcome:
+        """Finish or roll back the operation according to its journal (recovery)."""
         raise NotImplementedError
 
     def last_forward(self) -> tuple[str, str] | None:

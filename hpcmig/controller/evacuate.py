@@ -9,32 +9,80 @@ allocation free of containers; a container moves to a spare of its own job, so n
 process ever runs on a node Slurm does not list for that job. When a node is drained, the
 job is then shrunk off it (`scontrol update JobId=... NodeList=...`), which lets Slurm call
 the node DRAINED. The batch host cannot leave a job (Slurm keeps the batch step there).
+
+One controller process at a time works on a job: `job_lock` (an flock in the state
+directory, released by the kernel when the holder dies, SIGKILL included) is held around
+"recover what a crash left, then migrate", and `recover` skips a job whose lock a live
+process holds, so an operation still being driven is never mistaken for a crashed one.
+`recover` closes a migration whose job run has ended (the epilog removed its containers,
+routes and images) and hands every other open operation to `recovery.recover`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hpcmig import config as site_config
 from hpcmig.agent.rpc import AgentClient
 from hpcmig.checkpoint import images
 from hpcmig.controller._machine import Outcome
 from hpcmig.controller.agentops import AgentOps
-from hpcmig.controller.journal import Journal
+from hpcmig.controller.journal import Journal, Operation
+from hpcmig.controller.migration import KIND as MIGRATE
 from hpcmig.controller.migration import MigrationSpec, migrate
-from hpcmig.controller.ops import ContainerRef
-from hpcmig.controller.recovery import recover
-from hpcmig.errors import HpcmigError, UsageError
+from hpcmig.controller.ops import ContainerRef, MigrationOps
+from hpcmig.controller.recovery import recover, recover_one
+from hpcmig.errors import HpcmigError, SlurmError, UsageError
 from hpcmig.slurm import Slurm
 from hpcmig.slurm.hostlist import compress
 from hpcmig.vcluster import VCluster
 
 Progress = Callable[[str], None]
+# Slurm states in which a job's processes still exist (stopped): its operations wait.
+HELD = ("SUSPENDED", "STOPPED")
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What `Controller.recover` did with one open operation. state: done, rolled_back,
+    stuck, busy (another live process works on the job), open (dry run: nothing done)."""
+
+    op: Operation  # as the journal showed it before recovery
+    state: str
+    note: str = ""
+    outcome: Outcome | None = None
+
+
+def describe(op: Operation) -> str:
+    """One line naming an operation: `migrate job 42 container 1 node2 -> node3`."""
+    if op.kind == MIGRATE:
+        spec = MigrationSpec.from_json(op.spec)
+        return (f"migrate job {op.job_id} container {spec.ref.index} "
+                f"{spec.source} -> {spec.target}")
+    return f"{op.kind} job {op.job_id}"
+
+
+def _restarts(spec: Any) -> set[int]:
+    """The job restart counts the containers named anywhere in an operation's spec have."""
+    found: set[int] = set()
+    if isinstance(spec, dict):
+        ref = spec.get("ref")
+        if isinstance(ref, dict) and "restart" in ref:
+            found.add(int(ref["restart"]))
+        for value in spec.values():
+            found |= _restarts(value)
+    elif isinstance(spec, list):
+        for value in spec:
+            found |= _restarts(value)
+    return found
 
 
 @dataclass(frozen=True)
@@ -93,6 +141,23 @@ class Controller:
             self._addrs = {n.name: n.address or n.name for n in self.slurm.nodes()}
         return self._addrs
 
+    @contextlib.contextmanager
+    def job_lock(self, job_id: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the job's controller lock (yields True); with wait=False yield False at once
+        when another process holds it."""
+        locks = Path(self.cfg.state_dir) / "controller.locks"
+        locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(locks / f"{job_id}.lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
+                self.progress(f"job {job_id}: waiting for another hpcmig process working on it")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            yield True
+
     def agent(self, node: str) -> AgentClient:
         return AgentClient(node, self.node_addrs()[node], self.cfg.agent_port, self.munge)
 
@@ -131,16 +196,39 @@ class Controller:
             src = dst = images.image_dir(spool, vc.job_id, vc.restart, move.index, tag)
         peers = tuple(n for n in vc.nodes() if n not in (move.source, move.target))
         spec = MigrationSpec(ref, move.source, move.target, peers, src, dst, transport)
-        ops = AgentOps(vc, self.node_addrs(), self.cfg.agent_port, self.munge)
-        self.progress(f"job {vc.job_id}: moving container {move.index} ({member.address}) "
-                      f"{move.source} -> {move.target} ({transport})")
-        with Journal(self.journal_path) as journal:
-            recover(journal, ops, job_id=vc.job_id)  # finish anything a crash left open
+        ops = self.ops_for(vc)
+        with self.job_lock(vc.job_id), Journal(self.journal_path) as journal:
+            for old in recover(journal, ops, job_id=vc.job_id):  # what a crash left open
+                self._after_recovery(journal, old, move)
+            self.progress(f"job {vc.job_id}: moving container {move.index} ({member.address}) "
+                          f"{move.source} -> {move.target} ({transport})")
             outcome = migrate(journal, ops, spec)
         pause = f", pause {outcome.pause:.2f} s" if outcome.pause is not None else ""
         self.progress(f"job {vc.job_id}: container {move.index} {outcome.state}{pause}"
                       + (f": {outcome.error}" if outcome.error else ""))
         return outcome
+
+    def ops_for(self, vc: VCluster) -> MigrationOps:
+        """The effects on the job's nodes: its agents (tests put a fake here)."""
+        return AgentOps(vc, self.node_addrs(), self.cfg.agent_port, self.munge)
+
+    def _after_recovery(self, journal: Journal, outcome: Outcome, move: Move) -> None:
+        """A new move starts only once the job's earlier operations ended, and only from
+        where its container is now."""
+        self.progress(f"job {move.job_id}: recovered operation {outcome.op_id} "
+                      f"({outcome.kind}): {outcome.state}"
+                      + (f": {outcome.error}" if outcome.error else ""))
+        if outcome.state not in ("done", "rolled_back", "refused"):
+            raise HpcmigError(f"job {move.job_id}: operation {outcome.op_id} ({outcome.kind}) "
+                              f"is still {outcome.state}: {outcome.error}",
+                              hint=f"fix what it names, then: hpcmig recover {move.job_id}")
+        if outcome.kind != MIGRATE or outcome.state != "done":
+            return
+        moved = MigrationSpec.from_json(journal.get(outcome.op_id).spec)
+        if moved.ref.index == move.index:
+            raise HpcmigError(f"job {move.job_id}: recovery finished an interrupted move of "
+                              f"container {move.index} to {moved.target}",
+                              hint="run the command again from where it runs now")
 
     def migrate(self, job_id: str, source: str, target: str | None = None,
                 transport: str = "shared") -> Outcome:
@@ -159,6 +247,66 @@ class Controller:
     def _unusable(self) -> frozenset[str]:
         return frozenset(n.name for n in self.slurm.nodes()
                          if n.flags & {"DRAIN", "NOT_RESPONDING"} or n.state in ("down",))
+
+    # -- after a crash ----------------------------------------------------------------------
+    def recover(self, job_id: str | None = None, dry_run: bool = False) -> list[Recovered]:
+        """Finish or roll back every open journaled operation (of one job, or all), as the
+        controller does when it restarts. Returns one entry per operation found open."""
+        with Journal(self.journal_path) as journal:
+            jobs = sorted({op.job_id for op in journal.open_operations(job_id)},
+                          key=lambda j: (len(j), j))
+            found: list[Recovered] = []
+            for job in jobs:
+                if dry_run:
+                    found += [Recovered(op, "open", op.error or "") for op in
+                              journal.open_operations(job)]
+                    continue
+                with self.job_lock(job, wait=False) as held:
+                    if not held:
+                        found += [Recovered(op, "busy", "another hpcmig process is working on "
+                                            f"job {job}") for op in journal.open_operations(job)]
+                        continue
+                    found += self._recover_job(journal, job)
+        return found
+
+    def _recover_job(self, journal: Journal, job: str) -> list[Recovered]:
+        ops = journal.open_operations(job)
+        try:
+            state = next((j.state for j in self.slurm.jobs() if str(j.job_id) == job),
+                         "gone from Slurm")
+        except SlurmError as exc:  # Slurm did not answer: decide nothing
+            return [Recovered(op, "stuck", f"cannot ask Slurm about job {job}: {exc}")
+                    for op in ops]
+        if state in HELD:
+            return [Recovered(op, "stuck", f"job {job} is {state}: recover once it runs again")
+                    for op in ops]
+        vc = None
+        if state == "RUNNING":
+            try:
+                vc = self.vcluster(job)
+            except HpcmigError as exc:
+                return [Recovered(op, "stuck", f"job {job}: {exc}") for op in ops]
+        agent_ops = self.ops_for(vc) if vc is not None else None
+        found: list[Recovered] = []
+        for op in ops:
+            restarts = _restarts(op.spec)
+            ended = vc is None or bool(restarts and vc.restart not in restarts)
+            if ended and op.kind != MIGRATE:
+                found.append(Recovered(op, "stuck", f"job {job} is {state}: its {op.kind} "
+                                       "needs the job's run it belongs to"))
+            elif ended:
+                what = (f"job {job} is {state}" if vc is None else
+                        f"run {min(restarts)} of job {job} has ended (it is at run "
+                        f"{vc.restart})")
+                note = (f"{what}: its epilog removed this migration's containers, routes "
+                        f"and images (the journal had reached {_last_step(journal, op)})")
+                journal.set_state(op.id, "rolled_back", note)
+                found.append(Recovered(op, "rolled_back", note))
+            else:
+                assert agent_ops is not None
+                outcome = recover_one(journal, agent_ops, op.id)
+                found.append(Recovered(op, outcome.state, outcome.error or "", outcome))
+        return found
 
     # -- a whole node -------------------------------------------------------------------------
     def plan_drain(self, node: str) -> tuple[list[VCluster], list[Move]]:
@@ -191,3 +339,8 @@ class Controller:
         rest = [n for n in job.nodes if n != node]
         self.slurm.update_nodes(int(job_id), rest)
         self.progress(f"job {job_id}: Slurm shrank the job to {compress(rest)}")
+
+
+def _last_step(journal: Journal, op: Operation) -> str:
+    steps = journal.steps(op.id)
+    return f"{steps[-1].name} ({steps[-1].status})" if steps else "none"

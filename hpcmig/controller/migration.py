@@ -25,7 +25,8 @@ successful restore the restored copy has run, so the only way is forward; a fail
 step leaves the operation `stuck` and `recovery.recover` retries it. `resume_after_crash`
 applies the same rule to what the journal shows after a SIGKILL: no restore journaled ->
 roll back; restore journaled but not finished -> ask the target (container_state, after any
-criu still running settled) whether the copy runs.
+criu still running settled) whether the copy runs. A restore is never run twice, not even
+one whose answer was lost: forward goes on from `unlock`.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class Migration(Machine):
             # the restored copy has run: never go back; what failed is retried by recover()
             failed = self.last_forward()
             if failed and failed[0] == "restore":
-                return self.run("unlock")
+                return self._after_restore()
             self.journal.update_data(self.op_id, stuck_in="forward")
             self.journal.set_state(self.op_id, "stuck", str(exc))
             return self.outcome()
@@ -157,13 +158,22 @@ class Migration(Machine):
                 if state is ContainerState.RUNNING:
                     self.journal.update_data(self.op_id, restored=True,
                                              restored_by="recovery")
-                    return self.run("unlock")
+                    return self._after_restore()
             return self.rollback(op.error or f"interrupted at step {name}")
+        if name == "restore":
+            return self._after_restore()
         if status == "done":
             if name == "done":
                 return self.outcome()
             return self.run(FORWARD[_at(name) + 1])
         return self.run(name)
+
+    def _after_restore(self) -> Outcome:
+        """Go forward from a restore whose copy runs on the target: from `unlock`, never
+        through the restore again (a second restore next to the running copy would make a
+        second copy, or fail only because something refuses it). Keeping the target's
+        records true about a copy whose restore answer was lost is the node's business."""
+        return self.run("unlock")
 
     # -- forward steps -------------------------------------------------------------------
     def _check(self) -> dict[str, Any]:

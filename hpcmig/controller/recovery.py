@@ -31,12 +31,15 @@ def recover(journal: Journal, ops: MigrationOps, *, job_id: str | None = None,
             fault: FaultHook | None = None) -> list[Outcome]:
     """Bring every open operation (of one job, or all) to an end; returns their outcomes.
     An operation whose recovery raised is reported as `stuck` with the error."""
-    outcomes = []
-    for op in journal.open_operations(job_id):
-        machine = MACHINES[op.kind](journal, ops, op.id, fault)
-        try:
-            outcomes.append(machine.resume_after_crash())
-        except Exception as exc:
-            journal.set_state(op.id, "stuck", f"recovery failed: {exc}")
-            outcomes.append(machine.outcome())
-    return outcomes
+    return [recover_one(journal, ops, op.id, fault) for op in journal.open_operations(job_id)]
+
+
+def recover_one(journal: Journal, ops: MigrationOps, op_id: int,
+                fault: FaultHook | None = None) -> Outcome:
+    """Finish or roll back one open operation (see `recover`)."""
+    machine = machine_for(journal, ops, op_id, fault)
+    try:
+        return machine.resume_after_crash()
+    except Exception as exc:
+        journal.set_state(op_id, "stuck", f"recovery failed: {exc}")
+        return machine.outcome()
