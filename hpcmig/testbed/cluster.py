@@ -24,7 +24,7 @@ from typing import Any
 from hpcmig import _proc
 from hpcmig.errors import CommandError, MissingDependency, PermissionDenied, TestbedError
 from hpcmig.testbed import daemons, host
-from hpcmig.testbed.plan import MAX_NODES, Plan
+from hpcmig.testbed.plan import MAX_NODES, Node, Plan
 
 Progress = Callable[[str], None]
 REQUIRED_TOOLS = ("slurmctld", "slurmd", "munged", "munge", "sinfo", "scontrol", "ip",
@@ -226,22 +226,53 @@ def _slurm_states() -> dict[str, str]:
 def _start_agents(plan: Plan, state: State, progress: Progress) -> None:
     for node in plan.nodes:
         progress(f"starting hpcmig-agent on {node.name}")
-        agent_dir = plan.node_dir(node) / "agent"
-        agent_dir.mkdir(parents=True, exist_ok=True)
-        log = str(plan.log_dir / f"agent-{node.name}.log")
-        argv = [
-            *plan.nsenter(node), sys.executable, "-m", "hpcmig.agent.main",
-            "--node", node.name, "--state-dir", str(agent_dir),
-            "--munge-socket", str(plan.munge_socket),
-        ]
-        proc = daemons.start(f"agent@{node.name}", argv, "hpcmig.agent.main", log)
-        state.add(proc)
-        save_state(plan, state)
+        _spawn_agent(plan, state, node)
     for node in plan.nodes:
         beat = plan.node_dir(node) / "agent" / "heartbeat.json"
         agent = state.proc(f"agent@{node.name}")
         daemons.wait_for(f"hpcmig-agent on {node.name}", beat.exists, 30, agent,
                          str(plan.log_dir / f"agent-{node.name}.log"))
+
+
+def _spawn_agent(plan: Plan, state: State, node: Node) -> daemons.Proc:
+    agent_dir = plan.node_dir(node) / "agent"
+    agent_dir.mkdir(parents=True, exist_ok=True)
+    log = str(plan.log_dir / f"agent-{node.name}.log")
+    argv = [
+        *plan.nsenter(node), sys.executable, "-m", "hpcmig.agent.main",
+        "--node", node.name, "--state-dir", str(agent_dir),
+        "--munge-socket", str(plan.munge_socket),
+    ]
+    proc = daemons.start(f"agent@{node.name}", argv, "hpcmig.agent.main", log)
+    state.add(proc)
+    save_state(plan, state)
+    return proc
+
+
+def restart_agent(name: str, timeout: float = 30.0) -> daemons.Proc:
+    """Start node `name`'s hpcmig-agent again after it died (a crash, or a test killed it
+    by its recorded pid); returns it once it serves (its heartbeat names the new pid).
+    Refuses while the recorded agent still runs."""
+    plan = current_plan()
+    state = load_state(plan) if plan else None
+    if plan is None or state is None:
+        raise TestbedError("no testbed is up")
+    node = plan.node(name)
+    old = state.proc(f"agent@{name}")
+    if old is not None and daemons.alive(old):
+        raise TestbedError(f"hpcmig-agent on {name} still runs (pid {old.pid})")
+    proc = _spawn_agent(plan, state, node)
+    beat = plan.node_dir(node) / "agent" / "heartbeat.json"
+
+    def serving() -> bool:
+        try:
+            return bool(json.loads(beat.read_text()).get("pid") == proc.pid)
+        except (OSError, ValueError):
+            return False
+
+    daemons.wait_for(f"hpcmig-agent on {name}", serving, timeout, proc,
+                     str(plan.log_dir / f"agent-{name}.log"))
+    return proc
 
 
 # -- down -------------------------------------------------------------------------------------
