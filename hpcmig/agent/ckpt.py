@@ -16,6 +16,7 @@ removal); the target rebuilds the root from it before `criu restore`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator
@@ -96,6 +97,61 @@ def _kill_copy(agent: NodeAgent, r: ContainerRef) -> None:
         NsRuntime().abort_restore(spec)
 
 
+def _image_trees(agent: NodeAgent, r: ContainerRef) -> list[str]:
+    """The directories holding r's dumps (every tag), under both image roots."""
+    return [os.path.dirname(images.image_dir(root, r.job_id, r.restart, r.index, "any"))
+            for root in (agent.config.checkpoint_dir,
+                         os.path.join(agent.config.run_dir, "spool"))]
+
+
+def _orphan_criu(agent: NodeAgent, r: ContainerRef) -> list[int]:
+    """criu dumps and restores of r's images running in this node's network namespace: after
+    an agent restart, ones an earlier life of the agent started (they outlive it)."""
+    trees = [os.path.join(t, "") for t in _image_trees(agent, r)]
+    base = os.path.basename(criu.criu_binary())
+    mine = os.stat("/proc/self/ns/net").st_ino
+    found = []
+    for pid in _tree.pids():
+        argv = _procfs.argv(pid)
+        if len(argv) < 2 or os.path.basename(argv[0]) != base \
+                or argv[1] not in ("dump", "restore") \
+                or not any(a.startswith(t) for a in argv for t in trees):
+            continue
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == mine:
+                found.append(pid)
+    return found
+
+
+def _adopt(agent: NodeAgent, r: ContainerRef) -> None:
+    """Record a copy of r that runs here but that the job record does not know: its restore
+    finished after the agent that ran it died (SIGKILL) and before it could record it. The
+    copy is named by the dump it came from: the image dir whose `restored.pid` (criu's
+    pidfile, written once the restore finished) holds its init's pid."""
+    with agent.job_lock(str(r.job_id)):
+        rec = agent.load(str(r.job_id))
+        pid = _init(agent, r)
+        if rec is None or r.index in rec.containers or pid is None:
+            return
+        for tree in _image_trees(agent, r):
+            for tag in sorted(os.listdir(tree)) if os.path.isdir(tree) else []:
+                image_dir = os.path.join(tree, tag)
+                try:
+                    with open(os.path.join(image_dir, "restored.pid"), encoding="ascii") as fh:
+                        if int(fh.read().strip()) != pid:
+                            continue
+                except (OSError, ValueError):
+                    continue
+                old, _key = criu.saved_container(image_dir)
+                netns = _net(agent, r).netns_path
+                spec = ContainerSpec.from_json({**old.spec.to_json(), "netns": netns})
+                rec.containers[r.index] = dataclasses.replace(old, init_pid=pid, netns=netns,
+                                                              spec=spec)
+                agent.save(rec)
+                return
+        # no finished restore made it: not ours to adopt (the caller decides what runs)
+
+
 @contextlib.contextmanager
 def _engine(ref: ContainerRef) -> Iterator[None]:
     with _busy_lock:
@@ -119,7 +175,7 @@ def refuse_reasons(call: Call, job_id: str, ref: dict[str, Any]) -> list[str]:
 def container_state(call: Call, job_id: str, ref: dict[str, Any]) -> str:
     r = _ref(ref)
     agent = _agent(call)
-    if r.name in _busy:
+    if r.name in _busy or _orphan_criu(agent, r):
         return ContainerState.BUSY.value
     pid = _init(agent, r)
     if pid is None:
@@ -138,8 +194,11 @@ def blackhole(call: Call, job_id: str, address: str) -> None:
 
 @operation("ckpt.point_local", "job")
 def point_local(call: Call, job_id: str, ref: dict[str, Any]) -> None:
+    """The copy here becomes the one its address reaches (a migration's target after the
+    restore, or the source rolled back); the job record knows it from now on."""
     r = _ref(ref)
     _check_address(_agent(call), job_id, r.address)
+    _adopt(_agent(call), r)
     _agent(call).net.point_local(_net(_agent(call), r))
 
 

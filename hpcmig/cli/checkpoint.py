@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     then = "resume" if args.resume else "stop"
     ops = AgentOps(vc, ctl.node_addrs(), ctl.cfg.agent_port, ctl.munge)
     with console.status(f"checkpointing job {vc.job_id}: {len(vc.members)} container(s)"), \
-            Journal(ctl.journal_path) as journal:
+            ctl.job_lock(vc.job_id), Journal(ctl.journal_path) as journal:  # `recover` waits
         rec = restart.checkpoint(journal, ops, vc, ctl.cfg.checkpoint_dir, then)
     where = os.path.dirname(os.path.dirname(rec.containers[min(rec.containers)]["image_dir"]))
     if then == "resume":
