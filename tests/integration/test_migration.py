@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,11 +26,16 @@ ELEMENTS = 4096
 
 
 def submit_ring(plan: Plan, slurm: Slurm, job_dir: Path, name: str, *, mpi: str = "mpich",
-                rounds: int = 200, seconds: float = 20, memory_mb: int = 32) -> tuple[int, Path]:
+                rounds: int = 200, seconds: float = 20, memory_mb: int = 32,
+                options: dict[str, str] | None = None,
+                python: str = sys.executable) -> tuple[int, Path]:
+    """A 4-rank ring over 3 nodes (one spare) that keeps exchanging for `seconds`; `options`
+    are added to spares=1 (an image job also passes the image's `python`)."""
     script = batch.vcluster_script(
         3, [["hpcmig.workloads.ring", "--rounds", str(rounds), "--seconds", str(seconds),
              "--memory-mb", str(memory_mb), "--elements", str(ELEMENTS)]],
-        mpi=mpi, ntasks=4, options={"spares": "1"}, job_name=name)
+        mpi=mpi, ntasks=4, options={"spares": "1", **(options or {})}, job_name=name,
+        python=python)
     path = job_dir / f"{name}.sh"
     path.write_text(script)
     out = job_dir / f"{name}.out"

@@ -21,9 +21,8 @@ import pytest
 from hpcmig.controller.evacuate import Controller
 from hpcmig.slurm import Slurm
 from hpcmig.testbed.plan import Plan
-from hpcmig.workloads import batch
-from tests.integration.test_migration import ELEMENTS, finish, host_of, wait_for_ranks
-from tests.integration.test_vcluster import agent, slurm_wait_idle
+from tests.integration.test_migration import finish, host_of, submit_ring
+from tests.integration.test_vcluster import agent, in_node, slurm_wait_idle
 
 pytestmark = pytest.mark.integration
 
@@ -32,23 +31,8 @@ CONTAINERS = "/run/hpcmig/containers"  # inside a node's mount namespace
 
 def submit_sif_ring(plan: Plan, slurm: Slurm, job_dir: Path, image: Path,
                     name: str) -> tuple[int, Path]:
-    script = batch.vcluster_script(
-        3, [["hpcmig.workloads.ring", "--rounds", "200", "--seconds", "25",
-             "--memory-mb", "32", "--elements", str(ELEMENTS)]],
-        mpi="mpich", ntasks=4, options={"spares": "1", "image": str(image)}, job_name=name,
-        python="python3")  # the image's own
-    path = job_dir / f"{name}.sh"
-    path.write_text(script)
-    out = job_dir / f"{name}.out"
-    job_id = slurm.submit([f"--output={out}", str(path)], user=plan.user, cwd=str(job_dir))
-    slurm.wait(job_id, timeout=60, states={"RUNNING"})
-    wait_for_ranks(plan, job_id)
-    return job_id, out
-
-
-def in_node(plan: Plan, node: str, *argv: str, check: bool = True) -> str:
-    return subprocess.run([*plan.nsenter(plan.node(node)), *argv], capture_output=True,
-                          text=True, timeout=30, check=check).stdout
+    return submit_ring(plan, slurm, job_dir, name, seconds=25, options={"image": str(image)},
+                       python="python3")  # the image's own
 
 
 def mounts(plan: Plan, node: str | None, under: str) -> list[str]:

@@ -13,13 +13,9 @@ from hpcmig.slurm import Slurm
 from hpcmig.testbed import cluster
 from hpcmig.testbed.plan import Plan
 from hpcmig.workloads import batch, ring
+from tests.integration.test_vcluster import in_node
 
 pytestmark = pytest.mark.integration
-
-
-def in_node(plan: Plan, node: str, *argv: str) -> str:
-    cmd = [*plan.nsenter(plan.node(node)), *argv]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
 
 
 def test_three_idle_nodes_each_in_its_own_namespaces(testbed: Plan, slurm: Slurm) -> None:

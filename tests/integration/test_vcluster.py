@@ -48,9 +48,10 @@ def run_job(plan: Plan, slurm: Slurm, job_dir: Path, script: str, name: str,
     return job_id, text
 
 
-def in_node(plan: Plan, node: str, *argv: str) -> str:
+def in_node(plan: Plan, node: str, *argv: str, check: bool = True) -> str:
+    """Run argv inside a testbed node's namespaces; its stdout."""
     return subprocess.run([*plan.nsenter(plan.node(node)), *argv], capture_output=True,
-                          text=True, timeout=30, check=True).stdout
+                          text=True, timeout=30, check=check).stdout
 
 
 def node_namespaces(plan: Plan) -> tuple[set[int], set[int]]:
