@@ -103,17 +103,18 @@ def run(args: argparse.Namespace) -> int:
     n = args.ntasks or int(os.environ.get("SLURM_NTASKS") or 0) or len(vc.members)
     members = sorted(vc.members, key=lambda m: m.index)
     slots = mpi_launch.block_slots(n, len(members), args.ppn)
-    # a requeued job restored from a whole-job checkpoint (hpcmig.controller.restart): the
-    # containers come back on this allocation, then each step of the batch script either
-    # ended before the checkpoint (its recorded exit code), was running (reattach), or runs
-    restored = agent.call("job.restore", timeout=1800, job_id=job_id)
-    if restored["restored"]:
-        print(f"hpcmig run: job {job_id} restored from the checkpoint of run "
-              f"{restored['from_restart']} ({len(members)} container(s))", file=sys.stderr,
-              flush=True)
     incarnation = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     run_dir = _next_run_dir(Path(cfg.state_dir) / "jobs" / job_id, incarnation)
     if vc.restart != incarnation:
+        # a requeued job restored from a whole-job checkpoint (the prolog planned it with the
+        # checkpointed run's count; hpcmig.controller.restart): the containers come back on
+        # this allocation (the first step asks), then each step of the batch script either
+        # ended before the checkpoint (its recorded exit code), was running (reattach), or runs
+        restored = agent.call("job.restore", timeout=1800, job_id=job_id)
+        if restored["restored"]:
+            print(f"hpcmig run: job {job_id} restored from the checkpoint of run "
+                  f"{restored['from_restart']} ({len(members)} container(s))",
+                  file=sys.stderr, flush=True)
         before = run_dir.parent / run_dir.name.replace(f"run-{incarnation}-",
                                                        f"run-{vc.restart}-", 1)
         if (before / "exit.json").exists():
