@@ -1,7 +1,7 @@
 """Site configuration: one TOML file, one defaults table, unknown keys rejected.
 
 Design note: this module owns where hpcmig keeps things and how its pieces find each other
-(agent port, MUNGE socket, address pool). It reads `$HPCMIG_CONFIG` or
+(agent port, hpcmigd's address, MUNGE socket, address pool). It reads `$HPCMIG_CONFIG` or
 /etc/hpcmig/hpcmig.toml (a missing file means all defaults) and validates every key; it does
 not create directories or talk to anything. `state_dir` must be one directory every node and
 the controller see (the address pool lives there); `run_dir` is node-local.
@@ -34,6 +34,10 @@ class Config:
     runtime: str = "ns"
     mpi: str = "mpich"
     admin_users: tuple[str, ...] = ()  # besides root and SlurmUser, may act on any job
+    controller_host: str = "127.0.0.1"  # where hpcmigd serves and every client finds it
+    controller_port: int = 7100
+    metrics_port: int = 9817  # hpcmigd's Prometheus /metrics (0: off)
+    metrics_address: str = "127.0.0.1"
 
     @property
     def pool_state(self) -> Path:
@@ -51,8 +55,11 @@ class Config:
         for name in ("state_dir", "run_dir", "checkpoint_dir"):
             if not str(getattr(self, name)).startswith("/"):
                 raise UsageError(f"config: {name} must be an absolute path")
-        if not 0 < self.agent_port < 65536:
-            raise UsageError(f"config: bad agent_port {self.agent_port}")
+        for name in ("agent_port", "controller_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise UsageError(f"config: bad {name} {getattr(self, name)}")
+        if not 0 <= self.metrics_port < 65536:
+            raise UsageError(f"config: bad metrics_port {self.metrics_port} (0 turns it off)")
         try:
             net = IPv4Network(self.pool)
         except ValueError as exc:

@@ -74,6 +74,14 @@ class VCluster:
         addrs = {**self.node_addrs, node: node_addr}
         return replace(self, members=members, spares=spares, node_addrs=addrs)
 
+    def without_node(self, node: str) -> VCluster:
+        """The same cluster once the job released `node` (which hosts none of its
+        containers): no longer a spare, no longer one of the job's nodes."""
+        if self.on_node(node):
+            raise UsageError(f"job {self.job_id} still has containers on {node}")
+        return replace(self, spares=tuple(n for n in self.spares if n != node),
+                       node_addrs={n: a for n, a in self.node_addrs.items() if n != node})
+
     def hosts_text(self) -> str:
         """Lines `addr name` for $HPCMIG_HOSTS (hpcmig-rsh resolves container names)."""
         return "".join(f"{m.address} {self.name(m.index)}\n" for m in self.members)

@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT))
 from hpcmig import _procfs  # noqa: E402
 from hpcmig.checkpoint import _tree, images  # noqa: E402
 from hpcmig.checkpoint.criu import criu_binary  # noqa: E402
+from hpcmig.checkpoint.refs import ContainerRef  # noqa: E402
 from hpcmig.controller.journal import Journal  # noqa: E402
 from hpcmig.controller.localops import LocalConfig, LocalOps  # noqa: E402
 from hpcmig.controller.migration import MigrationSpec, migrate  # noqa: E402
-from hpcmig.controller.ops import ContainerRef  # noqa: E402
 from hpcmig.network import NodeNet  # noqa: E402
 from hpcmig.runtime import ContainerSpec, get_runtime  # noqa: E402
 from hpcmig.runtime import ns as ns_runtime  # noqa: E402

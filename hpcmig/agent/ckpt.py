@@ -6,7 +6,8 @@ the containers share). Every operation names its job (`ref` or `job_id`), so a u
 their own job and nobody else's (access "job"); each also checks that the address belongs to
 that job's block and the image directory to that job's checkpoint tree. Besides the engine
 work, the operations keep this node's job record true: a restored container is added, a
-killed one removed, a re-pointed route moves the member. An image container's writable layer
+killed one removed (which copies run here); which node hosts which container is the
+controller's to say (`job.members`). An image container's writable layer
 travels inside its dump (`writable.tar`: under the manifest, the image dir's permissions and
 removal); the target rebuilds the root from it before `criu restore`
 (`NsRuntime.prepare_restore`), and killing a copy releases its root's mounts on that node.
@@ -27,8 +28,8 @@ from hpcmig import _procfs
 from hpcmig.agent.node import JobRecord, NodeAgent, netns_name
 from hpcmig.agent.server import Call, operation
 from hpcmig.checkpoint import _tree, criu, images, stream
+from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.checkpoint.stream import Stream
-from hpcmig.controller.ops import ContainerRef, ContainerState
 from hpcmig.errors import HpcmigError, PermissionDenied
 from hpcmig.network import ContainerNet, container_net
 from hpcmig.runtime import ns
@@ -204,17 +205,10 @@ def point_local(call: Call, job_id: str, ref: dict[str, Any]) -> None:
 
 @operation("ckpt.route_via", "job")
 def route_via(call: Call, job_id: str, address: str, via: str, via_addr: str) -> None:
-    """address/32 now lives on node `via`: route it there, and note the move."""
+    """address/32 now lives on node `via`: route it there (the job's membership is the
+    controller's to change: `job.members`)."""
     agent = _agent(call)
     _check_address(agent, job_id, address)
-    with agent.job_lock(str(job_id)):
-        rec = agent.load(str(job_id))
-        if rec is not None:
-            index = next((m.index for m in rec.vc.members if m.address == address), None)
-            if index is not None:
-                rec.vc = rec.vc.moved(index, via, via_addr)
-                agent.save(rec)
-                agent.write_hosts(rec.vc)
     if via != agent.node:
         agent.net.route_via(address, via_addr)
 

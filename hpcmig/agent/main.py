@@ -26,7 +26,6 @@ import psutil
 from hpcmig import config as site_config
 from hpcmig.agent import ckpt as _ckpt  # noqa: F401  (registers the operations)
 from hpcmig.agent import ops as _ops  # noqa: F401
-from hpcmig.agent import restart_ops as _restart_ops  # noqa: F401
 from hpcmig.agent.node import NodeAgent
 from hpcmig.agent.server import Server
 from hpcmig.errors import HpcmigError

@@ -169,7 +169,7 @@ class NodeAgent:
     def setup(self, vc: VCluster, start: bool = True) -> JobRecord:
         """This node's part of the virtual cluster; idempotent (a retried prolog is fine).
         `start=False`: everything but the containers (a requeued job whose checkpoint is to
-        be restored here: hpcmig.controller.restart)."""
+        be restored here: hpcmig.controller.wholejob)."""
         old = self.load(vc.job_id)
         rec = JobRecord(vc, dict(old.containers) if old else {})
         self.save(rec)  # the owner is known from now on, even if building fails

@@ -49,6 +49,22 @@ def job_fail(call: Call, vcluster: dict[str, Any], error: str) -> None:
         agent.save(JobRecord(vc, old.containers if old else {}, error))
 
 
+@operation("job.members", "admin")
+def job_members(call: Call, vcluster: dict[str, Any]) -> bool:
+    """The controller says where the job's containers are now (after a move): this node's
+    record follows. False: no record of the job here (not one of its nodes)."""
+    agent = _agent(call)
+    vc = VCluster.from_json(vcluster)
+    with agent.job_lock(vc.job_id):
+        rec = agent.load(vc.job_id)
+        if rec is None or rec.vc.restart != vc.restart:
+            return False
+        rec.vc = vc
+        agent.save(rec)
+        agent.write_hosts(vc)
+    return True
+
+
 @operation("job.teardown", "admin")
 def job_teardown(call: Call, job_id: str) -> dict[str, Any]:
     agent = _agent(call)

@@ -33,6 +33,10 @@ class RpcError(HpcmigError):
     """The agent could not be reached, or answered something unreadable."""
 
 
+class Unreachable(RpcError):
+    """Nothing accepted the connection: the server does not run (nothing was sent)."""
+
+
 def send_message(sock: socket.socket, obj: Mapping[str, Any]) -> None:
     data = json.dumps(obj, separators=(",", ":")).encode()
     if len(data) > MAX_MESSAGE:
@@ -84,6 +88,9 @@ def raise_remote(answer: Mapping[str, Any], where: str) -> None:
 class AgentClient:
     """Calls operations on the agent of one node."""
 
+    what = "the agent"
+    hint = "is hpcmig-agent running there? (`hpcmig testbed status` on the testbed)"
+
     def __init__(self, node: str, address: str, port: int = 7101,
                  munge_socket: str | None = None, timeout: float = 120.0) -> None:
         self.node = node
@@ -92,23 +99,30 @@ class AgentClient:
         self.munge_socket = munge_socket
         self.timeout = timeout
 
+    @property
+    def _on(self) -> str:
+        return f" on {self.node}"
+
     def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
         body = make_body(op, args, self.node)
         cred = credential.sign(body.encode(), socket=self.munge_socket)
-        where = f"agent on {self.node} ({op})"
+        where = f"{self.what}{self._on} ({op})"
         try:
-            with socket.create_connection((self.address, self.port),
-                                          timeout=min(10.0, timeout or self.timeout)) as sock:
+            sock = socket.create_connection((self.address, self.port),
+                                            timeout=min(10.0, timeout or self.timeout))
+        except OSError as exc:
+            raise Unreachable(f"cannot reach {self.what}{self._on} at {self.address}:{self.port}: "
+                              f"{exc.strerror or exc}", hint=self.hint) from None
+        try:
+            with sock:
                 sock.settimeout(timeout or self.timeout)
                 send_message(sock, {"cred": cred, "body": body})
                 answer = recv_message(sock)
         except TimeoutError:
             raise RpcError(f"{where}: no answer within {timeout or self.timeout:g} s") from None
         except OSError as exc:
-            raise RpcError(f"cannot reach the agent on {self.node} at "
-                           f"{self.address}:{self.port}: {exc.strerror or exc}",
-                           hint="is hpcmig-agent running there? (`hpcmig testbed status` "
-                                "on the testbed)") from None
+            raise RpcError(f"{where}: the connection broke before the answer "
+                           f"({exc.strerror or exc})") from None
         if not answer.get("ok"):
             raise_remote(answer, where)
         return answer.get("result")

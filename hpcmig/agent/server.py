@@ -1,7 +1,8 @@
-"""The agent's RPC server: authenticate, authorize, dispatch to registered operations.
+"""The RPC server of the agents and of hpcmigd: authenticate, authorize, dispatch.
 
-Design note: operations register with `@operation(name, access)` (Flux habit) and receive a
-`Call` (who asks, the agent's context) plus their JSON arguments. Access is one of
+Design note: operations register in a `Registry` with `@registry.operation(name, access)`
+(Flux habit; the agent's registry is `AGENT`, hpcmigd has its own) and receive a `Call` (who
+asks, the server's context) plus their JSON arguments. Access is one of
 - "any": every authenticated user (ping, reading public state);
 - "admin": root, SlurmUser, or a configured admin user (build/tear down, migrate);
 - "job": an admin, or the owner of the job named by the `job_id` argument.
@@ -27,7 +28,7 @@ from hpcmig.auth import AuthError, Identity, MungeError, credential
 from hpcmig.errors import HpcmigError, PermissionDenied, UsageError
 
 Access = Literal["any", "admin", "job"]
-log = logging.getLogger("hpcmig.agent")
+log = logging.getLogger("hpcmig.rpc")
 
 
 class Context(Protocol):
@@ -55,14 +56,21 @@ class Operation:
     handler: Handler
 
 
-OPERATIONS: dict[str, Operation] = {}
+class Registry:
+    """The operations one kind of server offers."""
+
+    def __init__(self) -> None:
+        self.operations: dict[str, Operation] = {}
+
+    def operation(self, name: str, access: Access) -> Callable[[Handler], Handler]:
+        def deco(fn: Handler) -> Handler:
+            self.operations[name] = Operation(name, access, fn)
+            return fn
+        return deco
 
 
-def operation(name: str, access: Access) -> Callable[[Handler], Handler]:
-    def deco(fn: Handler) -> Handler:
-        OPERATIONS[name] = Operation(name, access, fn)
-        return fn
-    return deco
+AGENT = Registry()
+operation = AGENT.operation
 
 
 def user_name(uid: int) -> str:
@@ -89,7 +97,8 @@ def authorize(op: Operation, who: Identity, args: dict[str, Any], ctx: Context) 
                                f"({user_name(who.uid)} asked, {user_name(owner)} owns it)")
 
 
-def check_body(body: dict[str, Any], node: str, now: float) -> tuple[str, dict[str, Any]]:
+def check_body(body: dict[str, Any], node: str, now: float,
+               registry: Registry = AGENT) -> tuple[str, dict[str, Any]]:
     """Validate a request body; return (op name, args)."""
     op, args, target, stamp = (body.get(k) for k in ("op", "args", "target", "time"))
     if not isinstance(op, str) or not isinstance(args, dict):
@@ -98,9 +107,9 @@ def check_body(body: dict[str, Any], node: str, now: float) -> tuple[str, dict[s
         raise AuthError(f"request meant for {target!r} reached {node!r}")
     if not isinstance(stamp, (int, float)) or abs(now - stamp) > rpc.MAX_AGE:
         raise AuthError("request too old (or clocks apart by more than 5 minutes)")
-    if op not in OPERATIONS:
+    if op not in registry.operations:
         raise UsageError(f"unknown operation {op!r}",
-                         hint=f"known: {', '.join(sorted(OPERATIONS))}")
+                         hint=f"known: {', '.join(sorted(registry.operations))}")
     return op, args
 
 
@@ -114,7 +123,8 @@ def error_answer(exc: BaseException) -> dict[str, Any]:
             "kind": "HpcmigError"}
 
 
-def handle(request: dict[str, Any], ctx: Context, peer: str) -> dict[str, Any]:
+def handle(request: dict[str, Any], ctx: Context, peer: str,
+           registry: Registry = AGENT) -> dict[str, Any]:
     """Serve one request: the whole pipeline, socket-free (unit-tested with fakes)."""
     try:
         cred, body_text = request.get("cred"), request.get("body")
@@ -124,9 +134,9 @@ def handle(request: dict[str, Any], ctx: Context, peer: str) -> dict[str, Any]:
             body = json.loads(body_text)
         except ValueError:
             raise UsageError("malformed request body") from None
-        op_name, args = check_body(body, ctx.node, time.time())
+        op_name, args = check_body(body, ctx.node, time.time(), registry)
         who = credential.verify(cred, body_text.encode(), socket=ctx.munge_socket)
-        op = OPERATIONS[op_name]
+        op = registry.operations[op_name]
         try:
             authorize(op, who, args, ctx)
         except PermissionDenied as exc:
@@ -155,7 +165,8 @@ class _Handler(socketserver.BaseRequestHandler):
             log.warning("bad request from %s: %s", peer, exc)
             return
         sock.settimeout(None)
-        answer = handle(request, self.server.ctx, peer)  # type: ignore[attr-defined]
+        server: Server = self.server  # type: ignore[assignment]
+        answer = handle(request, server.ctx, peer, server.registry)
         try:
             rpc.send_message(sock, answer)
         except (OSError, rpc.RpcError) as exc:
@@ -166,6 +177,7 @@ class Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, ctx: Context, host: str, port: int) -> None:
+    def __init__(self, ctx: Context, host: str, port: int, registry: Registry = AGENT) -> None:
         self.ctx = ctx
+        self.registry = registry
         super().__init__((host, port), _Handler)

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "testbed": "testbed",
     "demo": "demo",
     "run": "run",
+    "status": "status",
     "migrate": "migrate",
     "recover": "recover",
     "drain": "drain",

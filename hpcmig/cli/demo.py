@@ -138,17 +138,19 @@ def _ring_started(plan: Any, job_id: int) -> bool:
 
 
 def _drain(say: Any, node: str) -> float | None:
-    """`hpcmig drain NODE` while the job runs; returns the pause of the moved container."""
-    from hpcmig.controller.evacuate import Controller
+    """`hpcmig drain NODE` (through hpcmigd) while the job runs; the moved container's pause."""
+    from hpcmig.controller.client import ControllerClient
+    from hpcmig.controller.report import Report
 
-    say(f"[bold]3.[/bold] `hpcmig drain {node}` while the job runs: DRAIN in Slurm, move "
-        "its container live (CRIU) to the spare, shrink the job off it")
-    ctl = Controller(progress=lambda m: say(f"   {m}"))
-    ctl.slurm.drain(node, "hpcmig: demo")
+    say(f"[bold]3.[/bold] `hpcmig drain {node}` while the job runs: hpcmigd sets DRAIN in "
+        "Slurm, moves its container live (CRIU) to the spare, shrinks the job off it")
     t0 = time.monotonic()
-    outcomes = ctl.evacuate(node)
-    pauses = [o.pause for o in outcomes if o.pause is not None]
-    state = ctl.slurm.node(node)
-    say(f"   {node}: {state.state}+{'+'.join(sorted(state.flags))} after "
-        f"{time.monotonic() - t0:.1f} s; reason '{state.reason}'")
+    report = Report.from_json(ControllerClient().call("drain", node=node, reason="demo"))
+    for row in report.rows:
+        say(f"   job {row['job']} container {row['container']}: {row['from']} -> "
+            f"{row['to']} {row['result']}"
+            + (f", pause {row['pause']:.2f} s" if row.get("pause") is not None else ""))
+    for line in report.lines:
+        say(f"   {line} ({time.monotonic() - t0:.1f} s)")
+    pauses = [r["pause"] for r in report.rows if r.get("pause") is not None]
     return max(pauses) if pauses else None

@@ -52,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpcmig.errors import UsageError
-    from hpcmig.slurm.hostlist import expand
+    from hpcmig.hostlist import expand
     from hpcmig.topology.bounds import lower_bound
     from hpcmig.topology.comm import read_comm
     from hpcmig.topology.generate import load_topology

@@ -1,14 +1,16 @@
 """`hpcmig migrate JOBID --from NODE [--to NODE]`: move a running job's container live.
 
-The container on NODE is checkpointed and restored on a spare node of the job's allocation
-(`--comment=hpcmig:spares=N`) while the rest of the job keeps running; every node's route to
-its virtual address is re-pointed. Root and the Slurm admin may move any job, users their own
-(the agents check the MUNGE identity). Each migration is journaled (crash-safe).
+A client of hpcmigd: the container on NODE is checkpointed and restored on a spare node of the
+job's allocation (`--comment=hpcmig:spares=N`) while the rest of the job keeps running; every
+node's route to its virtual address is re-pointed. Root and the Slurm admin may move any job,
+users their own. Each migration is journaled (crash-safe); `--dry-run` prints the plan.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from hpcmig.cli import _client
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,25 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="images through the shared checkpoint directory (default) or "
                         "streamed node to node (CRIU page server)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    _client.add_json(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from hpcmig.controller.evacuate import Controller, plan_moves
-
-    console = Console(stderr=True)
-    ctl = Controller(progress=lambda m: console.print(f"hpcmig: {m}"))
-    if args.dry_run:
-        vc = ctl.vcluster(args.job_id)
-        for mv in plan_moves([vc], args.source, args.target):
-            console.print(f"would move container {mv.index} of job {mv.job_id} "
-                          f"{mv.source} -> {mv.target or '(nowhere: ' + mv.reason + ')'}")
-        return 0
-    with console.status(f"migrating job {args.job_id}'s container off {args.source}"):
-        outcome = ctl.migrate(args.job_id, args.source, args.target, args.transport)
-    print(f"job {args.job_id}: container moved {args.source} -> "
-          f"{outcome.data.get('target', args.target or 'spare')}, pause "
-          f"{outcome.pause:.2f} s" if outcome.pause is not None else "done")
-    return 0
+    answer = _client.ask("migrate", f"migrating job {args.job_id}'s container off "
+                         f"{args.source}", job_id=args.job_id, source=args.source,
+                         target=args.target, transport=args.transport, dry_run=args.dry_run)
+    return _client.show(answer, args.json)

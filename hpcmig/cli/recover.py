@@ -1,20 +1,21 @@
 """`hpcmig recover [JOBID] [--dry-run]`: finish or roll back what a crashed controller left.
 
-Design note: what the controller (hpcmigd, or the CLI acting as controller) does when it
-restarts, on demand: every journaled operation still open (of one job, or of all jobs) is
-finished or rolled back through the agents (`Controller.recover`, the rules in
-docs/checkpoint.md), and each outcome is printed. A migration of a job that has ended is
-closed (its epilog removed what the migration left). An operation another live hpcmig process
-is driving is left alone. Exit 0 when every operation ended done or rolled back, 1 when any is
-still open. Root and the configured admin users may recover any job, a user only their own.
+Design note: what hpcmigd does at every start, on demand: every journaled operation still
+open (of one job, or of all jobs) is finished or rolled back through the agents, drains a
+crash interrupted are carried out again (hpcmig.controller.aftercrash), and each outcome is
+printed. It asks hpcmigd when it runs; when it does not, root runs the same code in this
+process (the journal and the job locks keep two controllers from working on one job). An
+operation another live hpcmig process is driving is left alone. Exit 0 when every operation
+ended done or rolled back, 1 when any is still open. Admins only.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pwd
 import sqlite3
+
+from hpcmig.cli import _client
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,39 +24,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="only this job's operations (default: every job's)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the open operations, change nothing")
+    _client.add_json(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from hpcmig.controller.client import ControllerDown
+    from hpcmig.controller.service import job_number
+    from hpcmig.errors import PermissionDenied
 
-    from hpcmig.controller.evacuate import Controller, describe
-    from hpcmig.errors import PermissionDenied, SlurmError
-
-    console = Console(stderr=True)
-    ctl = Controller(progress=lambda m: console.print(f"hpcmig: {m}"))
-    me = pwd.getpwuid(os.geteuid()).pw_name
-    if os.geteuid() != 0 and me not in ctl.cfg.admin_users:
-        if args.job_id is None:
-            raise PermissionDenied("recovering every job's operations is for root and the "
-                                   "hpcmig admins", hint="name one of your jobs: "
-                                   "hpcmig recover JOBID")
-        try:
-            owner = ctl.slurm.job(int(args.job_id)).user
-        except SlurmError:
-            owner = None  # ended and purged: the journal's own permissions decide
-        if owner is not None and owner != me:
-            raise PermissionDenied(f"job {args.job_id} belongs to {owner}, not to {me}")
+    job_id = str(job_number(args.job_id)) if args.job_id is not None else None
     try:
-        found = ctl.recover(args.job_id, dry_run=args.dry_run)
-    except (PermissionError, sqlite3.Error) as exc:
-        raise PermissionDenied(f"cannot use the controller journal {ctl.journal_path}: {exc}",
-                               hint="the controller's state is root's: run it as root") from None
-    scope = f"job {args.job_id}" if args.job_id else "any job"
-    if not found:
-        print(f"nothing to recover for {scope}")
-        return 0
-    for r in found:
-        print(f"operation {r.op.id} ({describe(r.op)}): {r.state}"
-              + (f": {r.note}" if r.note else ""))
-    return 0 if all(r.state in ("done", "rolled_back") for r in found) else 1
+        answer = _client.ask("recover", "recovering", job_id=job_id, dry_run=args.dry_run)
+    except ControllerDown:
+        if os.geteuid() != 0:
+            raise PermissionDenied("hpcmigd is not running, and recovering without it is for "
+                                   "root", hint="run it as root, or start hpcmigd") from None
+        from hpcmig.controller.service import Service
+
+        svc = Service()
+        try:
+            answer = svc.recover(job_id, args.dry_run).to_json()
+        except (PermissionError, sqlite3.Error) as exc:
+            raise PermissionDenied(f"cannot use the controller journal {svc.journal_path}: "
+                                   f"{exc}") from None
+        answer["lines"].insert(0, "hpcmigd is not running: recovered in this process")
+    return _client.show(answer, args.json)

@@ -107,10 +107,13 @@ def run(args: argparse.Namespace) -> int:
     run_dir = _next_run_dir(Path(cfg.state_dir) / "jobs" / job_id, incarnation)
     if vc.restart != incarnation:
         # a requeued job restored from a whole-job checkpoint (the prolog planned it with the
-        # checkpointed run's count; hpcmig.controller.restart): the containers come back on
-        # this allocation (the first step asks), then each step of the batch script either
+        # checkpointed run's count; hpcmig.controller.wholejob): hpcmigd brings the containers
+        # back on this allocation (the first step asks), then each step of the batch script either
         # ended before the checkpoint (its recorded exit code), was running (reattach), or runs
-        restored = agent.call("job.restore", timeout=1800, job_id=job_id)
+        from hpcmig.controller.client import ControllerClient
+
+        restored: Any = ControllerClient(cfg).call("restore_allocation", timeout=1800,
+                                                    job_id=job_id)
         if restored["restored"]:
             print(f"hpcmig run: job {job_id} restored from the checkpoint of run "
                   f"{restored['from_restart']} ({len(members)} container(s))",

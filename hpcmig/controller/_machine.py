@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcmig.checkpoint.base import Refused
+from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.controller.journal import Journal
-from hpcmig.controller.ops import ContainerRef, ContainerState, MigrationOps
+from hpcmig.controller.ops import MigrationOps
 from hpcmig.errors import HpcmigError
 
 FaultHook = Callable[[str, str], None]  # (point: "before" | "after", step name)

@@ -14,8 +14,8 @@ from typing import Any
 
 from hpcmig.agent.rpc import AgentClient
 from hpcmig.checkpoint.base import DumpStats
+from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.checkpoint.stream import Stream
-from hpcmig.controller.ops import ContainerRef, ContainerState
 from hpcmig.errors import HpcmigError
 from hpcmig.vcluster import VCluster
 

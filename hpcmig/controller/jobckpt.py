@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcmig.checkpoint.base import DumpStats, Refused
+from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.controller._machine import FaultHook, Machine, Outcome, Stuck
 from hpcmig.controller.journal import Journal
-from hpcmig.controller.ops import ContainerRef, ContainerState, MigrationOps
+from hpcmig.controller.ops import MigrationOps
 from hpcmig.errors import HpcmigError, UsageError
 
 CHECKPOINT, RESTORE = "checkpoint", "restore"

@@ -6,6 +6,10 @@ it, so after a SIGKILL the journal says which step may have been under way. It s
 reads; it decides nothing (that is `migration`, `jobckpt`, `recovery`). One `Journal` object
 per thread; several processes may share the file (SQLite's locking, a busy timeout).
 
+It also holds job membership (`members`: which container of a job is on which node, the
+controller's own record, one row per job and Slurm incarnation), so that a move and the
+membership it changes are in one file.
+
 Operation states: `active` (going forward), `rolling_back`, `stuck` (an action that must
 succeed failed; `recovery.recover` retries it), and the terminal `done`, `rolled_back`,
 `refused`.
@@ -47,6 +51,12 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (op_id, seq)
 );
 CREATE INDEX IF NOT EXISTS operations_state ON operations(state);
+CREATE TABLE IF NOT EXISTS members (
+    job_id TEXT PRIMARY KEY,
+    incarnation INTEGER NOT NULL,
+    vcluster TEXT NOT NULL,
+    updated REAL NOT NULL
+);
 """
 OPEN_STATES = ("active", "rolling_back", "stuck")
 TERMINAL_STATES = ("done", "rolled_back", "refused")
@@ -199,6 +209,35 @@ class Journal:
                            r["started"], r["ended"],
                            None if r["result"] is None else json.loads(r["result"]), r["error"])
                 for r in self._db.execute(sql + " ORDER BY seq", args)]
+
+
+    # -- membership -------------------------------------------------------------------------
+    def set_members(self, job_id: str, incarnation: int, vcluster: Mapping[str, Any]) -> None:
+        """Where job `job_id` (Slurm's restart count `incarnation`) has its containers."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO members (job_id, incarnation, vcluster, updated) "
+                       "VALUES (?, ?, ?, ?)", (str(job_id), incarnation, _dump(vcluster),
+                                               time.time()))
+
+    def members(self, job_id: str) -> tuple[int, dict[str, Any]] | None:
+        row = self._db.execute("SELECT incarnation, vcluster FROM members WHERE job_id = ?",
+                               (str(job_id),)).fetchone()
+        return None if row is None else (int(row[0]), json.loads(row[1]))
+
+    def all_members(self) -> dict[str, tuple[int, dict[str, Any]]]:
+        return {r[0]: (int(r[1]), json.loads(r[2])) for r in
+                self._db.execute("SELECT job_id, incarnation, vcluster FROM members")}
+
+    def forget_members(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM members WHERE job_id = ?", (str(job_id),))
+
+    def recent(self, limit: int = 10) -> list[Operation]:
+        """The last operations that ended, newest first."""
+        rows = self._db.execute(
+            f"SELECT * FROM operations WHERE state IN ({','.join('?' * len(TERMINAL_STATES))})"
+            " ORDER BY updated DESC LIMIT ?", (*TERMINAL_STATES, limit))
+        return [_operation(r) for r in rows]
 
 
 def _dump(value: Mapping[str, Any]) -> str:

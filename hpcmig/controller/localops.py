@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 from hpcmig import _procfs
 from hpcmig.checkpoint import _tree, criu, images, stream
 from hpcmig.checkpoint.base import DumpStats
+from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.checkpoint.stream import Stream
 from hpcmig.controller.journal import Journal
-from hpcmig.controller.ops import ContainerRef, ContainerState
 from hpcmig.errors import HpcmigError
 from hpcmig.network import NodeNet, container_net
 from hpcmig.network.plan import ContainerNet

@@ -17,43 +17,11 @@ Contract for implementations (recovery depends on it):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from hpcmig.checkpoint.base import DumpStats
+from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.checkpoint.stream import Stream
-from hpcmig.runtime.base import container_name
-
-
-class ContainerState(StrEnum):
-    ABSENT = "absent"  # no process of this container on the node
-    RUNNING = "running"  # its init is alive and not stopped, no engine command on it
-    STOPPED = "stopped"  # left stopped by a dump
-    BUSY = "busy"  # criu dump/restore of it still running on the node
-
-
-@dataclass(frozen=True)
-class ContainerRef:
-    """Which container: job, restart count, index; its address and the job's uid."""
-
-    job_id: str
-    restart: int
-    index: int
-    address: str
-    uid: int
-
-    @property
-    def name(self) -> str:
-        return container_name(self.job_id, self.restart, self.index)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ContainerRef:
-        return cls(str(data["job_id"]), int(data["restart"]), int(data["index"]),
-                   str(data["address"]), int(data["uid"]))
 
 
 @runtime_checkable

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 
 from hpcmig import _proc
 from hpcmig.errors import CommandError, SlurmError, UsageError
+from hpcmig.hostlist import compress
 from hpcmig.slurm import parse, reasons
-from hpcmig.slurm.hostlist import compress
 from hpcmig.slurm.parse import JobInfo, NodeInfo
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",

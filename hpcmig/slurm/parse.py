@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcmig.errors import SlurmError
-from hpcmig.slurm.hostlist import expand
+from hpcmig.hostlist import expand
 
 HPCMIG_PREFIX = "hpcmig:"
 
@@ -58,6 +58,9 @@ class JobInfo:
     workdir: str = ""
     stdout: str = ""
     reason: str = ""
+    comment: str = ""
+    uid: int = -1
+    gid: int = -1
 
 
 def _load(text: str, what: str) -> dict[str, Any]:
@@ -110,6 +113,9 @@ def jobs_from_json(text: str) -> list[JobInfo]:
                 workdir=j.get("current_working_directory") or "",
                 stdout=j.get("standard_output") or "",
                 reason=_null(j.get("state_reason") or ""),
+                comment=j.get("comment") or "",
+                uid=int(j.get("user_id", -1)),
+                gid=int(j.get("group_id", -1)),
             )
         )
     return jobs
@@ -166,6 +172,15 @@ def nodes_from_text(text: str) -> list[NodeInfo]:
     return nodes
 
 
+def _id_of(value: str) -> int:
+    """`hpcuser(1001)` -> 1001 (-1 when Slurm printed none)."""
+    _, _, rest = value.partition("(")
+    try:
+        return int(rest.rstrip(")"))
+    except ValueError:
+        return -1
+
+
 def jobs_from_text(text: str) -> list[JobInfo]:
     """`scontrol show job -o`."""
     jobs = []
@@ -187,6 +202,9 @@ def jobs_from_text(text: str) -> list[JobInfo]:
                 workdir=_null(kv.get("WorkDir", "")),
                 stdout=_null(kv.get("StdOut", "")),
                 reason=_null(kv.get("Reason", "")),
+                comment=_null(kv.get("Comment", "")),
+                uid=_id_of(kv.get("UserId", "")),
+                gid=_id_of(kv.get("GroupId", "")),
             )
         )
     return jobs

@@ -2,7 +2,8 @@
 
 `up` first removes anything a previous run left (crash, kill -9), then builds in order:
 munged, bridge and node namespaces, Slurm configuration, slurmctld, one slurmd and one
-hpcmig-agent per node; it returns when every node is idle in Slurm. Every started pid goes into
+hpcmig-agent per node, then hpcmigd; it returns when every node is idle in Slurm and hpcmigd
+answers. Every started pid goes into
 the state file at once. `down` works from the state file when there is one and from the
 fixed naming scheme when there is not, so it always leaves nothing behind.
 """
@@ -116,6 +117,7 @@ def up(nodes: int, progress: Progress = _quiet) -> Plan:
         _write_config(plan, progress)
         _start_slurm(plan, state, progress)
         _start_agents(plan, state, progress)
+        _start_controller(plan, state, progress)
     except BaseException:
         progress("start failed; the testbed is left for inspection "
                  "(`hpcmig testbed down` removes it)")
@@ -275,6 +277,50 @@ def restart_agent(name: str, timeout: float = 30.0) -> daemons.Proc:
     return proc
 
 
+def _start_controller(plan: Plan, state: State, progress: Progress,
+                      env: dict[str, str] | None = None) -> daemons.Proc:
+    progress("starting hpcmigd")
+    log = str(plan.log_dir / "hpcmigd.log")
+    proc = daemons.start("hpcmigd", [sys.executable, "-m", "hpcmig.controller.daemon"],
+                         "hpcmig.controller.daemon", log, env=env)
+    state.add(proc)
+    save_state(plan, state)
+    daemons.wait_for("hpcmigd", lambda: _controller_ready(proc.pid), 120, proc, log)
+    return proc
+
+
+def _controller_ready(pid: int) -> bool:
+    """hpcmigd `pid` answers and its start-up recovery ended."""
+    from hpcmig.controller.client import ControllerClient
+    from hpcmig.errors import HpcmigError
+
+    try:
+        answer = ControllerClient(timeout=5).call("ping")
+    except HpcmigError:
+        return False
+    return isinstance(answer, dict) and answer.get("pid") == pid and not answer["recovering"]
+
+
+def controller() -> daemons.Proc | None:
+    """The testbed's recorded hpcmigd (alive or not); None without a testbed."""
+    plan = current_plan()
+    state = load_state(plan) if plan else None
+    return state.proc("hpcmigd") if state else None
+
+
+def restart_controller(env: dict[str, str] | None = None) -> daemons.Proc:
+    """Start hpcmigd again after it died (a test SIGKILLed it by its recorded pid); returns
+    once it answers and its recovery of what it left ended. `env`: e.g. HPCMIG_FAULT."""
+    plan = current_plan()
+    state = load_state(plan) if plan else None
+    if plan is None or state is None:
+        raise TestbedError("no testbed is up")
+    old = state.proc("hpcmigd")
+    if old is not None and daemons.alive(old):
+        raise TestbedError(f"hpcmigd still runs (pid {old.pid})")
+    return _start_controller(plan, state, _quiet, env)
+
+
 # -- down -------------------------------------------------------------------------------------
 def down(progress: Progress = _quiet) -> None:
     require_root()
@@ -295,6 +341,7 @@ def down(progress: Progress = _quiet) -> None:
     # Node processes first (slurmd, agents, job steps), then the controller and munged.
     daemons.kill_pids(ns_pids + [p.pid for p in recorded
                                  if p.name.startswith(("slurmd@", "agent@")) and daemons.alive(p)])
+    daemons.stop([p for p in recorded if p.name == "hpcmigd"])
     daemons.stop([p for p in recorded if p.name == "slurmctld"])
     daemons.stop([p for p in recorded if p.name == "munged"])
     progress("removing namespaces, bridge, mounts and files")
@@ -346,7 +393,7 @@ def status() -> tuple[Plan, State, list[NodeStatus], dict[str, bool]] | None:
             slurm_state=slurm_states.get(node.name, "unknown"), agent_age=age,
         ))
     central = {name: bool((p := state.proc(name)) and daemons.alive(p))
-               for name in ("munged", "slurmctld")}
+               for name in ("munged", "slurmctld", "hpcmigd")}
     return plan, state, nodes, central
 
 

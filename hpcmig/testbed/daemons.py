@@ -89,8 +89,9 @@ def stop(procs: Iterable[Proc], grace: float = 5.0) -> None:
     kill_pids([p.pid for p in procs if alive(p)], grace=grace)
 
 
-def start(name: str, argv: list[str], match: str, log_path: str) -> Proc:
-    pid = _proc.spawn(argv, log_path=log_path, env=daemon_env())
+def start(name: str, argv: list[str], match: str, log_path: str,
+          env: dict[str, str] | None = None) -> Proc:
+    pid = _proc.spawn(argv, log_path=log_path, env={**daemon_env(), **(env or {})})
     return Proc(name=name, pid=pid, match=match)
 
 

@@ -8,7 +8,8 @@ Layout (defaults; every path lives under `base` so `down` can remove one tree):
   namespace `hpcmig-node<i>` with eth0 10.251.0.<i>/24 and **no default route**;
 - each node also has private mount and UTS namespaces, kept alive by bind mounts in
   `<base>/ns/`, with a private /tmp, /dev/shm and an /etc/hosts that names the nodes;
-- slurmctld and munged run in the root namespace; one slurmd and one hpcmig-agent per node.
+- slurmctld, munged and hpcmigd run in the root namespace (hpcmigd serves on the bridge
+  address, so the nodes reach it); one slurmd and one hpcmig-agent per node.
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ class Plan:
 
     def hpcmig_conf(self) -> str:
         cfg = Config(state_dir=str(self.base / "shared"), checkpoint_dir=str(self.base / "ckpt"),
-                     munge_socket=str(self.munge_socket))
+                     munge_socket=str(self.munge_socket), controller_host=self.bridge_address,
+                     metrics_address="127.0.0.1")
         return render(cfg, MARKER)
 
     def cgroup_conf(self) -> str:

@@ -1,7 +1,7 @@
 """Read Slurm's topology.conf (tree plugin, and block plugin as a two-level tree).
 
 Design note: this module owns parsing only: text in, `Topology` out, with strict errors that
-carry the file name and line number. Hostlist expressions are expanded by `hpcmig.slurm.hostlist`
+carry the file name and line number. Hostlist expressions are expanded by `hpcmig.hostlist`
 (no `scontrol`, so it runs anywhere). It must not guess: an unknown key, a switch
 defined twice, a child switch that does not exist, a node under two switches or a cycle is a
 `UsageError`.
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcmig.errors import UsageError
-from hpcmig.slurm.hostlist import expand
+from hpcmig.hostlist import expand
 from hpcmig.topology.model import Topology, from_tree
 
 _TREE_KEYS = {"switchname", "switches", "nodes", "linkspeed"}

@@ -27,11 +27,11 @@ import pytest
 
 from hpcmig import _procfs
 from hpcmig.checkpoint import images
+from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.controller.jobckpt import JobCheckpoint, JobSpec, Placement, checkpoint_job, restore_job
 from hpcmig.controller.journal import Journal
 from hpcmig.controller.localops import LocalConfig, LocalOps
 from hpcmig.controller.migration import FORWARD, MigrationSpec, migrate
-from hpcmig.controller.ops import ContainerRef, ContainerState
 from hpcmig.network import NodeNet
 from hpcmig.runtime import Container, ContainerSpec, get_runtime
 from hpcmig.runtime import ns as ns_runtime

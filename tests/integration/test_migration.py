@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from hpcmig.controller.evacuate import Controller
 from hpcmig.slurm import Slurm
 from hpcmig.testbed.plan import Plan
 from hpcmig.workloads import batch, ring
+from tests.integration import hpcmigd
+from tests.integration.hpcmigd import host_of
 
 pytestmark = pytest.mark.integration
 
@@ -64,32 +65,24 @@ def finish(slurm: Slurm, job_id: int, out: Path, rounds: int = 200) -> str:
     return text
 
 
-def host_of(ctl: Controller, job_id: int, index: int) -> str:
-    return ctl.vcluster(str(job_id)).member(index).node
-
-
 @pytest.mark.parametrize("mpi", ["mpich", "openmpi"])
 def test_one_container_moves_live_and_the_checksum_is_exact(testbed: Plan, slurm: Slurm,
                                                              job_dir: Path, mpi: str) -> None:
     job_id, out = submit_ring(testbed, slurm, job_dir, f"mig-{mpi}", mpi=mpi)
-    ctl = Controller()
-    assert host_of(ctl, job_id, 1) == "node2"
-    outcome = ctl.migrate(str(job_id), "node2")
-    assert outcome.state == "done" and outcome.pause is not None
-    assert host_of(ctl, job_id, 1) == "node3"
+    assert host_of(job_id, 1) == "node2"
+    row = hpcmigd.migrate(job_id, "node2")
+    assert row["to"] == "node3" and row["pause"] is not None
+    assert host_of(job_id, 1) == "node3"
     finish(slurm, job_id, out)
 
 
 def test_twenty_migrations_in_a_row(testbed: Plan, slurm: Slurm, job_dir: Path) -> None:
     job_id, out = submit_ring(testbed, slurm, job_dir, "mig-20", rounds=600, seconds=90)
-    ctl = Controller()
     pauses = []
     for i in range(20):
         source = "node2" if i % 2 == 0 else "node3"
-        outcome = ctl.migrate(str(job_id), source)
-        assert outcome.state == "done", (i, outcome)
-        pauses.append(outcome.pause)
-    assert host_of(ctl, job_id, 1) == "node2"
+        pauses.append(hpcmigd.migrate(job_id, source)["pause"])
+    assert host_of(job_id, 1) == "node2"
     assert slurm.job(job_id).state == "RUNNING", "the job ended before 20 moves: lengthen it"
     finish(slurm, job_id, out, rounds=600)
     print(f"20 migrations, pauses {min(pauses):.2f}-{max(pauses):.2f} s")

@@ -1,12 +1,13 @@
-"""Issue 4 crash safety on the real testbed: faults injected into live migrations of one job.
+"""Crash safety on the real testbed: faults injected into live migrations of one job.
 
 One 3-node MPICH ring job with a spare node runs through every case; its container 1 moves
-between node2 and node3 (`hpcmig migrate`, the CLI acting as the controller). Cases:
-- the controller SIGKILLed at every journaled step (before its effect; after it at `dump`
-  and `restore`), then `hpcmig recover JOB` in a fresh process;
+between node2 and node3 (`hpcmig migrate`, served by hpcmigd). Cases:
+- hpcmigd SIGKILLed at every journaled step (before its effect; after it at `dump` and
+  `restore`; it is started with HPCMIG_FAULT), then started again: its start-up recovery
+  finishes or rolls the move back, and `hpcmig recover JOB` finds nothing left;
 - the target node's hpcmig-agent SIGKILLed while its criu restore runs, restarted, then
-  `hpcmig recover JOB`;
-- a page image corrupted between the dump and its verification (the controller stopped
+  hpcmigd started again (recovery);
+- a page image corrupted between the dump and its verification (hpcmigd stopped itself
   there with HPCMIG_FAULT=dump:stop-after): the move rolls back, the source resumes.
 After each case the container runs exactly once (one copy, on the source or the target, as
 the journal's outcome says), every node routes its address there, and no image is left.
@@ -15,6 +16,7 @@ At the end the job must print the exact checksum of an undisturbed run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,18 +32,20 @@ import pytest
 from hpcmig import _procfs
 from hpcmig.agent.node import netns_name
 from hpcmig.checkpoint import criu
+from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.controller.agentops import AgentOps
-from hpcmig.controller.evacuate import Controller
 from hpcmig.controller.journal import Journal, Operation
 from hpcmig.controller.migration import FORWARD
-from hpcmig.controller.ops import ContainerRef, ContainerState
+from hpcmig.controller.service import Service
 from hpcmig.network import NodeNet
 from hpcmig.runtime.ns import INIT_MODULE
 from hpcmig.slurm import Slurm
 from hpcmig.testbed import cluster, daemons
 from hpcmig.testbed.plan import Plan
+from tests.integration import hpcmigd
 from tests.integration.conftest import NODES, settle
-from tests.integration.test_migration import finish, host_of, submit_ring
+from tests.integration.hpcmigd import host_of
+from tests.integration.test_migration import finish, submit_ring
 
 pytestmark = pytest.mark.integration
 
@@ -59,14 +63,14 @@ class Job:
     out: Path
     plan: Plan
     slurm: Slurm
-    ctl: Controller
+    svc: Service  # in this process, for reading the controller's records
     where: str  # the node container MOVED runs on
 
     def other(self) -> str:
         return "node3" if self.where == "node2" else "node2"
 
     def journal(self) -> Journal:
-        return Journal(self.ctl.journal_path)
+        return Journal(self.svc.journal_path)
 
 
 @pytest.fixture(scope="module")
@@ -79,23 +83,22 @@ def job(testbed_session: Plan) -> Iterator[Job]:
     shutil.chown(home, plan.user, plan.user)
     job_id, out = submit_ring(plan, slurm, home, "faults", rounds=ROUNDS, seconds=SECONDS,
                               memory_mb=16)
-    ctl = Controller()
-    j = Job(job_id, out, plan, slurm, ctl, host_of(ctl, job_id, MOVED))
+    j = Job(job_id, out, plan, slurm, Service(), host_of(job_id, MOVED))
     assert j.where == "node2"
     try:
         yield j
     finally:
+        hpcmigd.ensure_running()
         if slurm.job(job_id).state in ("PENDING", "RUNNING"):
             slurm.cancel(job_id)  # a case broke it: free the testbed for the next tests
 
 
 def hpcmig(*args: str, fault: str | None = None, timeout: float = 120
            ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "HPCMIG_FAULT"}
+    """The CLI; with `fault`, hpcmigd is started again with HPCMIG_FAULT=fault first."""
     if fault:
-        env["HPCMIG_FAULT"] = fault
-    return subprocess.run([HPCMIG, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+        hpcmigd.restart(fault=fault)
+    return subprocess.run([HPCMIG, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def last_op(job: Job) -> Operation:
@@ -104,9 +107,9 @@ def last_op(job: Job) -> Operation:
 
 
 def ref_of(job: Job) -> tuple[ContainerRef, AgentOps]:
-    vc = job.ctl.vcluster(str(job.id))
+    vc = job.svc.vcluster(str(job.id))
     m = vc.member(MOVED)
-    ops = AgentOps(vc, job.ctl.node_addrs(), job.ctl.cfg.agent_port, job.ctl.munge)
+    ops = AgentOps(vc, job.svc.node_addrs(), job.svc.cfg.agent_port, job.svc.munge)
     return ContainerRef(vc.job_id, vc.restart, MOVED, m.address, vc.uid), ops
 
 
@@ -127,7 +130,7 @@ def assert_runs_once(job: Job, node: str) -> None:
     """Container MOVED runs exactly once, on node, not stopped; every node routes to it;
     the job's records say so; no image directory is left."""
     assert job.slurm.job(job.id).state == "RUNNING", "the job ended: lengthen SECONDS"
-    assert host_of(job.ctl, job.id, MOVED) == node
+    assert host_of(job.id, MOVED) == node
     ref, ops = ref_of(job)
     states = {n.name: ops.container_state(n.name, ref) for n in job.plan.nodes}
     assert states == {"node1": ContainerState.ABSENT, node: ContainerState.RUNNING,
@@ -152,19 +155,22 @@ def assert_runs_once(job: Job, node: str) -> None:
     # the agents' records: the hosting node's lists the copy (so it can move again and the
     # epilog stops it), no other node's does
     for n in job.plan.nodes:
-        info = job.ctl.agent(n.name).call("job.info", job_id=str(job.id))
+        info = job.svc.agent(n.name).call("job.info", job_id=str(job.id))
         assert (str(MOVED) in info["containers"]) == (n.name == node), (n.name, info)
-    images = Path(job.ctl.cfg.checkpoint_dir) / str(job.id)
+        # every agent was told where the container is now (hpcmigd pushes membership)
+        assert info["vc"]["members"][MOVED]["node"] == node, (n.name, info["vc"])
+    images = Path(job.svc.cfg.checkpoint_dir) / str(job.id)
     assert not [p for p in images.glob("r*/c*/*") if p.is_dir()], "images left behind"
 
 
 def recover(job: Job, op: Operation, want: str) -> None:
-    r = hpcmig("recover", str(job.id))
-    assert r.returncode == 0, (r.stdout, r.stderr)
-    assert f"operation {op.id} (" in r.stdout and f"): {want}" in r.stdout, r.stdout
+    """hpcmigd started again (without a fault) recovers `op` to `want` before it serves."""
+    hpcmigd.restart()
     with job.journal() as journal:
-        assert journal.get(op.id).state == want
+        assert journal.get(op.id).state == want, journal.get(op.id)
         assert not journal.open_operations(str(job.id))
+    r = hpcmig("recover", str(job.id))
+    assert r.returncode == 0 and "nothing to recover" in r.stdout, (r.stdout, r.stderr)
 
 
 @pytest.mark.parametrize("step,how", KILLS, ids=[f"{s}-{h}" for s, h in KILLS])
@@ -172,7 +178,8 @@ def test_controller_sigkilled_at_a_step_then_recover(job: Job, step: str, how: s
     source, target = job.where, job.other()
     r = hpcmig("migrate", str(job.id), "--from", source, "--to", target,
                fault=f"{step}:{how}")
-    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
+    assert r.returncode == 1 and "connection" in r.stderr, (r.returncode, r.stderr[-2000:])
+    assert not hpcmigd.alive(), "hpcmigd should have SIGKILLed itself"
     op = last_op(job)
     assert op.state == "active"
     with job.journal() as journal:
@@ -196,13 +203,23 @@ def _restoring(root: str) -> bool:
     return False
 
 
-def wait_stopped(proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    """Until the controller stopped itself (HPCMIG_FAULT=<step>:stop...)."""
+def wait_stopped(cli: subprocess.Popen[str], timeout: float = 60) -> int:
+    """Until hpcmigd stopped itself (HPCMIG_FAULT=<step>:stop...); its pid."""
+    pid = hpcmigd.proc().pid
     deadline = time.monotonic() + timeout
-    while _procfs.state(proc.pid) != "T":
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline, "the controller never stopped itself"
+    while _procfs.state(pid) != "T":
+        assert cli.poll() is None, cli.communicate()
+        assert time.monotonic() < deadline, "hpcmigd never stopped itself"
         time.sleep(0.02)
+    return pid
+
+
+def migrate_cli(job: Job, source: str, target: str, fault: str) -> subprocess.Popen[str]:
+    """`hpcmig migrate` in the background, hpcmigd started with HPCMIG_FAULT=fault."""
+    hpcmigd.restart(fault=fault)
+    return subprocess.Popen([HPCMIG, "migrate", str(job.id), "--from", source, "--to",
+                             target, "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _corrupt_largest(image_dir: str, prefix: str = "pages-") -> str:
@@ -219,22 +236,22 @@ def _corrupt_largest(image_dir: str, prefix: str = "pages-") -> str:
 
 def test_corrupted_image_rolls_back_and_the_source_resumes(job: Job) -> None:
     source, target = job.where, job.other()
-    proc = subprocess.Popen([HPCMIG, "migrate", str(job.id), "--from", source, "--to", target],
-                            env={**os.environ, "HPCMIG_FAULT": "dump:stop-after"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = migrate_cli(job, source, target, "dump:stop-after")
     try:
-        wait_stopped(proc)
+        daemon = wait_stopped(proc)
         op = last_op(job)
         assert op.state == "active" and "dump" in op.data
         _corrupt_largest(op.spec["dst_images"])
-        os.kill(proc.pid, signal.SIGCONT)
-        _, err = proc.communicate(timeout=120)
+        os.kill(daemon, signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        hpcmigd.restart()
     assert proc.returncode == 1, err
-    assert "rolled_back" in err and "does not match its checksum" in err, err
+    [row] = json.loads(out)["rows"]
+    assert row["result"] == "rolled back" and "does not match its checksum" in row["detail"], row
     with job.journal() as journal:
         done = journal.get(op.id)
         forward = journal.steps(op.id, "forward")
@@ -251,16 +268,13 @@ def test_target_agent_killed_mid_restore_then_recover(job: Job) -> None:
     assert state is not None
     agent = state.proc(f"agent@{target}")
     assert agent is not None and daemons.alive(agent)
-    ckpt = os.path.join(job.ctl.cfg.checkpoint_dir, str(job.id))
-    # the controller stops itself right before it asks for the restore; from its SIGCONT on,
-    # watch for criu restore on the target and kill the agent that runs it
-    proc = subprocess.Popen([HPCMIG, "migrate", str(job.id), "--from", source, "--to", target],
-                            env={**os.environ, "HPCMIG_FAULT": "restore:stop"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = os.path.join(job.svc.cfg.checkpoint_dir, str(job.id))
+    # hpcmigd stops itself right before it asks for the restore; from its SIGCONT on, watch
+    # for criu restore on the target and kill the agent that runs it
+    proc = migrate_cli(job, source, target, "restore:stop")
     killed = False
     try:
-        wait_stopped(proc)
-        os.kill(proc.pid, signal.SIGCONT)
+        os.kill(wait_stopped(proc), signal.SIGCONT)
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:
             if _restoring(ckpt):
@@ -284,8 +298,9 @@ def test_target_agent_killed_mid_restore_then_recover(job: Job) -> None:
     with job.journal() as journal:
         before = journal.get(op.id).state
     assert before == "stuck"
+    hpcmigd.restart()  # its start-up recovery goes on with the stuck move
     r = hpcmig("recover", str(job.id))
-    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert r.returncode == 0 and "nothing to recover" in r.stdout, (r.stdout, r.stderr)
     with job.journal() as journal:
         after = journal.get(op.id)
     assert after.state in ("done", "rolled_back"), after
@@ -309,4 +324,4 @@ def test_the_job_finishes_exactly_once(job: Job) -> None:
     for n in job.plan.nodes:
         assert not (job.plan.node_dir(n) / "run-hpcmig" / "agent" / "jobs" /
                     f"{job.id}.json").exists(), n.name
-    assert not (Path(job.ctl.cfg.checkpoint_dir) / str(job.id)).exists()
+    assert not (Path(job.svc.cfg.checkpoint_dir) / str(job.id)).exists()

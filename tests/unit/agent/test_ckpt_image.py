@@ -22,8 +22,8 @@ from hpcmig.agent.server import Call
 from hpcmig.auth import Identity
 from hpcmig.checkpoint import criu, images
 from hpcmig.checkpoint.base import EngineError
+from hpcmig.checkpoint.refs import ContainerRef
 from hpcmig.config import Config
-from hpcmig.controller.ops import ContainerRef
 from hpcmig.errors import HpcmigError
 from hpcmig.runtime import image
 from hpcmig.runtime.base import Container, ContainerSpec

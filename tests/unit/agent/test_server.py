@@ -37,7 +37,7 @@ def ops(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
         "t.job": server.Operation("t.job", "job",
                                   lambda call, job_id: calls.append(("job", {"job_id": job_id}))),
     }
-    monkeypatch.setattr(server, "OPERATIONS", fake)
+    monkeypatch.setattr(server.AGENT, "operations", fake)
     return calls
 
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hpcmig.checkpoint.base import CorruptImage, DumpStats
+from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.checkpoint.stream import Stream
-from hpcmig.controller.ops import ContainerRef, ContainerState
 from hpcmig.errors import HpcmigError
 
 SHARED = "/shared"

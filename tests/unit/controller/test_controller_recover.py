@@ -1,5 +1,6 @@
-"""`Controller.recover` (what `hpcmig recover` runs) and recovery before a new move, against
-a fake Slurm and the fake cluster: which open operations it finishes, closes or leaves."""
+"""`Service.recover_ops` (what `hpcmig recover` and a starting hpcmigd run) and recovery
+before a new move, against a fake Slurm and the fake cluster: which open operations it
+finishes, closes or leaves."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from hpcmig.checkpoint.refs import ContainerRef
 from hpcmig.config import Config
-from hpcmig.controller.evacuate import Controller, Move
+from hpcmig.controller.evacuate import Move
 from hpcmig.controller.journal import Journal
 from hpcmig.controller.migration import FORWARD, MigrationSpec, migrate
-from hpcmig.controller.ops import ContainerRef, MigrationOps
+from hpcmig.controller.ops import MigrationOps
+from hpcmig.controller.service import Service
 from hpcmig.errors import HpcmigError, SlurmError
 from hpcmig.slurm import JobInfo
 from hpcmig.vcluster import VCluster, plan
@@ -46,7 +49,7 @@ class FakeSlurm:
         return list(self.jobs_)
 
 
-class Ctl(Controller):
+class Ctl(Service):
     def __init__(self, cfg: Config, slurm: FakeSlurm, vc: VCluster, ops: FakeOps) -> None:
         super().__init__(cfg, slurm)  # type: ignore[arg-type]
         self.vc, self.ops, self.said = vc, ops, []
@@ -93,11 +96,11 @@ def crashed_move(ctl: Ctl, ref: ContainerRef, step: str) -> int:
 def test_a_running_jobs_operation_is_finished_or_rolled_back(env: Env, step: str) -> None:
     ctl, world, _, ref = env
     op_id = crashed_move(ctl, ref, step)
-    [r] = ctl.recover("7")
+    [r] = ctl.recover_ops("7")
     past = FORWARD.index(step) > FORWARD.index("restore")
     assert (r.op.id, r.state) == (op_id, "done" if past else "rolled_back"), r
     assert_settled(world, ref, "n3" if past else "n2", ["n1", "n2"] if past else ["n1", "n3"])
-    assert ctl.recover() == []
+    assert ctl.recover_ops() == []
 
 
 @pytest.mark.parametrize("state", ["COMPLETED", "CANCELLED", "COMPLETING", "PENDING", None])
@@ -107,7 +110,7 @@ def test_a_migration_of_a_job_that_ended_is_closed_with_the_reason(env: Env,
     op_id = crashed_move(ctl, ref, "restore")
     slurm.jobs_ = [] if state is None else [JobInfo(7, "ring", "u", state)]
     calls = len(world.calls)
-    [r] = ctl.recover()
+    [r] = ctl.recover_ops()
     assert r.state == "rolled_back"
     assert f"job 7 is {state or 'gone from Slurm'}" in r.note and "epilog" in r.note
     assert "restore (started)" in r.note
@@ -120,7 +123,7 @@ def test_a_migration_of_an_earlier_run_of_a_requeued_job_is_closed(env: Env) -> 
     ctl, _, _, ref = env
     crashed_move(ctl, ref, "route")
     ctl.vc = vcluster(restart=1)
-    [r] = ctl.recover("7")
+    [r] = ctl.recover_ops("7")
     assert r.state == "rolled_back" and "run 0 of job 7 has ended" in r.note
 
 
@@ -132,7 +135,7 @@ def test_operations_stay_open_while_nothing_can_be_decided(env: Env, why: str) -
         slurm.jobs_ = [JobInfo(7, "ring", "u", "SUSPENDED", tuple(NODES))]
     else:
         slurm.down = True
-    [r] = ctl.recover("7")
+    [r] = ctl.recover_ops("7")
     assert r.state == "stuck"
     with Journal(ctl.journal_path) as journal:
         assert [o.id for o in journal.open_operations()] == [op_id]
@@ -152,12 +155,12 @@ def test_an_operation_another_process_drives_is_left_alone(env: Env) -> None:
     t.start()
     try:
         assert held.wait(10)
-        [r] = ctl.recover("7")
+        [r] = ctl.recover_ops("7")
         assert r.state == "busy"
     finally:
         release.set()
         t.join()
-    [r] = ctl.recover("7")
+    [r] = ctl.recover_ops("7")
     assert r.state == "rolled_back"
     assert_settled(world, ref, "n2", ["n1", "n3"])
 
@@ -166,7 +169,7 @@ def test_dry_run_changes_nothing(env: Env) -> None:
     ctl, world, _, ref = env
     op_id = crashed_move(ctl, ref, "dump")
     calls = len(world.calls)
-    [r] = ctl.recover(dry_run=True)
+    [r] = ctl.recover_ops(dry_run=True)
     assert (r.op.id, r.state) == (op_id, "open") and len(world.calls) == calls
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from hpcmig.checkpoint.refs import ContainerRef
 from hpcmig.controller import recovery
 from hpcmig.controller._machine import env_faults
 from hpcmig.controller.jobckpt import (
@@ -14,7 +15,6 @@ from hpcmig.controller.jobckpt import (
     restore_job,
 )
 from hpcmig.controller.journal import Journal
-from hpcmig.controller.ops import ContainerRef
 from hpcmig.errors import UsageError
 from tests.unit.controller.fake import SHARED, FakeOps, World, assert_settled
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.controller import recovery
 from hpcmig.controller._machine import InjectedFault, env_faults
 from hpcmig.controller.journal import Journal
 from hpcmig.controller.migration import FORWARD, MigrationSpec, migrate
-from hpcmig.controller.ops import ContainerRef, ContainerState, MigrationOps
+from hpcmig.controller.ops import MigrationOps
 from tests.unit.controller.fake import SHARED, FakeOps, World, assert_settled
 
 REF = ContainerRef("42", 0, 1, "10.252.0.2", 1000)

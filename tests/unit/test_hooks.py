@@ -1,6 +1,7 @@
 import pytest
 
-from hpcmig.slurm import hooks
+from hpcmig import hooks
+from hpcmig.slurm.parse import JobInfo
 
 
 @pytest.mark.parametrize(
@@ -21,8 +22,8 @@ def test_hooks_leave_jobs_that_did_not_ask_alone(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     monkeypatch.setenv("SLURMD_NODENAME", "node1")
     read: list[str] = []
-    monkeypatch.setattr(hooks, "job_fields",
-                        lambda job_id: read.append(job_id) or {"Comment": "just a comment"})
+    monkeypatch.setattr(hooks, "read_job", lambda job_id: read.append(job_id) or JobInfo(
+        int(job_id), "j", "u", "RUNNING", comment="just a comment"))
 
     def no_agent(*args: object, **kw: object) -> None:
         raise AssertionError("a job that did not opt in reached the agent")

@@ -1,7 +1,7 @@
 import pytest
 
 from hpcmig.errors import UsageError
-from hpcmig.slurm.hostlist import compress, expand
+from hpcmig.hostlist import compress, expand
 
 
 @pytest.mark.parametrize(

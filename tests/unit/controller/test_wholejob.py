@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from hpcmig import vcluster
-from hpcmig.controller import restart
+from hpcmig.checkpoint import record
+from hpcmig.controller import wholejob as restart
 from hpcmig.errors import HpcmigError
 
 
@@ -30,7 +31,7 @@ def test_checkpoint_spec_covers_every_container_with_keyed_image_dirs(tmp_path: 
 
 def test_restore_spec_puts_each_container_on_the_new_plans_node(tmp_path: Path) -> None:
     old = make(["a", "b"])
-    rec = restart.RestartRecord("42", 0, 1001, {
+    rec = record.RestartRecord("42", 0, 1001, {
         p.ref.index: {"image_dir": p.image_dir, "manifest_sha256": f"sha{p.ref.index}"}
         for p in restart.checkpoint_spec(old, str(tmp_path)).containers})
     # the requeued job got other nodes; the prolog plans it with the old incarnation's names
@@ -43,19 +44,19 @@ def test_restore_spec_puts_each_container_on_the_new_plans_node(tmp_path: Path) 
 
 
 def test_restore_refuses_a_resized_job(tmp_path: Path) -> None:
-    rec = restart.RestartRecord("42", 0, 1001, {0: {"image_dir": "x"}, 1: {"image_dir": "y"}})
+    rec = record.RestartRecord("42", 0, 1001, {0: {"image_dir": "x"}, 1: {"image_dir": "y"}})
     with pytest.raises(HpcmigError, match="resized"):
         restart.restore_spec(make(["a", "b", "c"]), rec)
 
 
 def test_the_record_is_private_and_pending_until_restored(tmp_path: Path) -> None:
-    assert restart.pending(str(tmp_path), "42") is None
-    rec = restart.RestartRecord("42", 3, 1001, {0: {"image_dir": "x", "manifest_sha256": None}})
-    restart.save(str(tmp_path), rec)
-    path = restart.record_path(str(tmp_path), "42")
+    assert record.pending(str(tmp_path), "42") is None
+    rec = record.RestartRecord("42", 3, 1001, {0: {"image_dir": "x", "manifest_sha256": None}})
+    record.save(str(tmp_path), rec)
+    path = record.record_path(str(tmp_path), "42")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert restart.pending(str(tmp_path), "42") == rec
+    assert record.pending(str(tmp_path), "42") == rec
     rec.restored = True
-    restart.save(str(tmp_path), rec)
-    assert restart.pending(str(tmp_path), "42") is None
-    assert restart.load(str(tmp_path), "42") == rec
+    record.save(str(tmp_path), rec)
+    assert record.pending(str(tmp_path), "42") is None
+    assert record.load(str(tmp_path), "42") == rec

@@ -20,15 +20,13 @@ import sys
 import time
 from ipaddress import IPv4Network
 
-from hpcmig import _proc
 from hpcmig import config as site_config
 from hpcmig.agent.rpc import AgentClient, RpcError
-from hpcmig.checkpoint import images
-from hpcmig.controller import restart
+from hpcmig.checkpoint import images, record
 from hpcmig.errors import HpcmigError, SlurmError, UsageError
 from hpcmig.network import AddressPool
-from hpcmig.slurm.hostlist import expand
-from hpcmig.slurm.parse import keyvalues, nodes_from_text
+from hpcmig.slurm import Slurm
+from hpcmig.slurm.parse import JobInfo
 from hpcmig.vcluster import VCluster, parse_options, plan
 
 OPT_IN = "hpcmig"
@@ -51,37 +49,28 @@ def parse_opt_in(comment: str) -> dict[str, str] | None:
     return opts
 
 
-def job_fields(job_id: str) -> dict[str, str]:
-    out = _proc.run(["scontrol", "show", "job", "-o", job_id], timeout=20).stdout
-    for line in out.splitlines():
-        if line.startswith("JobId="):
-            return keyvalues(line)
-    raise SlurmError(f"scontrol does not know job {job_id}")
-
-
-def _name_id(value: str) -> tuple[str, int]:
-    """`hpcuser(1001)` -> ('hpcuser', 1001)."""
-    name, _, rest = value.partition("(")
+def read_job(job_id: str) -> JobInfo:
+    """The job as Slurm's adapter reads it (a bad id is the caller's problem: not ours)."""
     try:
-        return name, int(rest.rstrip(")"))
+        return Slurm().job(int(job_id))
     except ValueError:
-        raise SlurmError(f"cannot read a user/group from {value!r}") from None
+        raise SlurmError(f"bad job id {job_id!r}") from None
 
 
 def node_addresses(nodes: list[str]) -> dict[str, str]:
-    out = _proc.run(["scontrol", "show", "node", "-o", ",".join(nodes)], timeout=20).stdout
-    return {n.name: n.address or n.name for n in nodes_from_text(out)}
+    want = set(nodes)
+    return {n.name: n.address or n.name for n in Slurm().nodes() if n.name in want}
 
 
-def plan_job(job_id: str, fields: dict[str, str], opts: dict[str, str],
-             cfg: site_config.Config) -> VCluster:
+def plan_job(job: JobInfo, opts: dict[str, str], cfg: site_config.Config) -> VCluster:
     options = parse_options(opts)
-    user, uid = _name_id(fields.get("UserId", ""))
-    _, gid = _name_id(fields.get("GroupId", ""))
-    nodes = expand(fields.get("NodeList", ""))
+    if job.uid < 0 or job.gid < 0:
+        raise SlurmError(f"Slurm names no user/group for job {job.job_id}")
+    nodes = list(job.nodes)
+    job_id = str(job.job_id)
     block = AddressPool(str(cfg.pool_state), cfg.pool, cfg.block_prefix).reserve(job_id)
-    return plan(job_id=job_id, restart=int(fields.get("Restarts", "0") or 0), user=user,
-                uid=uid, gid=gid, nodes=nodes, node_addrs=node_addresses(nodes),
+    return plan(job_id=job_id, restart=job.restart_count, user=job.user,
+                uid=job.uid, gid=job.gid, nodes=nodes, node_addrs=node_addresses(nodes),
                 block=IPv4Network(block), spares=options.get("spares", 0),
                 image=options.get("image"), runtime=options.get("runtime", cfg.runtime),
                 mpi=options.get("mpi", cfg.mpi))
@@ -107,20 +96,20 @@ def log(kind: str, job_id: str, message: str) -> None:
 def prolog(job_id: str, node: str) -> int:
     try:
         cfg = site_config.load()
-        fields = job_fields(job_id)
+        job = read_job(job_id)
     except HpcmigError as exc:
         log("prolog", job_id, f"cannot read the job or the configuration: {exc}")
         return 0  # not a node fault
-    opts = parse_opt_in(fields.get("Comment", ""))
+    opts = parse_opt_in(job.comment)
     if opts is None:
         return 0
     agent = local_agent(cfg, node)
     try:
-        vc = plan_job(job_id, fields, opts, cfg)
+        vc = plan_job(job, opts, cfg)
     except (UsageError, SlurmError) as exc:
         log("prolog", job_id, f"cannot plan the virtual cluster: {exc}")
         return 0
-    ckpt = restart.pending(cfg.checkpoint_dir, job_id)
+    ckpt = record.pending(cfg.checkpoint_dir, job_id)
     if ckpt is not None:  # a requeued job: its checkpointed incarnation's names, no container
         vc = dataclasses.replace(vc, restart=ckpt.restart)
     try:
@@ -146,15 +135,15 @@ def prolog(job_id: str, node: str) -> int:
 def epilog(job_id: str, node: str) -> int:
     try:
         cfg = site_config.load()
-        fields = job_fields(job_id)
+        job: JobInfo | None = read_job(job_id)
     except HpcmigError as exc:
-        fields = {}
+        job = None
         log("epilog", job_id, f"cannot read the job ({exc}); cleaning up anyway")
         try:
             cfg = site_config.load()
         except HpcmigError:
             return 0
-    if fields and parse_opt_in(fields.get("Comment", "")) is None:
+    if job is not None and parse_opt_in(job.comment) is None:
         return 0
     try:
         removed = local_agent(cfg, node).call("job.teardown", job_id=job_id)["removed"]
@@ -164,8 +153,8 @@ def epilog(job_id: str, node: str) -> int:
     except HpcmigError as exc:
         log("epilog", job_id, f"teardown failed: {exc}")
         return 1
-    ended = fields.get("JobState", "").upper() in ENDED_STATES if fields else False
-    if ended and restart.pending(cfg.checkpoint_dir, job_id) is not None:
+    ended = job.state in ENDED_STATES if job is not None else False
+    if ended and record.pending(cfg.checkpoint_dir, job_id) is not None:
         ended = False  # requeued from a whole-job checkpoint: kept for its restore
     if ended:
         AddressPool(str(cfg.pool_state), cfg.pool, cfg.block_prefix).release(job_id)

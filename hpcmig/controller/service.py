@@ -1,0 +1,448 @@
+"""The controller service: one method per verb, each answering a `Report`.
+
+Design note: the one home of decisions and job membership. hpcmigd serves these methods over
+MUNGE RPC (hpcmig.controller.daemon); the `hpcmig` verbs are its thin clients; `hpcmig
+recover` may also run it in-process when hpcmigd is down. Dry runs call the same planning
+code as real runs (`plan_moves`, `plan_drain`) and stop before the first effect.
+
+Membership: which container of a job is on which node is the service's record (the journal's
+`members` table, per job and Slurm incarnation), read from the job's agents the first time
+(their prologs planned it) and changed only here, after a move succeeded; every change is
+pushed to every agent of the job (`job.members`), the target of a move included, so a drain
+of any node finds every container on it, wherever it came from.
+
+Locks: one journal (SQLite) and one flock per job (`job_lock`, released by the kernel when
+the holder dies); an operation on a job holds it, and `recover` leaves a job whose lock a
+live process holds. Whole-job checkpoints, restores and the drain's fallback live in
+`wholejob`; recovery after a crash in `recovery` (machines) and `recover_ops` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from hpcmig import config as site_config
+from hpcmig.agent.rpc import AgentClient
+from hpcmig.checkpoint import images
+from hpcmig.checkpoint.refs import ContainerRef
+from hpcmig.controller import wholejob
+from hpcmig.controller._machine import Outcome
+from hpcmig.controller.agentops import AgentOps
+from hpcmig.controller.evacuate import JobPlan, Move, plan_drain, plan_moves
+from hpcmig.controller.journal import Journal
+from hpcmig.controller.metrics import Metrics
+from hpcmig.controller.migration import KIND as MIGRATE
+from hpcmig.controller.migration import TRANSPORTS, MigrationSpec, migrate
+from hpcmig.controller.ops import MigrationOps
+from hpcmig.controller.recovery import Recovered, recover
+from hpcmig.controller.report import Report
+from hpcmig.errors import HpcmigError, UsageError
+from hpcmig.hostlist import compress
+from hpcmig.slurm import JobInfo, Slurm
+from hpcmig.vcluster import VCluster
+
+log = logging.getLogger("hpcmig.controller")
+Progress = Callable[[str], None]
+DRAIN = "drain"  # journal kind of a node drain (its moves are journaled on their own)
+MOVE_COLUMNS = ("job", "container", "from", "to", "result", "pause", "detail")
+
+
+def check_transport(transport: str) -> None:
+    if transport not in TRANSPORTS:
+        raise UsageError(f"unknown image transport {transport!r}",
+                         hint=f"choose one of {', '.join(TRANSPORTS)}")
+
+
+def job_number(job_id: str | int) -> int:
+    text = str(job_id).strip()
+    if not text.isdigit():
+        raise UsageError(f"bad job id {str(job_id)!r}: a job id is a number (see squeue)")
+    return int(text)
+
+
+class Service:
+    def __init__(self, cfg: site_config.Config | None = None, slurm: Slurm | None = None,
+                 progress: Progress | None = None, metrics: Metrics | None = None) -> None:
+        self.cfg = cfg or site_config.load()
+        self.slurm = slurm or Slurm()
+        self.progress: Progress = progress or log.info
+        self.metrics = metrics or Metrics()
+        self.munge = self.cfg.munge_socket or None
+        self._addrs: dict[str, str] | None = None
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
+        self.heartbeats: dict[str, float] = {}  # node -> when its agent last answered
+        self._lock = threading.Lock()
+
+    # -- the world ------------------------------------------------------------------------
+    @property
+    def journal_path(self) -> str:
+        return str(Path(self.cfg.state_dir) / "controller.db")
+
+    def journal(self) -> Journal:
+        return Journal(self.journal_path)
+
+    def node_addrs(self, refresh: bool = False) -> dict[str, str]:
+        if self._addrs is None or refresh:
+            self._addrs = {n.name: n.address or n.name for n in self.slurm.nodes()}
+        return self._addrs
+
+    def decide(self, what: str, **detail: Any) -> None:
+        """Remember a decision (status shows the last ones) and say it."""
+        self.decisions.appendleft({"time": time.time(), "what": what, **detail})
+        self.progress(what)
+
+    @contextlib.contextmanager
+    def job_lock(self, job_id: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the job's controller lock (yields True); with wait=False yield False at once
+        when another process holds it."""
+        locks = Path(self.cfg.state_dir) / "controller.locks"
+        locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(locks / f"{job_id}.lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
+                self.progress(f"job {job_id}: waiting for another operation on it")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            yield True
+
+    def agent(self, node: str) -> AgentClient:
+        addrs = self.node_addrs()
+        if node not in addrs:
+            addrs = self.node_addrs(refresh=True)
+        return AgentClient(node, addrs[node], self.cfg.agent_port, self.munge)
+
+    def ops_for(self, vc: VCluster) -> MigrationOps:
+        """The effects on the job's nodes: its agents (unit tests put a fake here)."""
+        return AgentOps(vc, self.node_addrs(), self.cfg.agent_port, self.munge)
+
+    def job(self, job_id: str | int) -> JobInfo:
+        return self.slurm.job(job_number(job_id))
+
+    def unusable(self) -> frozenset[str]:
+        return frozenset(n.name for n in self.slurm.nodes()
+                         if n.flags & {"DRAIN", "NOT_RESPONDING"} or n.state in ("down",))
+
+    # -- membership -----------------------------------------------------------------------
+    def vcluster(self, job_id: str, job: JobInfo | None = None) -> VCluster:
+        """The running job's virtual cluster as the controller knows it."""
+        job = job or self.job(job_id)
+        if job.state != "RUNNING":
+            raise UsageError(f"job {job.job_id} is {job.state}, not running")
+        with self.journal() as journal:
+            stored = journal.members(str(job.job_id))
+            if stored is not None and stored[0] == job.restart_count:
+                return VCluster.from_json(stored[1])
+            vc = self._from_agents(job)
+            journal.set_members(vc.job_id, job.restart_count, vc.to_json())
+        return vc
+
+    def _from_agents(self, job: JobInfo) -> VCluster:
+        """The plan the job's prologs made (first sight of this incarnation)."""
+        errors = []
+        for node in dict.fromkeys([job.batch_host, *job.nodes]):
+            if not node:
+                continue
+            try:
+                info = self.agent(node).call("job.info", job_id=str(job.job_id))
+            except HpcmigError as exc:
+                errors.append(str(exc))
+                continue
+            return VCluster.from_json(info["vc"])
+        raise UsageError(f"job {job.job_id} does not run in an hpcmig virtual cluster",
+                         hint="submit it with #SBATCH --comment=hpcmig "
+                         + (f"({errors[0]})" if errors else ""))
+
+    def publish(self, vc: VCluster, incarnation: int) -> None:
+        """Record the job's membership and push it to every agent of the job."""
+        with self.journal() as journal:
+            journal.set_members(vc.job_id, incarnation, vc.to_json())
+        for node in vc.node_addrs:
+            try:
+                self.agent(node).call("job.members", vcluster=vc.to_json())
+            except HpcmigError as exc:  # the record stays the controller's; say it
+                self.progress(f"job {vc.job_id}: could not tell {node} the new membership: "
+                              f"{exc}")
+
+    def _moved(self, job_id: str, index: int, source: str, target: str) -> None:
+        """Container `index` now runs on `target` (a finished move): record and push it."""
+        with self.journal() as journal:
+            stored = journal.members(job_id)
+        if stored is None:
+            return
+        vc = VCluster.from_json(stored[1])
+        if vc.member(index).node != source:
+            return  # already recorded
+        self.publish(vc.moved(index, target, self.node_addrs()[target]), stored[0])
+
+    # -- one container --------------------------------------------------------------------
+    def migrate_one(self, vc: VCluster, move: Move, transport: str = "shared") -> Outcome:
+        if move.target is None:
+            raise UsageError(f"container {move.index} of job {vc.job_id}: {move.reason}")
+        member = vc.member(move.index)
+        ref = ContainerRef(vc.job_id, vc.restart, move.index, member.address, vc.uid)
+        tag = f"move-{int(time.time() * 1000)}"
+        root = (self.cfg.checkpoint_dir if transport == "shared"
+                else os.path.join(self.cfg.run_dir, "spool"))
+        src = dst = images.image_dir(root, vc.job_id, vc.restart, move.index, tag)
+        peers = tuple(n for n in vc.nodes() if n not in (move.source, move.target))
+        spec = MigrationSpec(ref, move.source, move.target, peers, src, dst, transport)
+        ops = self.ops_for(vc)
+        with self.job_lock(vc.job_id), self.journal() as journal:
+            for old in recover(journal, ops, job_id=vc.job_id):  # what a crash left open
+                self._after_recovery(journal, old, move)
+            self.decide(f"job {vc.job_id}: moving container {move.index} ({member.address}) "
+                        f"{move.source} -> {move.target} ({transport})", job=vc.job_id)
+            outcome = migrate(journal, ops, spec)
+            if outcome.state == "done":
+                self._moved(vc.job_id, move.index, move.source, move.target)
+        self.metrics.migration(outcome.state, outcome.pause)
+        pause = f", pause {outcome.pause:.2f} s" if outcome.pause is not None else ""
+        self.decide(f"job {vc.job_id}: container {move.index} {outcome.state}{pause}"
+                    + (f": {outcome.error}" if outcome.error else ""), job=vc.job_id)
+        return outcome
+
+    def _after_recovery(self, journal: Journal, outcome: Outcome, move: Move) -> None:
+        """A new move starts only once the job's earlier operations ended, and only from
+        where its container is now."""
+        self.progress(f"job {move.job_id}: recovered operation {outcome.op_id} "
+                      f"({outcome.kind}): {outcome.state}"
+                      + (f": {outcome.error}" if outcome.error else ""))
+        if outcome.state not in ("done", "rolled_back", "refused"):
+            raise HpcmigError(f"job {move.job_id}: operation {outcome.op_id} ({outcome.kind}) "
+                              f"is still {outcome.state}: {outcome.error}",
+                              hint=f"fix what it names, then: hpcmig recover {move.job_id}")
+        if outcome.kind != MIGRATE or outcome.state != "done":
+            return
+        moved = MigrationSpec.from_json(journal.get(outcome.op_id).spec)
+        self._moved(move.job_id, moved.ref.index, moved.source, moved.target)
+        if moved.ref.index == move.index:
+            raise HpcmigError(f"job {move.job_id}: recovery finished an interrupted move of "
+                              f"container {move.index} to {moved.target}",
+                              hint="run the command again from where it runs now")
+
+    def migrate(self, job_id: str, source: str, target: str | None = None,
+                transport: str = "shared", dry_run: bool = False) -> Report:
+        check_transport(transport)
+        job = self.job(job_id)
+        vc = self.vcluster(str(job.job_id), job)
+        if not vc.on_node(source):
+            raise UsageError(f"job {vc.job_id} has no container on {source}",
+                             hint="its containers: " + ", ".join(
+                                 f"{m.index}@{m.node}" for m in vc.members))
+        moves = plan_moves([vc], source, target, self.unusable() - {target or ""})
+        for mv in moves:
+            if mv.target is None:
+                raise UsageError(f"container {mv.index} of job {vc.job_id}: {mv.reason}")
+        report = Report("migrate", f"job {vc.job_id}: containers on {source}", MOVE_COLUMNS)
+        for mv in moves:
+            if dry_run:
+                report.add(job=vc.job_id, container=mv.index, **{"from": source},
+                           to=mv.target, result="would move", pause=None, detail="")
+                continue
+            move_row(report, mv, self.migrate_one(vc, mv, transport))
+            vc = self.vcluster(vc.job_id)
+        return report
+
+    # -- a whole node ---------------------------------------------------------------------
+    def plan_drain(self, node: str) -> tuple[list[JobPlan], list[int]]:
+        """The plan for every hpcmig job using `node`, and the ids of other jobs there."""
+        plans: list[tuple[VCluster, str]] = []
+        others = []
+        for job in self.slurm.jobs():
+            if job.state != "RUNNING" or node not in job.nodes:
+                continue
+            try:
+                vc = self.vcluster(str(job.job_id), job)
+            except UsageError:
+                others.append(job.job_id)
+                continue
+            plans.append((vc, job.batch_host))
+        return plan_drain(plans, node, self.unusable()), others
+
+    def drain(self, node: str, reason: str = "evacuating", transport: str = "shared",
+              dry_run: bool = False, timeout: float = 120.0) -> Report:
+        check_transport(transport)
+        if not reason.strip():
+            raise UsageError("the drain reason is empty", hint="--reason 'disk errors'")
+        info = self.slurm.node(node)  # an unknown node is a usage error
+        plans, others = self.plan_drain(node)
+        report = Report("drain", f"{node}: hpcmig containers", MOVE_COLUMNS)
+        if dry_run:
+            report.say(f"would set DRAIN on {node} (reason 'hpcmig: {reason}')"
+                       + (f"; its reason {info.reason!r} stays" if info.reason
+                          and not info.reason_is_ours else ""))
+            for p in plans:
+                plan_rows(report, p, node, dry_run=True)
+            say_others(report, node, others)
+            return report
+        with self.journal() as journal:
+            op_id = journal.begin(DRAIN, "", {"node": node, "reason": reason,
+                                              "transport": transport, "timeout": timeout})
+        return self.run_drain(op_id, plans)
+
+    def run_drain(self, op_id: int, plans: list[JobPlan] | None = None) -> Report:
+        """Carry out journaled drain `op_id` (again, after a crash: every step is
+        idempotent, so a drain interrupted anywhere finishes exactly once)."""
+        with self.journal() as journal:
+            op = journal.get(op_id)
+        node, reason = op.spec["node"], op.spec["reason"]
+        transport, timeout = op.spec["transport"], float(op.spec["timeout"])
+        report = Report("drain", f"{node}: hpcmig containers", MOVE_COLUMNS)
+        info = self.slurm.drain(node, f"hpcmig: {reason}")
+        self.decide(f"{node}: DRAIN set ({info.reason})", node=node)
+        if info.reason and not info.reason_is_ours:
+            report.say(f"{node} keeps the reason {info.reason!r} somebody else set")
+        for job_id in op.data.get("requeued", []):  # an earlier life of this drain
+            wholejob.finish_requeue(self, str(job_id), {node})
+        others: list[int] = []
+        if plans is None:
+            plans, others = self.plan_drain(node)
+        with ThreadPoolExecutor(max_workers=max(1, len(plans))) as pool:
+            results = list(pool.map(lambda p: self._evacuate(op_id, node, p, transport), plans))
+        for rows in results:
+            report.rows += rows
+        failed = [r for r in report.rows if r["result"] not in ("moved", "requeued", "released")]
+        say_others(report, node, others)
+        if failed:
+            report.fail(f"{len(failed)} container(s) could not leave {node}; their jobs keep "
+                        "it (see the rows)")
+        else:
+            self._wait_drained(report, node, timeout)
+        with self.journal() as journal:
+            journal.set_state(op_id, "done", "; ".join(report.lines) if failed else None)
+        return report
+
+    def _evacuate(self, op_id: int, node: str, plan: JobPlan, transport: str
+                  ) -> list[dict[str, Any]]:
+        if plan.whole:
+            return wholejob.requeue_without(self, op_id, plan, node)
+        report = Report("drain")
+        vc = plan.vc
+        for mv in plan.moves:
+            try:
+                outcome = self.migrate_one(vc, mv, transport)
+            except HpcmigError as exc:
+                report.add(job=vc.job_id, container=mv.index, **{"from": node}, to=mv.target,
+                           result="failed", pause=None, detail=str(exc))
+                break
+            move_row(report, mv, outcome)
+            self.metrics.evacuations.labels(how="live", result=outcome.state).inc()
+            if outcome.state != "done":
+                break
+            vc = self.vcluster(vc.job_id)
+        else:
+            self.release_node(vc, node)
+            if not plan.moves:
+                report.add(job=vc.job_id, container=None, **{"from": node}, to=None,
+                           result="released", pause=None, detail="a spare node of the job")
+            return report.rows
+        for row in report.rows:
+            row["detail"] = (row["detail"] + "; " if row["detail"] else "") + \
+                f"job {vc.job_id} keeps {node}"
+        return report.rows
+
+    def release_node(self, vc: VCluster, node: str) -> None:
+        """The job no longer uses `node` (it hosts none of its containers): shrink the job
+        off it in Slurm and drop it from the job's membership."""
+        job = self.job(vc.job_id)
+        if node in job.nodes and node != job.batch_host:
+            rest = [n for n in job.nodes if n != node]
+            self.slurm.update_nodes(job.job_id, rest)
+            self.decide(f"job {vc.job_id}: Slurm shrank the job to {compress(rest)}",
+                        job=vc.job_id)
+        self.publish(vc.without_node(node), self.job(vc.job_id).restart_count)
+
+    def _wait_drained(self, report: Report, node: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        info = self.slurm.node(node)
+        while not (info.state in ("idle", "down") and info.drained):
+            if time.monotonic() > deadline:
+                report.fail(f"{node} is still {info.state}+{'+'.join(sorted(info.flags))} "
+                            f"after {timeout:g} s: a job without hpcmig still runs there")
+                return
+            time.sleep(0.5)
+            info = self.slurm.node(node)
+        report.say(f"{node} DRAINED, empty of hpcmig containers")
+        self.decide(f"{node}: DRAINED", node=node)
+
+    def resume(self, node: str) -> Report:
+        info = self.slurm.resume(node)
+        report = Report("resume", f"node {node}", ("node", "state", "reason"))
+        state = info.state + ("+" + "+".join(sorted(info.flags)) if info.flags else "")
+        report.add(node=info.name, state=state, reason=info.reason or None)
+        if info.drained:
+            report.fail(f"{node} stays drained: its reason {info.reason!r} was set by "
+                        f"{info.reason_user or 'somebody else'}, not hpcmig (scontrol update "
+                        f"NodeName={node} State=RESUME)")
+        else:
+            self.decide(f"{node}: resumed", node=node)
+        return report
+
+    # -- whole jobs, recovery, status (their own modules) ---------------------------------
+    def checkpoint(self, job_id: str, resume: bool = False) -> Report:
+        return wholejob.checkpoint(self, job_id, resume)
+
+    def restore(self, job_id: str, exclude: str = "") -> Report:
+        return wholejob.restore(self, job_id, exclude)
+
+    def restore_allocation(self, job_id: str) -> dict[str, Any]:
+        return wholejob.restore_allocation(self, job_id)
+
+    def recover_ops(self, job_id: str | None = None, dry_run: bool = False
+                    ) -> list[Recovered]:
+        from hpcmig.controller import aftercrash
+
+        return aftercrash.recover_ops(self, job_id, dry_run)
+
+    def recover(self, job_id: str | None = None, dry_run: bool = False) -> Report:
+        from hpcmig.controller import aftercrash
+
+        return aftercrash.report(self, job_id, dry_run)
+
+    def status(self, uid: int | None = None) -> Report:
+        from hpcmig.controller import status
+
+        return status.report(self, uid)
+
+
+def move_row(report: Report, mv: Move, outcome: Outcome) -> None:
+    result = {"done": "moved", "rolled_back": "rolled back"}.get(outcome.state, outcome.state)
+    report.add(job=mv.job_id, container=mv.index, **{"from": mv.source}, to=mv.target,
+               result=result, pause=outcome.pause, detail=outcome.error or "")
+    if outcome.state != "done":
+        report.fail()
+
+
+def plan_rows(report: Report, plan: JobPlan, node: str, dry_run: bool) -> None:
+    vc = plan.vc
+    if plan.whole:
+        for m in vc.on_node(node) or vc.members:
+            report.add(job=vc.job_id, container=m.index, **{"from": m.node}, to=None,
+                       result="would requeue the job",
+                       detail=f"{plan.whole}: checkpoint the whole job, requeue it without "
+                              f"{node}, restore it on its new nodes")
+    for mv in plan.moves:
+        report.add(job=vc.job_id, container=mv.index, **{"from": mv.source}, to=mv.target,
+                   result="would move", pause=None, detail="")
+    if not plan.whole and not plan.moves:
+        report.add(job=vc.job_id, container=None, **{"from": node}, to=None,
+                   result="would release", pause=None, detail="a spare node of the job")
+
+
+def say_others(report: Report, node: str, others: list[int]) -> None:
+    if others:
+        report.say(f"job(s) {', '.join(map(str, others))} on {node} did not opt in to hpcmig: "
+                   "Slurm drains the node when they end")
