@@ -38,7 +38,7 @@ class Flavour:
                 return path
         raise MissingDependency(
             f"{self.name}: {self.libmpi} not found",
-            "install it with: sudo bash scripts/bootstrap.sh install",
+            "install it (as root) with: bash scripts/bootstrap.sh install",
         )
 
     def environment(self, interface: str = "eth0") -> dict[str, str]:
@@ -55,7 +55,7 @@ class Flavour:
         path = os.path.join(PREFIX, relpath)
         if not os.path.exists(path):
             raise MissingDependency(f"{self.name}: {path} is missing",
-                                    "install it with: sudo bash scripts/bootstrap.sh install")
+                                    "install it (as root) with: bash scripts/bootstrap.sh install")
         return path
 
 

@@ -32,7 +32,7 @@ REQUIRED_TOOLS = ("slurmctld", "slurmd", "munged", "munge", "sinfo", "scontrol",
                   "nsenter", "unshare", "mount", "useradd", "criu")
 # Slurm node states that mean the testbed itself is broken (drained or busy nodes are fine).
 BROKEN = {"down", "fail", "failing", "unknown", "future", "inval", "invalid"}
-INSTALL_HINT = "install everything with: sudo bash scripts/bootstrap.sh install"
+INSTALL_HINT = "install everything (as root) with: bash scripts/bootstrap.sh install"
 
 
 def _quiet(_: str) -> None:

@@ -1,0 +1,242 @@
+"""The controller service against a fake Slurm, fake agents and the fake cluster: one writer
+of membership, drain plans (dry run = real run), shrink only after a move succeeded, the
+status document's schema, and who may call which verb of hpcmigd."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from hpcmig.auth import Identity
+from hpcmig.checkpoint.refs import ContainerRef
+from hpcmig.config import Config
+from hpcmig.controller import daemon, evacuate, status
+from hpcmig.controller.ops import MigrationOps
+from hpcmig.controller.report import Report
+from hpcmig.controller.service import Service
+from hpcmig.errors import PermissionDenied, UsageError
+from hpcmig.slurm import JobInfo
+from hpcmig.slurm.parse import NodeInfo
+from hpcmig.vcluster import VCluster, plan
+from tests.unit.controller.fake import SHARED, FakeOps, World, assert_settled
+
+NODES = ["n1", "n2", "n3"]
+ADDRS = {n: f"10.251.0.{i + 1}" for i, n in enumerate(NODES)}
+
+
+@dataclass
+class FakeSlurm:
+    jobs_: list[JobInfo]
+    nodes_: dict[str, NodeInfo] = field(default_factory=lambda: {
+        n: NodeInfo(n, "allocated", address=ADDRS[n]) for n in NODES})
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def jobs(self, user: str | None = None) -> list[JobInfo]:
+        return list(self.jobs_)
+
+    def job(self, job_id: int) -> JobInfo:
+        return next(j for j in self.jobs_ if j.job_id == job_id)
+
+    def nodes(self) -> list[NodeInfo]:
+        return list(self.nodes_.values())
+
+    def node(self, name: str) -> NodeInfo:
+        if name not in self.nodes_:
+            raise UsageError(f"unknown node '{name}'")
+        return self.nodes_[name]
+
+    def drain(self, name: str, reason: str) -> NodeInfo:
+        self.calls.append(("drain", name, reason))
+        self.nodes_[name] = replace(self.nodes_[name], flags=frozenset({"DRAIN"}),
+                                    reason=reason)
+        return self.nodes_[name]
+
+    def update_nodes(self, job_id: int, nodes: list[str]) -> None:
+        self.calls.append(("update_nodes", job_id, tuple(nodes)))
+        self.jobs_ = [replace(j, nodes=tuple(nodes)) if j.job_id == job_id else j
+                      for j in self.jobs_]
+        for n in NODES:  # Slurm frees what the job no longer holds
+            if n not in nodes and self.nodes_[n].drained:
+                self.nodes_[n] = replace(self.nodes_[n], state="idle")
+
+
+class FakeAgent:
+    def __init__(self, svc: Svc, node: str) -> None:
+        self.svc, self.node = svc, node
+
+    def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
+        self.svc.agent_calls.append((self.node, op))
+        if op == "job.info":
+            if args["job_id"] != self.svc.planned.job_id:  # as the agent answers
+                raise PermissionDenied(f"job.info: no hpcmig job {args['job_id']} on {self.node}")
+            return {"vc": self.svc.planned.to_json(), "containers": {}}
+        if op == "job.members":
+            self.svc.pushed.setdefault(self.node, []).append(VCluster.from_json(args["vcluster"]))
+            return True
+        raise AssertionError(op)
+
+
+class Svc(Service):
+    def __init__(self, cfg: Config, slurm: FakeSlurm, planned: VCluster, ops: FakeOps) -> None:
+        super().__init__(cfg, slurm)  # type: ignore[arg-type]
+        self.planned, self.fake_ops = planned, ops
+        self.agent_calls: list[tuple[str, str]] = []
+        self.pushed: dict[str, list[VCluster]] = {}
+
+    def agent(self, node: str) -> FakeAgent:  # type: ignore[override]
+        return FakeAgent(self, node)
+
+    def ops_for(self, vc: VCluster) -> MigrationOps:
+        return self.fake_ops
+
+
+Env = tuple[Svc, World, FakeSlurm, ContainerRef]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    vc = plan(job_id="7", restart=0, user="u", uid=1000, gid=1000, nodes=NODES,
+              node_addrs=ADDRS, block=IPv4Network("10.252.0.0/26"), spares=1)
+    world = World(list(NODES))
+    refs = [ContainerRef("7", 0, m.index, m.address, 1000) for m in vc.members]
+    for m, ref in zip(vc.members, refs, strict=True):
+        world.place(m.node, ref)
+    slurm = FakeSlurm([JobInfo(7, "ring", "u", "RUNNING", tuple(NODES), batch_host="n1",
+                               uid=1000, gid=1000)])
+    cfg = Config(state_dir=str(tmp_path / "state"), checkpoint_dir=SHARED, metrics_port=0)
+    yield Svc(cfg, slurm, vc, FakeOps(world)), world, slurm, refs[1]
+
+
+def test_a_drain_finds_a_container_where_it_moved_and_every_agent_learns_it(env: Env) -> None:
+    svc, world, slurm, ref = env
+    report = svc.migrate("7", "n2")
+    assert [r["result"] for r in report.rows] == ["moved"] and report.ok
+    assert_settled(world, ref, "n3", ["n1", "n2"])
+    # every node of the job, the target included, was told container 1 is on n3
+    assert {n: p[-1].member(1).node for n, p in svc.pushed.items()} == {n: "n3" for n in NODES}
+    report = svc.drain("n3", "test", timeout=5)
+    assert [(r["container"], r["from"], r["to"], r["result"]) for r in report.rows] == [
+        (1, "n3", "n2", "moved")], report.to_json()
+    assert report.ok and "n3 DRAINED, empty of hpcmig containers" in report.lines
+    assert_settled(world, ref, "n2", ["n1", "n3"])
+    assert ("update_nodes", 7, ("n1", "n2")) in slurm.calls
+    vc = svc.vcluster("7")
+    assert vc.member(1).node == "n2" and "n3" not in vc.nodes() and vc.spares == ()
+    assert not world.violations
+
+
+def test_dry_run_plans_what_the_drain_does_and_changes_nothing(env: Env) -> None:
+    svc, world, slurm, _ = env
+    dry = svc.drain("n2", dry_run=True)
+    assert slurm.calls == [] and world.calls == []
+    assert [(r["container"], r["to"], r["result"]) for r in dry.rows] == [
+        (1, "n3", "would move")]
+    real = svc.drain("n2", timeout=5)
+    assert [(r["container"], r["to"]) for r in real.rows] == [
+        (r["container"], r["to"]) for r in dry.rows]
+
+
+def test_a_failed_move_leaves_the_job_its_node_and_the_drain_fails(env: Env) -> None:
+    svc, world, slurm, ref = env
+    svc.fake_ops.fail("verify_images")
+    report = svc.drain("n2", timeout=5)
+    [row] = report.rows
+    assert row["result"] == "rolled back" and "keeps n2" in row["detail"], row
+    assert report.exit_code == 1 and any("could not leave n2" in line for line in report.lines)
+    assert not [c for c in slurm.calls if c[0] == "update_nodes"]
+    assert slurm.job(7).nodes == tuple(NODES)
+    assert_settled(world, ref, "n2", ["n1", "n3"])
+    assert svc.vcluster("7").member(1).node == "n2"
+
+
+def test_plan_drain_sends_batch_hosts_and_jobs_without_spares_through_the_fallback(
+        env: Env) -> None:
+    svc, *_ = env
+    vc = svc.planned
+    [p] = evacuate.plan_drain([(vc, "n1")], "n1")
+    assert p.whole.startswith("n1 runs the job's batch step") and not p.moves
+    full = replace(vc, spares=())
+    [p] = evacuate.plan_drain([(full, "n1")], "n2")
+    assert "no spare node left" in p.whole
+    [p] = evacuate.plan_drain([(vc, "n1")], "n3")  # n3 is only a spare: release it
+    assert not p.whole and not p.moves
+    [p] = evacuate.plan_drain([(vc, "n1")], "n2", unusable=frozenset({"n3"}))
+    assert "no spare node left" in p.whole  # the only spare is drained too
+
+
+def test_bad_job_ids_are_usage_errors(env: Env) -> None:
+    svc, *_ = env
+    for bad in ("abc", "-1", "1.5", ""):
+        with pytest.raises(UsageError, match="bad job id"):
+            svc.migrate(bad, "n2")
+
+
+def test_reports_cross_the_wire_unchanged(env: Env) -> None:
+    svc, *_ = env
+    report = svc.migrate("7", "n2", dry_run=True)
+    again = Report.from_json(report.to_json())
+    assert again == report and again.columns == report.columns
+
+
+def test_status_document_follows_its_schema_and_users_see_their_own_jobs(env: Env) -> None:
+    svc, _, slurm, _ = env
+    slurm.jobs_.append(JobInfo(8, "other", "v", "RUNNING", ("n1",), batch_host="n1",
+                               uid=2000, gid=2000))
+    svc.migrate("7", "n2")
+    svc.heartbeats["n1"] = 0.0
+    doc = status.document(svc)
+    status.validate(doc)
+    [job] = doc["jobs"]  # job 8's agents do not know it: not an hpcmig job
+    assert [(c["index"], c["node"]) for c in job["containers"]] == [(0, "n1"), (1, "n3")]
+    assert [d["what"] for d in doc["decisions"]][0] == "job 7: container 1 done, pause " + \
+        doc["decisions"][0]["what"].rsplit("pause ", 1)[1]
+    assert doc["nodes"][0]["agent"]["up"] is False  # last seen in 1970
+    assert status.document(svc, uid=2000)["jobs"] == []
+    assert status.document(svc, uid=2000)["decisions"] == []
+    broken = dict(doc, jobs=[dict(job, job_id="seven")])
+    with pytest.raises(jsonschema.ValidationError):
+        status.validate(broken)
+
+
+@dataclass
+class Ctx:
+    node: str = "hpcmigd"
+    munge_socket: str | None = None
+
+    def is_admin(self, uid: int) -> bool:
+        return uid == 0
+
+    def job_owner(self, job_id: str) -> int | None:
+        return {"7": 1000}.get(job_id)
+
+
+@pytest.mark.parametrize(("op", "args", "uid", "allowed"), [
+    ("status", {}, 1000, True),
+    ("migrate", {"job_id": "7"}, 1000, True),
+    ("checkpoint", {"job_id": "7"}, 1000, True),
+    ("restore_allocation", {"job_id": "7"}, 1000, True),
+    ("migrate", {"job_id": "7"}, 2000, False),
+    ("drain", {"node": "n2"}, 1000, False),
+    ("resume", {"node": "n2"}, 1000, False),
+    ("restore", {"job_id": "7"}, 1000, False),
+    ("recover", {}, 1000, False),
+    ("drain", {"node": "n2"}, 0, True),
+    ("migrate", {"job_id": "7"}, 0, True),
+])
+def test_who_may_call_which_verb(op: str, args: dict[str, Any], uid: int,
+                                 allowed: bool) -> None:
+    from hpcmig.agent.server import authorize
+
+    operation = daemon.CONTROLLER.operations[op]
+    who = Identity(uid=uid, gid=uid)
+    if allowed:
+        authorize(operation, who, args, Ctx())
+    else:
+        with pytest.raises(PermissionDenied):
+            authorize(operation, who, args, Ctx())
