@@ -228,3 +228,21 @@ def test_status_json_follows_its_schema_and_metrics_count_moves(testbed: Plan, s
     status_doc.validate(doc)
     assert any("container 1 done" in d["what"] for d in doc["decisions"]), doc["decisions"]
     finish(slurm, job_id, out)
+
+
+def test_without_hpcmigd_verbs_say_how_to_start_it_and_recover_still_works(
+        testbed: Plan) -> None:
+    from hpcmig.testbed import daemons
+
+    daemons.stop([hpcmigd.proc()])
+    try:
+        done = hpcmig("drain", "node2")
+        assert done.returncode == 1, done
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith("hpcmig: error: hpcmigd is not running") and "start it" in line
+        done = hpcmig("recover")
+        assert done.returncode == 0, done.stderr
+        assert "hpcmigd is not running: recovered in this process" in done.stdout
+        assert "nothing to recover" in done.stdout
+    finally:
+        hpcmigd.restart()
