@@ -51,6 +51,7 @@ class CommandError(HpcmigError):
         self.stdout = stdout
         self.stderr = stderr
         self.timed_out = timed_out
+        self.timeout = timeout
         cmd = " ".join(argv)
         if timed_out:
             msg = f"command timed out after {timeout:g}s: {cmd}"
@@ -70,6 +71,20 @@ class MissingDependency(HpcmigError):
 
 class SlurmError(HpcmigError):
     """Slurm refused a request or answered something we cannot read."""
+
+
+class SlurmNotConfigured(SlurmError):
+    """Slurm's commands find no configuration (no slurm.conf, no configless source)."""
+
+    exit_code = 3  # like MissingDependency: something must be set up first
+
+
+class SlurmUnreachable(SlurmError):
+    """Slurm's commands cannot reach slurmctld (down, wrong host, firewall, timeout)."""
+
+
+class SlurmRefused(SlurmError):
+    """slurmctld answered and refused (permission, bad id or name, wrong state)."""
 
 
 class TestbedError(HpcmigError):

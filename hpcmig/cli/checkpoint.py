@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 
+from hpcmig import _cmdline
 from hpcmig.cli import _client
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("checkpoint", help="checkpoint a whole job; stop and requeue it held")
-    p.add_argument("job_id", metavar="JOBID")
+    p.add_argument("job_id", metavar="JOBID", type=_cmdline.job_id)
     p.add_argument("--resume", action="store_true",
                    help="keep the job running after the checkpoint")
     _client.add_json(p)
@@ -25,5 +26,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     answer = _client.ask("checkpoint", f"checkpointing job {args.job_id}",
-                         job_id=args.job_id, resume=args.resume)
+                         job_id=str(args.job_id), resume=args.resume)
     return _client.show(answer, args.json)

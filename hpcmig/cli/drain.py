@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import argparse
 
+from hpcmig import _cmdline
 from hpcmig.cli import _client
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("drain", help="evacuate a node's containers live, then DRAIN it")
-    p.add_argument("node", metavar="NODE")
-    p.add_argument("--reason", default="evacuating", help="drain reason (after 'hpcmig: ')")
+    p.add_argument("node", metavar="NODE", type=_cmdline.node_name)
+    p.add_argument("--reason", default="evacuating", type=_cmdline.reason,
+                   help="drain reason (after 'hpcmig: ')")
     p.add_argument("--transport", choices=["shared", "stream"], default="shared")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p.add_argument("--timeout", type=float, default=120.0,
+    p.add_argument("--timeout", type=_cmdline.seconds, default=120.0,
                    help="seconds to wait for Slurm to call the node DRAINED")
     _client.add_json(p)
     p.set_defaults(func=run)

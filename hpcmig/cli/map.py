@@ -9,9 +9,12 @@ reading inputs, writing the hostfile/rankfile and the report. All work is done b
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
+
+from hpcmig import _cmdline
 
 EPILOG = """\
 TOPO is a Slurm topology.conf path, or a generator spec:
@@ -36,16 +39,17 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--topology", required=True, metavar="TOPO",
                    help="topology.conf path or generator spec (see below)")
     p.add_argument("--comm", required=True, metavar="FILE", help="traffic matrix (HDF5 /comm)")
-    p.add_argument("--ranks-per-node", required=True, type=int, metavar="K",
+    p.add_argument("--ranks-per-node", required=True, type=_cmdline.count(1), metavar="K",
                    help="slots on every node")
-    p.add_argument("--nodes", metavar="LIST",
+    p.add_argument("--nodes", metavar="LIST", type=_cmdline.hostlist,
                    help="use only these nodes, in this order (Slurm hostlist, e.g. n[00-15])")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="mapping to write")
     p.add_argument("--format", choices=("hostfile", "rankfile"), default="hostfile",
                    help="hostfile: line i = node of rank i (SLURM_HOSTFILE); "
                         "rankfile: Open MPI rankfile")
     p.add_argument("--plot", metavar="PNG", help="draw the traffic matrix and the mapping")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same mapping)")
+    p.add_argument("--seed", type=_cmdline.count(-2**63, 2**63 - 1), default=0,
+                   help="random seed, a 64-bit integer (same seed, same mapping)")
     p.add_argument("--no-bound", action="store_true", help="skip the lower bound")
     p.set_defaults(func=run)
 
@@ -60,14 +64,13 @@ def run(args: argparse.Namespace) -> int:
     from hpcmig.topology.mapper import map_ranks
     from hpcmig.topology.metrics import block_placement, max_link_load
 
-    if args.ranks_per_node < 1:
-        raise UsageError("--ranks-per-node must be at least 1")
+    for option, path in (("--output", args.output), ("--plot", args.plot)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder is not None and not os.path.isdir(folder):
+            raise UsageError(f"{option}: cannot write {path}: no directory {folder}")
     topo = load_topology(args.topology)
     if args.nodes:
-        try:
-            names = expand(args.nodes)
-        except UsageError as exc:
-            raise UsageError(f"--nodes: {exc.message}") from None
+        names = expand(args.nodes)  # its syntax was checked while parsing
         if not names:
             raise UsageError("--nodes is empty")
         topo = topo.subset(names)
@@ -101,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from hpcmig.topology.plot import plot_mapping
 
-        plot_mapping(args.plot, comm, mapping.node_of, block,
-                     title=f"{n} ranks on {args.topology}, {args.ranks_per_node} per node")
+        try:
+            plot_mapping(args.plot, comm, mapping.node_of, block,
+                         title=f"{n} ranks on {args.topology}, {args.ranks_per_node} per node")
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.plot}: {exc.strerror or exc}") from None
         print(f"plot -> {args.plot}", file=out)
     return 0

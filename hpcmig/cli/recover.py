@@ -15,12 +15,13 @@ import argparse
 import os
 import sqlite3
 
+from hpcmig import _cmdline
 from hpcmig.cli import _client
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recover", help="finish or roll back migrations a crash left open")
-    p.add_argument("job_id", metavar="JOBID", nargs="?", default=None,
+    p.add_argument("job_id", metavar="JOBID", nargs="?", default=None, type=_cmdline.job_id,
                    help="only this job's operations (default: every job's)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the open operations, change nothing")
@@ -30,10 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpcmig.controller.client import ControllerDown
-    from hpcmig.controller.service import job_number
     from hpcmig.errors import PermissionDenied
 
-    job_id = str(job_number(args.job_id)) if args.job_id is not None else None
+    job_id = str(args.job_id) if args.job_id is not None else None
     try:
         answer = _client.ask("recover", "recovering", job_id=job_id, dry_run=args.dry_run)
     except ControllerDown:

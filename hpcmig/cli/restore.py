@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import argparse
 
+from hpcmig import _cmdline
 from hpcmig.cli import _client
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="release a checkpointed job to run again from its "
                                        "checkpoint")
-    p.add_argument("job_id", metavar="JOBID")
-    p.add_argument("--exclude", default="", metavar="NODES",
+    p.add_argument("job_id", metavar="JOBID", type=_cmdline.job_id)
+    p.add_argument("--exclude", default="", metavar="NODES", type=_cmdline.hostlist,
                    help="nodes the restored job must not use (Slurm hostlist)")
     _client.add_json(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    answer = _client.ask("restore", f"releasing job {args.job_id}", job_id=args.job_id,
+    answer = _client.ask("restore", f"releasing job {args.job_id}", job_id=str(args.job_id),
                          exclude=args.exclude)
     return _client.show(answer, args.json)

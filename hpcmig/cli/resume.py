@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from hpcmig import _cmdline
 from hpcmig.cli import _client
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("resume", help="resume a node that hpcmig drained")
-    p.add_argument("node", metavar="NODE")
+    p.add_argument("node", metavar="NODE", type=_cmdline.node_name)
     _client.add_json(p)
     p.set_defaults(func=run)
 

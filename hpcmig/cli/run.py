@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpcmig import _cmdline
+
 HEARTBEAT_TIMEOUT = 180.0
 STOP_GRACE = 15.0  # after scancel's SIGTERM, wait this long for the launcher's exit code
 
@@ -32,9 +34,9 @@ STOP_GRACE = 15.0  # after scancel's SIGTERM, wait this long for the launcher's 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="launch an MPI program inside this job's containers "
                        "(in a batch script of an hpcmig job)")
-    p.add_argument("-n", "--ntasks", type=int, default=None,
+    p.add_argument("-n", "--ntasks", type=_cmdline.count(1), default=None,
                    help="ranks (default: $SLURM_NTASKS, else one per container)")
-    p.add_argument("--ppn", type=int, default=None,
+    p.add_argument("--ppn", type=_cmdline.count(1), default=None,
                    help="ranks per container (default: as even as possible, in blocks)")
     p.add_argument("--mpi", choices=["mpich", "openmpi"], default=None,
                    help="MPI implementation (default: the job's mpi= option, else the site's)")

@@ -6,7 +6,8 @@ the exec itself is `client.exec_stream`. Like rsh, the command words are joined 
 and run by `/bin/sh -c`, so both MPICH Hydra (`-launcher rsh -launcher-exec hpcmig-rsh`,
 separate words) and Open MPI (`plm_rsh_agent=hpcmig-rsh`, one shell string) work. Unknown
 names are an error, never looked up in DNS: a container talks only to its job's containers.
-Exit status: the remote command's, or 255 for hpcmig-rsh's own failures (like ssh).
+Exit status: the remote command's, or 255 for hpcmig-rsh's own failures, bad usage included
+(like ssh: a launcher must not mistake them for the remote command's exit 2).
 """
 
 from __future__ import annotations
@@ -65,12 +66,11 @@ def parse_args(argv: list[str]) -> RshArgs:
         else:
             raise UsageError(f"unknown option {opt}", hint=USAGE)
         if opt == "-l":
+            if not value.strip():
+                raise UsageError("option -l needs a user name", hint=USAGE)
             user = value
         else:
-            try:
-                port = int(value)
-            except ValueError:
-                raise UsageError(f"bad port {value!r}", hint=USAGE) from None
+            port = parse_port(value, "-p")
     rest = argv[i:]
     if not rest:
         raise UsageError("no host given", hint=USAGE)
@@ -78,6 +78,18 @@ def parse_args(argv: list[str]) -> RshArgs:
     if not command:
         raise UsageError("remote login is not supported: give a command", hint=USAGE)
     return RshArgs(host=host, command=command, user=user, no_stdin=no_stdin, port=port)
+
+
+def parse_port(value: str, what: str) -> int:
+    """A TCP port, 1 to 65535."""
+    try:
+        port = int(value.strip())
+    except ValueError:
+        raise UsageError(f"bad port {value!r} ({what}): a port is a number",
+                         hint=USAGE) from None
+    if not 1 <= port <= 65535:
+        raise UsageError(f"bad port {value!r} ({what}): ports run from 1 to 65535", hint=USAGE)
+    return port
 
 
 def parse_hosts(text: str) -> dict[str, str]:
@@ -141,15 +153,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         address = resolve(args.host, os.environ.get(HOSTS_ENV))
-        port = args.port or int(os.environ.get(PORT_ENV) or DEFAULT_EXEC_PORT)
+        env_port = os.environ.get(PORT_ENV)
+        port = args.port or (parse_port(env_port, f"${PORT_ENV}") if env_port
+                             else DEFAULT_EXEC_PORT)
         stdin_fd = None if args.no_stdin or not _stdin_usable() else 0
         return exec_stream(address, remote_argv(args.command), port=port, user=args.user,
                            stdin_fd=stdin_fd, forward_signals=True)
     except HpcmigError as exc:
-        print(f"hpcmig-rsh: error: {exc}", file=sys.stderr)
+        print(f"hpcmig-rsh: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return P.EXIT_REMOTE_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line for the MPI launcher's log, not a traceback
+        if os.environ.get("HPCMIG_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"hpcmig-rsh: internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+              " (please report it; HPCMIG_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return P.EXIT_REMOTE_ERROR
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Talk to Slurm through its commands: read nodes and jobs, drain/resume, requeue, submit.
 
 JSON (`sinfo --json`, `squeue --json`) where the installed Slurm offers it, `scontrol show -o`
-text otherwise; the choice is made once per adapter. Every command goes through `_proc.run`.
+text otherwise; the choice is made once per adapter. Every command goes through `_proc.run`,
+and a failure becomes the SlurmError that says whether Slurm is not configured, not reachable
+or refused, with what to check (`diagnose.py`); a missing command says what to install.
 Reason ownership rules live in `reasons.py`; parsing in `parse.py`. pyslurm is not used here:
 its releases match Slurm 25.11 only.
 """
@@ -13,9 +15,16 @@ import time
 from collections.abc import Mapping, Sequence
 
 from hpcmig import _proc
-from hpcmig.errors import CommandError, SlurmError, UsageError
+from hpcmig.errors import (
+    CommandError,
+    MissingDependency,
+    SlurmError,
+    SlurmNotConfigured,
+    SlurmUnreachable,
+    UsageError,
+)
 from hpcmig.hostlist import compress
-from hpcmig.slurm import parse, reasons
+from hpcmig.slurm import diagnose, parse, reasons
 from hpcmig.slurm.parse import JobInfo, NodeInfo
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -31,15 +40,19 @@ class Slurm:
         try:
             return _proc.run(list(argv), timeout=self.timeout, **kw).stdout  # type: ignore[arg-type]
         except CommandError as exc:
-            raise SlurmError(str(exc)) from exc
+            raise diagnose.slurm_error(exc) from exc
+        except MissingDependency as exc:
+            raise diagnose.missing_command(list(argv), exc) from None
 
     @property
     def uses_json(self) -> bool:
         if self._json is None:
             try:
-                parse.nodes_from_json(_proc.run(["sinfo", "--json"], timeout=self.timeout).stdout)
+                parse.nodes_from_json(self._run(["sinfo", "--json"]))
                 self._json = True
-            except (CommandError, SlurmError):
+            except (SlurmNotConfigured, SlurmUnreachable):
+                raise  # says nothing about --json: ask again next time
+            except SlurmError:
                 self._json = False
         return self._json
 

@@ -26,7 +26,8 @@ def test_help_lists_the_subcommands() -> None:
 def test_node_count_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["testbed", "up", "--nodes", "9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["hpcmig: error: --nodes must be between 2 and 8, not 9"]
+    assert err == ["hpcmig: error: argument --nodes: must be between 2 and 8, not 9 "
+                   "(see hpcmig testbed up --help)"]
 
 
 def test_not_root(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
