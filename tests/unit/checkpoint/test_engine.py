@@ -10,7 +10,7 @@ import pytest
 
 from hpcmig.checkpoint import EngineError, Refused, engine_names, get_engine
 from hpcmig.checkpoint import criu as criu_engine
-from hpcmig.errors import MissingDependency, UsageError
+from hpcmig.errors import UsageError
 
 
 def test_registry_knows_criu_and_dmtcp() -> None:
@@ -20,9 +20,9 @@ def test_registry_knows_criu_and_dmtcp() -> None:
         get_engine("blcr")
 
 
-def test_dmtcp_registers_but_fails_cleanly_when_used() -> None:
+def test_dmtcp_registers_but_refuses_container_operations() -> None:
     engine = get_engine("dmtcp")
-    with pytest.raises(MissingDependency, match="dmtcp"):
+    with pytest.raises(UsageError, match="dmtcp"):
         engine.refuse_reasons(1)
 
 
