@@ -1,8 +1,9 @@
 """`hpcmig-prolog` / `hpcmig-epilog`: slurmd's Prolog= and Epilog= for hpcmig jobs.
 
-Design note: a job opts in with `#SBATCH --comment=hpcmig[:key=value,...]` (keys: image=,
-spares=, runtime=, mpi=; until the SPANK plugin carries `--hpcmig=`); every other job is
-untouched and the hook exits 0 at once. With `PrologFlags=Alloc` every node of the job runs
+Design note: a job opts in with `--hpcmig[=key=value,...]` (the SPANK plugin in
+slurm-plugins/spank, which hands the hooks SPANK_HPCMIG) or `#SBATCH --comment=hpcmig[:key=
+value,...]` (keys: image=, spares=, runtime=, mpi=); every other job is untouched and the hook
+exits 0 at once. With `PrologFlags=Alloc` every node of the job runs
 the prolog at allocation; each computes the same virtual-cluster plan (hpcmig.vcluster) from
 what Slurm says and asks its local agent to build its part. A hook exits non-zero only for a
 real node fault (the local agent or munged unreachable, namespaces that cannot be made),
@@ -18,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from ipaddress import IPv4Network
 
 from hpcmig import config as site_config
@@ -30,6 +32,7 @@ from hpcmig.slurm.parse import JobInfo
 from hpcmig.vcluster import VCluster, parse_options, plan
 
 OPT_IN = "hpcmig"
+SPANK_ENV = "SPANK_HPCMIG"  # slurm-plugins/spank: job control variable HPCMIG, SPANK_ prefixed
 # The job is over (its address block and shared files can go) only in these states; an epilog
 # also runs when a running job is shrunk off a node, and before a requeued job runs again.
 ENDED_STATES = {"COMPLETING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
@@ -47,6 +50,13 @@ def parse_opt_in(comment: str) -> dict[str, str] | None:
             key, _, value = item.partition("=")
             opts[key.strip()] = value.strip()
     return opts
+
+
+def job_options(comment: str, env: Mapping[str, str] = os.environ) -> dict[str, str] | None:
+    """The job's options: the SPANK plugin's `--hpcmig=k=v,...` (Slurm hands the hooks
+    SPANK_HPCMIG) or else the comment; None: not ours. `--hpcmig` replaces the comment."""
+    spank = env.get(SPANK_ENV)
+    return parse_opt_in(comment) if spank is None else parse_opt_in(f"{OPT_IN}:{spank}")
 
 
 def read_job(job_id: str) -> JobInfo:
@@ -100,7 +110,7 @@ def prolog(job_id: str, node: str) -> int:
     except HpcmigError as exc:
         log("prolog", job_id, f"cannot read the job or the configuration: {exc}")
         return 0  # not a node fault
-    opts = parse_opt_in(job.comment)
+    opts = job_options(job.comment)
     if opts is None:
         return 0
     agent = local_agent(cfg, node)
@@ -143,7 +153,7 @@ def epilog(job_id: str, node: str) -> int:
             cfg = site_config.load()
         except HpcmigError:
             return 0
-    if job is not None and parse_opt_in(job.comment) is None:
+    if job is not None and job_options(job.comment) is None:
         return 0
     try:
         removed = local_agent(cfg, node).call("job.teardown", job_id=job_id)["removed"]

@@ -120,6 +120,9 @@ install_jobs() {
   make -s -C "$HERE/jobs" install PREFIX="$PREFIX" BUILD="$PREFIX/src/jobs-build" >/dev/null
   # hpcmig's native libraries (PREFIX/lib/libhpcmig-ucx-finalize.so: MPICH ranks preload it)
   make -s -C "$HERE/native" install PREFIX="$PREFIX" BUILD="$PREFIX/src/native-build" >/dev/null
+  # the SPANK plugin (PREFIX/lib/hpcmig_spank.so: --hpcmig=... on sbatch, salloc and srun),
+  # built against the installed Slurm's spank.h; plugstack.conf names it by absolute path
+  make -s -C "$HERE/slurm-plugins/spank" install PREFIX="$PREFIX" BUILD="$PREFIX/src/spank-build" >/dev/null
 }
 
 action=${1:-install}
