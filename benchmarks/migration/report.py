@@ -27,7 +27,8 @@ def report(data: dict[str, Any]) -> str:
         "",
         f"Recorded {data['started']} - {data.get('finished', '(unfinished)')}, kernel "
         f"{m['kernel']}, {m['cpus']} CPUs, {m['mem_total_bytes'] / 2**30:.1f} GiB, "
-        f"{m['criu']}, image checksums {m.get('image_checksum', 'sha256')}. "
+        f"{m['criu']}, image checksums {m.get('image_checksum', 'sha256')}"
+        + (f", migrations through {m['path']}" if m.get("path") else "") + ". "
         "Medians over the repeats (min-max in brackets). *Pause* = the journal's lock -> "
         "unlock (what the moved container misses); *peer gap* = the longest wait the client "
         "saw for an answer over the moved TCP connection (TCP retransmission backoff "

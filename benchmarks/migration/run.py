@@ -1,16 +1,21 @@
 """Migration benchmark: the pause a container sees vs. its resident memory, shared vs. streamed.
 
-Design note: this script owns the measurement. It builds three throwaway node namespaces
-(tests/integration/rt_support.py: a bridge, no route out), one client container on node 3
-and, per memory size, a server container holding that much verified memory
-(`hpcmig.workloads.holder`), then moves the server back and forth between nodes 1 and 2 with
-the real state machine (`hpcmig.controller.migration`) and `LocalOps` (CRIU, the image
-manifest and checksums, journal fsyncs included). Per migration it records the journal's
-lock -> unlock time (the pause), every step's time, the image bytes, and the largest gap the
-client saw in its ping-pong over the moved connection (TCP retransmission included). Per size
-it measures this machine's memory-copy bandwidth in the same run (numpy copy into a
-pre-faulted buffer of the same size, best of 3). Sizes that do not fit in MemAvailable (3x
-the size + 1 GiB: source, restored copy and page-cached images) are skipped and recorded so.
+Design note: this script owns the measurement; the path it measures is production's. It
+starts three throwaway nodes, each with a real `hpcmig-agent` (tests/integration/
+agent_nodes.py: node namespaces on a bridge with no route out, per-node mount namespaces
+with a node-local run_dir, a private munged), and per memory size a job planned and built
+as the prolog does (`job.setup`): a client container on node 3 and a server container on
+node 1 holding that much verified memory (`hpcmig.workloads.holder`). It then moves the
+server back and forth between nodes 1 and 2 with the real state machine
+(`hpcmig.controller.migration`) over `AgentOps`, the agents' MUNGE-authenticated RPC (CRIU,
+the image manifest and checksums, journal fsyncs and the RPC round trips included), and
+tells the agents the new membership after each move, as hpcmigd does. Per migration it
+records the journal's lock -> unlock time (the pause), every step's time, the image bytes,
+and the largest gap the client saw in its ping-pong over the moved connection (TCP
+retransmission included). Per size it measures this machine's memory-copy bandwidth in the
+same run (numpy copy into a pre-faulted buffer of the same size, best of 3). Sizes that do
+not fit in MemAvailable (3x the size + 1 GiB: source, restored copy and page-cached images)
+are skipped and recorded so.
 
     sudo /opt/hpcmig/venv/bin/python benchmarks/migration/run.py \\
         --out benchmarks/migration/results.json
@@ -24,10 +29,7 @@ import fcntl
 import json
 import os
 import platform
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,17 +40,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from hpcmig import _procfs  # noqa: E402
-from hpcmig.checkpoint import _tree, images  # noqa: E402
+from hpcmig.checkpoint import images  # noqa: E402
 from hpcmig.checkpoint.criu import criu_binary  # noqa: E402
 from hpcmig.checkpoint.refs import ContainerRef  # noqa: E402
+from hpcmig.controller._machine import Outcome  # noqa: E402
 from hpcmig.controller.journal import Journal  # noqa: E402
-from hpcmig.controller.localops import LocalConfig, LocalOps  # noqa: E402
 from hpcmig.controller.migration import MigrationSpec, migrate  # noqa: E402
-from hpcmig.network import NodeNet  # noqa: E402
-from hpcmig.runtime import ContainerSpec, get_runtime  # noqa: E402
-from hpcmig.runtime import ns as ns_runtime  # noqa: E402
+from hpcmig.vcluster import VCluster  # noqa: E402
 from tests.integration import rt_support as S  # noqa: E402
+from tests.integration.agent_nodes import AgentNodes, agent_nodes  # noqa: E402
 
 B1, B2, B3 = S.BRIDGED
 PY = sys.executable
@@ -56,6 +56,7 @@ MiB = 1 << 20
 
 
 LOCK = "/run/lock/hpcmig-integration.lock"  # the integration tier's: same node namespaces
+OPS_PATH = "agents: AgentOps -> hpcmig-agent per node (MUNGE RPC)"  # what a migration goes through
 
 
 def _try_lock(fh: Any) -> bool:
@@ -89,40 +90,10 @@ def copy_seconds(nbytes: int, repeat: int = 3) -> float:
 
 
 class Bench:
-    def __init__(self, work: Path, sock: str, user: S.User) -> None:
-        self.work, self.sock, self.user = work, sock, user
-        self.cfg = LocalConfig(nodes=dict(S.BRIDGED), shared_root=str(work / "ckpt"),
-                               spool_roots={n: str(work / f"spool-{n}") for n in S.BRIDGED},
-                               state=str(work / "localops"))
-        self.ops = LocalOps(self.cfg)
-        self.env = {"PATH": f"{S.VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
-                    "HPCMIG_MUNGE_SOCKET": sock}
-        self.client = ContainerRef("77", 0, 0, "10.252.0.1", user.uid)
-        self.journal = Journal(str(work / "journal.db"))
-
-    def start(self, node: str, ref: ContainerRef) -> None:
-        net = self.ops.net(node, ref)
-        NodeNet(node).create_container_net(net)
-        for other in S.BRIDGED:
-            if other != node:
-                NodeNet(other).route_via(ref.address, S.BRIDGED[node])
-        spec = ContainerSpec(name=ref.name, job_id=ref.job_id, uid=self.user.uid,
-                             gid=self.user.gid, netns=net.netns_path, address=ref.address,
-                             env=self.env, state_dir=str(self.work / "containers"),
-                             stop_grace=2.0)
-        get_runtime("ns").start(spec)
-
-    def remove(self, ref: ContainerRef) -> None:
-        for node in S.BRIDGED:
-            with contextlib.suppress(Exception):
-                self.ops.kill(node, ref)
-            with contextlib.suppress(Exception):
-                self.ops.remove_net(node, ref)
-            with contextlib.suppress(Exception):
-                self.ops.unroute(node, ref.address)
-
-    def rsh(self, node: str, *args: str, timeout: float = 120.0) -> S._proc.Result:
-        return S.rsh(node, *args, munge_socket=self.sock, timeout=timeout)
+    def __init__(self, nodes: AgentNodes) -> None:
+        self.nodes = nodes
+        self.journal = Journal(str(nodes.work / "journal.db"))
+        self.peer = nodes.work / "peer"
 
     def pings(self, progress: Path) -> int:
         text = progress.read_text().split() if progress.exists() else []
@@ -137,106 +108,96 @@ class Bench:
                 raise RuntimeError(f"the peer stopped at {self.pings(progress)} pings")
             time.sleep(0.05)
 
-    def stop_client(self) -> None:
-        for pid in _tree.in_netns(self.ops.net(B3, self.client).netns_path):
-            if "client" in _procfs.argv(pid) and "hpcmig.workloads.holder" in _procfs.argv(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+    def check(self, vc: VCluster, server: ContainerRef) -> str:
+        """The server verifies its memory, asked from the client's container."""
+        client = vc.member(0)
+        r = self.nodes.rsh(client.node, client.address,
+                           f"{PY} -m hpcmig.workloads.holder check {server.address}")
+        return r.stdout if r.returncode == 0 else f"{r.stdout} {r.stderr}"
 
     def size_run(self, index: int, size_mb: int, modes: list[str],
                  repeat: int) -> list[dict[str, Any]]:
-        server = ContainerRef("77", 0, index, f"10.252.0.{index + 1}", self.user.uid)
-        progress = self.work / "peer" / f"progress-{size_mb}"
-        gaps = self.work / "peer" / f"gaps-{size_mb}"
+        """One job per size, planned and built as the prolog does: client (container 0) on
+        node 3, server (container 1) on node 1, node 2 spare."""
+        vc = self.nodes.plan(str(770 + index), index, [B3, B1, B2], spares=1)
+        m = vc.member(1)
+        server = ContainerRef(vc.job_id, vc.restart, 1, m.address, vc.uid)
+        progress = self.peer / f"progress-{size_mb}"
+        gaps = self.peer / f"gaps-{size_mb}"
         records = []
-        self.start(B1, server)
         try:
-            r = self.rsh(B1, "-n", server.address, f"{PY} -m hpcmig.workloads.holder serve "
-                         f"--memory-mb {size_mb} </dev/null >/dev/null 2>&1 &")
+            self.nodes.setup(vc)
+            r = self.nodes.rsh(B1, "-n", server.address, f"{PY} -m hpcmig.workloads.holder "
+                               f"serve --memory-mb {size_mb} </dev/null >/dev/null 2>&1 &")
             assert r.returncode == 0, r.stderr
             deadline = time.monotonic() + 120
-            while True:  # the server listens once its memory is filled and hashed
-                r = self.rsh(B3, self.client.address,
-                             f"{PY} -m hpcmig.workloads.holder check {server.address}")
-                if r.returncode == 0 and r.stdout.startswith("ok"):
-                    break
+            while not self.check(vc, server).startswith("ok"):  # listens once filled+hashed
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"holder of {size_mb} MiB never served: {r.stderr}")
+                    raise RuntimeError(f"holder of {size_mb} MiB never served: "
+                                       f"{self.check(vc, server)}")
                 time.sleep(0.5)
-            r = self.rsh(B3, "-n", self.client.address,
-                         f"{PY} -m hpcmig.workloads.holder client {server.address} "
-                         f"--progress {progress} --gaps {gaps} </dev/null >/dev/null 2>&1 &")
+            r = self.nodes.rsh(B3, "-n", vc.member(0).address,
+                               f"{PY} -m hpcmig.workloads.holder client {server.address} "
+                               f"--progress {progress} --gaps {gaps} </dev/null >/dev/null "
+                               "2>&1 &")
             assert r.returncode == 0, r.stderr
             self.wait_pings(progress, 20, 30)
-            where, tag = B1, 0
+            tag = 0
             for rep in range(repeat):
                 for mode in modes:
                     tag += 1
+                    where = vc.member(1).node
                     other = B2 if where == B1 else B1
-                    if mode == "shared":
-                        d = self.ops.image_dir(None, server, f"b{tag}")
-                        spec = MigrationSpec(server, where, other, (B3,), d, d, "shared")
-                    else:
-                        spec = MigrationSpec(server, where, other, (B3,),
-                                             self.ops.image_dir(where, server, f"b{tag}"),
-                                             self.ops.image_dir(other, server, f"b{tag}"),
-                                             "stream")
-                    out = migrate(self.journal, self.ops, spec)
+                    d = self.nodes.image_dir(mode, server, f"b{tag}")
+                    spec = MigrationSpec(server, where, other, (B3,), d, d, mode)
+                    out = migrate(self.journal, self.nodes.ops(vc), spec)
                     if out.state != "done":
                         raise RuntimeError(f"{size_mb} MiB {mode}: {out.state}: {out.error}")
-                    where = other
-                    steps = self.journal.steps(out.op_id)
-                    lock_t = next(s.started for s in steps if s.name == "lock")
-                    unlock_t = next(s.ended for s in steps if s.name == "unlock")
-                    self.wait_pings(progress, self.pings(progress) + 20, 60)
-                    peer_gap = 0.0  # the longest wait that began before the unlock
-                    if gaps.exists():
-                        for line in gaps.read_text().split("\n"):
-                            if line.strip():
-                                end, gap = (float(x) for x in line.split())
-                                if lock_t - 0.5 <= end - gap <= (unlock_t or end) and \
-                                        end >= lock_t:
-                                    peer_gap = max(peer_gap, gap)
-                    dump = out.data["dump"]
-                    records.append({
-                        "size_mb": size_mb, "mode": mode, "repeat": rep,
-                        "pause_s": out.pause, "peer_gap_s": peer_gap,
-                        "steps_s": {k: round(v, 4) for k, v in out.steps.items()},
-                        "criu_dump_s": dump["seconds"], "image_bytes": dump["image_bytes"],
-                        "streamed_bytes": dump["streamed_bytes"]})
-                    print(f"  {size_mb:5d} MiB {mode:6s} #{rep}: pause {out.pause:.3f} s "
-                          f"(dump {out.steps['dump']:.3f}, verify {out.steps['verify']:.3f}, "
-                          f"restore {out.steps['restore']:.3f}), peer gap {peer_gap:.3f} s",
-                          flush=True)
-            r = self.rsh(B3, self.client.address,
-                         f"{PY} -m hpcmig.workloads.holder check {server.address}")
-            if not r.stdout.startswith("ok"):
-                raise RuntimeError(f"memory check after the moves: {r.stdout} {r.stderr}")
+                    vc = vc.moved(1, other, S.BRIDGED[other])
+                    self.nodes.publish(vc)  # as hpcmigd does after a move
+                    records.append(self.record(out, size_mb, mode, rep, progress, gaps))
+            text = self.check(vc, server)
+            if not text.startswith("ok"):
+                raise RuntimeError(f"memory check after the moves: {text}")
         finally:
-            self.stop_client()
-            self.remove(server)
+            self.nodes.teardown(vc.job_id)
         return records
+
+    def record(self, out: Outcome, size_mb: int, mode: str, rep: int, progress: Path,
+               gaps: Path) -> dict[str, Any]:
+        steps = self.journal.steps(out.op_id)
+        lock_t = next(s.started for s in steps if s.name == "lock")
+        unlock_t = next(s.ended for s in steps if s.name == "unlock")
+        self.wait_pings(progress, self.pings(progress) + 20, 60)
+        peer_gap = 0.0  # the longest wait that began before the unlock
+        if gaps.exists():
+            for line in gaps.read_text().split("\n"):
+                if line.strip():
+                    end, gap = (float(x) for x in line.split())
+                    if lock_t - 0.5 <= end - gap <= (unlock_t or end) and end >= lock_t:
+                        peer_gap = max(peer_gap, gap)
+        dump = out.data["dump"]
+        assert out.pause is not None
+        print(f"  {size_mb:5d} MiB {mode:6s} #{rep}: pause {out.pause:.3f} s "
+              f"(dump {out.steps['dump']:.3f}, verify {out.steps['verify']:.3f}, "
+              f"restore {out.steps['restore']:.3f}), peer gap {peer_gap:.3f} s", flush=True)
+        return {"size_mb": size_mb, "mode": mode, "repeat": rep,
+                "pause_s": out.pause, "peer_gap_s": peer_gap,
+                "steps_s": {k: round(v, 4) for k, v in out.steps.items()},
+                "criu_dump_s": dump["seconds"], "image_bytes": dump["image_bytes"],
+                "streamed_bytes": dump["streamed_bytes"]}
 
 
 @contextlib.contextmanager
 def bench_env() -> Iterator[Bench]:
-    ns_runtime.become_subreaper()
-    work = Path(tempfile.mkdtemp(prefix="hpcmig-rt-bench-", dir="/var/tmp"))
-    os.chmod(work, 0o755)
-    with contextlib.ExitStack() as stack:
-        sock = stack.enter_context(S.munged())
-        user = stack.enter_context(S.users())[0]
-        stack.enter_context(S.bridged_nodes())
-        (work / "peer").mkdir()
-        shutil.chown(work / "peer", user.uid, user.gid)
-        bench = Bench(work, sock, user)
+    with agent_nodes("hpcmig-rt-bench-", "/var/tmp") as nodes:
+        bench = Bench(nodes)
+        bench.peer.mkdir()
+        os.chown(bench.peer, nodes.user.uid, nodes.user.gid)
         try:
-            bench.start(B3, bench.client)
             yield bench
         finally:
-            bench.remove(bench.client)
             bench.journal.close()
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                     "mem_total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                     "criu": S.sh(criu_binary(), "--version").stdout.split("\n")[0],
-                    "image_checksum": images.FILE_HASH},
+                    "image_checksum": images.FILE_HASH, "path": OPS_PATH},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "copies": {}, "skipped": {},
         "migrations": []}
     lock = open(LOCK, "w")  # noqa: SIM115 - held for the whole run

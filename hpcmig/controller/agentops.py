@@ -1,7 +1,8 @@
 """`MigrationOps` across real nodes: every effect is an RPC to that node's agent.
 
-Design note: the production implementation of the Protocol in ops.py (LocalOps is the
-single-machine one for tests and benchmarks). It knows each node's address (from Slurm) and
+Design note: the one real implementation of the Protocol in ops.py (hpcmigd uses it, and so
+do the integration tests and the migration benchmark, against real agents on throwaway
+nodes: tests/integration/agent_nodes.py). It knows each node's address (from Slurm) and
 the job's virtual cluster (for a target node that has no record of the job yet); the agents
 do the work (hpcmig/agent/ckpt.py) and keep their job records true. The calls are made with
 the caller's MUNGE identity, so a user can only move their own job.

@@ -2,9 +2,9 @@
 
 Design note: the state machines (`migration`, `jobckpt`, `recovery`) only decide; every
 effect on a node goes through these methods, so the machines are unit-tested with a fake
-and run for real with `LocalOps` (throwaway node namespaces, tests and benchmarks) or the
-agent's RPC (`AgentOps`, same Protocol). Methods take node *names*; the implementation knows
-each node's address, image root and container registry.
+and run for real with `AgentOps`, the agents' RPC (hpcmigd; and the integration tests and
+the migration benchmark, on throwaway nodes that run real agents). Methods take node
+*names*; the implementation knows each node's address, image root and container registry.
 
 Contract for implementations (recovery depends on it):
 - Every method is idempotent: calling it twice, or after a crash half-way, is harmless.
