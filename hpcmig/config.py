@@ -4,22 +4,26 @@ Design note: this module owns where hpcmig keeps things and how its pieces find 
 (agent port, hpcmigd's address, MUNGE socket, address pool). It reads `$HPCMIG_CONFIG` or
 /etc/hpcmig/hpcmig.toml (a missing file means all defaults) and validates every key; it does
 not create directories or talk to anything. `state_dir` must be one directory every node and
-the controller see (the address pool lives there); `run_dir` is node-local.
+the controller see (the address pool lives there); `run_dir` is node-local. The one table,
+`[health]`, is hpcmigd's health policy (hpcmig.health.rules.Policy, pure; docs/health.md);
+the flat `health_*` keys say what a node's sampler reads.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 from hpcmig.errors import UsageError
+from hpcmig.health.rules import Policy
 
 CONFIG_ENV = "HPCMIG_CONFIG"
 DEFAULT_PATH = "/etc/hpcmig/hpcmig.toml"
+HEALTH_LOADS = ("loadavg", "mntns")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,11 @@ class Config:
     controller_port: int = 7100
     metrics_port: int = 9817  # hpcmigd's Prometheus /metrics (0: off)
     metrics_address: str = "127.0.0.1"
+    health_check_dir: str = "/etc/hpcmig/checks.d"  # NHC-style check scripts ("": none)
+    health_paths: tuple[str, ...] = ()  # watched for free space besides the three dirs above
+    health_load: str = "loadavg"  # or "mntns": run queue of this node's mount namespace
+    dmtcp_prefix: str = ""  # DMTCP's install prefix (<prefix>/bin/dmtcp_launch); "": PATH
+    health: Policy = field(default_factory=Policy)  # the [health] table: hpcmigd's rules
 
     @property
     def pool_state(self) -> Path:
@@ -51,10 +60,26 @@ class Config:
     def agent_dir(self) -> Path:
         return Path(self.run_dir) / "agent"
 
+    @property
+    def watched_paths(self) -> tuple[str, ...]:
+        """Where a node's health sample measures free space."""
+        return tuple(dict.fromkeys((self.state_dir, self.checkpoint_dir, self.run_dir,
+                                    *self.health_paths)))
+
     def validate(self) -> Config:
         for name in ("state_dir", "run_dir", "checkpoint_dir"):
             if not str(getattr(self, name)).startswith("/"):
                 raise UsageError(f"config: {name} must be an absolute path")
+        if self.health_check_dir and not self.health_check_dir.startswith("/"):
+            raise UsageError("config: health_check_dir must be an absolute path (\"\": none)")
+        for path in self.health_paths:
+            if not path.startswith("/"):
+                raise UsageError(f"config: health_paths: {path!r} is not an absolute path")
+        if self.dmtcp_prefix and not self.dmtcp_prefix.startswith("/"):
+            raise UsageError("config: dmtcp_prefix must be an absolute path (\"\": PATH)")
+        if self.health_load not in HEALTH_LOADS:
+            raise UsageError(f"config: health_load must be loadavg or mntns, "
+                             f"got {self.health_load!r}")
         for name in ("agent_port", "controller_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise UsageError(f"config: bad {name} {getattr(self, name)}")
@@ -68,6 +93,7 @@ class Config:
             raise UsageError(f"config: block_prefix must be in ({net.prefixlen}, 30]")
         if self.mpi not in ("mpich", "openmpi"):
             raise UsageError(f"config: mpi must be mpich or openmpi, got {self.mpi!r}")
+        self.health.validate("config: [health]")
         return self
 
 
@@ -86,7 +112,11 @@ def parse(text: str, origin: str = "config") -> Config:
     defaults = Config()
     for key, value in data.items():
         want = type(getattr(defaults, key))
-        if want is tuple:
+        if want is Policy:
+            if not isinstance(value, dict):
+                raise UsageError(f"{origin}: {key} must be a table ([{key}])")
+            value = Policy.from_table(value, f"{origin}: [{key}]")
+        elif want is tuple:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise UsageError(f"{origin}: {key} must be a list of strings")
             value = tuple(value)
@@ -101,12 +131,19 @@ def render(config: Config, header: str = "") -> str:
     lines = [header] if header else []
     for f in fields(Config):
         value = getattr(config, f.name)
+        if isinstance(value, Policy):
+            continue  # a table: after every plain key
         if isinstance(value, str):
             lines.append(f'{f.name} = "{value}"')
         elif isinstance(value, tuple):
             lines.append(f"{f.name} = [{', '.join(repr(v) for v in value)}]".replace("'", '"'))
         else:
             lines.append(f"{f.name} = {value}")
+    health = config.health.to_table()
+    if health:
+        lines += ["", "[health]"]
+        lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}"
+                  for k, v in health.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ import pytest
 from hpcmig import config
 from hpcmig.auth import munge
 from hpcmig.errors import UsageError
+from hpcmig.health.rules import Policy
 
 
 def test_missing_file_means_defaults(tmp_path: Path) -> None:
@@ -18,6 +19,32 @@ def test_missing_file_means_defaults(tmp_path: Path) -> None:
 def test_render_parse_round_trip() -> None:
     cfg = config.Config(state_dir="/shared/hpcmig", agent_port=7200, admin_users=("ops",))
     assert config.parse(config.render(cfg, "# header")) == cfg
+    assert "[health]" not in config.render(cfg)  # a default policy needs no table
+
+
+def test_health_table_and_keys_round_trip() -> None:
+    policy = Policy(dry_run=True, interval=1.5, ce_rise=3, ce_window=10.0, free_min_mb=32,
+                    resume_after=120.0, balance=True, balance_seconds=4.0)
+    cfg = config.Config(health=policy, health_check_dir="/site/checks.d",
+                        health_paths=("/scratch", "/local"), health_load="mntns")
+    text = config.render(cfg, "# generated")
+    assert text.endswith("\n[health]\ndry_run = true\ninterval = 1.5\nce_rise = 3\n"
+                         "ce_window = 10.0\nfree_min_mb = 32\nresume_after = 120.0\n"
+                         "balance = true\nbalance_seconds = 4.0\n")
+    back = config.parse(text)
+    assert back == cfg and back.health == policy
+    assert back.watched_paths == ("/var/lib/hpcmig", "/var/spool/hpcmig/ckpt", "/run/hpcmig",
+                                  "/scratch", "/local")
+
+
+def test_health_defaults() -> None:
+    cfg = config.parse("")
+    assert cfg.health == Policy() and cfg.health_check_dir == "/etc/hpcmig/checks.d"
+    assert (cfg.health_paths, cfg.health_load) == ((), "loadavg")
+    assert config.parse("health_check_dir = ''").health_check_dir == ""  # no check scripts
+    assert config.parse("[health]\ninterval = 5").health.interval == 5.0
+    with pytest.raises(UsageError, match=r"config: \[health\]: interval must be greater"):
+        config.Config(health=Policy(interval=0)).validate()
 
 
 @pytest.mark.parametrize("text, match", [
@@ -28,6 +55,14 @@ def test_render_parse_round_trip() -> None:
     ("block_prefix = 8", "block_prefix"),
     ("mpi = 'lam'", "mpich or openmpi"),
     ("= broken", "config"),
+    ("health = 3", "health must be a table"),
+    ("[health]\nce_windw = 5", r"config: \[health\]: unknown key\(s\) ce_windw \(known keys: "),
+    ("[health]\nenabled = 'yes'", r"\[health\]: enabled must be true or false"),
+    ("[health]\nballance = true", "known keys: enabled, dry_run, interval"),
+    ("health_load = 'psi'", "health_load must be loadavg or mntns"),
+    ("health_paths = ['scratch']", "not an absolute path"),
+    ("health_paths = '/scratch'", "health_paths must be a list of strings"),
+    ("health_check_dir = 'checks.d'", "health_check_dir must be an absolute path"),
 ])
 def test_bad_configuration_is_one_clear_error(text: str, match: str) -> None:
     with pytest.raises(UsageError, match=match):
