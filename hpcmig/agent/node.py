@@ -23,6 +23,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
+from hpcmig.agent.health import Sampler
 from hpcmig.config import Config
 from hpcmig.errors import HpcmigError
 from hpcmig.network import ContainerNet, NodeNet, container_net
@@ -63,6 +64,7 @@ class NodeAgent:
         self.config = config
         self.munge_socket = munge_socket
         self.net = NodeNet(None)
+        self.health: Sampler | None = None  # set by main (agent/health.py)
         self.jobs_dir = config.agent_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()

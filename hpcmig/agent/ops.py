@@ -28,6 +28,14 @@ def ping(call: Call) -> dict[str, Any]:
             "time": time.time(), "uid": call.who.uid}
 
 
+@operation("health.sample", "admin")
+def health_sample(call: Call) -> dict[str, Any] | None:
+    """This node's latest health sample (agent/health.py); None until the first is taken."""
+    sampler = _agent(call).health
+    latest = sampler.latest if sampler else None
+    return latest.to_json() if latest else None
+
+
 @operation("job.setup", "admin")
 def job_setup(call: Call, vcluster: dict[str, Any], restoring: bool = False) -> dict[str, Any]:
     """Build this node's part of a job's virtual cluster (the prolog calls this); with

@@ -7,8 +7,11 @@ hpcmig.toml (`controller_host:controller_port`) with the agents' server (one req
 answer, MUNGE-authenticated); access: admins (root, `admin_users`) every verb, a user
 `migrate`, `checkpoint` and `restore_allocation` of their own jobs and `status` (their own
 jobs only). A thread pings every agent every few seconds (heartbeats for status and metrics);
-Prometheus metrics on `metrics_address:metrics_port`. SIGTERM/SIGINT stop it; SIGKILL is
-what recovery is for. It decides; the agents act.
+once recovery ended, another fetches every agent's latest health sample every `[health]
+interval` (`health.sample`; `hpcmig-healthcheck` sends them with `health.report` instead) and
+hands it to the `Watcher` (controller/policy.py), which drains degraded nodes, resumes healthy
+ones and balances load. Prometheus metrics on `metrics_address:metrics_port`.
+SIGTERM/SIGINT stop it; SIGKILL is what recovery is for. It decides; the agents act.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
@@ -29,13 +33,16 @@ from hpcmig import __version__
 from hpcmig import config as site_config
 from hpcmig.agent.server import Call, Registry, Server
 from hpcmig.controller.client import TARGET
+from hpcmig.controller.policy import Watcher
 from hpcmig.controller.report import Report
 from hpcmig.controller.service import Service, job_number
 from hpcmig.errors import HpcmigError
+from hpcmig.health.sample import Sample
 
 log = logging.getLogger("hpcmig.controller")
 CONTROLLER = Registry()
 PING_SECONDS = 3.0
+POLL_WORKERS = 16  # agents asked for their health sample at once
 
 
 class Daemon:
@@ -47,6 +54,8 @@ class Daemon:
         self.munge_socket = cfg.munge_socket or None
         self.service = service
         self.recovered = threading.Event()
+        self.watcher = Watcher(service, cfg.health)
+        self._seen: dict[str, float] = {}  # node -> time of the last sample judged
         self.admin_uids = {0}
         for name in cfg.admin_users:
             with contextlib.suppress(KeyError):
@@ -100,6 +109,44 @@ class Daemon:
             stopping.wait(PING_SECONDS)
 
 
+    def judge(self, sample: Sample) -> None:
+        """Hand a sample to the watcher once (an agent answers its latest until a new one)."""
+        if sample.time <= self._seen.get(sample.node, 0.0):
+            return
+        self._seen[sample.node] = sample.time
+        for finding in self.watcher.observe(sample):
+            self.service.metrics.findings.labels(rule=finding.rule).inc()
+
+    def _fetch(self, node: str) -> Sample | None:
+        try:
+            data = self.service.agent(node).call("health.sample", timeout=10)
+            return Sample.from_json(data) if data else None
+        except HpcmigError as exc:
+            log.debug("no health sample of %s: %s", node, exc)
+            return None
+
+    def poll_health(self, stopping: threading.Event) -> None:
+        self.recovered.wait()
+        policy = self.cfg.health
+        if not policy.enabled:
+            log.info("health rules off ([health] enabled = false)")
+            return
+        log.info("health: sampling every %g s%s", policy.interval,
+                 " (dry run: decisions are only logged)" if policy.dry_run else "")
+        with ThreadPoolExecutor(POLL_WORKERS, thread_name_prefix="health") as pool:
+            while not stopping.is_set():
+                t0 = time.monotonic()
+                try:
+                    nodes = list(self.service.node_addrs())
+                    for sample in pool.map(self._fetch, nodes):
+                        if sample is not None:
+                            self.judge(sample)
+                    self.watcher.round()
+                except Exception:  # noqa: BLE001 - the watcher must outlive one bad round
+                    log.exception("health round failed")
+                stopping.wait(max(0.0, policy.interval - (time.monotonic() - t0)))
+
+
 def _svc(call: Call, wait: bool = True) -> Service:
     daemon: Daemon = call.ctx
     if wait:
@@ -139,6 +186,17 @@ def checkpoint(call: Call, job_id: str, resume: bool = False) -> dict[str, Any]:
 @CONTROLLER.operation("restore_allocation", "job")
 def restore_allocation(call: Call, job_id: str) -> dict[str, Any]:
     return _svc(call).restore_allocation(str(job_id))
+
+
+@CONTROLLER.operation("health.report", "admin")
+def health_report(call: Call, node: str, sample: dict[str, Any]) -> dict[str, Any]:
+    """A node's sample sent by `hpcmig-healthcheck` (Slurm's HealthCheckProgram)."""
+    daemon: Daemon = call.ctx
+    got = Sample.from_json(sample)
+    if got.node != node:
+        raise HpcmigError(f"health.report: the sample is of {got.node!r}, not {node!r}")
+    daemon.judge(got)
+    return {"findings": [f.reason() for f in daemon.watcher.health.history(node).last_findings]}
 
 
 @CONTROLLER.operation("drain", "admin")
@@ -196,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=server.serve_forever, name="rpc", daemon=True).start()
     threading.Thread(target=daemon.recover_at_start, name="recover", daemon=True).start()
     threading.Thread(target=daemon.poll_agents, args=(stopping,), name="ping",
+                     daemon=True).start()
+    threading.Thread(target=daemon.poll_health, args=(stopping,), name="health",
                      daemon=True).start()
     log.info("serving on %s:%d (pid %d)%s", cfg.controller_host, cfg.controller_port,
              os.getpid(), f", metrics on {cfg.metrics_address}:{cfg.metrics_port}"

@@ -38,6 +38,9 @@ class Metrics:
         self.agent_up = Gauge(
             "hpcmig_agent_up", "1 if the node's hpcmig-agent answered the last ping", ["node"],
             registry=self.registry)
+        self.findings = Counter(
+            "hpcmig_health_findings_total", "Health rule findings on node samples, by rule",
+            ["rule"], registry=self.registry)
         self.open_operations = Gauge(
             "hpcmig_operations_open", "Journaled operations not yet finished or rolled back",
             registry=self.registry)

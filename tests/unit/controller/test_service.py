@@ -79,6 +79,9 @@ class FakeAgent:
         if op == "job.members":
             self.svc.pushed.setdefault(self.node, []).append(VCluster.from_json(args["vcluster"]))
             return True
+        if op == "job.teardown":  # the released node drops the job's routes and record
+            self.svc.torn_down.append((self.node, args["job_id"]))
+            return True
         raise AssertionError(op)
 
 
@@ -88,6 +91,7 @@ class Svc(Service):
         self.planned, self.fake_ops = planned, ops
         self.agent_calls: list[tuple[str, str]] = []
         self.pushed: dict[str, list[VCluster]] = {}
+        self.torn_down: list[tuple[str, str]] = []
 
     def agent(self, node: str) -> FakeAgent:  # type: ignore[override]
         return FakeAgent(self, node)
@@ -126,6 +130,8 @@ def test_a_drain_finds_a_container_where_it_moved_and_every_agent_learns_it(env:
     assert report.ok and "n3 DRAINED, empty of hpcmig containers" in report.lines
     assert_settled(world, ref, "n2", ["n1", "n3"])
     assert ("update_nodes", 7, ("n1", "n2")) in slurm.calls
+    # the node left behind drops the job's routes and record before Slurm calls it idle
+    assert svc.torn_down == [("n3", "7")]
     vc = svc.vcluster("7")
     assert vc.member(1).node == "n2" and "n3" not in vc.nodes() and vc.spares == ()
     assert not world.violations
@@ -149,7 +155,7 @@ def test_a_failed_move_leaves_the_job_its_node_and_the_drain_fails(env: Env) -> 
     [row] = report.rows
     assert row["result"] == "rolled back" and "keeps n2" in row["detail"], row
     assert report.exit_code == 1 and any("could not leave n2" in line for line in report.lines)
-    assert not [c for c in slurm.calls if c[0] == "update_nodes"]
+    assert not [c for c in slurm.calls if c[0] == "update_nodes"] and svc.torn_down == []
     assert slurm.job(7).nodes == tuple(NODES)
     assert_settled(world, ref, "n2", ["n1", "n3"])
     assert svc.vcluster("7").member(1).node == "n2"
