@@ -2,8 +2,10 @@
 
 Brings the testbed up (unless it already runs), submits an MPI job across its nodes as the
 unprivileged testbed user, inside hpcmig's virtual cluster (one container per node, virtual
-addresses, MPI launched inside by `hpcmig run`), follows it, shows where every rank ran, and
-prints the result next to the value an undisturbed serial computation gives.
+addresses, MPI launched inside by `hpcmig run`), shows where every rank ran, then injects a
+degradation (memory errors) into one of the job's nodes and shows hpcmigd noticing it on its
+own, draining the node and moving the container live (what, when, the pause), and prints the
+job's result next to the value an undisturbed serial computation gives.
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from hpcmig import _cmdline
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run an MPI job on the built-in testbed and show the result")
-    p.add_argument("--nodes", type=int, default=3, help="testbed nodes, 2 to 8 (default 3)")
+    p.add_argument("--nodes", type=_cmdline.count(2, 8), default=3,
+                   help="testbed nodes, 2 to 8 (default 3)")
     p.add_argument("--mpi", choices=["openmpi", "mpich"], default="openmpi")
-    p.add_argument("--rounds", type=int, default=400, help="ring rounds (default 400)")
-    p.add_argument("--seconds", type=float, default=20.0, help="ring run time (default 20)")
-    p.add_argument("--memory-mb", type=int, default=64, help="memory per rank (default 64)")
+    p.add_argument("--rounds", type=_cmdline.count(1), default=400,
+                   help="ring rounds (default 400)")
+    p.add_argument("--seconds", type=_cmdline.seconds, default=20.0,
+                   help="ring run time (default 20)")
+    p.add_argument("--memory-mb", type=_cmdline.count(1), default=64,
+                   help="memory per rank in MB (default 64)")
     p.add_argument("--down", action="store_true", help="take the testbed down afterwards")
     p.set_defaults(func=run)
 
@@ -84,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     placed = next((line for line in text.splitlines() if line.startswith("whereami: ")), None)
     if placed:
         console.print(_ranks_table(json.loads(placed.split(" ", 1)[1]), slurm.job(job_id).nodes))
-    pause = _drain(say, victim) if slurm.job(job_id).state == "RUNNING" else None
+    pause = _degrade(say, victim) if slurm.job(job_id).state == "RUNNING" else None
     with console.status(f"job {job_id} running") as status:
         while True:
             job = slurm.job(job_id)
@@ -106,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         + (f": the job never noticed its container moving, except a {pause:.2f} s pause"
            if ok and pause is not None else ""))
     with contextlib.suppress(HpcmigError):
+        cluster.heal(victim)
         slurm.resume(victim)
     if args.down:
         cluster.down()
@@ -137,20 +146,36 @@ def _ring_started(plan: Any, job_id: int) -> bool:
     return (plan.base / "shared" / "jobs" / str(job_id) / "run-0-1" / "heartbeat").exists()
 
 
-def _drain(say: Any, node: str) -> float | None:
-    """`hpcmig drain NODE` (through hpcmigd) while the job runs; the moved container's pause."""
-    from hpcmig.controller.client import ControllerClient
-    from hpcmig.controller.report import Report
+def _degrade(say: Any, node: str) -> float | None:
+    """Inject memory errors into node while the job runs and follow what hpcmigd does on
+    its own; returns the moved container's pause."""
+    import re
 
-    say(f"[bold]3.[/bold] `hpcmig drain {node}` while the job runs: hpcmigd sets DRAIN in "
-        "Slurm, moves its container live (CRIU) to the spare, shrinks the job off it")
-    t0 = time.monotonic()
-    report = Report.from_json(ControllerClient().call("drain", node=node, reason="demo"))
-    for row in report.rows:
-        say(f"   job {row['job']} container {row['container']}: {row['from']} -> "
-            f"{row['to']} {row['result']}"
-            + (f", pause {row['pause']:.2f} s" if row.get("pause") is not None else ""))
-    for line in report.lines:
-        say(f"   {line} ({time.monotonic() - t0:.1f} s)")
-    pauses = [r["pause"] for r in report.rows if r.get("pause") is not None]
-    return max(pauses) if pauses else None
+    from hpcmig.controller.client import ControllerClient
+    from hpcmig.testbed import cluster
+
+    say(f"[bold]3.[/bold] `hpcmig testbed fail {node} --degrade memory-errors` while the job "
+        "runs: its memory controller starts reporting corrected errors. Nobody runs an hpcmig "
+        "command: hpcmigd notices, drains the node and moves its container live")
+    t0 = time.time()
+    say(f"   [dim]+  0.0 s[/dim]  {cluster.fail(node, 'memory-errors')}")
+    client = ControllerClient()
+    seen: set[tuple[float, str]] = set()
+    pause = None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        doc = client.call("status", timeout=30)["data"]
+        done = False
+        for d in reversed(doc["decisions"]):
+            key = (d["time"], d["what"])
+            if d["time"] < t0 or key in seen:
+                continue
+            seen.add(key)
+            say(f"   [dim]+{d['time'] - t0:5.1f} s[/dim]  hpcmigd: {d['what']}")
+            if (m := re.search(r"container \d+ done, pause ([0-9.]+) s", d["what"])):
+                pause = float(m.group(1))
+            done = done or d["what"].startswith((f"{node}: evacuated", f"{node}: DRAINED"))
+        if done:
+            break
+        time.sleep(0.3)
+    return pause

@@ -1,4 +1,5 @@
-"""`hpcmig testbed up|down|status|exec`: the built-in multi-node Slurm cluster on one machine."""
+"""`hpcmig testbed up|down|status|exec|fail|heal`: the built-in multi-node Slurm cluster on one
+machine, and faults injected into its nodes."""
 
 from __future__ import annotations
 
@@ -9,19 +10,32 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from hpcmig import _cmdline
 from hpcmig.errors import TestbedError, UsageError
+from hpcmig.testbed.faults import KINDS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("testbed", help="a real Slurm cluster in network namespaces on this machine")
     tb = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     upp = tb.add_parser("up", help="build the testbed (removes leftovers of earlier runs first)")
-    upp.add_argument("--nodes", type=int, default=3, help="number of nodes, 2 to 8 (default 3)")
+    upp.add_argument("--nodes", type=_cmdline.count(2, 8), default=3,
+                     help="number of nodes, 2 to 8 (default 3)")
     tb.add_parser("down", help="remove every namespace, bridge, mount, daemon and file it made")
     tb.add_parser("status", help="nodes, addresses, daemons and Slurm states")
     ex = tb.add_parser("exec", help="run a command inside a node's namespaces")
-    ex.add_argument("node")
-    ex.add_argument("command", nargs=argparse.REMAINDER)
+    ex.add_argument("node", metavar="NODE", type=_cmdline.node_name)
+    ex.add_argument("command", metavar="-- COMMAND", nargs=argparse.REMAINDER)
+    fl = tb.add_parser("fail", help="inject a fault into a node: a degradation its agent reads, "
+                       "or a crash")
+    fl.add_argument("node", metavar="NODE", type=_cmdline.node_name)
+    how = fl.add_mutually_exclusive_group(required=True)
+    how.add_argument("--degrade", metavar="KIND", choices=KINDS,
+                     help=f"what the node's agent reads from now on: {', '.join(KINDS)}")
+    how.add_argument("--crash", action="store_true",
+                     help="SIGKILL everything of the node (daemons, job steps, containers)")
+    hl = tb.add_parser("heal", help="undo a node's faults; a crashed node's daemons start again")
+    hl.add_argument("node", metavar="NODE", type=_cmdline.node_name)
     p.set_defaults(func=run)
 
 
@@ -43,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "status":
         return print_status(cluster)
+    if args.action == "fail":
+        print(cluster.fail(args.node, "crash" if args.crash else args.degrade))
+        return 0
+    if args.action == "heal":
+        print(cluster.heal(args.node))
+        return 0
     return exec_on_node(cluster, args.node, args.command)
 
 
@@ -71,14 +91,14 @@ def _ok(flag: bool) -> str:
 
 
 def exec_on_node(cluster, node: str, command: list[str]) -> int:
-    plan = cluster.current_plan()
-    if plan is None:
-        raise TestbedError("the testbed is not up", "start it with: hpcmig testbed up")
-    target = plan.node(node)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         raise UsageError("no command given: hpcmig testbed exec NODE -- COMMAND ...")
+    plan = cluster.current_plan()
+    if plan is None:
+        raise TestbedError("the testbed is not up", "start it with: hpcmig testbed up")
+    target = plan.node(node)
     argv = [*plan.nsenter(target), *command]
     sys.stdout.flush()
     os.execvp(argv[0], argv)

@@ -24,7 +24,7 @@ from typing import Any
 
 from hpcmig import _proc
 from hpcmig.errors import CommandError, MissingDependency, PermissionDenied, TestbedError
-from hpcmig.testbed import daemons, host
+from hpcmig.testbed import daemons, faults, host
 from hpcmig.testbed.plan import MAX_NODES, Node, Plan
 
 Progress = Callable[[str], None]
@@ -174,6 +174,7 @@ def _write_config(plan: Plan, progress: Progress) -> None:
     progress(f"writing {plan.slurm_etc}/slurm.conf and cgroup.conf")
     host.write_owned_file(plan.slurm_etc / "slurm.conf", plan.slurm_conf())
     host.write_owned_file(plan.slurm_etc / "cgroup.conf", plan.cgroup_conf())
+    host.write_owned_file(plan.plugstack_path, plan.plugstack_conf())
     progress(f"writing {plan.hpcmig_conf_path}")
     plan.hpcmig_conf_path.parent.mkdir(parents=True, exist_ok=True)
     host.write_owned_file(plan.hpcmig_conf_path, plan.hpcmig_conf())
@@ -197,11 +198,7 @@ def _start_slurm(plan: Plan, state: State, progress: Progress) -> None:
     )
     for node in plan.nodes:
         progress(f"starting slurmd on {node.name} ({node.address})")
-        log = str(plan.log_dir / f"slurmd-{node.name}.out")
-        argv = [*plan.nsenter(node), "slurmd", "-D", "-N", node.name]
-        proc = daemons.start(f"slurmd@{node.name}", argv, "slurmd", log)
-        state.add(proc)
-        save_state(plan, state)
+        _spawn_slurmd(plan, state, node)
     progress("waiting for every node to be idle in Slurm")
     names = {n.name for n in plan.nodes}
 
@@ -219,6 +216,15 @@ def _start_slurm(plan: Plan, state: State, progress: Progress) -> None:
     daemons.wait_for("slurm nodes", all_idle, 60, None, str(plan.log_dir / "slurmctld.log"))
 
 
+def _spawn_slurmd(plan: Plan, state: State, node: Node) -> daemons.Proc:
+    log = str(plan.log_dir / f"slurmd-{node.name}.out")
+    argv = [*plan.nsenter(node), "slurmd", "-D", "-N", node.name]
+    proc = daemons.start(f"slurmd@{node.name}", argv, "slurmd", log)
+    state.add(proc)
+    save_state(plan, state)
+    return proc
+
+
 def _slurm_states() -> dict[str, str]:
     """{node: state} as `sinfo` prints it (a trailing * means not responding)."""
     out = _proc.run(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=10).stdout
@@ -228,6 +234,7 @@ def _slurm_states() -> dict[str, str]:
 def _start_agents(plan: Plan, state: State, progress: Progress) -> None:
     for node in plan.nodes:
         progress(f"starting hpcmig-agent on {node.name}")
+        faults.prepare(plan, node)
         _spawn_agent(plan, state, node)
     for node in plan.nodes:
         beat = plan.node_dir(node) / "agent" / "heartbeat.json"
@@ -244,6 +251,9 @@ def _spawn_agent(plan: Plan, state: State, node: Node) -> daemons.Proc:
         *plan.nsenter(node), sys.executable, "-m", "hpcmig.agent.main",
         "--node", node.name, "--state-dir", str(agent_dir),
         "--munge-socket", str(plan.munge_socket),
+        "--sys-root", str(faults.sys_root(plan, node)),
+        "--check-dir", str(faults.check_dir(plan, node)),
+        "--health-path", str(faults.scratch(plan, node)),
     ]
     proc = daemons.start(f"agent@{node.name}", argv, "hpcmig.agent.main", log)
     state.add(proc)
@@ -321,6 +331,43 @@ def restart_controller(env: dict[str, str] | None = None) -> daemons.Proc:
     return _start_controller(plan, state, _quiet, env)
 
 
+# -- faults -----------------------------------------------------------------------------------
+def _running_plan() -> tuple[Plan, State]:
+    plan = current_plan()
+    state = load_state(plan) if plan else None
+    if plan is None or state is None:
+        raise TestbedError("the testbed is not up", "start it with: hpcmig testbed up")
+    return plan, state
+
+
+def fail(name: str, kind: str) -> str:
+    """Degrade node `name` (faults.KINDS) as its agent sees it, or with kind "crash" kill
+    everything of it; one line saying what was done."""
+    plan, _ = _running_plan()
+    node = plan.node(name)
+    if kind == "crash":
+        return f"{name}: crashed ({faults.crash(plan, node)} processes SIGKILLed)"
+    return faults.degrade(plan, node, kind)
+
+
+def heal(name: str) -> str:
+    """Undo every fault of node `name`; a crashed node's slurmd and agent start again."""
+    plan, state = _running_plan()
+    node = plan.node(name)
+    faults.heal(plan, node)
+    started = []
+    slurmd = state.proc(f"slurmd@{name}")
+    if slurmd is None or not daemons.alive(slurmd):
+        _spawn_slurmd(plan, state, node)
+        started.append("slurmd")
+    agent = state.proc(f"agent@{name}")
+    if agent is None or not daemons.alive(agent):
+        faults.prepare(plan, node)
+        restart_agent(name)
+        started.append("hpcmig-agent")
+    return f"{name}: healed" + (f"; {' and '.join(started)} started again" if started else "")
+
+
 # -- down -------------------------------------------------------------------------------------
 def down(progress: Progress = _quiet) -> None:
     require_root()
@@ -352,6 +399,7 @@ def down(progress: Progress = _quiet) -> None:
     host.remove_bridge(plan)
     host.remove_owned_file(plan.slurm_etc / "slurm.conf")
     host.remove_owned_file(plan.slurm_etc / "cgroup.conf")
+    host.remove_owned_file(plan.plugstack_path)
     host.remove_owned_file(plan.hpcmig_conf_path)
     host.remove_user(plan)
     host.remove_tree(plan.base)

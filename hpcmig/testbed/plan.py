@@ -19,10 +19,12 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from hpcmig.config import Config, render
 from hpcmig.errors import UsageError
+from hpcmig.health.rules import Policy
 
 MIN_NODES = 2
 MAX_NODES = 8
@@ -181,6 +183,7 @@ class Plan:
             "PrologFlags=Alloc,Contain",
             f"Prolog={self.bin_dir}/hpcmig-prolog",
             f"Epilog={self.bin_dir}/hpcmig-epilog",
+            f"PlugStackConfig={self.plugstack_path}",
             "MpiDefault=none",
             "MailProg=/bin/true",
             "ReturnToService=2",
@@ -208,14 +211,29 @@ class Plan:
         return os.path.dirname(sys.executable)
 
     def hpcmig_conf(self) -> str:
+        # Health: every node's agent reads its own fixture /sys (testbed/faults.py); the
+        # nodes share the machine's /proc, so load is counted per mount namespace. Samples
+        # every second, short counter windows (a healed node is healthy again within 10 s),
+        # and free space judged against the 64 MiB scratch tmpfs of each node.
+        policy = Policy(interval=1.0, ce_window=10.0, nic_window=10.0, free_min_mb=16)
         cfg = Config(state_dir=str(self.base / "shared"), checkpoint_dir=str(self.base / "ckpt"),
                      munge_socket=str(self.munge_socket), controller_host=self.bridge_address,
-                     metrics_address="127.0.0.1")
+                     metrics_address="127.0.0.1", health_load="mntns", health=policy)
         return render(cfg, MARKER)
 
     def cgroup_conf(self) -> str:
         # slurmd refuses to start without cgroup.conf (PLATFORM.md); the machine is cgroup v1.
         return f"{MARKER}\nCgroupPlugin=cgroup/v1\nIgnoreSystemd=yes\n"
+
+    @property
+    def plugstack_path(self) -> Path:
+        # not plugstack.conf: Debian ships one (an include of plugstack.conf.d/)
+        return self.slurm_etc / "hpcmig-plugstack.conf"
+
+    def plugstack_conf(self) -> str:
+        """hpcmig's SPANK plugin (`--hpcmig=`), from the one snippet admins install too."""
+        snippet = resources.files("hpcmig").joinpath("data/plugstack.conf").read_text()
+        return f"{MARKER}\n{snippet}"
 
     def hosts(self, original: str) -> str:
         """The node view of /etc/hosts: the machine's own lines plus one line per node."""

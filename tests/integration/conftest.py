@@ -71,7 +71,8 @@ def testbed_session() -> Iterator[Plan]:
         pytest.fail(f"CI requires the integration tier, but: {reason}")
     plan = cluster.up(NODES)
     yield plan
-    cluster.down()
+    if os.environ.get("HPCMIG_KEEP_TESTBED") != "1":  # =1: left up to read its logs
+        cluster.down()
 
 
 @pytest.fixture
