@@ -169,7 +169,7 @@ def ping(call: Call) -> dict[str, Any]:
 def status(call: Call) -> dict[str, Any]:
     daemon: Daemon = call.ctx
     uid = None if daemon.is_admin(call.who.uid) else call.who.uid
-    return _answer(_svc(call, wait=False).status(uid))
+    return _answer(_svc(call, wait=False).status(uid, daemon.watcher.health))
 
 
 @CONTROLLER.operation("migrate", "job")

@@ -47,7 +47,7 @@ class Watcher:
         self._lock = threading.Lock()
         self._draining: dict[str, threading.Thread] = {}
         self._failed: dict[str, float] = {}  # node -> when its last drain failed
-        self._said: dict[str, str] = {}  # node -> last dry-run line (said once)
+        self._said: dict[str, str] = {}  # node -> last reason said without acting (once)
         self._balanced: dict[str, float] = {}  # job -> when it was last balanced
 
     # -- health -----------------------------------------------------------------------------
@@ -57,6 +57,8 @@ class Watcher:
         findings = self.health.observe(sample)
         if findings:
             self.degraded(sample.node, findings, sample.time)
+        else:
+            self._said.pop(sample.node, None)  # healthy again: a new fault is said again
         return findings
 
     def degraded(self, node: str, findings: list[Finding], detected: float) -> None:
@@ -75,6 +77,10 @@ class Watcher:
             if time.time() - self._failed.get(node, 0.0) < RETRY:
                 return
             if self._done(node):
+                if self._said.get(node) != reason:
+                    self._said[node] = reason
+                    self.svc.decide(f"{node}: degraded ({reason}); drained already and "
+                                    "holding no hpcmig job: nothing to do", node=node)
                 return
             thread = threading.Thread(target=self._drain, args=(node, reason, detected),
                                       name=f"drain-{node}", daemon=True)

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcmig import config as site_config
 from hpcmig.agent.rpc import AgentClient
@@ -50,6 +50,9 @@ from hpcmig.errors import HpcmigError, UsageError
 from hpcmig.hostlist import compress
 from hpcmig.slurm import JobInfo, Slurm
 from hpcmig.vcluster import VCluster
+
+if TYPE_CHECKING:
+    from hpcmig.health.rules import Health
 
 log = logging.getLogger("hpcmig.controller")
 Progress = Callable[[str], None]
@@ -419,10 +422,10 @@ class Service:
 
         return aftercrash.report(self, job_id, dry_run)
 
-    def status(self, uid: int | None = None) -> Report:
+    def status(self, uid: int | None = None, health: Health | None = None) -> Report:
         from hpcmig.controller import status
 
-        return status.report(self, uid)
+        return status.report(self, uid, health)
 
 
 def move_row(report: Report, mv: Move, outcome: Outcome) -> None:

@@ -26,6 +26,7 @@ from hpcmig.vcluster import VCluster
 
 if TYPE_CHECKING:
     from hpcmig.controller.service import Service
+    from hpcmig.health.rules import Health
 
 AGENT_STALE = 15.0  # seconds without an answer before an agent counts as down
 
@@ -48,8 +49,20 @@ def _op(op: Operation) -> dict[str, Any]:
             "state": op.state, "updated": op.updated, "error": op.error}
 
 
-def document(svc: Service, uid: int | None = None) -> dict[str, Any]:
-    """The status document; `uid`: only that user's jobs (None: every job)."""
+def _health(health: Health | None, node: str) -> dict[str, Any] | None:
+    """The node's last health sample as hpcmigd judged it (None: no sample yet)."""
+    hist = health.nodes.get(node) if health is not None else None
+    last = hist.last if hist is not None else None
+    if hist is None or last is None:
+        return None
+    return {"sampled": last.time, "cpus": last.cpus, "load": last.load,
+            "findings": [f.reason() for f in hist.last_findings]}
+
+
+def document(svc: Service, uid: int | None = None,
+             health: Health | None = None) -> dict[str, Any]:
+    """The status document; `uid`: only that user's jobs (None: every job); `health`: the
+    watcher's node histories (hpcmigd's; None when nothing samples)."""
     now = time.time()
     nodes = svc.slurm.nodes()
     jobs = [j for j in svc.slurm.jobs() if j.state == "RUNNING"
@@ -85,7 +98,8 @@ def document(svc: Service, uid: int | None = None) -> dict[str, Any]:
             "name": n.name, "state": n.display_state, "flags": sorted(n.flags),
             "reason": n.reason, "reason_by_hpcmig": n.reason_is_ours, "jobs": list(n.jobs),
             "agent": {"up": age is not None and age < AGENT_STALE, "last_seen": seen,
-                      "age": age}})
+                      "age": age},
+            "health": _health(health, n.name)})
     decisions = [d for d in svc.decisions if uid is None or d.get("job") in mine]
     return {"schema": 1, "time": now,
             "controller": {"host": socket.gethostname(), "pid": os.getpid(),
@@ -95,12 +109,20 @@ def document(svc: Service, uid: int | None = None) -> dict[str, Any]:
             "recent": recent}
 
 
-def report(svc: Service, uid: int | None = None) -> Report:
-    doc = document(svc, uid)
-    rep = Report("status", "nodes", ("node", "state", "reason", "agent", "jobs"), data=doc)
+def _health_cell(health: dict[str, Any] | None) -> str | None:
+    if health is None:
+        return None
+    return "; ".join(health["findings"]) or f"ok (load {health['load']:g}/{health['cpus']})"
+
+
+def report(svc: Service, uid: int | None = None, health: Health | None = None) -> Report:
+    doc = document(svc, uid, health)
+    rep = Report("status", "nodes", ("node", "state", "reason", "agent", "health", "jobs"),
+                 data=doc)
     for n in doc["nodes"]:
         agent = n["agent"]
         rep.add(node=n["name"], state=n["state"], reason=n["reason"] or None,
+                health=_health_cell(n["health"]),
                 agent=(f"up ({agent['age']:.0f} s ago)" if agent["up"] else
                        "down" if agent["last_seen"] is None else
                        f"silent for {agent['age']:.0f} s"), jobs=n["jobs"] or None)

@@ -47,9 +47,25 @@ RULE = {"memory-errors": "memory-errors", "temperature": "temperature", "check":
 def healed(testbed: Plan) -> Iterator[None]:
     """Every node healthy again after the test (and resumed by the next test's settle)."""
     yield
+    healed_at = time.time()
     for node in testbed.nodes:
         cluster.heal(node.name)
     hpcmigd.ensure_running()
+    wait_healthy(testbed, since=healed_at)
+
+
+def wait_healthy(plan: Plan, since: float, timeout: float = 30) -> None:
+    """Until hpcmigd judged a sample of every node taken after `since` and found nothing (so
+    resuming a node cannot race a stale finding into a new drain)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = {n["name"]: n["health"] for n in hpcmigd.status()["nodes"]}
+        sick = {name: h for name in (n.name for n in plan.nodes)
+                if (h := health.get(name)) is None or h["sampled"] <= since or h["findings"]}
+        if not sick:
+            return
+        assert time.monotonic() < deadline, f"hpcmigd still sees: {sick}"
+        time.sleep(0.3)
 
 
 def wait_moved(job_id: int, index: int, away_from: str, timeout: float) -> float:
@@ -77,6 +93,7 @@ def test_a_degraded_node_is_drained_and_its_container_moves_by_itself(
     took = wait_moved(job_id, 1, "node2", timeout=10)
     assert host_of(job_id, 1) == "node3"
     wait_drained(slurm, "node2")
+    drained_after = time.monotonic() - t0
     reason = slurm.node("node2").reason
     assert reason.startswith(f"hpcmig: {RULE[kind]}: "), reason
     assert "node2" not in slurm.job(job_id).nodes
@@ -85,7 +102,7 @@ def test_a_degraded_node_is_drained_and_its_container_moves_by_itself(
     decided = [d["what"] for d in hpcmigd.status()["decisions"]]
     assert any(d.startswith("node2: degraded (") for d in decided), decided
     print(f"{kind}: container elsewhere {took:.1f} s after the injection, node DRAINED "
-          f"{time.monotonic() - t0:.1f} s after; reason {reason!r}")
+          f"{drained_after:.1f} s after; reason {reason!r}")
 
 
 def test_a_degraded_node_under_a_job_without_a_spare_requeues_it_whole(
@@ -179,7 +196,9 @@ def hogs(plan: Plan, node: str, count: int) -> list[subprocess.Popen[bytes]]:
 def test_load_balancing_moves_a_container_off_a_busy_node_only_when_on(
         testbed: Plan, slurm: Slurm, job_dir: Path, healed: None, balance: bool) -> None:
     before = site_config.load().health
-    _set_policy(Policy(**{**before.__dict__, "balance": balance, "balance_seconds": 4.0}))
+    # 3 hogs on a 2-CPU node: a run queue of 3 or more, above 2 * balance_factor
+    _set_policy(Policy(**{**before.__dict__, "balance": balance, "balance_seconds": 4.0,
+                          "balance_factor": 1.0}))
     busy: list[subprocess.Popen[bytes]] = []
     try:
         job_id, out = submit_ring(testbed, slurm, job_dir, f"balance-{balance}", seconds=30)

@@ -21,10 +21,12 @@ from hpcmig.controller.ops import MigrationOps
 from hpcmig.controller.report import Report
 from hpcmig.controller.service import Service
 from hpcmig.errors import PermissionDenied, UsageError
+from hpcmig.health.rules import Health
 from hpcmig.slurm import JobInfo
 from hpcmig.slurm.parse import NodeInfo
 from hpcmig.vcluster import VCluster, plan
 from tests.unit.controller.fake import SHARED, FakeOps, World, assert_settled
+from tests.unit.health.fake import healthy
 
 NODES = ["n1", "n2", "n3"]
 ADDRS = {n: f"10.251.0.{i + 1}" for i, n in enumerate(NODES)}
@@ -196,8 +198,16 @@ def test_status_document_follows_its_schema_and_users_see_their_own_jobs(env: En
                                uid=2000, gid=2000))
     svc.migrate("7", "n2")
     svc.heartbeats["n1"] = 0.0
-    doc = status.document(svc)
+    health = Health()
+    health.observe(healthy(node="n1", time=5.0))
+    health.observe(healthy(node="n2", time=6.0, temperatures={"Package id 0": 99.0}))
+    doc = status.document(svc, health=health)
     status.validate(doc)
+    by_node = {n["name"]: n["health"] for n in doc["nodes"]}
+    assert by_node["n1"] == {"sampled": 5.0, "cpus": 4, "load": 1.0, "findings": []}
+    assert by_node["n2"]["findings"] == ["hpcmig: temperature: Package id 0 99 C > 90 C"]
+    assert by_node["n3"] is None  # never sampled
+    assert status.report(svc, health=health).rows[1]["health"].startswith("hpcmig: temp")
     [job] = doc["jobs"]  # job 8's agents do not know it: not an hpcmig job
     assert [(c["index"], c["node"]) for c in job["containers"]] == [(0, "n1"), (1, "n3")]
     assert [d["what"] for d in doc["decisions"]][0] == "job 7: container 1 done, pause " + \
