@@ -23,6 +23,8 @@ from rich.table import Table
 
 from hpcmig import _cmdline
 
+MPI_NAMES = {"openmpi": "Open MPI", "mpich": "MPICH"}
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run an MPI job on the built-in testbed and show the result")
@@ -77,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
         output=str(out)))
     victim = "node2"
     say(f"[bold]2.[/bold] sbatch as user {plan.user} (#SBATCH --comment=hpcmig:spares=1): "
-        f"`hpcmig run -n {ntasks}` of a {args.mpi} ring + allreduce ({args.memory_mb} MB per "
-        f"rank, ~{args.seconds:g} s) inside the job's virtual cluster: one container on each "
-        f"of {hosting} nodes, node{args.nodes} kept as a spare ({script})")
+        f"`hpcmig run -n {ntasks}` of an {MPI_NAMES[args.mpi]} ring + allreduce "
+        f"({args.memory_mb} MB per rank, ~{args.seconds:g} s) inside the job's virtual "
+        f"cluster: one container on each of {hosting} nodes, node{args.nodes} kept as a "
+        f"spare ({script})")
     job_id = slurm.submit([str(script)], user=plan.user, cwd=str(job_dir))
     t0 = time.monotonic()
     with console.status(f"job {job_id} starting"):
