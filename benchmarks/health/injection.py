@@ -68,9 +68,12 @@ def one(plan: Any, slurm: Slurm, home: Path, kind: str | None, i: int) -> dict[s
             drained = time.time() - t0
         time.sleep(0.1)
     finish(slurm, job_id, out)
+    reason = slurm.node("node2").reason
+    healed_at = time.time()
     cluster.heal("node2")
+    hpcmigd.wait_healthy(["node2"], since=healed_at)  # before anybody resumes node2
     return {"kind": kind, "detected": detected, "moved": moved, "drained": drained,
-            "pause": pause, "reason": slurm.node("node2").reason}
+            "pause": pause, "reason": reason}
 
 
 def main() -> int:

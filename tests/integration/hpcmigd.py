@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from typing import Any
 
 from hpcmig.controller.client import ControllerClient
@@ -67,3 +68,17 @@ def restart(fault: str | None = None) -> daemons.Proc:
 def ensure_running() -> None:
     if not alive():
         restart()
+
+
+def wait_healthy(nodes: list[str], since: float, timeout: float = 30) -> None:
+    """Until hpcmigd judged a sample of every node taken after `since` and found nothing (so
+    resuming a node cannot race a stale finding into a new drain)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = {n["name"]: n["health"] for n in status()["nodes"]}
+        sick = {name: h for name in nodes
+                if (h := health.get(name)) is None or h["sampled"] <= since or h["findings"]}
+        if not sick:
+            return
+        assert time.monotonic() < deadline, f"hpcmigd still sees: {sick}"
+        time.sleep(0.3)

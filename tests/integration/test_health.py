@@ -51,21 +51,8 @@ def healed(testbed: Plan) -> Iterator[None]:
     for node in testbed.nodes:
         cluster.heal(node.name)
     hpcmigd.ensure_running()
-    wait_healthy(testbed, since=healed_at)
+    hpcmigd.wait_healthy([n.name for n in testbed.nodes], since=healed_at)
 
-
-def wait_healthy(plan: Plan, since: float, timeout: float = 30) -> None:
-    """Until hpcmigd judged a sample of every node taken after `since` and found nothing (so
-    resuming a node cannot race a stale finding into a new drain)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        health = {n["name"]: n["health"] for n in hpcmigd.status()["nodes"]}
-        sick = {name: h for name in (n.name for n in plan.nodes)
-                if (h := health.get(name)) is None or h["sampled"] <= since or h["findings"]}
-        if not sick:
-            return
-        assert time.monotonic() < deadline, f"hpcmigd still sees: {sick}"
-        time.sleep(0.3)
 
 
 def wait_moved(job_id: int, index: int, away_from: str, timeout: float) -> float:
