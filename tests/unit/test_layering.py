@@ -37,6 +37,14 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "hpcmig.hooks": ("hpcmig.controller", "hpcmig.cli", "hpcmig._proc"),
     "hpcmig.vcluster": ("hpcmig.agent", "hpcmig.controller", "hpcmig.cli", "hpcmig.slurm"),
     "hpcmig.hostlist": ("hpcmig.slurm", "hpcmig._proc"),
+    # node health: samples and rules are pure, read by the agent and judged by hpcmigd
+    **{f"hpcmig.health.{m}": ("hpcmig.agent", "hpcmig.controller", "hpcmig.cli",
+                              "hpcmig.hooks", "hpcmig.slurm", "hpcmig.testbed")
+       for m in ("sample", "probes", "checks", "rules")},
+    # the application-level checkpoint library runs inside users' MPI programs
+    "hpcmig.ckpt": ("hpcmig.agent", "hpcmig.controller", "hpcmig.cli", "hpcmig.hooks",
+                    "hpcmig.slurm", "hpcmig.testbed", "hpcmig.runtime", "hpcmig.network",
+                    "hpcmig.checkpoint", "hpcmig.health"),
 }
 
 
