@@ -1,14 +1,14 @@
 """`hpcmig run [-n N] [--ppn K] -- PROG ARGS`: MPI inside the job's virtual cluster.
 
-Used in a batch script of a job that opted in (`#SBATCH --comment=hpcmig`). Asks the local
-agent (as the job's user, MUNGE-authenticated) for the job's containers, writes a hostfile of
-their virtual addresses, and starts MPICH's or Open MPI's launcher inside the container on
-this node through the exec service. When the batch script's output is a file (the usual
-sbatch case) the launcher runs detached (hpcmig.runtime.launch) and writes to that file
-itself, and this command waits for its recorded exit code: no connection ties the running
-job to this process, so every container, the launcher's included, can move. Otherwise (a
-terminal or a pipe) output is streamed through the exec connection. SIGTERM/SIGINT (scancel)
-are passed on to the launcher; the exit code is the launcher's.
+Used in a batch script of a job that opted in (`#SBATCH --hpcmig` or `--comment=hpcmig`). Asks
+the local agent (as the job's user, MUNGE-authenticated) for the job's containers, writes a
+hostfile of their virtual addresses, and starts MPICH's or Open MPI's launcher inside the
+container on this node through the exec service. When the batch script's output is a file (the
+usual sbatch case) the launcher runs detached (hpcmig.runtime.launch) and writes to that file
+itself, and this command waits for its recorded exit code: no connection ties the running job
+to this process, so every container, the launcher's included, can move. Otherwise (a terminal
+or a pipe) output is streamed through the exec connection. SIGTERM/SIGINT (scancel) are passed
+on to the launcher; the exit code is the launcher's.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         info: dict[str, Any] = agent.call("job.info", job_id=job_id)
     except PermissionDenied as exc:
         raise UsageError(f"job {job_id} has no hpcmig virtual cluster on {node} ({exc})",
-                         hint="submit with `#SBATCH --comment=hpcmig`") from None
+                         hint="submit with `#SBATCH --hpcmig` or `#SBATCH --comment=hpcmig`",
+                         ) from None
     if info.get("error"):
         raise HpcmigError(f"hpcmig could not build this job's virtual cluster: {info['error']}")
     vc = VCluster.from_json(info["vc"])

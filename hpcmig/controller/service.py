@@ -165,7 +165,7 @@ class Service:
                 continue
             return VCluster.from_json(info["vc"])
         raise UsageError(f"job {job.job_id} does not run in an hpcmig virtual cluster",
-                         hint="submit it with #SBATCH --comment=hpcmig "
+                         hint="submit it with #SBATCH --hpcmig (or --comment=hpcmig) "
                          + (f"({errors[0]})" if errors else ""))
 
     def publish(self, vc: VCluster, incarnation: int) -> None:
