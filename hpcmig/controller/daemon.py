@@ -38,6 +38,7 @@ from hpcmig.controller.report import Report
 from hpcmig.controller.service import Service, job_number
 from hpcmig.errors import HpcmigError
 from hpcmig.health.sample import Sample
+from hpcmig.slurm import diagnose
 
 log = logging.getLogger("hpcmig.controller")
 CONTROLLER = Registry()
@@ -74,6 +75,11 @@ class Daemon:
             raise HpcmigError("hpcmigd is still recovering after an hour")
 
     def recover_at_start(self) -> None:
+        try:
+            for warning in diagnose.config_warnings(self.service.slurm.config()):
+                log.warning("slurm.conf: %s", warning)
+        except HpcmigError as exc:
+            log.warning("cannot read Slurm's configuration: %s", exc)
         try:
             rep = self.service.recover()
             for row in rep.rows:

@@ -57,6 +57,10 @@ class Slurm:
         return self._json
 
     # -- reading -----------------------------------------------------------------------------
+    def config(self) -> dict[str, str]:
+        """The running configuration (`scontrol show config`), key -> value."""
+        return parse.config_from_text(self._run(["scontrol", "show", "config"]))
+
     def jobs(self, user: str | None = None) -> list[JobInfo]:
         if self.uses_json:
             jobs = parse.jobs_from_json(self._run(["squeue", "--json"]))

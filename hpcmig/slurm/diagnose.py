@@ -5,6 +5,7 @@ stderr, timeout) and returns the `SlurmError` to raise: `SlurmNotConfigured`,
 `SlurmUnreachable` or `SlurmRefused`, each one line with Slurm's own words and what to check
 (the daemon's errors travel to the CLI as that line), or a plain `SlurmError` when the words
 are not ones we know. `missing_command` says what to install when a Slurm command is absent.
+`config_warnings` says what in the cluster's configuration works against hpcmig.
 The words are those of Slurm 22.05 and later (libslurm's error strings, the config loader);
 match them case-insensitively, on any line of stderr, since Slurm often prints the cause
 before the last line.
@@ -113,3 +114,21 @@ def missing_command(argv: list[str], exc: MissingDependency) -> MissingDependenc
         return MissingDependency(f"Slurm's `{argv[0]}` command is not installed or not on "
                                  "PATH", INSTALL_HINT)
     return exc
+
+
+def config_warnings(config: dict[str, str]) -> list[str]:
+    """What in the cluster's configuration (`Slurm.config()`) works against hpcmig, one line
+    each, with what to do (docs/admin.md)."""
+    warnings = []
+    flags = {f.strip().lower() for f in config.get("PrologFlags", "").split(",")}
+    if "contain" in flags:
+        version = config.get("SLURM_VERSION", "unknown")
+        warnings.append(
+            f"PrologFlags has Contain (Slurm {version}): when hpcmig moves a container off a "
+            "node and shrinks its job, Slurm 22.05's slurmstepd can hang on the extern step "
+            "and drain that node 'Kill task failed' UnkillableStepTimeout later with nothing "
+            "left running; hpcmig needs only PrologFlags=Alloc (docs/admin.md)")
+    if config.get("Prolog", "(null)") in ("", "(null)") or "alloc" not in flags:
+        warnings.append("slurm.conf lacks Prolog=.../hpcmig-prolog with PrologFlags=Alloc: "
+                        "jobs that opt in get no containers (docs/admin.md)")
+    return warnings

@@ -220,3 +220,13 @@ def with_jobs(nodes: list[NodeInfo], jobs: list[JobInfo]) -> list[NodeInfo]:
     return [
         NodeInfo(**{**n.__dict__, "jobs": tuple(sorted(on.get(n.name, [])))}) for n in nodes
     ]
+
+
+def config_from_text(text: str) -> dict[str, str]:
+    """`scontrol show config`: its `Key = Value` lines (headers and blank lines skipped)."""
+    config: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep and key.strip() and " " not in key.strip():
+            config[key.strip()] = value.strip()
+    return config

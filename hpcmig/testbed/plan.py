@@ -180,7 +180,10 @@ class Plan:
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "SlurmdParameters=config_overrides",
-            "PrologFlags=Alloc,Contain",
+            # Alloc, not Contain: an extern step on a node hpcmig shrinks a job off can trip a
+            # slurmstepd race in Slurm 22.05 that drains the node "Kill task failed" 60 s
+            # later (docs/admin.md); hpcmig needs no extern step.
+            "PrologFlags=Alloc",
             f"Prolog={self.bin_dir}/hpcmig-prolog",
             f"Epilog={self.bin_dir}/hpcmig-epilog",
             f"PlugStackConfig={self.plugstack_path}",

@@ -95,6 +95,11 @@ def settle(slurm: Slurm, timeout: float = 60.0) -> None:
     for node in slurm.nodes():
         if "DRAIN" in node.flags and node.reason.startswith("hpcmig:"):
             slurm.resume(node.name)
+        elif "DRAIN" in node.flags and node.reason == "Kill task failed":
+            # Slurm's own verdict on a step it could not end: every later test would wait
+            # for a node that stays drained, so say it once, here (see the slurmd log)
+            pytest.fail(f"{node.name} was drained by Slurm: 'Kill task failed' (a step's "
+                        f"processes outlived UnkillableStepTimeout; see slurmd-{node.name}.log)")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from hpcmig.errors import (
     SlurmRefused,
     SlurmUnreachable,
 )
-from hpcmig.slurm import Slurm
+from hpcmig.slurm import Slurm, diagnose, parse
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -234,3 +234,28 @@ def test_drain_without_slurm_config_is_one_line_through_hpcmigd(
     assert "Could not establish a configuration source" in err[0]
     assert err[0].endswith("(install the cluster's slurm.conf as /etc/slurm/slurm.conf or set "
                            "SLURM_CONF to it; on one machine `hpcmig testbed up` makes one)")
+
+
+# -- what in slurm.conf works against hpcmig (hpcmigd logs it at start) ----------------------
+
+def test_the_testbed_configuration_reads_and_draws_no_warning() -> None:
+    config = parse.config_from_text((FIX / "scontrol_show_config.txt").read_text())
+    assert config["SLURM_VERSION"] == "22.05.8"
+    assert config["PrologFlags"] == "Alloc"
+    assert config["Prolog"].endswith("/hpcmig-prolog")
+    assert "Configuration" not in config  # the header line is not a setting
+    assert diagnose.config_warnings(config) == []
+
+
+def test_contain_is_warned_about_with_the_version_and_the_remedy() -> None:
+    config = parse.config_from_text((FIX / "scontrol_show_config.txt").read_text())
+    (warning,) = diagnose.config_warnings({**config, "PrologFlags": "Alloc,Contain"})
+    assert "Contain (Slurm 22.05.8)" in warning
+    assert "Kill task failed" in warning and "PrologFlags=Alloc" in warning
+
+
+@pytest.mark.parametrize("change", [{"Prolog": "(null)"}, {"PrologFlags": "(null)"}])
+def test_a_missing_prolog_or_alloc_flag_is_warned_about(change: dict[str, str]) -> None:
+    config = parse.config_from_text((FIX / "scontrol_show_config.txt").read_text())
+    (warning,) = diagnose.config_warnings({**config, **change})
+    assert "hpcmig-prolog" in warning and "PrologFlags=Alloc" in warning
