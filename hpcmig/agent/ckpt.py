@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from hpcmig import _procfs
+from hpcmig import _proc, _procfs
 from hpcmig.agent.node import JobRecord, NodeAgent, netns_name
 from hpcmig.agent.server import Call, operation
 from hpcmig.checkpoint import _tree, criu, images, stream
@@ -38,6 +39,7 @@ from hpcmig.runtime.ns import INIT_MODULE, NsRuntime
 from hpcmig.vcluster import VCluster
 
 WRITABLE = "writable.tar"  # an image container's writable layer, in its dump
+TMP = "tmp.tar"  # the container's $TMPDIR as it was at the dump (Open MPI's session files)
 
 _busy: set[str] = set()
 _busy_lock = threading.Lock()
@@ -306,12 +308,39 @@ def dump(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
     container = rec.containers[r.index]
     runtime = _runtime(container)
     s = Stream.from_json(stream_) if stream_ else None
+    tmp = _tmp_dir(agent, str(job_id), r.index)
+
+    def extra(d: str) -> None:  # the processes are still frozen: a consistent copy
+        runtime.save_writable(container, os.path.join(d, WRITABLE))
+        if os.path.isdir(tmp):
+            _proc.run(["tar", "-C", tmp, "-cpf", os.path.join(d, TMP), "--numeric-owner",
+                       "."], timeout=600)
+
     with _engine(r):
         stats = criu.dump(container, image_dir,
-                          page_server=(s.address, s.page_port) if s else None,
-                          extra=lambda d: runtime.save_writable(container,
-                                                                os.path.join(d, WRITABLE)))
+                          page_server=(s.address, s.page_port) if s else None, extra=extra)
     return stats.to_json()
+
+
+def _tmp_dir(agent: NodeAgent, job_id: str, index: int) -> str:
+    """The container's $TMPDIR (NodeAgent.tmp_dir, on shared storage)."""
+    return os.path.join(agent.config.state_dir, "jobs", job_id, "tmp", str(index))
+
+
+def _put_back_tmp(agent: NodeAgent, job_id: str, index: int, image_dir: str) -> None:
+    """$TMPDIR as it was at the dump: a job that ran on after a periodic checkpoint (or whose
+    MPI cleaned its session directory when a node died) changed it since; CRIU reopens the
+    files the restored processes hold there, shared memory segments included."""
+    archive, tmp = os.path.join(image_dir, TMP), _tmp_dir(agent, job_id, index)
+    if not os.path.exists(archive) or not os.path.isdir(tmp):
+        return
+    for name in os.listdir(tmp):
+        path = os.path.join(tmp, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    _proc.run(["tar", "-C", tmp, "-xpf", archive, "--numeric-owner"], timeout=600)
 
 
 @operation("ckpt.restore", "job")
@@ -324,6 +353,7 @@ def restore(call: Call, job_id: str, ref: dict[str, Any], image_dir: str) -> int
     spec = ContainerSpec.from_json({**old.spec.to_json(), "netns": net.netns_path})
     archive = os.path.join(image_dir, WRITABLE)
     with _engine(r):
+        _put_back_tmp(agent, str(job_id), r.index, image_dir)
         _runtime(old).prepare_restore(spec, archive if os.path.exists(archive) else None)
         try:
             container = criu.restore_container(image_dir, netns_path=net.netns_path)

@@ -216,13 +216,23 @@ class NodeAgent:
         return removed
 
     def adopt(self) -> None:
-        """After an agent restart: forget containers whose init is gone."""
+        """After an agent restart: forget containers whose init is gone. A job whose every
+        container here is gone (the node crashed under it) loses what is left of it here too
+        (networks, routes, record): hpcmigd restarts it elsewhere, or it ended, and a node
+        whose epilog never ran must not keep its addresses and names for the next job."""
         for rec in self.records():
             runtime = get_runtime(rec.vc.runtime)
             alive = {i: c for i, c in rec.containers.items() if runtime.is_running(c)}
-            if alive != rec.containers:
-                rec.containers = alive
-                self.save(rec)
+            if alive == rec.containers:
+                continue
+            if not alive:
+                log.warning("job %s: its container(s) here are gone; removing the rest of it",
+                            rec.vc.job_id)
+                with contextlib.suppress(HpcmigError):
+                    self.teardown(rec.vc.job_id)
+                    continue
+            rec.containers = alive
+            self.save(rec)
 
     def reap(self) -> None:
         """Reap container inits that stopped (we are their subreaper)."""
