@@ -45,6 +45,8 @@ class Config:
     health_check_dir: str = "/etc/hpcmig/checks.d"  # NHC-style check scripts ("": none)
     health_paths: tuple[str, ...] = ()  # watched for free space besides the three dirs above
     health_load: str = "loadavg"  # or "mntns": run queue of this node's mount namespace
+    ckpt_keep: int = 2  # periodic checkpoints: complete generations kept per job
+    node_mtbf_hours: float = 720.0  # one node's mean time between failures (ckpt=auto)
     dmtcp_prefix: str = ""  # DMTCP's install prefix (<prefix>/bin/dmtcp_launch); "": PATH
     health: Policy = field(default_factory=Policy)  # the [health] table: hpcmigd's rules
 
@@ -93,6 +95,10 @@ class Config:
             raise UsageError(f"config: block_prefix must be in ({net.prefixlen}, 30]")
         if self.mpi not in ("mpich", "openmpi"):
             raise UsageError(f"config: mpi must be mpich or openmpi, got {self.mpi!r}")
+        if self.ckpt_keep < 1:
+            raise UsageError(f"config: ckpt_keep must be >= 1, got {self.ckpt_keep}")
+        if not self.node_mtbf_hours > 0:
+            raise UsageError(f"config: node_mtbf_hours must be > 0, got {self.node_mtbf_hours}")
         self.health.validate("config: [health]")
         return self
 
@@ -120,6 +126,8 @@ def parse(text: str, origin: str = "config") -> Config:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise UsageError(f"{origin}: {key} must be a list of strings")
             value = tuple(value)
+        elif want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         elif not isinstance(value, want) or isinstance(value, bool):
             raise UsageError(f"{origin}: {key} must be a {want.__name__}")
         values[key] = value

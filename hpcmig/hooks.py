@@ -83,7 +83,8 @@ def plan_job(job: JobInfo, opts: dict[str, str], cfg: site_config.Config) -> VCl
                 uid=job.uid, gid=job.gid, nodes=nodes, node_addrs=node_addresses(nodes),
                 block=IPv4Network(block), spares=options.get("spares", 0),
                 image=options.get("image"), runtime=options.get("runtime", cfg.runtime),
-                mpi=options.get("mpi", cfg.mpi))
+                mpi=options.get("mpi", cfg.mpi), ckpt=options.get("ckpt", ""),
+                engine=options.get("engine", "criu"))
 
 
 def local_agent(cfg: site_config.Config, node: str) -> AgentClient:

@@ -18,7 +18,8 @@ from hpcmig.errors import UsageError
 from hpcmig.network.pool import container_address
 from hpcmig.runtime.base import container_name
 
-OPTION_KEYS = {"image", "spares", "runtime", "mpi"}
+OPTION_KEYS = {"image", "spares", "runtime", "mpi", "engine", "ckpt"}
+ENGINES = ("criu", "dmtcp", "app")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class VCluster:
     image: str | None = None
     runtime: str = "ns"
     mpi: str = "mpich"
+    ckpt: str = ""  # periodic checkpoints: "" none, seconds ("600") or "auto" (Young/Daly)
+    engine: str = "criu"
 
     def name(self, index: int) -> str:
         return container_name(self.job_id, self.restart, index)
@@ -102,7 +105,8 @@ class VCluster:
 
 
 def parse_options(opts: Mapping[str, str]) -> dict[str, Any]:
-    """Validate the job's `hpcmig:` options (image=, spares=, runtime=, mpi=)."""
+    """Validate the job's `hpcmig:` options (image=, spares=, runtime=, mpi=, engine=,
+    ckpt=): the same rules as the SPANK plugin's (slurm-plugins/spank/options.c)."""
     unknown = sorted(set(opts) - OPTION_KEYS)
     if unknown:
         raise UsageError(f"unknown hpcmig option(s) {', '.join(unknown)}",
@@ -123,7 +127,20 @@ def parse_options(opts: Mapping[str, str]) -> dict[str, Any]:
         if opts["mpi"] not in ("mpich", "openmpi"):
             raise UsageError(f"mpi must be mpich or openmpi, got {opts['mpi']!r}")
         out["mpi"] = opts["mpi"]
+    if opts.get("engine"):
+        if opts["engine"] not in ENGINES:
+            raise UsageError(f"engine must be {', '.join(ENGINES)}, got {opts['engine']!r}")
+        out["engine"] = opts["engine"]
+    if "ckpt" in opts:
+        out["ckpt"] = check_ckpt(opts["ckpt"])
     return out
+
+
+def check_ckpt(value: str) -> str:
+    """ckpt=SECONDS (a whole number > 0) or ckpt=auto."""
+    if value != "auto" and not (value.isdigit() and int(value) > 0):
+        raise UsageError(f"ckpt must be a number of seconds > 0 or auto, got {value!r}")
+    return value if value == "auto" else str(int(value))
 
 
 def plan(
@@ -140,6 +157,8 @@ def plan(
     image: str | None = None,
     runtime: str = "ns",
     mpi: str = "mpich",
+    ckpt: str = "",
+    engine: str = "criu",
 ) -> VCluster:
     """One container on each of the first len(nodes)-spares nodes, in Slurm's node order."""
     if not nodes:
@@ -159,4 +178,5 @@ def plan(
         job_id=str(job_id), restart=restart, user=user, uid=uid, gid=gid, block=str(block),
         members=members, spares=tuple(nodes[len(hosting):]),
         node_addrs={n: node_addrs[n] for n in nodes}, image=image, runtime=runtime, mpi=mpi,
+        ckpt=ckpt, engine=engine,
     )

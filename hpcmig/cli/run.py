@@ -28,6 +28,7 @@ from typing import Any
 from hpcmig import _cmdline
 
 HEARTBEAT_TIMEOUT = 180.0
+RESTART_WAIT = 300.0  # a step whose job hpcmigd requeued waits for Slurm to end it
 STOP_GRACE = 15.0  # after scancel's SIGTERM, wait this long for the launcher's exit code
 
 
@@ -131,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
         if before.is_dir():
             print("hpcmig run: reattaching to the step the checkpoint caught running",
                   file=sys.stderr, flush=True)
-            return _wait(before, head.address, {"env": {}, "cwd": "/", "munge_socket": munge},
-                         grace=HEARTBEAT_TIMEOUT)
+            return _after(cfg, vc, job_id, _wait(
+                before, head.address, {"env": {}, "cwd": "/", "munge_socket": munge},
+                grace=HEARTBEAT_TIMEOUT))
     hostfile = run_dir / "hostfile"
     hostfile.write_text(mpi_launch.hostfile(flavour, [m.address for m in members], slots))
     venv_bin = os.path.dirname(sys.executable)
@@ -167,7 +169,33 @@ def run(args: argparse.Namespace) -> int:
     if res.code != 0:
         raise HpcmigError(f"could not start {flavour.mpiexec} in {head.address}: "
                           f"{res.stderr.decode(errors='replace').strip()}")
-    return _wait(run_dir, head.address, common)
+    return _after(cfg, vc, job_id, _wait(run_dir, head.address, common))
+
+
+def _after(cfg: Any, vc: Any, job_id: str, code: int) -> int:
+    """A failed step of a job with periodic checkpoints (ckpt=): when a node of the job died
+    under it, hpcmigd requeues the job to restart from its last checkpoint and Slurm ends this
+    step with the requeue; otherwise the launcher's exit code stands."""
+    from hpcmig.controller.client import ControllerClient
+    from hpcmig.errors import HpcmigError
+
+    if code == 0 or not vc.ckpt:
+        return code
+    print(f"hpcmig run: the MPI launcher failed (exit {code}); asking hpcmigd whether a node "
+          "of the job was lost", file=sys.stderr, flush=True)
+    try:
+        answer = ControllerClient(cfg).call("restart_lost", timeout=600, job_id=job_id)
+    except HpcmigError as exc:
+        print(f"hpcmig run: {exc}", file=sys.stderr, flush=True)
+        return code
+    if not answer.get("restarted"):
+        print(f"hpcmig run: no restart: {answer.get('why')}", file=sys.stderr, flush=True)
+        return code
+    lost = ", ".join(answer.get("lost") or []) or "a node"
+    print(f"hpcmig run: {lost} lost; the job restarts from checkpoint generation "
+          f"{answer['generation']}", file=sys.stderr, flush=True)
+    time.sleep(RESTART_WAIT)  # the requeue ends this step before
+    return code
 
 
 def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.0) -> int:

@@ -32,6 +32,7 @@ from typing import Any
 from hpcmig import __version__
 from hpcmig import config as site_config
 from hpcmig.agent.server import Call, Registry, Server
+from hpcmig.controller import periodic
 from hpcmig.controller.client import TARGET
 from hpcmig.controller.policy import Watcher
 from hpcmig.controller.report import Report
@@ -153,6 +154,16 @@ class Daemon:
                 stopping.wait(max(0.0, policy.interval - (time.monotonic() - t0)))
 
 
+    def poll_periodic(self, stopping: threading.Event) -> None:
+        self.recovered.wait()
+        clock = periodic.Periodic(self.service)
+        while not stopping.wait(1.0):
+            try:
+                clock.round()
+            except Exception:  # noqa: BLE001 - the clock must outlive one bad round
+                log.exception("periodic checkpoint round failed")
+
+
 def _svc(call: Call, wait: bool = True) -> Service:
     daemon: Daemon = call.ctx
     if wait:
@@ -192,6 +203,12 @@ def checkpoint(call: Call, job_id: str, resume: bool = False) -> dict[str, Any]:
 @CONTROLLER.operation("restore_allocation", "job")
 def restore_allocation(call: Call, job_id: str) -> dict[str, Any]:
     return _svc(call).restore_allocation(str(job_id))
+
+
+@CONTROLLER.operation("restart_lost", "job")
+def restart_lost(call: Call, job_id: str) -> dict[str, Any]:
+    """`hpcmig run` asks when its launcher failed: did a node of the job die?"""
+    return periodic.restart_lost(_svc(call), str(job_id))
 
 
 @CONTROLLER.operation("health.report", "admin")
@@ -262,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=daemon.poll_agents, args=(stopping,), name="ping",
                      daemon=True).start()
     threading.Thread(target=daemon.poll_health, args=(stopping,), name="health",
+                     daemon=True).start()
+    threading.Thread(target=daemon.poll_periodic, args=(stopping,), name="periodic",
                      daemon=True).start()
     log.info("serving on %s:%d (pid %d)%s", cfg.controller_host, cfg.controller_port,
              os.getpid(), f", metrics on {cfg.metrics_address}:{cfg.metrics_port}"

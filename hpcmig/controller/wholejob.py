@@ -46,11 +46,12 @@ def _ref(vc: VCluster, index: int) -> ContainerRef:
     return ContainerRef(vc.job_id, vc.restart, index, vc.member(index).address, vc.uid)
 
 
-def checkpoint_spec(vc: VCluster, checkpoint_dir: str, then: str = "stop") -> JobSpec:
+def checkpoint_spec(vc: VCluster, checkpoint_dir: str, then: str = "stop",
+                    tag: str = TAG) -> JobSpec:
     """Every container of the job where it runs, images under the job's checkpoint tree."""
     return JobSpec(vc.job_id, tuple(
         Placement(m.node, _ref(vc, m.index),
-                  images.image_dir(checkpoint_dir, vc.job_id, vc.restart, m.index, TAG))
+                  images.image_dir(checkpoint_dir, vc.job_id, vc.restart, m.index, tag))
         for m in sorted(vc.members, key=lambda m: m.index)), tuple(vc.nodes()), then)
 
 
@@ -67,9 +68,9 @@ def restore_spec(vc: VCluster, rec: RestartRecord) -> JobSpec:
 
 
 def checkpoint_vc(journal: Journal, ops: MigrationOps, vc: VCluster, checkpoint_dir: str,
-               then: str = "stop") -> RestartRecord:
+                  then: str = "stop", tag: str = TAG) -> RestartRecord:
     """Checkpoint the whole job; with `stop`, leave the restart record for its next run."""
-    spec = checkpoint_spec(vc, checkpoint_dir, then)
+    spec = checkpoint_spec(vc, checkpoint_dir, then, tag)
     outcome = checkpoint_job(journal, ops, spec)
     if outcome.state != "done":
         raise HpcmigError(f"job {vc.job_id}: checkpoint {outcome.state}: {outcome.error}")

@@ -99,6 +99,12 @@ class Slurm:
                        f"Reason={wanted}"])
         return self.node(name)
 
+    def down(self, name: str, reason: str) -> None:
+        """Set `name` DOWN (it is gone: Slurm ends its jobs there at once) with an `hpcmig:`
+        reason; `resume` brings it back."""
+        self._run(["scontrol", "update", f"NodeName={name}", "State=DOWN",
+                   f"Reason={reasons.hpcmig_reason(reason)}"])
+
     def resume(self, name: str) -> NodeInfo:
         """Resume `name` if hpcmig drained it; refuse if somebody else did."""
         node = self.node(name)

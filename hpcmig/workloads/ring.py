@@ -1,6 +1,7 @@
 """Ring + allreduce: every rank passes a vector around the ring, then all reduce a checksum.
 
-`python -m hpcmig.workloads.ring [--elements N] [--rounds R] [--memory-mb M] [--seconds S]`
+`python -m hpcmig.workloads.ring [--elements N] [--rounds R] [--memory-mb M] [--seconds S]
+[--progress]`
 
 Rank r starts with v_r[k] = (r * 7919 + k) mod 65521. Each round, every rank sends its vector
 to rank r+1 and adds what it receives from rank r-1, element-wise modulo 2**31-1. After R
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--memory-mb", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=0.0)
+    parser.add_argument("--progress", action="store_true",
+                        help="rank 0 prints `ring: round N` after every round (a restarted "
+                        "job prints the rounds it does again twice: its lost work)")
     args = parser.parse_args(argv)
 
     from mpi4py import MPI
@@ -58,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     right, left = (rank + 1) % size, (rank - 1) % size
     pause = args.seconds / max(args.rounds, 1)
     t0 = time.monotonic()
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         comm.Sendrecv(vec, dest=right, recvbuf=recv, source=left)
         vec = (vec + recv) % MOD
+        if args.progress and rank == 0:
+            print(f"ring: round {i + 1} of {args.rounds}", flush=True)
         if pause:
             time.sleep(pause)
     total = comm.allreduce(int(vec.sum()), op=MPI.SUM)

@@ -8,6 +8,7 @@ import pytest
 
 from hpcmig import vcluster
 from hpcmig.errors import UsageError
+from hpcmig.vcluster import VCluster, parse_options, plan
 
 ADDRS = {"node1": "10.251.0.1", "node2": "10.251.0.2", "node3": "10.251.0.3"}
 
@@ -45,3 +46,30 @@ def test_bad_plans_and_options_are_refused() -> None:
         vcluster.parse_options({"spares": "two"})
     assert vcluster.parse_options({"image": "/a.sif", "spares": "1", "mpi": "openmpi"}) == {
         "image": "/a.sif", "spares": 1, "mpi": "openmpi"}
+
+
+@pytest.mark.parametrize(("opts", "want"), [
+    ({"ckpt": "600"}, {"ckpt": "600"}), ({"ckpt": "auto"}, {"ckpt": "auto"}),
+    ({"ckpt": "010"}, {"ckpt": "10"}), ({"engine": "dmtcp"}, {"engine": "dmtcp"}),
+])
+def test_checkpoint_options_as_the_spank_plugin_takes_them(opts: dict[str, str],
+                                                          want: dict[str, str]) -> None:
+    assert parse_options(opts) == want
+
+
+@pytest.mark.parametrize("opts", [{"ckpt": "0"}, {"ckpt": "-5"}, {"ckpt": "soon"},
+                                  {"ckpt": ""}, {"engine": "blcr"}])
+def test_bad_checkpoint_options_are_refused(opts: dict[str, str]) -> None:
+    with pytest.raises(UsageError):
+        parse_options(opts)
+
+
+def test_the_checkpoint_options_travel_with_the_vcluster() -> None:
+    vc = plan(job_id="7", restart=0, user="u", uid=1000, gid=1000, nodes=["a", "b"],
+              node_addrs={"a": "10.0.0.1", "b": "10.0.0.2"},
+              block=IPv4Network("10.252.0.64/26"), ckpt="10", engine="criu")
+    back = VCluster.from_json(vc.to_json())
+    assert (back.ckpt, back.engine) == ("10", "criu")
+    old = vc.to_json()
+    del old["ckpt"], old["engine"]  # a record written before these options existed
+    assert VCluster.from_json(old).ckpt == ""

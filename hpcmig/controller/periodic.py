@@ -1,0 +1,237 @@
+"""Periodic checkpoints of the jobs that ask (`ckpt=SECONDS|auto`), and their restart when a
+node dies under them.
+
+Design note: hpcmigd's `periodic` thread calls `Periodic.round` every second. A job with
+`ckpt=` (its VCluster, from the prolog's options) is checkpointed whole while it keeps running
+(the journaled machine of `jobckpt` with `then=resume`, image tag `gen<n>`), at its interval:
+the seconds asked for, or for `auto` Young's interval sqrt(2 C M) from the job's last measured
+checkpoint cost C and the job's MTBF M (`node_mtbf_hours` over its node count; the first
+`auto` checkpoint after FIRST_AUTO s). A generation counts only once the machine reached
+`done` (every container dumped and verified): then it is added to `generations.json` (root's,
+0600, replaced atomically) and all but the newest `ckpt_keep` are deleted, so a crash in the
+middle of a checkpoint leaves the previous generation current.
+
+A node is *lost* when its agent does not answer and nothing listens on its slurmd port (a
+rebooting or dead machine, not a restarted agent). `restart_lost` (asked by `hpcmig run` when
+the launcher failed, or by the round when a node's agent heartbeat is older than LOST_AFTER)
+turns the newest generation into the job's restart record (hpcmig.checkpoint.record), forgets
+the exit codes its steps recorded after that checkpoint, requeues the job held (same id), sets
+the lost nodes DOWN (`hpcmig: node lost: ...`, so Slurm ends the job there at once), excludes
+them and releases the job: its next allocation restores the generation like any whole-job
+checkpoint (wholejob). `generations.json` says `restarting` until the release, so a hpcmigd
+killed in between finishes the release exactly once when it starts again. A job without
+`ckpt=` keeps Slurm's own behaviour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpcmig.checkpoint import images
+from hpcmig.checkpoint.record import RestartRecord, pending, save
+from hpcmig.controller.wholejob import checkpoint_vc, finish_requeue
+from hpcmig.errors import HpcmigError, SlurmError, UsageError
+from hpcmig.slurm import JobInfo
+from hpcmig.vcluster import VCluster
+
+if TYPE_CHECKING:
+    from hpcmig.controller.service import Service
+
+log = logging.getLogger("hpcmig.controller")
+GENERATIONS = "generations.json"
+FIRST_AUTO = 60.0  # ckpt=auto before any checkpoint cost is known
+MIN_INTERVAL = 10.0
+LOST_AFTER = 10.0  # seconds without an agent heartbeat before a node is checked for loss
+SLURMD_PORT = 6818
+
+
+def interval(ckpt: str, cost: float | None, nodes: int, mtbf_hours: float) -> float:
+    """Seconds between two checkpoints: ckpt=SECONDS, or Young's sqrt(2 C M) for auto."""
+    if ckpt != "auto":
+        return float(ckpt)
+    if cost is None:
+        return FIRST_AUTO
+    return max(MIN_INTERVAL, math.sqrt(2.0 * cost * mtbf_hours * 3600.0 / max(1, nodes)))
+
+
+# -- the generations file --------------------------------------------------------------------
+def _path(checkpoint_dir: str, job_id: str) -> Path:
+    return Path(images.job_dir(checkpoint_dir, job_id)) / GENERATIONS
+
+
+def load(checkpoint_dir: str, job_id: str) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(_path(checkpoint_dir, job_id).read_text())
+        return data
+    except FileNotFoundError:
+        return {"generations": []}
+
+
+def _save(checkpoint_dir: str, job_id: str, data: dict[str, Any]) -> None:
+    path = _path(checkpoint_dir, job_id)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    tmp.replace(path)
+
+
+def take(svc: Service, vc: VCluster) -> dict[str, Any]:
+    """One generation of the running job (the caller holds the job lock)."""
+    cfg = svc.cfg
+    data = load(cfg.checkpoint_dir, vc.job_id)
+    gens = data["generations"]
+    number = max((g["n"] for g in gens), default=0) + 1
+    began, t0 = time.time(), time.monotonic()
+    with svc.journal() as journal:
+        rec = checkpoint_vc(journal, svc.ops_for(vc), vc, cfg.checkpoint_dir, "resume",
+                            tag=f"gen{number}")
+    entry = {"n": number, "restart": vc.restart, "time": began,
+             "seconds": round(time.monotonic() - t0, 3),
+             "containers": {str(i): c for i, c in rec.containers.items()}}
+    gens.append(entry)
+    data["generations"], old = gens[-cfg.ckpt_keep:], gens[:-cfg.ckpt_keep]
+    _save(cfg.checkpoint_dir, vc.job_id, data)  # the generation counts from here on
+    for g in old:
+        for c in g["containers"].values():
+            images.remove(c["image_dir"])
+    return entry
+
+
+# -- a lost node -----------------------------------------------------------------------------
+def node_lost(svc: Service, node: str) -> bool:
+    """The node's agent does not answer and nothing listens on its slurmd port."""
+    try:
+        svc.agent(node).call("ping", timeout=3)
+        return False
+    except HpcmigError:
+        pass
+    address = svc.node_addrs().get(node, node)
+    try:
+        socket.create_connection((address, SLURMD_PORT), timeout=3).close()
+        return False
+    except OSError:
+        return True
+
+
+def _forget_exits(state_dir: str, job_id: str, restart: int, since: float) -> None:
+    """Exit codes the checkpointed run's steps recorded after the checkpoint (its launcher
+    failing with the lost node) are not the restored steps' ones."""
+    for result in Path(state_dir, "jobs", job_id).glob(f"run-{restart}-*/exit.json"):
+        with contextlib.suppress(OSError):
+            if result.stat().st_mtime >= since:
+                result.unlink()
+
+
+def restart_lost(svc: Service, job_id: str) -> dict[str, Any]:
+    """Restart the job from its newest generation if a node of it is lost (once: callers that
+    come later find the restart begun or done)."""
+    cfg = svc.cfg
+    jid = str(svc.job(job_id).job_id)
+    with svc.job_lock(jid):
+        data = load(cfg.checkpoint_dir, jid)
+        job = svc.job(jid)
+        if data.get("restarting"):
+            return _release(svc, jid, data)  # begun by another caller or an earlier hpcmigd
+        if not data["generations"]:
+            return {"restarted": False, "why": "the job has no periodic checkpoint yet"}
+        with svc.journal() as journal:
+            stored = journal.members(jid)
+        if stored is None or job.state != "RUNNING":
+            return {"restarted": False, "why": f"the job is {job.state.lower()}"}
+        if stored[0] != job.restart_count:
+            return {"restarted": True, "why": "restarted already", "lost": [],
+                    "generation": data["generations"][-1]["n"]}
+        vc = VCluster.from_json(stored[1])
+        lost = [n for n in vc.nodes() if node_lost(svc, n)]
+        if not lost:
+            return {"restarted": False, "why": "every node of the job answers"}
+        gen = data["generations"][-1]
+        rec = pending(cfg.checkpoint_dir, jid)
+        if rec is None or rec.restart != gen["restart"]:
+            save(cfg.checkpoint_dir, RestartRecord(
+                jid, gen["restart"], vc.uid, {int(i): c for i, c in gen["containers"].items()}))
+        _forget_exits(cfg.state_dir, jid, gen["restart"], gen["time"])
+        data["restarting"] = {"lost": lost, "generation": gen["n"]}
+        _save(cfg.checkpoint_dir, jid, data)
+        svc.slurm.requeue(int(jid), hold=True)
+        for node in lost:
+            with contextlib.suppress(SlurmError):
+                svc.slurm.down(node, "hpcmig: node lost: agent and slurmd unreachable")
+        svc.decide(f"job {jid}: {','.join(lost)} lost; requeued to restart from checkpoint "
+                   f"generation {gen['n']} (taken {time.time() - gen['time']:.0f} s before)",
+                   job=jid)
+        return _release(svc, jid, data)
+
+
+def _release(svc: Service, jid: str, data: dict[str, Any]) -> dict[str, Any]:
+    lost = data["restarting"]["lost"]
+    excluded = finish_requeue(svc, jid, lost)
+    data.pop("restarting")
+    _save(svc.cfg.checkpoint_dir, jid, data)
+    return {"restarted": True, "lost": lost, "excluded": excluded,
+            "generation": data["generations"][-1]["n"]}
+
+
+class Periodic:
+    """hpcmigd's clock for periodic checkpoints and lost nodes."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+        self.last: dict[str, float] = {}  # job -> monotonic time of its last generation
+        self.cost: dict[str, float] = {}  # job -> seconds its last checkpoint took
+        self.not_ours: set[tuple[int, int]] = set()  # (job, restart) without a vcluster
+
+    def round(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for job in self.svc.slurm.jobs():
+            try:
+                self._job(job, now)
+            except HpcmigError as exc:
+                log.warning("job %s: periodic checkpoint: %s", job.job_id, exc)
+
+    def _job(self, job: JobInfo, now: float) -> None:
+        svc, jid = self.svc, str(job.job_id)
+        data = load(svc.cfg.checkpoint_dir, jid)
+        if data.get("restarting") and job.state != "RUNNING":
+            restart_lost(svc, jid)  # a restart hpcmigd began before it stopped: finish it
+            return
+        if job.state != "RUNNING" or (job.job_id, job.restart_count) in self.not_ours:
+            return
+        try:
+            vc = svc.vcluster(jid, job)
+        except UsageError:
+            self.not_ours.add((job.job_id, job.restart_count))
+            return
+        if not vc.ckpt or vc.engine != "criu" or pending(svc.cfg.checkpoint_dir, jid):
+            return  # (a pending record: the job is being restored)
+        stale = [n for n in vc.nodes()
+                 if time.time() - svc.heartbeats.get(n, time.time()) > LOST_AFTER]
+        if stale and data["generations"] and restart_lost(svc, jid)["restarted"]:
+            return
+        self.last.setdefault(jid, now)
+        if now - self.last[jid] < interval(vc.ckpt, self.cost.get(jid), len(vc.nodes()),
+                                           svc.cfg.node_mtbf_hours):
+            return
+        with svc.job_lock(jid, wait=False) as got:
+            if not got:
+                return  # a migration or a drain has it: next round
+            try:
+                entry = take(svc, vc)
+            except HpcmigError:
+                self.last[jid] = time.monotonic()  # try again one interval later
+                svc.metrics.checkpoints.labels(result="failed").inc()
+                raise
+        self.last[jid], self.cost[jid] = time.monotonic(), entry["seconds"]
+        svc.metrics.checkpoints.labels(result="done").inc()
+        log.info("job %s: checkpoint generation %d in %.2f s", jid, entry["n"],
+                 entry["seconds"])

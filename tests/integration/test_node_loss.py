@@ -1,0 +1,111 @@
+"""Issue 11 acceptance on the real testbed: a node dies without warning under a job that takes
+periodic checkpoints (`ckpt=10`), and the job comes back by itself.
+
+A 2-node ring, MPICH and Open MPI (no spare; the third node is free), runs with `ckpt=10`: hpcmigd
+checkpoints it whole every 10 s while it runs. Once a generation exists, `testbed fail NODE
+--crash` SIGKILLs everything of the job's second node (slurmd, agent, its container). With no
+command from anybody, the job runs again from its last checkpoint on the two nodes left, keeps
+its id, prints the exact checksum once; the rounds it did twice (its lost work, printed by the
+workload) fit in one interval; the dead node is DOWN with hpcmig's reason; the job's images are
+gone after it ended.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hpcmig.slurm import Slurm
+from hpcmig.testbed import cluster
+from hpcmig.testbed.plan import Plan
+from hpcmig.workloads import batch, ring
+from tests.integration import hpcmigd
+from tests.integration.test_migration import ELEMENTS, wait_for_ranks
+
+pytestmark = pytest.mark.integration
+
+INTERVAL, ROUNDS, SECONDS = 10, 120, 60.0  # a round every 0.5 s
+
+
+@pytest.fixture
+def crashed(testbed: Plan, slurm: Slurm) -> Iterator[list[str]]:
+    """The nodes a test crashed; started again and returned to service afterwards."""
+    nodes: list[str] = []
+    yield nodes
+    for name in nodes:
+        cluster.heal(name)
+        deadline = time.monotonic() + 60
+        while "NOT_RESPONDING" in slurm.node(name).flags and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if slurm.node(name).state == "down" or slurm.node(name).drained:
+            slurm.resume(name)
+    hpcmigd.ensure_running()
+
+
+def generations(plan: Plan, job_id: int) -> list[dict]:
+    path = plan.base / "ckpt" / str(job_id) / "generations.json"
+    try:
+        return list(json.loads(path.read_text())["generations"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+@pytest.mark.parametrize("mpi", ["mpich", "openmpi"])
+def test_a_crashed_node_restarts_the_job_from_its_last_checkpoint(
+        testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str], mpi: str) -> None:
+    script = batch.vcluster_script(
+        2, [["hpcmig.workloads.ring", "--elements", str(ELEMENTS), "--rounds", str(ROUNDS),
+             "--seconds", str(SECONDS), "--memory-mb", "16", "--progress"]],
+        mpi=mpi, ntasks=4, options={"ckpt": str(INTERVAL)}, job_name=f"node-loss-{mpi}")
+    (job_dir / "job.sh").write_text(script)
+    out = job_dir / "job.out"
+    job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=testbed.user,
+                          cwd=str(job_dir))
+    job = slurm.wait(job_id, timeout=60, states={"RUNNING"})
+    wait_for_ranks(testbed, job_id)
+    victim = next(n for n in job.nodes if n != job.batch_host)
+
+    deadline = time.monotonic() + 3 * INTERVAL
+    while not generations(testbed, job_id):
+        assert time.monotonic() < deadline, f"no checkpoint after {3 * INTERVAL} s\n" + \
+            (testbed.base / "log" / "hpcmigd.log").read_text()[-3000:]
+        time.sleep(0.5)
+    taken = generations(testbed, job_id)[-1]
+    time.sleep(max(0.0, taken["time"] + INTERVAL / 2 - time.time()))  # mid-interval
+
+    crashed.append(victim)
+    crash_at = time.time()
+    print("\n" + cluster.fail(victim, "crash"))
+    job = slurm.wait(job_id, timeout=180, states={"COMPLETED", "FAILED", "CANCELLED"})
+    text = out.read_text()
+    assert job.state == "COMPLETED", (job, text)
+    assert job.restart_count >= 1 and victim not in job.nodes, job
+    want = f"ring: PASS checksum={ring.expected(4, ELEMENTS, ROUNDS)} "
+    assert text.count(want) == 1, text
+    assert "restored from the checkpoint" in text, text
+
+    done = Counter(int(n) for n in re.findall(r"^ring: round (\d+) of", text, re.M))
+    redone = [n for n, c in done.items() if c > 1]
+    assert sorted(done) == list(range(1, ROUNDS + 1)), "every round ran"
+    lost = len(redone) * SECONDS / ROUNDS
+    print(f"node {victim} crashed {crash_at - taken['time']:.1f} s after generation "
+          f"{taken['n']} (took {taken['seconds']:.2f} s); {len(redone)} rounds done again "
+          f"= {lost:.1f} s of work lost; job back to COMPLETED {time.time() - crash_at:.0f} s "
+          "after the crash")
+    assert lost <= INTERVAL + 2, redone  # at most one interval (plus the dump's own pause)
+
+    node = slurm.node(victim)
+    assert node.reason.startswith("hpcmig: node lost"), node
+    decided = [d["what"] for d in hpcmigd.status()["decisions"]]
+    assert any(f"job {job_id}: {victim} lost" in d for d in decided), decided
+    ckpt = testbed.base / "ckpt" / str(job_id)
+    deadline = time.monotonic() + 30
+    while ckpt.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ckpt.exists(), "the job ended: its checkpoint images must be removed"

@@ -1,0 +1,51 @@
+"""Periodic checkpoints: the interval rule and the generations file (pure parts of
+hpcmig.controller.periodic; the whole path runs in tests/integration/test_node_loss.py)."""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from hpcmig.controller import periodic
+
+
+def test_seconds_are_taken_as_asked() -> None:
+    assert periodic.interval("600", None, 4, 720.0) == 600.0
+    assert periodic.interval("600", 3.0, 4, 720.0) == 600.0
+
+
+def test_auto_waits_for_a_first_cost_then_follows_young() -> None:
+    assert periodic.interval("auto", None, 4, 720.0) == periodic.FIRST_AUTO
+    # C = 5 s, 4 nodes of 720 h MTBF: the job's MTBF is 180 h
+    assert periodic.interval("auto", 5.0, 4, 720.0) == pytest.approx(
+        math.sqrt(2 * 5.0 * 180 * 3600))
+    assert periodic.interval("auto", 5.0, 8, 720.0) < periodic.interval("auto", 5.0, 4, 720.0)
+    assert periodic.interval("auto", 1e-6, 4, 0.001) == periodic.MIN_INTERVAL
+
+
+def test_generations_are_root_private_and_replaced_whole(tmp_path: Path) -> None:
+    assert periodic.load(str(tmp_path), "42") == {"generations": []}
+    data = {"generations": [{"n": 1, "restart": 0, "time": 1.0, "seconds": 0.5,
+                             "containers": {"0": {"image_dir": "/x"}}}]}
+    periodic._save(str(tmp_path), "42", data)
+    path = tmp_path / "42" / periodic.GENERATIONS
+    assert periodic.load(str(tmp_path), "42") == data
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_exit_codes_recorded_after_the_checkpoint_are_forgotten(tmp_path: Path) -> None:
+    run = tmp_path / "jobs" / "42" / "run-0-1"
+    run.mkdir(parents=True)
+    old, new = run.parent / "run-0-0" / "exit.json", run / "exit.json"
+    old.parent.mkdir()
+    old.write_text('{"exit_code": 0}')
+    new.write_text('{"exit_code": 7}')
+    os.utime(old, (100.0, 100.0))
+    os.utime(new, (300.0, 300.0))
+    periodic._forget_exits(str(tmp_path), "42", 0, since=200.0)
+    assert old.exists() and not new.exists()  # the step that ended before stays ended
