@@ -20,7 +20,9 @@ the lost nodes DOWN (`hpcmig: node lost: ...`, so Slurm ends the job there at on
 them and releases the job: its next allocation restores the generation like any whole-job
 checkpoint (wholejob). `generations.json` says `restarting` until the release, so a hpcmigd
 killed in between finishes the release exactly once when it starts again. A job without
-`ckpt=` keeps Slurm's own behaviour.
+`ckpt=` keeps Slurm's own behaviour. Every SWEEP_SECONDS the round also removes the
+checkpoint directories of jobs that ended or that Slurm forgot (`sweep`): the epilog removes
+a job's images when it ends, but a job cancelled while held after a checkpoint runs none.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from hpcmig.checkpoint.record import RestartRecord, pending, save
 from hpcmig.controller.wholejob import checkpoint_vc, finish_requeue
 from hpcmig.errors import HpcmigError, SlurmError, UsageError
 from hpcmig.slurm import JobInfo
+from hpcmig.slurm.adapter import TERMINAL
 from hpcmig.vcluster import VCluster
 
 if TYPE_CHECKING:
@@ -51,6 +54,7 @@ FIRST_AUTO = 60.0  # ckpt=auto before any checkpoint cost is known
 MIN_INTERVAL = 10.0
 LOST_AFTER = 10.0  # seconds without an agent heartbeat before a node is checked for loss
 SLURMD_PORT = 6818
+SWEEP_SECONDS = 30.0  # how often the checkpoints of ended jobs are looked for
 
 
 def interval(ckpt: str, cost: float | None, nodes: int, mtbf_hours: float) -> float:
@@ -182,6 +186,29 @@ def _release(svc: Service, jid: str, data: dict[str, Any]) -> dict[str, Any]:
             "generation": data["generations"][-1]["n"]}
 
 
+def ended_jobs(names: list[str], states: dict[str, str]) -> list[str]:
+    """The job directories of a checkpoint tree whose job ended or Slurm no longer knows
+    (a job cancelled while it was held after a checkpoint never runs an epilog)."""
+    return sorted(n for n in names if n.isdigit()
+                  and (n not in states or states[n] in TERMINAL))
+
+
+def sweep(svc: Service) -> list[str]:
+    """Remove the checkpoints of jobs that ended; the job ids removed."""
+    root = svc.cfg.checkpoint_dir
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return []
+    states = {str(j.job_id): j.state for j in svc.slurm.jobs()}
+    gone = ended_jobs(names, states)
+    for jid in gone:
+        images.remove_job(root, jid)
+        svc.decide(f"job {jid}: ended ({states.get(jid, 'gone from Slurm').lower()}); "
+                   "its checkpoint images removed", job=jid)
+    return gone
+
+
 class Periodic:
     """hpcmigd's clock for periodic checkpoints and lost nodes."""
 
@@ -190,9 +217,13 @@ class Periodic:
         self.last: dict[str, float] = {}  # job -> monotonic time of its last generation
         self.cost: dict[str, float] = {}  # job -> seconds its last checkpoint took
         self.not_ours: set[tuple[int, int]] = set()  # (job, restart) without a vcluster
+        self.swept = float("-inf")
 
     def round(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
+        if now - self.swept >= SWEEP_SECONDS:
+            self.swept = now
+            sweep(self.svc)
         for job in self.svc.slurm.jobs():
             try:
                 self._job(job, now)

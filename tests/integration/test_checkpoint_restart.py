@@ -78,3 +78,25 @@ def test_whole_job_checkpoint_stop_and_restore_on_other_nodes(testbed: Plan, slu
     assert "restored from the checkpoint of run 0" in text, text
     assert "reattaching" in text, text
     assert not ckpt.exists(), "the job ended: its checkpoint images must be removed"
+
+
+def test_a_job_cancelled_while_held_after_a_checkpoint_leaves_no_images(
+        testbed: Plan, slurm: Slurm, job_dir: Path) -> None:
+    script = batch.vcluster_script(
+        2, [["hpcmig.workloads.ring", "--elements", str(ELEMENTS), "--rounds", str(LONG),
+             "--seconds", "60"]], mpi="mpich", ntasks=4, job_name="ckpt-cancel")
+    (job_dir / "job.sh").write_text(script)
+    job_id = slurm.submit([f"--output={job_dir / 'job.out'}", str(job_dir / "job.sh")],
+                          user=testbed.user, cwd=str(job_dir))
+    slurm.wait(job_id, timeout=60, states={"RUNNING"})
+    wait_for_ranks(testbed, job_id)
+    done = hpcmig("checkpoint", str(job_id))
+    assert done.returncode == 0, done.stderr
+    slurm.wait(job_id, timeout=60, states={"PENDING"})
+    ckpt = testbed.base / "ckpt" / str(job_id)
+    assert (ckpt / "restart.json").exists()
+    slurm.cancel(job_id)  # it never runs again, so no epilog removes its images
+    deadline = time.monotonic() + 60
+    while ckpt.exists():
+        assert time.monotonic() < deadline, "hpcmigd left a cancelled job's images"
+        time.sleep(1)

@@ -49,3 +49,10 @@ def test_exit_codes_recorded_after_the_checkpoint_are_forgotten(tmp_path: Path) 
     os.utime(new, (300.0, 300.0))
     periodic._forget_exits(str(tmp_path), "42", 0, since=200.0)
     assert old.exists() and not new.exists()  # the step that ended before stays ended
+
+
+def test_the_checkpoints_of_ended_or_forgotten_jobs_are_the_ones_swept() -> None:
+    states = {"1": "RUNNING", "2": "PENDING", "3": "CANCELLED", "4": "COMPLETED"}
+    names = ["1", "2", "3", "4", "5", "lost+found"]
+    # 2: requeued held after a checkpoint (kept for its restore); 5: Slurm forgot it
+    assert periodic.ended_jobs(names, states) == ["3", "4", "5"]
