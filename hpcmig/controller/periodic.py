@@ -54,6 +54,7 @@ FIRST_AUTO = 60.0  # ckpt=auto before any checkpoint cost is known
 MIN_INTERVAL = 10.0
 LOST_AFTER = 10.0  # seconds without an agent heartbeat before a node is checked for loss
 SLURMD_PORT = 6818
+NOT_OURS_AGAIN = 5.0
 SWEEP_SECONDS = 30.0  # how often the checkpoints of ended jobs are looked for
 
 
@@ -216,7 +217,9 @@ class Periodic:
         self.svc = svc
         self.last: dict[str, float] = {}  # job -> monotonic time of its last generation
         self.cost: dict[str, float] = {}  # job -> seconds its last checkpoint took
-        self.not_ours: set[tuple[int, int]] = set()  # (job, restart) without a vcluster
+        # (job, restart) -> when hpcmigd found no vcluster for it: asked again NOT_OURS_AGAIN
+        # s later (a job seen before its prologs asked the agents is not yet known to them)
+        self.not_ours: dict[tuple[int, int], float] = {}
         self.swept = float("-inf")
 
     def round(self, now: float | None = None) -> None:
@@ -224,11 +227,14 @@ class Periodic:
         if now - self.swept >= SWEEP_SECONDS:
             self.swept = now
             sweep(self.svc)
-        for job in self.svc.slurm.jobs():
+        jobs = self.svc.slurm.jobs()
+        for job in jobs:
             try:
                 self._job(job, now)
             except HpcmigError as exc:
                 log.warning("job %s: periodic checkpoint: %s", job.job_id, exc)
+        known = {j.job_id for j in jobs}
+        self.not_ours = {k: t for k, t in self.not_ours.items() if k[0] in known}
 
     def _job(self, job: JobInfo, now: float) -> None:
         svc, jid = self.svc, str(job.job_id)
@@ -236,12 +242,13 @@ class Periodic:
         if data.get("restarting") and job.state != "RUNNING":
             restart_lost(svc, jid)  # a restart hpcmigd began before it stopped: finish it
             return
-        if job.state != "RUNNING" or (job.job_id, job.restart_count) in self.not_ours:
+        key = (job.job_id, job.restart_count)
+        if job.state != "RUNNING" or now - self.not_ours.get(key, -math.inf) < NOT_OURS_AGAIN:
             return
         try:
             vc = svc.vcluster(jid, job)
         except UsageError:
-            self.not_ours.add((job.job_id, job.restart_count))
+            self.not_ours[key] = now
             return
         if not vc.ckpt or vc.engine != "criu" or pending(svc.cfg.checkpoint_dir, jid):
             return  # (a pending record: the job is being restored)

@@ -56,3 +56,33 @@ def test_the_checkpoints_of_ended_or_forgotten_jobs_are_the_ones_swept() -> None
     names = ["1", "2", "3", "4", "5", "lost+found"]
     # 2: requeued held after a checkpoint (kept for its restore); 5: Slurm forgot it
     assert periodic.ended_jobs(names, states) == ["3", "4", "5"]
+
+
+class _Svc:
+    """Just enough of the service for Periodic._job: a job its agents learn of late."""
+
+    def __init__(self, tmp: Path) -> None:
+        from hpcmig.config import Config
+
+        self.cfg = Config(state_dir=str(tmp), checkpoint_dir=str(tmp / "ckpt"))
+        self.heartbeats: dict[str, float] = {}
+        self.asked = 0
+
+    def vcluster(self, job_id: str, job: object) -> object:
+        from hpcmig.errors import UsageError
+
+        self.asked += 1
+        raise UsageError(f"job {job_id} does not run in an hpcmig virtual cluster")
+
+
+def test_a_job_not_yet_known_to_its_agents_is_asked_about_again(tmp_path: Path) -> None:
+    from hpcmig.slurm import JobInfo
+
+    svc = _Svc(tmp_path)
+    clock = periodic.Periodic(svc)  # type: ignore[arg-type]
+    job = JobInfo(job_id=9, name="j", user="u", state="RUNNING", nodes=("a",))
+    clock._job(job, now=100.0)
+    clock._job(job, now=100.0 + periodic.NOT_OURS_AGAIN / 2)
+    assert svc.asked == 1  # not asked every second
+    clock._job(job, now=100.0 + periodic.NOT_OURS_AGAIN)
+    assert svc.asked == 2  # but asked again: its prologs may have run since
