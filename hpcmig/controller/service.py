@@ -361,19 +361,19 @@ class Service:
         """The job no longer uses `node` (it hosts none of its containers): shrink the job
         off it in Slurm and drop it from the job's membership."""
         job = self.job(vc.job_id)
-        if node in job.nodes and node != job.batch_host:
-            rest = [n for n in job.nodes if n != node]
-            self.slurm.update_nodes(job.job_id, rest)
-            self.decide(f"job {vc.job_id}: Slurm shrank the job to {compress(rest)}",
-                        job=vc.job_id)
-        self.publish(vc.without_node(node), self.job(vc.job_id).restart_count)
+        self.publish(vc.without_node(node), job.restart_count)
         # Slurm calls a node shrunk off a job idle before its epilog ran: take the job's
-        # routes and record off it now, so DRAINED means empty (the epilog finds nothing)
+        # routes and record off it first, so DRAINED means empty (the epilog finds nothing)
         try:
             self.agent(node).call("job.teardown", job_id=vc.job_id, timeout=60)
         except HpcmigError as exc:
             log.warning("job %s: %s keeps its part of the job until its epilog: %s",
                         vc.job_id, node, exc)
+        if node in job.nodes and node != job.batch_host:
+            rest = [n for n in job.nodes if n != node]
+            self.slurm.update_nodes(job.job_id, rest)
+            self.decide(f"job {vc.job_id}: Slurm shrank the job to {compress(rest)}",
+                        job=vc.job_id)
 
     def _wait_drained(self, report: Report, node: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
