@@ -308,7 +308,7 @@ def dump(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
     container = rec.containers[r.index]
     runtime = _runtime(container)
     s = Stream.from_json(stream_) if stream_ else None
-    tmp = _tmp_dir(agent, str(job_id), r.index)
+    tmp = str(agent.tmp_path(str(job_id), r.index))
 
     def extra(d: str) -> None:  # the processes are still frozen: a consistent copy
         runtime.save_writable(container, os.path.join(d, WRITABLE))
@@ -322,16 +322,11 @@ def dump(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
     return stats.to_json()
 
 
-def _tmp_dir(agent: NodeAgent, job_id: str, index: int) -> str:
-    """The container's $TMPDIR (NodeAgent.tmp_dir, on shared storage)."""
-    return os.path.join(agent.config.state_dir, "jobs", job_id, "tmp", str(index))
-
-
 def _put_back_tmp(agent: NodeAgent, job_id: str, index: int, image_dir: str) -> None:
     """$TMPDIR as it was at the dump: a job that ran on after a periodic checkpoint (or whose
     MPI cleaned its session directory when a node died) changed it since; CRIU reopens the
     files the restored processes hold there, shared memory segments included."""
-    archive, tmp = os.path.join(image_dir, TMP), _tmp_dir(agent, job_id, index)
+    archive, tmp = os.path.join(image_dir, TMP), str(agent.tmp_path(job_id, index))
     if not os.path.exists(archive) or not os.path.isdir(tmp):
         return
     for name in os.listdir(tmp):

@@ -122,12 +122,16 @@ class NodeAgent:
     def tmp_dir(self, vc: VCluster, index: int) -> Path:
         """The container's $TMPDIR, on shared storage: files a process keeps open there (Open
         MPI's session directory) are found at the same path after a move to another node."""
-        d = Path(self.config.state_dir) / "jobs" / vc.job_id / "tmp" / str(index)
+        d = self.tmp_path(vc.job_id, index)
         for path in (d.parent, d):
             path.mkdir(exist_ok=True)
             os.chown(path, vc.uid, vc.gid)
             path.chmod(0o700)
         return d
+
+    def tmp_path(self, job_id: str, index: int) -> Path:
+        """Where `tmp_dir` keeps container `index`'s $TMPDIR (made or not)."""
+        return Path(self.config.state_dir) / "jobs" / job_id / "tmp" / str(index)
 
     def job_dir(self, job_id: str) -> Path:
         return Path(self.config.run_dir) / "jobs" / str(job_id)

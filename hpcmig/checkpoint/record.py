@@ -55,12 +55,17 @@ def load(checkpoint_dir: str, job_id: str) -> RestartRecord | None:
 
 
 def save(checkpoint_dir: str, rec: RestartRecord) -> None:
-    path = record_path(checkpoint_dir, rec.job_id)
+    write_private_json(record_path(checkpoint_dir, rec.job_id), rec.to_json())
+
+
+def write_private_json(path: Path, data: Any) -> None:
+    """Replace `path` atomically with `data` as JSON, root's (0600, its directory 0700): the
+    job's checkpoint files point at images holding process memory."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump(rec.to_json(), fh)
+        json.dump(data, fh)
     tmp.replace(path)
 
 

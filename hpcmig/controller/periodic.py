@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcmig.checkpoint import images
-from hpcmig.checkpoint.record import RestartRecord, pending, save
+from hpcmig.checkpoint.record import RestartRecord, pending, save, write_private_json
+from hpcmig.controller.service import job_number
 from hpcmig.controller.wholejob import checkpoint_vc, finish_requeue
 from hpcmig.errors import HpcmigError, SlurmError, UsageError
 from hpcmig.slurm import JobInfo
@@ -81,13 +82,7 @@ def load(checkpoint_dir: str, job_id: str) -> dict[str, Any]:
 
 
 def _save(checkpoint_dir: str, job_id: str, data: dict[str, Any]) -> None:
-    path = _path(checkpoint_dir, job_id)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    tmp.replace(path)
+    write_private_json(_path(checkpoint_dir, job_id), data)
 
 
 def take(svc: Service, vc: VCluster) -> dict[str, Any]:
@@ -141,7 +136,7 @@ def restart_lost(svc: Service, job_id: str) -> dict[str, Any]:
     """Restart the job from its newest generation if a node of it is lost (once: callers that
     come later find the restart begun or done)."""
     cfg = svc.cfg
-    jid = str(svc.job(job_id).job_id)
+    jid = str(job_number(job_id))
     with svc.job_lock(jid):
         data = load(cfg.checkpoint_dir, jid)
         job = svc.job(jid)
@@ -194,14 +189,15 @@ def ended_jobs(names: list[str], states: dict[str, str]) -> list[str]:
                   and (n not in states or states[n] in TERMINAL))
 
 
-def sweep(svc: Service) -> list[str]:
-    """Remove the checkpoints of jobs that ended; the job ids removed."""
+def sweep(svc: Service, jobs: list[JobInfo]) -> list[str]:
+    """Remove the checkpoints of jobs that ended (`jobs`: what Slurm lists now); the job ids
+    removed."""
     root = svc.cfg.checkpoint_dir
     try:
         names = os.listdir(root)
     except FileNotFoundError:
         return []
-    states = {str(j.job_id): j.state for j in svc.slurm.jobs()}
+    states = {str(j.job_id): j.state for j in jobs}
     gone = ended_jobs(names, states)
     for jid in gone:
         images.remove_job(root, jid)
@@ -224,10 +220,10 @@ class Periodic:
 
     def round(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
+        jobs = self.svc.slurm.jobs()
         if now - self.swept >= SWEEP_SECONDS:
             self.swept = now
-            sweep(self.svc)
-        jobs = self.svc.slurm.jobs()
+            sweep(self.svc, jobs)
         for job in jobs:
             try:
                 self._job(job, now)
@@ -238,12 +234,12 @@ class Periodic:
 
     def _job(self, job: JobInfo, now: float) -> None:
         svc, jid = self.svc, str(job.job_id)
-        data = load(svc.cfg.checkpoint_dir, jid)
-        if data.get("restarting") and job.state != "RUNNING":
-            restart_lost(svc, jid)  # a restart hpcmigd began before it stopped: finish it
+        if job.state != "RUNNING":
+            if load(svc.cfg.checkpoint_dir, jid).get("restarting"):
+                restart_lost(svc, jid)  # a restart hpcmigd began before it stopped: finish it
             return
         key = (job.job_id, job.restart_count)
-        if job.state != "RUNNING" or now - self.not_ours.get(key, -math.inf) < NOT_OURS_AGAIN:
+        if now - self.not_ours.get(key, -math.inf) < NOT_OURS_AGAIN:
             return
         try:
             vc = svc.vcluster(jid, job)
@@ -254,7 +250,8 @@ class Periodic:
             return  # (a pending record: the job is being restored)
         stale = [n for n in vc.nodes()
                  if time.time() - svc.heartbeats.get(n, time.time()) > LOST_AFTER]
-        if stale and data["generations"] and restart_lost(svc, jid)["restarted"]:
+        if (stale and load(svc.cfg.checkpoint_dir, jid)["generations"]
+                and restart_lost(svc, jid)["restarted"]):
             return
         self.last.setdefault(jid, now)
         if now - self.last[jid] < interval(vc.ckpt, self.cost.get(jid), len(vc.nodes()),
