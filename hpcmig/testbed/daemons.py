@@ -59,11 +59,22 @@ def pids_in_namespaces(inodes: Iterable[int], kinds: tuple[str, ...] = ("net", "
     return found
 
 
+def _root(pid: int | str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(f"/proc/{pid}/root")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def pids_matching(text: str) -> list[int]:
-    """Pids of live processes whose command line contains `text`."""
-    me = os.getpid()
+    """Pids of live processes whose command line contains `text` (a path) and that see the
+    same root directory as we do: a process in a chroot (another distribution's testbed run
+    in a root filesystem of its own) names its own tree, not ours."""
+    me, root = os.getpid(), _root("self")
     return [int(e) for e in os.listdir("/proc")
-            if e.isdigit() and int(e) != me and text in (cmdline(int(e)) or "")]
+            if e.isdigit() and int(e) != me and text in (cmdline(int(e)) or "")
+            and _root(e) == root]
 
 
 def kill_pids(pids: Iterable[int], grace: float = 5.0) -> None:
