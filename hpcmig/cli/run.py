@@ -28,6 +28,7 @@ from typing import Any
 from hpcmig import _cmdline
 
 HEARTBEAT_TIMEOUT = 180.0
+ASK_FOR, ASK_EVERY = 300.0, 5.0  # how long and how often a failed step asks hpcmigd
 RESTART_WAIT = 300.0  # a step whose job hpcmigd requeued waits for Slurm to end it
 STOP_GRACE = 15.0  # after scancel's SIGTERM, wait this long for the launcher's exit code
 
@@ -184,7 +185,7 @@ def _after(cfg: Any, vc: Any, job_id: str, code: int) -> int:
     print(f"hpcmig run: the MPI launcher failed (exit {code}); asking hpcmigd whether a node "
           "of the job was lost", file=sys.stderr, flush=True)
     try:
-        answer = ControllerClient(cfg).call("restart_lost", timeout=600, job_id=job_id)
+        answer = _ask_restart(ControllerClient(cfg), job_id)
     except HpcmigError as exc:
         print(f"hpcmig run: {exc}", file=sys.stderr, flush=True)
         return code
@@ -196,6 +197,22 @@ def _after(cfg: Any, vc: Any, job_id: str, code: int) -> int:
           f"{answer['generation']}", file=sys.stderr, flush=True)
     time.sleep(RESTART_WAIT)  # the requeue ends this step before
     return code
+
+
+def _ask_restart(controller: Any, job_id: str) -> Any:
+    """hpcmigd's answer to restart_lost; asked again while hpcmigd is down or went away in
+    the middle (it restarts and finishes a restart it began exactly once), up to ASK_FOR s."""
+    from hpcmig.agent.rpc import RpcError
+
+    deadline = time.monotonic() + ASK_FOR
+    while True:
+        try:
+            return controller.call("restart_lost", timeout=600, job_id=job_id)
+        except RpcError as exc:  # not an answer: hpcmigd stopped or is not there
+            if time.monotonic() >= deadline:
+                raise
+            print(f"hpcmig run: {exc.message}; asking again", file=sys.stderr, flush=True)
+            time.sleep(ASK_EVERY)
 
 
 def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.0) -> int:

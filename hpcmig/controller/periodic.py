@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcmig.checkpoint import images
 from hpcmig.checkpoint.record import RestartRecord, pending, save, write_private_json
+from hpcmig.controller._machine import env_faults
 from hpcmig.controller.service import job_number
 from hpcmig.controller.wholejob import checkpoint_vc, finish_requeue
 from hpcmig.errors import HpcmigError, SlurmError, UsageError
@@ -160,21 +161,31 @@ def restart_lost(svc: Service, job_id: str) -> dict[str, Any]:
         if rec is None or rec.restart != gen["restart"]:
             save(cfg.checkpoint_dir, RestartRecord(
                 jid, gen["restart"], vc.uid, {int(i): c for i, c in gen["containers"].items()}))
+        _fault("restart-record")
         _forget_exits(cfg.state_dir, jid, gen["restart"], gen["time"])
         data["restarting"] = {"lost": lost, "generation": gen["n"]}
         _save(cfg.checkpoint_dir, jid, data)
         svc.slurm.requeue(int(jid), hold=True)
-        for node in lost:
-            with contextlib.suppress(SlurmError):
-                svc.slurm.down(node, "hpcmig: node lost: agent and slurmd unreachable")
         svc.decide(f"job {jid}: {','.join(lost)} lost; requeued to restart from checkpoint "
                    f"generation {gen['n']} (taken {time.time() - gen['time']:.0f} s before)",
                    job=jid)
+        _fault("restart-requeue")
         return _release(svc, jid, data)
 
 
+def _fault(step: str) -> None:
+    """HPCMIG_FAULT=<step>:kill-after (hpcmig.controller._machine) at a step of the restart."""
+    if hook := env_faults():
+        hook("after", step)
+
+
 def _release(svc: Service, jid: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The second half of a restart, done again by a hpcmigd that stopped in between: the
+    lost nodes DOWN (Slurm ends what is left of the job there), excluded, the job released."""
     lost = data["restarting"]["lost"]
+    for node in lost:
+        with contextlib.suppress(SlurmError):
+            svc.slurm.down(node, "hpcmig: node lost: agent and slurmd unreachable")
     excluded = finish_requeue(svc, jid, lost)
     data.pop("restarting")
     _save(svc.cfg.checkpoint_dir, jid, data)
@@ -217,6 +228,7 @@ class Periodic:
         # s later (a job seen before its prologs asked the agents is not yet known to them)
         self.not_ours: dict[tuple[int, int], float] = {}
         self.swept = float("-inf")
+        self.started = time.time()  # a node never heard from counts as heard from then
 
     def round(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -249,7 +261,7 @@ class Periodic:
         if not vc.ckpt or vc.engine != "criu" or pending(svc.cfg.checkpoint_dir, jid):
             return  # (a pending record: the job is being restored)
         stale = [n for n in vc.nodes()
-                 if time.time() - svc.heartbeats.get(n, time.time()) > LOST_AFTER]
+                 if time.time() - svc.heartbeats.get(n, self.started) > LOST_AFTER]
         if (stale and load(svc.cfg.checkpoint_dir, jid)["generations"]
                 and restart_lost(svc, jid)["restarted"]):
             return

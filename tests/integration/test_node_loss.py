@@ -5,9 +5,11 @@ A 2-node ring, MPICH and Open MPI (no spare; the third node is free), runs with 
 checkpoints it whole every 10 s while it runs. Once a generation exists, `testbed fail NODE
 --crash` SIGKILLs everything of the job's second node (slurmd, agent, its container). With no
 command from anybody, the job runs again from its last checkpoint on the two nodes left, keeps
-its id, prints the exact checksum once; the rounds it did twice (its lost work, printed by the
-workload) fit in one interval; the dead node is DOWN with hpcmig's reason; the job's images are
-gone after it ended.
+its id, restarts exactly once, prints the exact checksum once; the rounds it did twice (its
+lost work, printed by the workload) fit in one interval; the dead node is DOWN with hpcmig's
+reason; the job's images are gone after it ended. The same when the node dies in the middle of
+a checkpoint (the generation before is used), and when hpcmigd is SIGKILLed in the middle of
+the restart and started again.
 """
 
 from __future__ import annotations
@@ -56,56 +58,125 @@ def generations(plan: Plan, job_id: int) -> list[dict]:
         return []
 
 
-@pytest.mark.parametrize("mpi", ["mpich", "openmpi"])
-def test_a_crashed_node_restarts_the_job_from_its_last_checkpoint(
-        testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str], mpi: str) -> None:
+def submit(testbed: Plan, slurm: Slurm, job_dir: Path, mpi: str, name: str,
+           memory_mb: int = 16) -> tuple[int, Path, str]:
+    """A running 2-node ckpt=INTERVAL ring job: its id, output file and second node."""
     script = batch.vcluster_script(
         2, [["hpcmig.workloads.ring", "--elements", str(ELEMENTS), "--rounds", str(ROUNDS),
-             "--seconds", str(SECONDS), "--memory-mb", "16", "--progress"]],
-        mpi=mpi, ntasks=4, options={"ckpt": str(INTERVAL)}, job_name=f"node-loss-{mpi}")
+             "--seconds", str(SECONDS), "--memory-mb", str(memory_mb), "--progress"]],
+        mpi=mpi, ntasks=4, options={"ckpt": str(INTERVAL)}, job_name=name)
     (job_dir / "job.sh").write_text(script)
     out = job_dir / "job.out"
     job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=testbed.user,
                           cwd=str(job_dir))
     job = slurm.wait(job_id, timeout=60, states={"RUNNING"})
     wait_for_ranks(testbed, job_id)
-    victim = next(n for n in job.nodes if n != job.batch_host)
+    return job_id, out, next(n for n in job.nodes if n != job.batch_host)
 
+
+def first_generation(testbed: Plan, job_id: int) -> dict:
     deadline = time.monotonic() + 3 * INTERVAL
     while not generations(testbed, job_id):
         assert time.monotonic() < deadline, f"no checkpoint after {3 * INTERVAL} s\n" + \
             (testbed.base / "log" / "hpcmigd.log").read_text()[-3000:]
         time.sleep(0.5)
-    taken = generations(testbed, job_id)[-1]
-    time.sleep(max(0.0, taken["time"] + INTERVAL / 2 - time.time()))  # mid-interval
+    return generations(testbed, job_id)[-1]
 
+
+def crash_mid_interval(victim: str, taken: dict, crashed: list[str]) -> float:
+    time.sleep(max(0.0, taken["time"] + INTERVAL / 2 - time.time()))
     crashed.append(victim)
     crash_at = time.time()
     print("\n" + cluster.fail(victim, "crash"))
+    return crash_at
+
+
+def finished_once(testbed: Plan, slurm: Slurm, job_id: int, out: Path, victim: str) -> list[int]:
+    """The job completed once, off the dead node, with the exact checksum; its images are
+    gone. Returns the rounds it did twice (its lost work)."""
     job = slurm.wait(job_id, timeout=180, states={"COMPLETED", "FAILED", "CANCELLED"})
     text = out.read_text()
     assert job.state == "COMPLETED", (job, text)
-    assert job.restart_count >= 1 and victim not in job.nodes, job
+    assert job.restart_count == 1 and victim not in job.nodes, job
     want = f"ring: PASS checksum={ring.expected(4, ELEMENTS, ROUNDS)} "
     assert text.count(want) == 1, text
-    assert "restored from the checkpoint" in text, text
-
+    assert text.count("restored from the checkpoint") == 1, text
     done = Counter(int(n) for n in re.findall(r"^ring: round (\d+) of", text, re.M))
-    redone = [n for n, c in done.items() if c > 1]
     assert sorted(done) == list(range(1, ROUNDS + 1)), "every round ran"
+    assert slurm.node(victim).reason.startswith("hpcmig: node lost"), slurm.node(victim)
+    ckpt = testbed.base / "ckpt" / str(job_id)
+    deadline = time.monotonic() + 30
+    while ckpt.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ckpt.exists(), "the job ended: its checkpoint images must be removed"
+    return [n for n, c in done.items() if c > 1]
+
+
+@pytest.mark.parametrize("mpi", ["mpich", "openmpi"])
+def test_a_crashed_node_restarts_the_job_from_its_last_checkpoint(
+        testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str], mpi: str) -> None:
+    job_id, out, victim = submit(testbed, slurm, job_dir, mpi, f"node-loss-{mpi}")
+    taken = first_generation(testbed, job_id)
+    crash_at = crash_mid_interval(victim, taken, crashed)
+    redone = finished_once(testbed, slurm, job_id, out, victim)
     lost = len(redone) * SECONDS / ROUNDS
     print(f"node {victim} crashed {crash_at - taken['time']:.1f} s after generation "
           f"{taken['n']} (took {taken['seconds']:.2f} s); {len(redone)} rounds done again "
           f"= {lost:.1f} s of work lost; job back to COMPLETED {time.time() - crash_at:.0f} s "
           "after the crash")
     assert lost <= INTERVAL + 2, redone  # at most one interval (plus the dump's own pause)
-
-    node = slurm.node(victim)
-    assert node.reason.startswith("hpcmig: node lost"), node
     decided = [d["what"] for d in hpcmigd.status()["decisions"]]
     assert any(f"job {job_id}: {victim} lost" in d for d in decided), decided
-    ckpt = testbed.base / "ckpt" / str(job_id)
-    deadline = time.monotonic() + 30
-    while ckpt.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not ckpt.exists(), "the job ended: its checkpoint images must be removed"
+
+
+def test_a_crash_during_a_checkpoint_restarts_from_the_generation_before(
+        testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str]) -> None:
+    """The node dies while hpcmigd dumps the job's second generation (256 MiB a container
+    makes the dump last): that generation never counts, the job restarts from the first."""
+    job_id, out, victim = submit(testbed, slurm, job_dir, "mpich", "ckpt-crash",
+                                 memory_mb=128)
+    first = first_generation(testbed, job_id)
+    assert first["n"] == 1
+    dumping = testbed.base / "ckpt" / str(job_id) / "r0" / "c1" / "gen2"
+    deadline = time.monotonic() + 3 * INTERVAL
+    while not dumping.exists():
+        assert time.monotonic() < deadline, "no second checkpoint began"
+        time.sleep(0.01)
+    crashed.append(victim)
+    print("\n" + cluster.fail(victim, "crash"))
+    assert [g["n"] for g in generations(testbed, job_id)] == [1], "gen 2 was not complete"
+    redone = finished_once(testbed, slurm, job_id, out, victim)
+    decided = [d["what"] for d in hpcmigd.status()["decisions"]]
+    assert any(f"job {job_id}: {victim} lost" in d and "generation 1 " in d
+               for d in decided), decided
+    print(f"crashed during generation 2: restarted from generation 1, {len(redone)} rounds "
+          "done again")
+
+
+@pytest.fixture
+def faulty_hpcmigd() -> Iterator[None]:
+    """hpcmigd started with a fault for the test; started plainly again after it."""
+    yield
+    hpcmigd.restart()
+
+
+@pytest.mark.parametrize("step", ["restart-record", "restart-requeue"])
+def test_hpcmigd_killed_during_a_restart_restores_the_job_exactly_once(
+        testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str], faulty_hpcmigd: None,
+        step: str) -> None:
+    """hpcmigd SIGKILLs itself in the middle of the restart (after writing the restart record,
+    or after requeueing the job held); started again, it finishes that restart once."""
+    hpcmigd.restart(f"{step}:kill-after")
+    job_id, out, victim = submit(testbed, slurm, job_dir, "mpich", f"kill-{step}")
+    crash_mid_interval(victim, first_generation(testbed, job_id), crashed)
+    deadline = time.monotonic() + 60
+    while hpcmigd.alive():
+        assert time.monotonic() < deadline, f"hpcmigd never reached {step}"
+        time.sleep(0.2)
+    state = slurm.job(job_id).state
+    print(f"hpcmigd died at {step}; the job is {state}")
+    # restart-record: not yet requeued; restart-requeue: requeued held (ending on the dead
+    # node until the restart sets it DOWN)
+    assert state in (("RUNNING",) if step == "restart-record" else ("PENDING", "COMPLETING"))
+    hpcmigd.restart()
+    finished_once(testbed, slurm, job_id, out, victim)

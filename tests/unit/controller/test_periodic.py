@@ -86,3 +86,34 @@ def test_a_job_not_yet_known_to_its_agents_is_asked_about_again(tmp_path: Path) 
     assert svc.asked == 1  # not asked every second
     clock._job(job, now=100.0 + periodic.NOT_OURS_AGAIN)
     assert svc.asked == 2  # but asked again: its prologs may have run since
+
+
+class _CkptSvc(_Svc):
+    """A ckpt=10 job on nodes a and b with one generation; its nodes' agents were never
+    heard from (hpcmigd started after they died)."""
+
+    def vcluster(self, job_id: str, job: object) -> object:
+        from hpcmig.vcluster import Member, VCluster
+
+        return VCluster(job_id, 0, "u", 1000, 1000, "10.0.0.0/30",
+                        (Member(0, "a", "192.0.2.1", "10.0.0.1"), Member(1, "b", "192.0.2.2", "10.0.0.2")),
+                        ckpt="10")
+
+
+def test_a_node_never_heard_from_since_hpcmigd_started_is_checked_for_loss(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpcmig.slurm import JobInfo
+
+    svc = _CkptSvc(tmp_path)
+    periodic._save(svc.cfg.checkpoint_dir, "9", {"generations": [{"n": 1}]})
+    asked: list[str] = []
+    monkeypatch.setattr(periodic, "restart_lost",
+                        lambda _svc, jid: asked.append(jid) or {"restarted": True})
+    clock = periodic.Periodic(svc)  # type: ignore[arg-type]
+    job = JobInfo(job_id=9, name="j", user="u", state="RUNNING", nodes=("a", "b"))
+    clock._job(job, now=0.0)
+    assert asked == []  # just started: the agents may yet speak
+    clock.started -= periodic.LOST_AFTER + 1
+    svc.heartbeats["a"] = clock.started + 10**6  # a speaks, b never did
+    clock._job(job, now=1.0)
+    assert asked == ["9"]

@@ -14,7 +14,7 @@ import pytest
 
 from hpcmig.testbed import daemons
 
-MARK = "/run/hpcmig-testbed-unit-marker"
+MARK = f"/run/hpcmig-testbed-unit-marker-{os.getpid()}"
 
 
 def _start(argv: list[str], executable: str | None = None) -> subprocess.Popen[bytes]:
