@@ -152,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         if "LD_PRELOAD" in env:  # the image layer carries a copy (image.TOOLS/lib)
             env["LD_PRELOAD"] = f"{image.TOOLS}/lib/{os.path.basename(env['LD_PRELOAD'])}"
     env["HPCMIG_HOSTS"] = info["hosts_file"]
+    if vc.engine == "app" and vc.ckpt:
+        env["HPCMIG_APP_CKPT_DIR"] = _app_directory(cfg, job_id, env)
     if munge:
         env["HPCMIG_MUNGE_SOCKET"] = munge
     argv = mpi_launch.launcher_argv(
@@ -171,6 +173,24 @@ def run(args: argparse.Namespace) -> int:
         raise HpcmigError(f"could not start {flavour.mpiexec} in {head.address}: "
                           f"{res.stderr.decode(errors='replace').strip()}")
     return _after(cfg, vc, job_id, _wait(run_dir, head.address, common))
+
+
+def _app_directory(cfg: Any, job_id: str, env: dict[str, str]) -> str:
+    """An engine=app job's checkpoint directory (the ranks get it), registered with hpcmigd
+    so it asks the program for checkpoints and restarts the job from them."""
+    from hpcmig.ckpt.checkpointer import default_directory
+    from hpcmig.controller.client import ControllerClient
+    from hpcmig.errors import HpcmigError
+
+    # (the launcher's environment carries no SLURM_* variable: name the job)
+    directory = os.path.abspath(default_directory({**env, "SLURM_JOB_ID": job_id}))
+    try:
+        ControllerClient(cfg).call("app_checkpoints", timeout=60, job_id=job_id,
+                                   directory=directory)
+    except HpcmigError as exc:
+        print(f"hpcmig run: {exc}; the program checkpoints only by itself and the job does "
+              "not restart by itself", file=sys.stderr, flush=True)
+    return directory
 
 
 def _after(cfg: Any, vc: Any, job_id: str, code: int) -> int:
@@ -193,8 +213,9 @@ def _after(cfg: Any, vc: Any, job_id: str, code: int) -> int:
         print(f"hpcmig run: no restart: {answer.get('why')}", file=sys.stderr, flush=True)
         return code
     lost = ", ".join(answer.get("lost") or []) or "a node"
-    print(f"hpcmig run: {lost} lost; the job restarts from checkpoint generation "
-          f"{answer['generation']}", file=sys.stderr, flush=True)
+    gen = answer.get("generation")
+    print(f"hpcmig run: {lost} lost; the job restarts from its last checkpoint"
+          + (f" (generation {gen})" if gen is not None else ""), file=sys.stderr, flush=True)
     time.sleep(RESTART_WAIT)  # the requeue ends this step before
     return code
 

@@ -5,13 +5,15 @@ then open drains: hpcmig.controller.aftercrash) while already answering `ping` a
 other verbs wait until recovery ended. It serves the verbs of `Service` on the address in
 hpcmig.toml (`controller_host:controller_port`) with the agents' server (one request, one
 answer, MUNGE-authenticated); access: admins (root, `admin_users`) every verb, a user
-`migrate`, `checkpoint` and `restore_allocation` of their own jobs and `status` (their own
-jobs only). A thread pings every agent every few seconds (heartbeats for status and metrics);
-once recovery ended, another fetches every agent's latest health sample every `[health]
-interval` (`health.sample`; `hpcmig-healthcheck` sends them with `health.report` instead) and
-hands it to the `Watcher` (controller/policy.py), which drains degraded nodes, resumes healthy
-ones and balances load. Prometheus metrics on `metrics_address:metrics_port`.
-SIGTERM/SIGINT stop it; SIGKILL is what recovery is for. It decides; the agents act.
+`migrate`, `checkpoint`, `restore_allocation`, `restart_lost` and `app_checkpoints` of their
+own jobs and `status` (their own jobs only). A thread pings every agent every few seconds
+(heartbeats for status and metrics); once recovery ended, another fetches every agent's
+latest health sample every `[health] interval` (`health.sample`; `hpcmig-healthcheck` sends
+them with `health.report` instead) and hands it to the `Watcher` (controller/policy.py),
+which drains degraded nodes, resumes healthy ones and balances load; a third takes the
+periodic checkpoints (controller/periodic.py). Prometheus metrics on
+`metrics_address:metrics_port`. SIGTERM/SIGINT stop it; SIGKILL is what recovery is for. It
+decides; the agents act.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 from hpcmig import __version__
 from hpcmig import config as site_config
 from hpcmig.agent.server import Call, Registry, Server
-from hpcmig.controller import periodic
+from hpcmig.controller import appckpt, periodic
 from hpcmig.controller.client import TARGET
 from hpcmig.controller.policy import Watcher
 from hpcmig.controller.report import Report
@@ -209,6 +211,16 @@ def restore_allocation(call: Call, job_id: str) -> dict[str, Any]:
 def restart_lost(call: Call, job_id: str) -> dict[str, Any]:
     """`hpcmig run` asks when its launcher failed: did a node of the job die?"""
     return periodic.restart_lost(_svc(call), str(job_id))
+
+
+@CONTROLLER.operation("app_checkpoints", "job")
+def app_checkpoints(call: Call, job_id: str, directory: str) -> dict[str, Any]:
+    """`hpcmig run` of an engine=app job: where its program saves its checkpoints."""
+    svc = _svc(call)
+    vc = svc.vcluster(str(job_id))
+    app = appckpt.register(svc.cfg.state_dir, vc.job_id,
+                           appckpt.AppDir(str(directory), vc.uid, vc.gid))
+    return {"directory": app.directory}
 
 
 @CONTROLLER.operation("health.report", "admin")

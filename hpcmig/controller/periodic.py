@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcmig.checkpoint import images
 from hpcmig.checkpoint.record import RestartRecord, pending, save, write_private_json
+from hpcmig.controller import appckpt
 from hpcmig.controller._machine import env_faults
 from hpcmig.controller.service import job_number
 from hpcmig.controller.wholejob import checkpoint_vc, finish_requeue
@@ -108,6 +109,16 @@ def take(svc: Service, vc: VCluster) -> dict[str, Any]:
     return entry
 
 
+def newest(svc: Service, vc: VCluster, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's newest complete generation ({n, time, ...}; None: none yet): hpcmigd's for
+    CRIU (`data`: the generations file), the program's own for engine=app."""
+    if vc.engine == "app":
+        app = appckpt.load(svc.cfg.state_dir, vc.job_id)
+        gen = appckpt.newest(app) if app else None
+        return {"n": gen.generation, "time": gen.time} if gen else None
+    return data["generations"][-1] if data["generations"] else None
+
+
 # -- a lost node -----------------------------------------------------------------------------
 def node_lost(svc: Service, node: str) -> bool:
     """The node's agent does not answer and nothing listens on its slurmd port."""
@@ -143,26 +154,28 @@ def restart_lost(svc: Service, job_id: str) -> dict[str, Any]:
         job = svc.job(jid)
         if data.get("restarting"):
             return _release(svc, jid, data)  # begun by another caller or an earlier hpcmigd
-        if not data["generations"]:
-            return {"restarted": False, "why": "the job has no periodic checkpoint yet"}
         with svc.journal() as journal:
             stored = journal.members(jid)
         if stored is None or job.state != "RUNNING":
             return {"restarted": False, "why": f"the job is {job.state.lower()}"}
         if stored[0] != job.restart_count:
             return {"restarted": True, "why": "restarted already", "lost": [],
-                    "generation": data["generations"][-1]["n"]}
+                    "generation": None}
         vc = VCluster.from_json(stored[1])
+        gen = newest(svc, vc, data)
+        if gen is None:
+            return {"restarted": False, "why": "the job has no periodic checkpoint yet"}
         lost = [n for n in vc.nodes() if node_lost(svc, n)]
         if not lost:
             return {"restarted": False, "why": "every node of the job answers"}
-        gen = data["generations"][-1]
-        rec = pending(cfg.checkpoint_dir, jid)
-        if rec is None or rec.restart != gen["restart"]:
-            save(cfg.checkpoint_dir, RestartRecord(
-                jid, gen["restart"], vc.uid, {int(i): c for i, c in gen["containers"].items()}))
-        _fault("restart-record")
-        _forget_exits(cfg.state_dir, jid, gen["restart"], gen["time"])
+        if vc.engine == "criu":  # its next allocation restores the generation's images
+            rec = pending(cfg.checkpoint_dir, jid)
+            if rec is None or rec.restart != gen["restart"]:
+                save(cfg.checkpoint_dir, RestartRecord(
+                    jid, gen["restart"], vc.uid,
+                    {int(i): c for i, c in gen["containers"].items()}))
+            _fault("restart-record")
+            _forget_exits(cfg.state_dir, jid, gen["restart"], gen["time"])
         data["restarting"] = {"lost": lost, "generation": gen["n"]}
         _save(cfg.checkpoint_dir, jid, data)
         svc.slurm.requeue(int(jid), hold=True)
@@ -187,10 +200,9 @@ def _release(svc: Service, jid: str, data: dict[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(SlurmError):
             svc.slurm.down(node, "hpcmig: node lost: agent and slurmd unreachable")
     excluded = finish_requeue(svc, jid, lost)
-    data.pop("restarting")
+    generation = data.pop("restarting")["generation"]
     _save(svc.cfg.checkpoint_dir, jid, data)
-    return {"restarted": True, "lost": lost, "excluded": excluded,
-            "generation": data["generations"][-1]["n"]}
+    return {"restarted": True, "lost": lost, "excluded": excluded, "generation": generation}
 
 
 def ended_jobs(names: list[str], states: dict[str, str]) -> list[str]:
@@ -207,13 +219,16 @@ def sweep(svc: Service, jobs: list[JobInfo]) -> list[str]:
     try:
         names = os.listdir(root)
     except FileNotFoundError:
-        return []
+        names = []
     states = {str(j.job_id): j.state for j in jobs}
     gone = ended_jobs(names, states)
     for jid in gone:
         images.remove_job(root, jid)
         svc.decide(f"job {jid}: ended ({states.get(jid, 'gone from Slurm').lower()}); "
                    "its checkpoint images removed", job=jid)
+    for jid in ended_jobs(appckpt.registered(svc.cfg.state_dir), states):
+        if appckpt.remove(svc.cfg.state_dir, jid):
+            svc.decide(f"job {jid}: ended; its application checkpoints removed", job=jid)
     return gone
 
 
@@ -229,6 +244,7 @@ class Periodic:
         self.not_ours: dict[tuple[int, int], float] = {}
         self.swept = float("-inf")
         self.started = time.time()  # a node never heard from counts as heard from then
+        self.asked: dict[str, tuple[float, int]] = {}  # app job -> (asked at, newest then)
 
     def round(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -258,12 +274,15 @@ class Periodic:
         except UsageError:
             self.not_ours[key] = now
             return
-        if not vc.ckpt or vc.engine != "criu" or pending(svc.cfg.checkpoint_dir, jid):
+        if not vc.ckpt or vc.engine == "dmtcp" or pending(svc.cfg.checkpoint_dir, jid):
             return  # (a pending record: the job is being restored)
         stale = [n for n in vc.nodes()
                  if time.time() - svc.heartbeats.get(n, self.started) > LOST_AFTER]
-        if (stale and load(svc.cfg.checkpoint_dir, jid)["generations"]
+        if (stale and newest(svc, vc, load(svc.cfg.checkpoint_dir, jid)) is not None
                 and restart_lost(svc, jid)["restarted"]):
+            return
+        if vc.engine == "app":
+            self._app(vc, now)
             return
         self.last.setdefault(jid, now)
         if now - self.last[jid] < interval(vc.ckpt, self.cost.get(jid), len(vc.nodes()),
@@ -282,3 +301,25 @@ class Periodic:
         svc.metrics.checkpoints.labels(result="done").inc()
         log.info("job %s: checkpoint generation %d in %.2f s", jid, entry["n"],
                  entry["seconds"])
+
+    def _app(self, vc: VCluster, now: float) -> None:
+        """engine=app: ask the program for a generation at the job's interval; the cost of
+        one (for `auto`) is how long after the ask the program's generation was committed."""
+        jid = vc.job_id
+        app = appckpt.load(self.svc.cfg.state_dir, jid)
+        if app is None:
+            return  # its `hpcmig run` has not registered the directory yet
+        asked = self.asked.get(jid)
+        if asked is not None and (gen := appckpt.newest(app)) is not None \
+                and gen.generation > asked[1]:
+            self.cost[jid] = max(0.0, gen.time - asked[0])
+            self.asked.pop(jid)
+        self.last.setdefault(jid, now)
+        if now - self.last[jid] < interval(vc.ckpt, self.cost.get(jid), len(vc.nodes()),
+                                           self.svc.cfg.node_mtbf_hours):
+            return
+        self.last[jid] = now
+        before = appckpt.newest(app)
+        if appckpt.request(app):
+            self.asked[jid] = (time.time(), before.generation if before else 0)
+            log.info("job %s: asked the program for a checkpoint", jid)

@@ -220,8 +220,10 @@ def restore_allocation(svc: Service, job_id: str) -> dict[str, Any]:
         return {"restored": False, "from_restart": None}
     vc = svc.vcluster(jid, job)
     with svc.job_lock(jid), svc.journal() as journal:
+        t0 = time.monotonic()
         done = restore_on_allocation(journal, svc.ops_for(vc), vc, svc.cfg.checkpoint_dir)
+        seconds = round(time.monotonic() - t0, 3)
     if done:
         svc.decide(f"job {jid}: restored from the checkpoint of run {rec.restart} on "
-                   + ",".join(vc.nodes()), job=jid)
-    return {"restored": done, "from_restart": rec.restart}
+                   f"{','.join(vc.nodes())} in {seconds:.2f} s", job=jid)
+    return {"restored": done, "from_restart": rec.restart, "seconds": seconds}

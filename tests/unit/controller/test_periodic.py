@@ -96,7 +96,8 @@ class _CkptSvc(_Svc):
         from hpcmig.vcluster import Member, VCluster
 
         return VCluster(job_id, 0, "u", 1000, 1000, "10.0.0.0/30",
-                        (Member(0, "a", "192.0.2.1", "10.0.0.1"), Member(1, "b", "192.0.2.2", "10.0.0.2")),
+                        (Member(0, "a", "192.0.2.1", "10.0.0.1"),
+                         Member(1, "b", "192.0.2.2", "10.0.0.2")),
                         ckpt="10")
 
 

@@ -1,0 +1,109 @@
+"""Application-level checkpoints (engine=app) as hpcmigd drives them: where the job's program
+saves itself, asking it for a generation, its newest one, removing them when the job ended.
+
+Design note: the program checkpoints itself with hpcmig.ckpt (HDF5 generations, an index
+replaced atomically) into a directory of the job's user; its `hpcmig run` registers that
+directory (`register`), and hpcmigd records it in `<state_dir>/app-ckpt/<job>.json` (root's,
+0600; outside the checkpoint tree, which the epilog removes). Root reads the program's index
+only after checking that the path is a real directory (not a link) owned by the job's user,
+and every write there (a checkpoint request, the removal once the job ended) runs as that
+user (setpriv), so a link planted in the directory cannot turn a write of root's elsewhere.
+Periodic (hpcmig.controller.periodic) asks at the job's interval and counts the program's
+generations for a restart: a restarted job runs its batch script again, and the program
+loads its newest generation by itself (`Checkpointer.restarted()`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hpcmig import _proc
+from hpcmig.checkpoint.record import write_private_json
+from hpcmig.ckpt import store
+from hpcmig.errors import CommandError, UsageError
+
+SUBDIR = "app-ckpt"
+
+
+@dataclass(frozen=True)
+class AppDir:
+    directory: str
+    uid: int
+    gid: int
+
+
+def _path(state_dir: str, job_id: str) -> Path:
+    return Path(state_dir, SUBDIR, f"{int(job_id)}.json")
+
+
+def register(state_dir: str, job_id: str, app: AppDir) -> AppDir:
+    if not os.path.isabs(app.directory) or "\0" in app.directory:
+        raise UsageError(f"application checkpoint directory {app.directory!r} is not an "
+                         "absolute path")
+    write_private_json(_path(state_dir, job_id), asdict(app))
+    return app
+
+
+def load(state_dir: str, job_id: str) -> AppDir | None:
+    try:
+        return AppDir(**json.loads(_path(state_dir, job_id).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def registered(state_dir: str) -> list[str]:
+    """Job ids with a registered directory."""
+    try:
+        return sorted(p.stem for p in Path(state_dir, SUBDIR).glob("*.json"))
+    except OSError:
+        return []
+
+
+def checked(app: AppDir) -> str | None:
+    """The directory, if it is a real directory of the job's user (else None)."""
+    try:
+        st = os.lstat(app.directory)
+    except OSError:
+        return None
+    return app.directory if stat.S_ISDIR(st.st_mode) and st.st_uid == app.uid else None
+
+
+def newest(app: AppDir) -> store.Generation | None:
+    """The program's newest complete generation."""
+    path = checked(app)
+    return store.latest(path) if path else None
+
+
+def _as_user(app: AppDir, argv: list[str]) -> None:
+    _proc.run(["setpriv", f"--reuid={app.uid}", f"--regid={app.gid}", "--clear-groups",
+               *argv], timeout=120)
+
+
+def request(app: AppDir) -> bool:
+    """Ask the program for a generation (it saves at its next `maybe_save`); False when its
+    directory is not there (yet)."""
+    if checked(app) is None:
+        return False
+    _as_user(app, [sys.executable, "-c", "import sys; from hpcmig.ckpt import store; "
+                   "store.request(sys.argv[1])", app.directory])
+    return True
+
+
+def remove(state_dir: str, job_id: str) -> bool:
+    """The ended job's checkpoint directory (removed as its user; only one hpcmig.ckpt made)
+    and its record. True if a directory was removed."""
+    app = load(state_dir, job_id)
+    done = False
+    if app is not None and checked(app) and os.path.exists(
+            os.path.join(app.directory, store.INDEX)):
+        with contextlib.suppress(CommandError):
+            _as_user(app, ["rm", "-rf", "--one-file-system", "--", app.directory])
+            done = True
+    _path(state_dir, job_id).unlink(missing_ok=True)
+    return done
