@@ -169,9 +169,17 @@ def _engine(ref: ContainerRef) -> Iterator[None]:
 # -- queries ----------------------------------------------------------------------------------
 @operation("ckpt.refuse_reasons", "job")
 def refuse_reasons(call: Call, job_id: str, ref: dict[str, Any]) -> list[str]:
+    """Why the container cannot be dumped, asked before anything is touched: its runtime
+    (only `ns` moves), what CRIU cannot dump."""
     r = _ref(ref)
-    pid = _init(_agent(call), r)
-    return [f"{r.name} is not on {_agent(call).node}"] if pid is None else criu.refuse_reasons(pid)
+    agent = _agent(call)
+    rec = agent.load(str(job_id))
+    container = rec.containers.get(r.index) if rec is not None else None
+    if container is not None and container.runtime != NsRuntime.name:
+        return [f"containers of the {container.runtime} runtime cannot move or be "
+                "checkpointed yet (only the ns runtime's, with or without a .sif image)"]
+    pid = _init(agent, r)
+    return [f"{r.name} is not on {agent.node}"] if pid is None else criu.refuse_reasons(pid)
 
 
 @operation("ckpt.state", "job")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hpcmig.controller.drain import DRAIN
 from hpcmig.controller.journal import Journal
 from hpcmig.controller.migration import KIND as MIGRATE
 from hpcmig.controller.migration import MigrationSpec
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 # Slurm states in which a job's processes still exist (stopped): its operations wait.
 HELD = ("SUSPENDED", "STOPPED")
-DRAIN = "drain"
 
 
 def recover_ops(svc: Service, job_id: str | None = None, dry_run: bool = False

@@ -49,6 +49,12 @@ FORWARD = ("check", "images", "lock", "dump", "transfer", "verify", "target_net"
 TRANSPORTS = ("shared", "stream")
 
 
+def check_transport(transport: str) -> None:
+    if transport not in TRANSPORTS:
+        raise UsageError(f"unknown image transport {transport!r}",
+                         hint=f"choose one of {', '.join(TRANSPORTS)}")
+
+
 def _at(name: str) -> int:
     return FORWARD.index(name)
 

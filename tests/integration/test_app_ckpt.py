@@ -1,7 +1,8 @@
 """Issue 11 acceptance on the real testbed: a node dies under a job that checkpoints itself
 (application level, `engine=app,ckpt=10`), and the job comes back by itself.
 
-jobs/app_ckpt_heat.py (mpi4py, hpcmig.ckpt) runs on 4 ranks in two containers. Its `hpcmig
+The worked example (jobs/app_ckpt_heat.sh and .py: mpi4py, hpcmig.ckpt; its interval made
+10 s, its steps fewer) runs on 4 ranks in two containers. Its `hpcmig
 run` registers the program's checkpoint directory with hpcmigd, which asks the program for a
 generation every 10 s (the program saves at its next `maybe_save`). Once two generations
 exist, `testbed fail NODE --crash` SIGKILLs everything of the job's second node. With no
@@ -44,14 +45,14 @@ def app_generations(directory: Path) -> list[dict]:
 
 def test_a_crashed_node_restarts_an_app_checkpointed_job_from_its_last_generation(
         testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str]) -> None:  # noqa: F811
-    heat = job_dir / "app_ckpt_heat.py"
-    shutil.copy(HEAT, heat)
-    (job_dir / "job.sh").write_text("\n".join([
-        "#!/bin/bash", "#SBATCH --job-name=app-node-loss", "#SBATCH --nodes=2",
-        "#SBATCH --ntasks=4", f"#SBATCH --comment=hpcmig:engine=app,ckpt={INTERVAL}",
-        "#SBATCH --open-mode=append",
-        f"{Path(sys.executable).parent / 'hpcmig'} run -n 4 -- {sys.executable} {heat} "
-        f"--cells 65536 --steps {STEPS} --every 50 --sleep 0.002", ""]))
+    # the worked example as it is, with a 10 s interval and fewer steps
+    shutil.copy(HEAT, job_dir / HEAT.name)
+    script = (HEAT.with_suffix(".sh")).read_text()
+    assert "ckpt=30" in script and "--steps 20000" in script
+    script = script.replace("ckpt=30", f"ckpt={INTERVAL}").replace(
+        "--steps 20000", f"--steps {STEPS}").replace("/opt/hpcmig/venv/bin/python",
+                                                     sys.executable)
+    (job_dir / "job.sh").write_text(script)
     out = job_dir / "job.out"
     job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=testbed.user,
                           cwd=str(job_dir))
