@@ -4,7 +4,7 @@ Design note: hpcmig's DMTCP driver (hpcmig.checkpoint.dmtcp: a coordinator per j
 launcher wrapped in dmtcp_launch, generations published atomically) runs the same MPICH ring
 with the same arguments and rank count as the CRIU side, but on the host over loopback, not in
 containers across testbed nodes: `hpcmig run` does not launch under DMTCP yet. Kinds:
-- `plain`: mpiexec alone (the baseline of this side);
+- `plain`: mpiexec alone, with the MPI settings DMTCP needs (the baseline of this side);
 - `launched`: under dmtcp_launch, no checkpoint (what DMTCP's interposition costs);
 - `periodic`: under dmtcp_launch, a checkpoint every INTERVAL s while it runs;
 - `restart`: a checkpoint, the job SIGKILLed, dmtcp_restart on a new coordinator: seconds
@@ -32,7 +32,9 @@ class DmtcpSide:
                  elements: int, rounds: int) -> None:
         self.tools, self.work = tools, work
         self.cmd = [flavour("mpich").mpiexec, "-n", str(RANKS), binary, *ring_args]
-        self.env = {**os.environ, **flavour("mpich").environment("lo")}
+        # the settings DMTCP needs (UCX over TCP, ...) in every kind, so `plain` differs
+        # from `launched` by DMTCP alone
+        self.env = {**os.environ, **flavour("mpich").environment("lo"), **dmtcp.MPI_ENV["mpich"]}
         self.elements, self.rounds = elements, rounds
 
     def _dir(self, name: str) -> Path:

@@ -109,7 +109,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--interval", type=int, default=10, help="seconds between checkpoints")
     p.add_argument("--elements", type=int, default=262144)
-    p.add_argument("--rounds", type=int, default=3000)
+    p.add_argument("--rounds", type=int, default=2000)
     p.add_argument("--memory-mb", type=int, default=64, help="ballast per rank")
     p.add_argument("--mtbf-hours", type=float, default=720.0, help="node MTBF (hpcmig.toml "
                    "node_mtbf_hours)")
