@@ -108,6 +108,18 @@ if [ $fresh = 1 ] || [ ! -e "$rootfs/etc/debian_version" ]; then
   rm -rf "$rootfs" && mkdir -p "$rootfs" && tar -C "$rootfs" -xf "$base"
 fi
 printf 'nameserver 10.0.2.3\n' >"$rootfs/etc/resolv.conf"  # slirp4netns's DNS forwarder
+# This machine's own certificate authorities (a TLS-inspecting proxy's, for pip): the local
+# ones go where Debian's ca-certificates picks them up; until that package is installed, the
+# machine's bundle stands in.
+if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+  mkdir -p "$rootfs/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
+  if [ -x "$rootfs/usr/sbin/update-ca-certificates" ]; then
+    chroot "$rootfs" /usr/sbin/update-ca-certificates >/dev/null 2>&1 || log "warning: update-ca-certificates failed"
+  elif [ -s /etc/ssl/certs/ca-certificates.crt ]; then
+    mkdir -p "$rootfs/etc/ssl/certs" && cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
+  fi
+fi
 
 # 2. a clean clone of this checkout's HEAD
 rm -rf "$rootfs/work/hpcmig" && mkdir -p "$rootfs/work"
