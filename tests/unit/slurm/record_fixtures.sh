@@ -20,9 +20,16 @@ wait_state() {
   for _ in $(seq 1 120); do [ "$(state "$1")" = "$2" ] && return; sleep 0.5; done
   echo "record_fixtures: job $1 is $(state "$1"), not $2" >&2; exit 1
 }
-record() {  # NAME: every shape hpcmig reads, into OUTDIR
+# scontrol's JSON (Slurm 23.02 and later; 22.05 has none)
+scontrol_json=0; scontrol show config --json >/dev/null 2>&1 && scontrol_json=1
+nodes() {  # SUFFIX: every shape of the node list hpcmig reads
   sinfo --json >"$out/sinfo${1}_$v.json"
   scontrol show node -o >"$out/scontrol_show_node${1}_$v.txt"
+  [ $scontrol_json = 0 ] || scontrol show node --json >"$out/scontrol_show_node${1}_$v.json"
+}
+jobs() {  # SUFFIX: every shape of the job list hpcmig reads
+  squeue --json >"$out/squeue${1}_$v.json"
+  [ $scontrol_json = 0 ] || scontrol show job --json >"$out/scontrol_show_job${1}_$v.json"
 }
 
 done_job=$(cd "$home" && sbatch --parsable -J hostname -N3 --wrap hostname)
@@ -32,16 +39,16 @@ ring=$(as_user sbatch --parsable -J ringjob -N2 --exclude=node3 --wrap 'sleep 60
 wait_state "$ring" RUNNING
 waiting=$(as_user sbatch --parsable -J waiting -N3 --wrap true)
 sleep 2  # the scheduler gives the pending job its reason
-record ""
-squeue --json >"$out/squeue_$v.json"
+nodes ""
+jobs ""
 scontrol show job -o >"$out/scontrol_show_job_$v.txt"
 sinfo -N -h -o '%N|%T|%E|%c' >"$out/sinfo_text_$v.txt"
 scontrol show config >"$out/scontrol_show_config_$v.txt"
 scontrol update NodeName=node1 State=DRAIN Reason="hpcmig: evacuating"
-record _draining
+nodes _draining
 scontrol requeue "$ring"
 wait_state "$ring" PENDING
-squeue --json >"$out/squeue_requeued_$v.json"
+jobs _requeued
 scancel "$ring" "$waiting"
 scontrol update NodeName=node1,node3 State=RESUME
 ls -l "$out"
