@@ -55,8 +55,10 @@ if [ "${1:-}" = __inside ]; then
   cd "$rootfs"
   pivot_root . .oldroot
   # PID 1 stays a shell that reaps orphans (daemons the tests leave behind) until CMD ends.
-  exec chroot . /bin/bash -c 'umount -l /.oldroot && rmdir /.oldroot
-    export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+  # A fresh machine's environment: nothing of this machine's (PIP_*, proxies) but HPCMIG_*.
+  keep=(); for v in $(compgen -e); do case $v in HPCMIG_*|TERM) keep+=("$v=${!v}") ;; esac; done
+  exec env -i "${keep[@]}" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/root LANG=C.UTF-8 chroot . /bin/bash -c 'umount -l /.oldroot && rmdir /.oldroot
     cd /work/hpcmig
     "$@" & child=$!
     while kill -0 $child 2>/dev/null; do wait $child; rc=$?; done
@@ -94,10 +96,7 @@ if [ ! -s "$base" ]; then
   t0=$SECONDS
   debootstrap --variant=minbase "$suite" "$dir/base.new" "$mirror" >"$dir/logs/debootstrap.log" 2>&1 \
     || { tail -n 20 "$dir/logs/debootstrap.log" >&2; die "debootstrap failed (log: $dir/logs/debootstrap.log)"; }
-  # what a Debian install ships: deb822 sources, a host name that resolves
-  rm -f "$dir/base.new/etc/apt/sources.list"
-  printf 'Types: deb\nURIs: %s\nSuites: %s %s-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-    "$mirror" "$suite" "$suite" >"$dir/base.new/etc/apt/sources.list.d/debian.sources"
+  # what a Debian install ships: a host name that resolves (sources: below)
   echo "hpcmig-$suite" >"$dir/base.new/etc/hostname"
   printf '127.0.0.1\tlocalhost\n127.0.1.1\thpcmig-%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
     "$suite" >"$dir/base.new/etc/hosts"
@@ -108,6 +107,18 @@ if [ $fresh = 1 ] || [ ! -e "$rootfs/etc/debian_version" ]; then
   rm -rf "$rootfs" && mkdir -p "$rootfs" && tar -C "$rootfs" -xf "$base"
 fi
 printf 'nameserver 10.0.2.3\n' >"$rootfs/etc/resolv.conf"  # slirp4netns's DNS forwarder
+# deb822 sources as a Debian install writes them (debootstrap leaves a one-line sources.list)
+rm -f "$rootfs/etc/apt/sources.list"
+case $suite in
+  sid|unstable)
+    suites=$suite
+    # unstable's Release is valid for a week only; a mirror snapshot (or a clock ahead of it)
+    # makes apt refuse it as expired
+    echo 'Acquire::Check-Valid-Until "false";' >"$rootfs/etc/apt/apt.conf.d/99hpcmig-distro-test" ;;
+  *) suites="$suite $suite-updates" ;;
+esac
+printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+  "$mirror" "$suites" >"$rootfs/etc/apt/sources.list.d/debian.sources"
 # This machine's own certificate authorities (a TLS-inspecting proxy's, for pip): the local
 # ones go where Debian's ca-certificates picks them up; until that package is installed, the
 # machine's bundle stands in.
