@@ -28,10 +28,10 @@ die() { printf 'distro-test: error: %s\n' "$*" >&2; exit 1; }
 if [ "${1:-}" = __inside ]; then
   shift
   rootfs=$1 ready=$2; shift 2
-  # wait for slirp4netns to configure tap0 (the parent starts it once we exist)
+  # wait for slirp4netns to configure eth0 (the parent starts it once we exist)
   ip link set lo up
-  for _ in $(seq 1 100); do ip -o -4 addr show tap0 2>/dev/null | grep -q inet && break; sleep 0.1; done
-  ip -o -4 addr show tap0 | grep -q inet || { echo "distro-test: no network (tap0)" >&2; exit 1; }
+  for _ in $(seq 1 100); do ip -o -4 addr show eth0 2>/dev/null | grep -q inet && break; sleep 0.1; done
+  ip -o -4 addr show eth0 | grep -q inet || { echo "distro-test: no network (eth0)" >&2; exit 1; }
   mount --bind "$rootfs" "$rootfs"
   mount -t proc proc "$rootfs/proc"
   mount -t sysfs sysfs "$rootfs/sys"            # this network namespace's view of /sys/class/net
@@ -179,7 +179,10 @@ for _ in $(seq 1 50); do
   [ "$(readlink /proc/$ns_pid/ns/net 2>/dev/null)" != "$(readlink /proc/self/ns/net)" ] && break
   sleep 0.1
 done
-slirp4netns --configure --mtu=65520 --disable-host-loopback "$ns_pid" tap0 >"$dir/logs/slirp-$stamp.log" 2>&1 &
+# The device is eth0, as on an ordinary machine: the testbed's nodes and containers see this
+# namespace's /sys, and UCX (MPICH) picks its TCP device (UCX_NET_DEVICES=eth0) from
+# /sys/class/net before it opens it in the container's own network namespace.
+slirp4netns --configure --mtu=65520 --disable-host-loopback "$ns_pid" eth0 >"$dir/logs/slirp-$stamp.log" 2>&1 &
 slirp_pid=$!
 rc=0
 wait "$ns_pid" || rc=$?
