@@ -65,7 +65,8 @@ if [ "${1:-}" = __inside ]; then
     exit $rc' distro-pid1 "$@"
 fi
 
-# -- outside ---------------------------------------------------------------------------------
+# -- outside (one function: bash reads it whole, so editing this file mid-run is harmless) ---
+main() {
 suite=trixie fresh=0 mode=test cmd=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -190,8 +191,10 @@ ns_pid=''
 sleep 0.5  # let tee write the last lines
 secs=$(( $(date +%s) - t0 ))
 if [ $mode = test ]; then
-  summary=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$logfile" | tail -n 1 || true)
+  summary=$(grep -a -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$logfile" | tail -n 1 || true)
   log "exit $rc after ${secs} s; pytest: ${summary:-no summary (see the log)}"
   log "log: $logfile"
 fi
-exit $rc
+return $rc
+}
+main "$@"
