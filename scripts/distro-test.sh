@@ -156,8 +156,9 @@ ready=$(mktemp -u "/tmp/hpcmig-distro-ready.XXXXXX")
 ns_pid='' slirp_pid=''
 cleanup() {
   [ -n "$slirp_pid" ] && kill "$slirp_pid" 2>/dev/null || true
-  # --kill-child: unshare's child (PID 1 of the namespace) and so every process inside die too
-  [ -n "$ns_pid" ] && kill "$ns_pid" 2>/dev/null || true
+  # unshare ignores SIGTERM while it waits; SIGKILL it, and --kill-child takes its child
+  # (PID 1 of the namespace) and so every process inside with it
+  [ -n "$ns_pid" ] && kill -KILL "$ns_pid" 2>/dev/null || true
   [ -n "$ns_pid" ] && wait "$ns_pid" 2>/dev/null || true
   [ -n "$slirp_pid" ] && wait "$slirp_pid" 2>/dev/null || true
   rm -f "$ready"
