@@ -73,7 +73,6 @@ FLAVOURS: dict[str, Flavour] = {
             "OMPI_MCA_btl": "self,tcp",
             "OMPI_MCA_btl_tcp_if_include": "{if}",
             "OMPI_MCA_oob_tcp_if_include": "{if}",
-            "PRTE_MCA_oob_tcp_if_include": "{if}",  # Open MPI 5: the daemons' wire-up
             "OMPI_MCA_pml": "ob1",
             "PMIX_MCA_gds": "hash",
             # mpirun binds each node's first rank to core 0; testbed "nodes" share the cores
