@@ -10,14 +10,20 @@ from hpcmig.errors import SlurmError
 from hpcmig.slurm import parse
 
 FIX = Path(__file__).parent / "fixtures"
-VERSIONS = ["22.05", "24.11"]
+# every Slurm version recorded (record_fixtures.sh names the files `<what>_<version>.<ext>`)
+VERSIONS = sorted(p.stem.split("_")[-1] for p in FIX.glob("scontrol_show_node_[0-9]*.txt"))
+# the JSON generation each speaks, known from the recording (not from parse.py)
+GENERATION = {"22.05": parse.LEGACY}  # later versions: scontrol show node|job --json
 
-# what the adapter reads as JSON in each version (adapter.Slurm._json_argv)
+# what the adapter reads as JSON in each generation (adapter.Slurm._json_argv)
 JSON = {
-    "22.05": {"generation": parse.LEGACY, "nodes": "sinfo", "jobs": "squeue"},
-    "24.11": {"generation": parse.SCONTROL, "nodes": "scontrol_show_node",
-              "jobs": "scontrol_show_job"},
+    parse.LEGACY: {"nodes": "sinfo", "jobs": "squeue"},
+    parse.SCONTROL: {"nodes": "scontrol_show_node", "jobs": "scontrol_show_job"},
 }
+
+
+def generation(version: str) -> str:
+    return GENERATION.get(version, parse.SCONTROL)
 
 
 def read(name: str) -> str:
@@ -25,11 +31,13 @@ def read(name: str) -> str:
 
 
 def json_nodes(version: str, suffix: str = "") -> list[parse.NodeInfo]:
-    return parse.nodes_from_json(read(f"{JSON[version]['nodes']}{suffix}_{version}.json"))
+    what = JSON[generation(version)]["nodes"]
+    return parse.nodes_from_json(read(f"{what}{suffix}_{version}.json"))
 
 
 def json_jobs(version: str, suffix: str = "") -> list[parse.JobInfo]:
-    return parse.jobs_from_json(read(f"{JSON[version]['jobs']}{suffix}_{version}.json"))
+    what = JSON[generation(version)]["jobs"]
+    return parse.jobs_from_json(read(f"{what}{suffix}_{version}.json"))
 
 
 def by_name(jobs: list[parse.JobInfo]) -> dict[str, parse.JobInfo]:
@@ -38,12 +46,17 @@ def by_name(jobs: list[parse.JobInfo]) -> dict[str, parse.JobInfo]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_sinfo_json_tells_the_generation(version: str) -> None:
-    assert parse.json_generation(read(f"sinfo_{version}.json")) == JSON[version]["generation"]
+    assert parse.json_generation(read(f"sinfo_{version}.json")) == generation(version)
 
 
-def test_sinfo_json_of_node_groups_is_not_taken_for_nodes() -> None:
+def test_versions_recorded() -> None:
+    assert {"22.05", "24.11"} <= set(VERSIONS)
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if generation(v) == parse.SCONTROL])
+def test_sinfo_json_of_node_groups_is_not_taken_for_nodes(version: str) -> None:
     with pytest.raises(SlurmError, match="scontrol show node --json"):
-        parse.nodes_from_json(read("sinfo_24.11.json"))
+        parse.nodes_from_json(read(f"sinfo_{version}.json"))
 
 
 @pytest.mark.parametrize("version", VERSIONS)
