@@ -2,12 +2,16 @@
 
 Debian ships Open MPI (PMIx, `srun --mpi=pmix`) and MPICH (ch4:ucx, PMI via `srun --mpi=pmi2`).
 mpi4py's wheel carries a module for each ABI and picks one from `MPI4PY_LIBMPI`. Transports
-are TCP on the node's (or container's) eth0: the settings PLATFORM.md verified. Pure data.
+are TCP on the node's (or container's) eth0: the settings PLATFORM.md verified. Debian 12 has
+Open MPI 4.1 (ORTE: OMPI_MCA_* for everything), Debian 13 Open MPI 5.0, whose mpirun is
+PRRTE's (its own PRTE_MCA_* names; `openmpi_on_prrte` tells them apart). Pure data, and one
+look at PATH.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sysconfig
 from dataclasses import dataclass, field
 
@@ -91,6 +95,12 @@ FLAVOURS: dict[str, Flavour] = {
         preload="lib/libhpcmig-ucx-finalize.so",
     ),
 }
+
+
+def openmpi_on_prrte() -> bool:
+    """Open MPI 5 (launcher options differ, mpi_launch.openmpi_rsh_options): its mpirun is
+    PRRTE's, installed as `prterun` beside it."""
+    return shutil.which("prterun") is not None
 
 
 def preloads() -> list[str]:

@@ -2,8 +2,9 @@
 
 Design note: pure functions. MPICH's Hydra and Open MPI's mpirun both run in container 0 and
 start their daemons in the other containers through `hpcmig-rsh` (Hydra: `-launcher rsh
--launcher-exec`; Open MPI: `plm_rsh_agent`), so every MPI process and connection lives in the
-virtual cluster. Ranks go to containers in blocks (rank r on container r // ppn) unless a
+-launcher-exec`; Open MPI 4 (ORTE): `--mca plm_rsh_agent`; Open MPI 5, whose mpirun is PRRTE's:
+`--prtemca plm_ssh_agent`), so every MPI process and connection lives in the virtual cluster.
+Ranks go to containers in blocks (rank r on container r // ppn) unless a
 per-rank placement is given; the hostfile lists container addresses in that order. Slurm's
 variables are removed from the launcher's environment: inside the containers MPI must not
 believe it runs under Slurm (it would try srun/PMI from the batch step).
@@ -58,8 +59,22 @@ def launch_env(environ: Mapping[str, str], flavour_env: Mapping[str, str]) -> di
     return env
 
 
+def openmpi_rsh_options(rsh: str, prrte: bool) -> list[str]:
+    """Open MPI's options that start one daemon per container through `rsh`, no tree spawn.
+
+    Open MPI 5 launches with PRRTE, whose rsh launcher is the `ssh` component, and binds by
+    its own defaults (OMPI_MCA_hwloc_base_binding_policy is ORTE's): `--bind-to none`."""
+    if prrte:
+        return ["--prtemca", "plm", "ssh", "--prtemca", "plm_ssh_agent", rsh,
+                "--prtemca", "plm_ssh_no_tree_spawn", "1", "--bind-to", "none"]
+    return ["--mca", "plm", "rsh", "--mca", "plm_rsh_agent", rsh,
+            "--mca", "plm_rsh_no_tree_spawn", "1"]
+
+
 def launcher_argv(flavour: Flavour, *, rsh: str, hostfile_path: str, n: int,
-                  env_names: Sequence[str], program: Sequence[str]) -> list[str]:
+                  env_names: Sequence[str], program: Sequence[str],
+                  prrte: bool = False) -> list[str]:
+    """The launcher's command line; `prrte`: Open MPI 5 (`mpi.openmpi_on_prrte()`)."""
     if not program:
         raise UsageError("nothing to run", hint="hpcmig run -n 6 -- python3 app.py")
     if flavour.name == "mpich":
@@ -68,6 +83,5 @@ def launcher_argv(flavour: Flavour, *, rsh: str, hostfile_path: str, n: int,
     forwarded: list[str] = []
     for name in sorted(env_names):
         forwarded += ["-x", name]
-    return [flavour.mpiexec, "--mca", "plm", "rsh", "--mca", "plm_rsh_agent", rsh,
-            "--mca", "plm_rsh_no_tree_spawn", "1", "--hostfile", hostfile_path,
+    return [flavour.mpiexec, *openmpi_rsh_options(rsh, prrte), "--hostfile", hostfile_path,
             "-np", str(n), *forwarded, *program]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# hpcmig bootstrap: everything a fresh Debian 12 machine needs, then one action.
+# hpcmig bootstrap: everything a fresh Debian 12 (bookworm) or 13 (trixie) machine needs, then
+# one action.
 #
 #   bash scripts/bootstrap.sh demo     install, then `hpcmig demo` on the built-in testbed
 #   bash scripts/bootstrap.sh test     install, then the whole test suite (unit + integration)
@@ -16,7 +17,12 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (it installs OS packages and builds a Slurm testbed); try: sudo bash $0 ${1:-install}"
-[ -r /etc/debian_version ] || die "this script supports Debian 12 (bookworm) only"
+[ -r /etc/debian_version ] || die "this script supports Debian 12 (bookworm) and 13 (trixie) only"
+DEBIAN_VERSION=$(. /etc/os-release 2>/dev/null && echo "${VERSION_ID:-}")
+case "$DEBIAN_VERSION" in
+  12|13) ;;
+  *) log "warning: tested on Debian 12 and 13, this is Debian '${DEBIAN_VERSION:-testing/unstable}'" ;;
+esac
 
 OS_PACKAGES=(
   # Slurm, MUNGE, MPI
@@ -66,11 +72,12 @@ criu_ok() {
 
 install_criu() {
   if criu_ok; then log "CRIU $(criu --version | sed -n 's/^Version: *//p') works"; return; fi
-  # Debian 12's criu 3.17 fails on recent kernels (vDSO); build the 4.x upstream tarball that
-  # Debian ships for trixie. The deb-src entry is derived from this machine's own mirror.
+  # Debian 12's criu 3.17 fails on recent kernels (vDSO), Debian 13's 4.1.1 on Linux >= 6.16
+  # (SO_PASSCRED); build the 4.x upstream tarball that Debian ships for trixie with our patches.
+  # The deb-src entry is derived from this machine's own mirror.
   local src=$PREFIX/src list=/etc/apt/sources.list.d/hpcmig-criu-src.sources uri
   uri=$(sed -n 's/^URIs: *\(.*debian\/*\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
-  [ -n "$uri" ] || uri=$(sed -n 's/^deb \(http[^ ]*\) bookworm .*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n1)
+  [ -n "$uri" ] || uri=$(sed -n 's/^deb \(http[^ ]*debian\/*\) [a-z]* .*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n1)
   [ -n "$uri" ] || die "cannot find the Debian mirror in /etc/apt/sources.list.d/debian.sources"
   log "building CRIU 4.x from Debian trixie's source package (mirror $uri)"
   printf 'Types: deb-src\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" >$list

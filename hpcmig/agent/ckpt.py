@@ -26,6 +26,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from hpcmig import _proc, _procfs
+from hpcmig.agent import _nodetmp
 from hpcmig.agent.node import JobRecord, NodeAgent, netns_name
 from hpcmig.agent.server import Call, operation
 from hpcmig.checkpoint import _tree, criu, images, stream
@@ -320,6 +321,7 @@ def dump(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
 
     def extra(d: str) -> None:  # the processes are still frozen: a consistent copy
         runtime.save_writable(container, os.path.join(d, WRITABLE))
+        _nodetmp.save(container.init_pid, d)
         if os.path.isdir(tmp):
             _proc.run(["tar", "-C", tmp, "-cpf", os.path.join(d, TMP), "--numeric-owner",
                        "."], timeout=600)
@@ -357,6 +359,7 @@ def restore(call: Call, job_id: str, ref: dict[str, Any], image_dir: str) -> int
     archive = os.path.join(image_dir, WRITABLE)
     with _engine(r):
         _put_back_tmp(agent, str(job_id), r.index, image_dir)
+        _nodetmp.put_back(image_dir)
         _runtime(old).prepare_restore(spec, archive if os.path.exists(archive) else None)
         try:
             container = criu.restore_container(image_dir, netns_path=net.netns_path)

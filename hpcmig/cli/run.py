@@ -158,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         env["HPCMIG_MUNGE_SOCKET"] = munge
     argv = mpi_launch.launcher_argv(
         flavour, rsh=rsh, hostfile_path=str(hostfile), n=n,
-        env_names=[k for k in env if k not in ("HOME", "USER", "LOGNAME")], program=program)
+        env_names=[k for k in env if k not in ("HOME", "USER", "LOGNAME")], program=program,
+        prrte=flavour.name == "openmpi" and mpi.openmpi_on_prrte())
     out, err = _regular_file(1), _regular_file(2)
     common: dict[str, Any] = {"env": env, "cwd": os.getcwd(), "munge_socket": munge}
     print(f"hpcmig run: {n} rank(s) of {flavour.name} in {len(members)} container(s) "

@@ -3,10 +3,11 @@
 Design note: this module owns one recipe, `build_test_image(dest)`, used by the tests, the
 acceptance tests and the demo (Apptainer cannot be installed here, so it assembles the SIF
 itself with Debian's `mksquashfs` and `siftool`). The root is made from this machine's own
-packages, not downloaded: the files of a short list of Debian packages (`dpkg -L`: Python
-3.11, MPICH, Open MPI, PMIx, UCX, hwloc, libmunge, dash, coreutils), every shared library
-they link (`ldd`), and numpy + mpi4py copied from hpcmig's venv into
-/usr/local/lib/python3.11/dist-packages, where the image's own `python3` finds them. It gets
+packages, not downloaded: the files of a short list of Debian packages (`dpkg -L`: the
+Python hpcmig runs on, MPICH, Open MPI, PMIx, UCX, hwloc, libmunge, dash, coreutils; where
+Debian 12 and 13 name a library package differently, whichever is installed), every shared
+library they link (`ldd`), and numpy + mpi4py copied from hpcmig's venv into
+/usr/local/lib/python3.X/dist-packages, where the image's own `python3` finds them. It gets
 its own /etc/os-release (ID=hpcmig-test), its own /etc/passwd, and the MPICH shim
 /opt/hpcmig/lib/mpich/libmpi.so.12, so `hpcmig.mpi.flavour(...).environment()` is valid
 inside it too.
@@ -36,16 +37,20 @@ from hpcmig.errors import MissingDependency
 RECIPE_VERSION = "1"
 CACHE_DIR = "/var/cache/hpcmig/images"
 OS_RELEASE_ID = "hpcmig-test"
+PY_VERSION = sysconfig.get_python_version()  # Debian's python3 the venv was made from
 PACKAGES = (
     "libc6", "dash", "coreutils", "hostname", "grep", "sed",
-    "python3-minimal", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
-    "mpich", "libmpich12", "openmpi-bin", "openmpi-common", "libopenmpi3",
-    "libpmix2", "libucx0", "libhwloc15", "libhwloc-plugins", "libfabric1", "libmunge2",
+    "python3-minimal", f"python{PY_VERSION}-minimal", f"libpython{PY_VERSION}-minimal",
+    f"libpython{PY_VERSION}-stdlib",
+    "mpich", "libmpich12", "openmpi-bin", "openmpi-common",
+    "libucx0", "libhwloc15", "libhwloc-plugins", "libfabric1", "libmunge2",
 )
+# one of each, whichever is installed: Debian 12's name, Debian 13's
+ALTERNATIVES = (("libopenmpi3", "libopenmpi40"), ("libpmix2", "libpmix2t64"))
 SKIP_PREFIXES = ("/usr/share/doc", "/usr/share/man", "/usr/share/info", "/usr/share/locale",
                  "/usr/share/lintian", "/usr/share/bug", "/usr/lib/x86_64-linux-gnu/gconv")
 PY_PACKAGES = ("numpy", "numpy.libs", "mpi4py")  # copied from hpcmig's venv
-PY_DEST = "usr/local/lib/python3.11/dist-packages"
+PY_DEST = f"usr/local/lib/python{PY_VERSION}/dist-packages"
 SYSTEM_LIB_DIRS = ("/usr/lib", "/lib", "/usr/lib64", "/lib64")
 TOOLS = ("dpkg-query", "ldd", "tar", "mksquashfs", "siftool", "ldconfig")
 BUILD_TIMEOUT = 600.0
@@ -78,6 +83,27 @@ def _norm(path: str) -> str:
 
 def _keep(path: str) -> bool:
     return not path.startswith(SKIP_PREFIXES)
+
+
+def installed(names: Iterable[str]) -> set[str]:
+    """Which of these Debian packages are installed."""
+    out = _proc.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package}\\n", *names],
+                    timeout=60, check=False).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.startswith("ii ")}
+
+
+def packages() -> tuple[str, ...]:
+    """PACKAGES plus the installed one of each of ALTERNATIVES."""
+    have = installed(name for group in ALTERNATIVES for name in group)
+    chosen = []
+    for group in ALTERNATIVES:
+        found = [name for name in group if name in have]
+        if not found:
+            raise MissingDependency(f"the test image needs one of {', '.join(group)}",
+                                    hint="install it (as root) with: bash scripts/bootstrap.sh "
+                                         "install")
+        chosen.append(found[0])
+    return (*PACKAGES, *chosen)
 
 
 def package_files(packages: Iterable[str]) -> set[str]:
@@ -160,10 +186,11 @@ def _walk(top: Path) -> Iterator[Path]:
             yield Path(root) / name
 
 
-def recipe_digest(system_files: Iterable[str], py_tops: Iterable[Path]) -> str:
-    """sha256 over the recipe and every input's path, size and mtime."""
+def recipe_digest(system_files: Iterable[str], py_tops: Iterable[Path],
+                  names: Iterable[str] = PACKAGES) -> str:
+    """sha256 over the recipe (the package names too) and every input's path, size, mtime."""
     h = hashlib.sha256()
-    h.update(f"{RECIPE_VERSION}\n{PACKAGES}\n{sorted(ETC_FILES.items())}\n".encode())
+    h.update(f"{RECIPE_VERSION}\n{tuple(names)}\n{sorted(ETC_FILES.items())}\n".encode())
     paths = sorted(system_files)
     for top in py_tops:
         paths += [str(p) for p in _walk(top)]
@@ -209,13 +236,13 @@ def _stage(root: Path, system_files: list[str], py_tops: list[Path], site: Path)
     _proc.run(["ldconfig", "-r", str(root)], timeout=120)
 
 
-def _assemble(root: Path, sif: Path, work: Path) -> None:
+def _assemble(root: Path, sif: Path, work: Path, names: Iterable[str]) -> None:
     squash = work / "rootfs.squashfs"
     _proc.run(["mksquashfs", str(root), str(squash), "-noappend", "-quiet", "-no-progress",
                "-comp", "lz4", "-no-xattrs"], timeout=BUILD_TIMEOUT)
     deffile = work / "hpcmig-test.def"
     deffile.write_text("Bootstrap: scratch\n# built by hpcmig.runtime.sifbuild from this "
-                       f"machine's Debian packages: {' '.join(PACKAGES)}\n")
+                       f"machine's Debian packages: {' '.join(names)}\n")
     _proc.run(["siftool", "new", str(sif)])
     _proc.run(["siftool", "add", str(sif), str(deffile), "--datatype", "1"])
     _proc.run(["siftool", "add", str(sif), str(squash), "--datatype", "4", "--parttype", "2",
@@ -241,9 +268,10 @@ def build_test_image(dest: str | Path | None = None, *, cache_dir: str | Path = 
                                     hint="apt-get install squashfs-tools siftool dpkg libc-bin")
     site = _site_packages()
     py_tops = _py_sources(site)
-    system = package_files(PACKAGES)
+    names = packages()
+    system = package_files(names)
     system |= linked_libraries(system | {str(p) for t in py_tops for p in _walk(t)})
-    digest = recipe_digest(system, py_tops)
+    digest = recipe_digest(system, py_tops, names)
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     image = cache / f"hpcmig-test-{digest[:16]}.sif"
@@ -255,7 +283,7 @@ def build_test_image(dest: str | Path | None = None, *, cache_dir: str | Path = 
                 root.mkdir()
                 _stage(root, sorted(system), py_tops, site)
                 tmp_sif = work / "image.sif"
-                _assemble(root, tmp_sif, work)
+                _assemble(root, tmp_sif, work, names)
                 os.chmod(tmp_sif, 0o644)
                 os.replace(tmp_sif, image)
             finally:

@@ -1,11 +1,14 @@
 """Talk to Slurm through its commands: read nodes and jobs, drain/resume, requeue, submit.
 
-JSON (`sinfo --json`, `squeue --json`) where the installed Slurm offers it, `scontrol show -o`
-text otherwise; the choice is made once per adapter. Every command goes through `_proc.run`,
+JSON where the installed Slurm offers it, `scontrol show -o` text otherwise; the choice is
+made once per adapter from `sinfo --json`: Slurm 22.05's lists nodes and its `squeue --json`
+every job, Slurm 24.11's lists node groups, so there nodes and jobs come from `scontrol show
+node|job --json` (parse.py knows both shapes). Every command goes through `_proc.run`,
 and a failure becomes the SlurmError that says whether Slurm is not configured, not reachable
 or refused, with what to check (`diagnose.py`); a missing command says what to install.
 Reason ownership rules live in `reasons.py`; parsing in `parse.py`. pyslurm is not used here:
-its releases match Slurm 25.11 only.
+its releases match Slurm 25.11 only, none of the Slurm versions Debian ships (22.05, 24.11,
+26.05); a pyslurm backend would be another reader of the same NodeInfo/JobInfo records.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Slurm:
     def __init__(self, use_json: bool | None = None, timeout: float = 30.0) -> None:
         self.timeout = timeout
         self._json = use_json
+        self._generation = parse.LEGACY  # which JSON commands, once _json is known True
 
     def _run(self, argv: Sequence[str], **kw: object) -> str:
         try:
@@ -48,13 +52,19 @@ class Slurm:
     def uses_json(self) -> bool:
         if self._json is None:
             try:
-                parse.nodes_from_json(self._run(["sinfo", "--json"]))
+                self._generation = parse.json_generation(self._run(["sinfo", "--json"]))
                 self._json = True
             except (SlurmNotConfigured, SlurmUnreachable):
                 raise  # says nothing about --json: ask again next time
             except SlurmError:
                 self._json = False
         return self._json
+
+    def _json_argv(self, what: str) -> list[str]:
+        """The command listing every node / job as JSON in this Slurm's generation."""
+        if self._generation == parse.SCONTROL:
+            return ["scontrol", "show", what, "--json"]
+        return ["sinfo", "--json"] if what == "node" else ["squeue", "--json"]
 
     # -- reading -----------------------------------------------------------------------------
     def config(self) -> dict[str, str]:
@@ -63,7 +73,7 @@ class Slurm:
 
     def jobs(self, user: str | None = None) -> list[JobInfo]:
         if self.uses_json:
-            jobs = parse.jobs_from_json(self._run(["squeue", "--json"]))
+            jobs = parse.jobs_from_json(self._run(self._json_argv("job")))
         else:
             jobs = parse.jobs_from_text(self._run(["scontrol", "show", "job", "-o"]))
         return [j for j in jobs if user is None or j.user == user]
@@ -76,7 +86,7 @@ class Slurm:
 
     def nodes(self) -> list[NodeInfo]:
         if self.uses_json:
-            nodes = parse.nodes_from_json(self._run(["sinfo", "--json"]))
+            nodes = parse.nodes_from_json(self._run(self._json_argv("node")))
         else:
             nodes = parse.nodes_from_text(self._run(["scontrol", "show", "node", "-o"]))
         return parse.with_jobs(nodes, self.jobs())

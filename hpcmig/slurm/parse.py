@@ -1,7 +1,19 @@
-"""Read what Slurm prints into typed records: JSON (`sinfo/squeue --json`) or parsable text
-(`scontrol show node|job -o`) for versions without JSON.
+"""Read what Slurm prints into typed records: JSON or parsable text (`scontrol show node|job
+-o`) for versions without JSON.
 
-Pure functions, unit-tested on outputs recorded from Slurm 22.05. No subprocess here.
+The JSON shapes differ by Slurm version, and this module is the one place that knows them:
+- Slurm 22.05 (data_parser v0.0.38): `sinfo --json` lists every node, `state` a lower-case
+  string beside `state_flags`; `squeue --json` lists every job the controller knows;
+- Slurm 24.11 (data_parser v0.0.42; the change came in between): `sinfo --json` lists groups
+  of nodes (`"sinfo": [...]`, no per-node CPU counts) and `squeue --json` only the jobs its
+  default filter keeps (no finished ones), so nodes and jobs come from `scontrol show
+  node|job --json` instead: per node / per job as before, every state a list of upper-case
+  words (`["IDLE", "DRAIN"]`), some numbers objects (`{"set": .., "infinite": .., "number":
+  ..}`).
+`json_generation` tells which; both shapes parse to the same records.
+
+Pure functions, unit-tested on outputs recorded from Slurm 22.05 and 24.11 (fixtures/ names the
+version). No subprocess here.
 """
 
 from __future__ import annotations
@@ -76,46 +88,81 @@ def _load(text: str, what: str) -> dict[str, Any]:
     return data
 
 
+LEGACY = "legacy"  # Slurm 22.05: sinfo/squeue --json list every node and job
+SCONTROL = "scontrol"  # Slurm 24.11: nodes and jobs from `scontrol show node|job --json`
+
+
+def json_generation(sinfo_json: str) -> str:
+    """Which JSON the installed Slurm speaks, from its `sinfo --json`: LEGACY or SCONTROL."""
+    data = _load(sinfo_json, "sinfo")
+    if "sinfo" in data:  # node groups (24.11)
+        return SCONTROL
+    if "nodes" in data:
+        return LEGACY
+    raise SlurmError("unexpected sinfo JSON: neither 'nodes' nor 'sinfo'")
+
+
+def _number(value: Any, default: int = 0) -> int:
+    """A plain number or data_parser's {"set", "infinite", "number"} (24.11)."""
+    if isinstance(value, dict):
+        return int(value.get("number", default)) if value.get("set", True) else default
+    return default if value is None else int(value)
+
+
+def _states(value: Any) -> list[str]:
+    """A state as a list of upper-case words: "mixed" (22.05) or ["MIXED", "DRAIN"] (24.11)."""
+    if isinstance(value, list):
+        return [str(v).upper() for v in value]
+    return [str(value).upper()] if value not in (None, "") else []
+
+
 def nodes_from_json(text: str) -> list[NodeInfo]:
-    """`sinfo --json` (one entry per node)."""
-    data = _load(text, "sinfo")
+    """One entry per node: `sinfo --json` (22.05) or `scontrol show node --json` (24.11)."""
+    data = _load(text, "node")
+    if "sinfo" in data:
+        raise SlurmError("this sinfo JSON lists node groups, not nodes (Slurm 24.11): "
+                         "read `scontrol show node --json`")
     out: dict[str, NodeInfo] = {}
     for n in data.get("nodes", []):
-        state = str(n.get("state", "unknown")).lower()
+        # 22.05: state "mixed" + state_flags ["DRAIN"]; 24.11: state ["MIXED", "DRAIN"]
+        base, *flags = _states(n.get("state")) or ["UNKNOWN"]
+        flags += _states(n.get("state_flags"))
         out[n["name"]] = NodeInfo(
             name=n["name"],
-            state=state,
-            flags=frozenset(str(f).upper() for f in n.get("state_flags", [])),
+            state=base.lower(),
+            flags=frozenset(flags),
             reason=n.get("reason") or "",
             reason_user=n.get("reason_set_by_user") or "",
-            cpus=int(n.get("cpus", 0)),
-            alloc_cpus=int(n.get("alloc_cpus", 0)),
+            cpus=_number(n.get("cpus")),
+            alloc_cpus=_number(n.get("alloc_cpus")),
             address=n.get("address") or "",
         )
     return list(out.values())
 
 
 def jobs_from_json(text: str) -> list[JobInfo]:
-    """`squeue --json`."""
-    data = _load(text, "squeue")
+    """`squeue --json` (22.05) or `scontrol show job --json` (24.11)."""
+    data = _load(text, "job")
     jobs = []
     for j in data.get("jobs", []):
+        # 22.05: "RUNNING"; 24.11: ["RUNNING"] (flags may follow the base state)
+        state = (_states(j.get("job_state")) or [""])[0]
         jobs.append(
             JobInfo(
-                job_id=int(j["job_id"]),
+                job_id=_number(j["job_id"]),
                 name=j.get("name", ""),
                 user=j.get("user_name", ""),
-                state=str(j.get("job_state", "")).upper(),
+                state=state,
                 nodes=tuple(expand(j.get("nodes") or "")),
-                restart_count=int(j.get("restart_cnt", 0)),
+                restart_count=_number(j.get("restart_cnt")),
                 excluded=tuple(expand(j.get("excluded_nodes") or "")),
                 batch_host=j.get("batch_host") or "",
                 workdir=j.get("current_working_directory") or "",
                 stdout=j.get("standard_output") or "",
                 reason=_null(j.get("state_reason") or ""),
                 comment=j.get("comment") or "",
-                uid=int(j.get("user_id", -1)),
-                gid=int(j.get("group_id", -1)),
+                uid=_number(j.get("user_id"), -1),
+                gid=_number(j.get("group_id"), -1),
             )
         )
     return jobs
@@ -222,11 +269,25 @@ def with_jobs(nodes: list[NodeInfo], jobs: list[JobInfo]) -> list[NodeInfo]:
     ]
 
 
+_INDEXED = re.compile(r"^(\w+)\[\d+\]$")
+
+
 def config_from_text(text: str) -> dict[str, str]:
-    """`scontrol show config`: its `Key = Value` lines (headers and blank lines skipped)."""
+    """`scontrol show config`: its `Key = Value` lines (headers and blank lines skipped).
+
+    Slurm 24.11 numbers the keys that may be given several times (`Prolog[0] = ...`,
+    `Epilog[0]`); they are read under the plain key, several values joined by commas, as
+    22.05 prints its single one.
+    """
     config: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(" = ")
-        if sep and key.strip() and " " not in key.strip():
-            config[key.strip()] = value.strip()
+        key, value = key.strip(), value.strip()
+        if not sep or not key or " " in key:
+            continue
+        m = _INDEXED.match(key)
+        if m:
+            key = m.group(1)
+            value = f"{config[key]},{value}" if config.get(key) else value
+        config[key] = value
     return config

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from hpcmig.mpi import openmpi_on_prrte
+from hpcmig.mpi_launch import openmpi_rsh_options
 from hpcmig.network import NodeNet, container_net
 from hpcmig.network.plan import ContainerNet
 from hpcmig.runtime import Container, ContainerSpec, get_runtime
@@ -173,14 +175,19 @@ def test_hpcmig_rsh_from_one_image_container_to_another(img: ImgCluster) -> None
         r.stderr
 
 
+# Open MPI 4 (ORTE) or 5 (PRRTE): the launcher's own option names
+_PRRTE = openmpi_on_prrte()
+OMPI_RSH = " ".join(openmpi_rsh_options("$HPCMIG_RSH", _PRRTE))
+OMPI_OOB = f"--{'prte' if _PRRTE else ''}mca oob_tcp_if_include eth0"
+
 MPI_RUNS = {
     "mpich": ("UCX_TLS=tcp,self UCX_NET_DEVICES=eth0 LD_LIBRARY_PATH=/opt/hpcmig/lib/mpich "
               "MPI4PY_LIBMPI=/usr/lib/x86_64-linux-gnu/libmpich.so.12 "
               "mpiexec.mpich -launcher rsh -launcher-exec $HPCMIG_RSH -iface eth0 "
               "-hosts i0,i1 -n 4 python3 ring.py --rounds 20"),
-    "openmpi": ("mpiexec.openmpi --host i0:2,i1:2 -n 4 --mca plm_rsh_agent $HPCMIG_RSH "
+    "openmpi": (f"mpiexec.openmpi --host i0:2,i1:2 -n 4 {OMPI_RSH} "
                 "--mca btl self,tcp --mca btl_tcp_if_include eth0 --mca pml ob1 "
-                "--mca oob_tcp_if_include eth0 -x PMIX_MCA_gds=hash "
+                f"{OMPI_OOB} -x PMIX_MCA_gds=hash "
                 "-x MPI4PY_LIBMPI=/usr/lib/x86_64-linux-gnu/libmpi.so.40 "
                 "python3 ring.py --rounds 20"),
 }

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from hpcmig.mpi import openmpi_on_prrte
+from hpcmig.mpi_launch import openmpi_rsh_options
 from hpcmig.network import NodeNet, container_net
 from hpcmig.runtime import Container, ContainerSpec, get_runtime
 from hpcmig.runtime.sifbuild import build_test_image
@@ -129,14 +131,19 @@ def test_lxc_containers_on_two_nodes_reach_each_other(lxc: LxcCluster) -> None:
     assert r.stdout.split() == ["hpcmig-rt-l1", str(lxc.a.uid), "rc=5"], r.stderr
 
 
+# Open MPI 4 (ORTE) or 5 (PRRTE): the launcher's own option names
+_PRRTE = openmpi_on_prrte()
+OMPI_RSH = " ".join(openmpi_rsh_options("$HPCMIG_RSH", _PRRTE))
+OMPI_OOB = f"--{'prte' if _PRRTE else ''}mca oob_tcp_if_include eth0"
+
 MPI_RUNS = {
     "mpich": ("UCX_TLS=tcp,self UCX_NET_DEVICES=eth0 LD_LIBRARY_PATH=/opt/hpcmig/lib/mpich "
               "MPI4PY_LIBMPI=/usr/lib/x86_64-linux-gnu/libmpich.so.12 "
               "mpiexec.mpich -launcher rsh -launcher-exec $HPCMIG_RSH -iface eth0 "
               "-hosts 10.252.0.1,10.252.0.2 -n 4 python ring.py --rounds 20"),
     "openmpi": ("mpiexec.openmpi --host 10.252.0.1:2,10.252.0.2:2 -n 4 "
-                "--mca plm_rsh_agent $HPCMIG_RSH --mca btl self,tcp "
-                "--mca btl_tcp_if_include eth0 --mca pml ob1 --mca oob_tcp_if_include eth0 "
+                f"{OMPI_RSH} --mca btl self,tcp "
+                f"--mca btl_tcp_if_include eth0 --mca pml ob1 {OMPI_OOB} "
                 "-x PMIX_MCA_gds=hash -x MPI4PY_LIBMPI=/usr/lib/x86_64-linux-gnu/libmpi.so.40 "
                 "-x PATH python ring.py --rounds 20"),
 }

@@ -35,6 +35,17 @@ def test_launchers_start_daemons_through_hpcmig_rsh() -> None:
     assert ompi[-6:] == ["-x", "A", "-x", "B", "a", "b"]
 
 
+def test_open_mpi_5_launches_through_prrtes_ssh_component() -> None:
+    """Open MPI 5 (Debian 13): PRRTE's names; ORTE's `plm rsh` would not be found."""
+    ompi = mpi_launch.launcher_argv(flavour("openmpi"), rsh="/v/hpcmig-rsh", hostfile_path="/h",
+                                    n=6, env_names=["A"], program=["a"], prrte=True)
+    i = ompi.index("plm_ssh_agent")
+    assert ompi[i - 1] == "--prtemca" and ompi[i + 1] == "/v/hpcmig-rsh"
+    assert ompi[1:4] == ["--prtemca", "plm", "ssh"] and "rsh" not in ompi
+    assert ompi[ompi.index("--bind-to") + 1] == "none"
+    assert ompi[-3:] == ["-x", "A", "a"]
+
+
 def test_slurm_and_pmi_variables_stay_out_of_the_containers() -> None:
     env = mpi_launch.launch_env({"SLURM_JOB_ID": "1", "PMI_FD": "3", "PATH": "/bin",
                                  "PYTHONPATH": "/x", "HOSTNAME": "node1"}, {"UCX_TLS": "tcp"})

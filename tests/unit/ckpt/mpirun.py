@@ -39,7 +39,8 @@ def environment(flavour: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in env.items() if not k.startswith(("HPCMIG_APP_CKPT", "SLURM_"))}
     if flavour == "openmpi":  # root in CI containers; a 2-core machine running 3 ranks
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                   OMPI_MCA_rmaps_base_oversubscribe="1")
+                   OMPI_MCA_rmaps_base_oversubscribe="1",  # Open MPI 4; 5 (PRRTE):
+                   PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")
     env.update(extra)
     return env
 

@@ -171,11 +171,31 @@ def test_unknown_words_stay_a_plain_slurm_error_with_them(bin_dir: Path) -> None
 
 def test_sinfo_without_json_falls_back_to_scontrol(bin_dir: Path) -> None:
     failing(bin_dir, "sinfo", "sinfo: unrecognized option '--json'")
-    fake(bin_dir, "scontrol", f'case "$2" in node) exec /bin/cat {FIX}/scontrol_show_node.txt;; '
-                              f'*) exec /bin/cat {FIX}/scontrol_show_job.txt;; esac')
+    fake(bin_dir, "scontrol", f'case "$2" in '
+                              f'node) exec /bin/cat {FIX}/scontrol_show_node_22.05.txt;; '
+                              f'*) exec /bin/cat {FIX}/scontrol_show_job_22.05.txt;; esac')
     slurm = Slurm()
     assert [n.name for n in slurm.nodes()] == ["node1", "node2", "node3"]
     assert slurm.uses_json is False
+
+
+@pytest.mark.parametrize("version", ["22.05", "24.11"])
+def test_json_commands_follow_the_slurm_version(bin_dir: Path, version: str) -> None:
+    """22.05: sinfo/squeue --json; 24.11 (node groups in sinfo): scontrol show node|job --json.
+    Only the commands of that version are faked: calling another one fails the test."""
+    fake(bin_dir, "sinfo", f"exec /bin/cat {FIX}/sinfo_{version}.json")
+    if version == "22.05":
+        fake(bin_dir, "squeue", f"exec /bin/cat {FIX}/squeue_{version}.json")
+    else:
+        fake(bin_dir, "scontrol", f'[ "$3" = --json ] || exit 9\n'
+                                  f'exec /bin/cat {FIX}/scontrol_show_$2_{version}.json')
+    slurm = Slurm()
+    nodes = {n.name: n for n in slurm.nodes()}
+    assert slurm.uses_json is True
+    ring = {j.name: j for j in slurm.jobs()}["ringjob"]
+    assert nodes["node1"].jobs == nodes["node2"].jobs == (ring.job_id,)
+    assert nodes["node3"].reason == "bad dimm (admin)" and nodes["node3"].drained
+    assert slurm.job(ring.job_id).nodes == ("node1", "node2")
 
 
 def test_unreachable_is_not_taken_for_no_json(bin_dir: Path) -> None:
@@ -238,17 +258,19 @@ def test_drain_without_slurm_config_is_one_line_through_hpcmigd(
 
 # -- what in slurm.conf works against hpcmig (hpcmigd logs it at start) ----------------------
 
-def test_the_testbed_configuration_reads_and_draws_no_warning() -> None:
-    config = parse.config_from_text((FIX / "scontrol_show_config.txt").read_text())
-    assert config["SLURM_VERSION"] == "22.05.8"
+@pytest.mark.parametrize("version, release", [("22.05", "22.05.8"), ("24.11", "24.11.5")])
+def test_the_testbed_configuration_reads_and_draws_no_warning(version: str, release: str) -> None:
+    config = parse.config_from_text((FIX / f"scontrol_show_config_{version}.txt").read_text())
+    assert config["SLURM_VERSION"] == release
     assert config["PrologFlags"] == "Alloc"
-    assert config["Prolog"].endswith("/hpcmig-prolog")
+    assert config["Prolog"].endswith("/hpcmig-prolog")  # 24.11: `Prolog[0] = ...`
+    assert config["Epilog"].endswith("/hpcmig-epilog")
     assert "Configuration" not in config  # the header line is not a setting
     assert diagnose.config_warnings(config) == []
 
 
 def test_contain_is_warned_about_with_the_version_and_the_remedy() -> None:
-    config = parse.config_from_text((FIX / "scontrol_show_config.txt").read_text())
+    config = parse.config_from_text((FIX / "scontrol_show_config_22.05.txt").read_text())
     (warning,) = diagnose.config_warnings({**config, "PrologFlags": "Alloc,Contain"})
     assert "Contain (Slurm 22.05.8)" in warning
     assert "Kill task failed" in warning and "PrologFlags=Alloc" in warning
@@ -256,6 +278,6 @@ def test_contain_is_warned_about_with_the_version_and_the_remedy() -> None:
 
 @pytest.mark.parametrize("change", [{"Prolog": "(null)"}, {"PrologFlags": "(null)"}])
 def test_a_missing_prolog_or_alloc_flag_is_warned_about(change: dict[str, str]) -> None:
-    config = parse.config_from_text((FIX / "scontrol_show_config.txt").read_text())
+    config = parse.config_from_text((FIX / "scontrol_show_config_22.05.txt").read_text())
     (warning,) = diagnose.config_warnings({**config, **change})
     assert "hpcmig-prolog" in warning and "PrologFlags=Alloc" in warning

@@ -19,8 +19,9 @@ MARK = f"/run/hpcmig-testbed-unit-marker-{os.getpid()}"
 
 def _start(argv: list[str], executable: str | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(argv, executable=executable)
-    for _ in range(200):  # until it has exec'd: its command line names the marker
-        if MARK in (daemons.cmdline(proc.pid) or ""):
+    for _ in range(200):  # until it has exec'd sleep: argv[0] is the marker's (`chroot
+        # /x MARK/sleep` names it before it has changed its root: too early to look)
+        if (daemons.cmdline(proc.pid) or "").startswith(f"{MARK}/sleep"):
             return proc
         subprocess.run(["sleep", "0.01"], check=True)
     proc.kill()
