@@ -1,6 +1,7 @@
 """Parsers against output recorded from real Slurm daemons on the testbed (fixtures/, the
 version in each name: 22.05.8 on Debian 12, 24.11.5 on Debian 13, 26.05.5 on Debian unstable;
-record_fixtures.sh made the 24.11 and 26.05 ones). The JSON hpcmig reads differs by version (parse.py); the text does not."""
+record_fixtures.sh made the 24.11 and 26.05 ones). The JSON hpcmig reads differs by version
+(parse.py); the text does not."""
 
 from pathlib import Path
 
