@@ -97,10 +97,6 @@ if [ ! -s "$base" ]; then
   t0=$SECONDS
   debootstrap --variant=minbase "$suite" "$dir/base.new" "$mirror" >"$dir/logs/debootstrap.log" 2>&1 \
     || { tail -n 20 "$dir/logs/debootstrap.log" >&2; die "debootstrap failed (log: $dir/logs/debootstrap.log)"; }
-  # what a Debian install ships: a host name that resolves (sources: below)
-  echo "hpcmig-$suite" >"$dir/base.new/etc/hostname"
-  printf '127.0.0.1\tlocalhost\n127.0.1.1\thpcmig-%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
-    "$suite" >"$dir/base.new/etc/hosts"
   tar -C "$dir/base.new" -cf "$base.new" . && mv "$base.new" "$base" && rm -rf "$dir/base.new"
   log "root filesystem made in $((SECONDS - t0)) s ($(du -sh "$base" | cut -f1))"
 fi
@@ -108,6 +104,11 @@ if [ $fresh = 1 ] || [ ! -e "$rootfs/etc/debian_version" ]; then
   rm -rf "$rootfs" && mkdir -p "$rootfs" && tar -C "$rootfs" -xf "$base"
 fi
 printf 'nameserver 10.0.2.3\n' >"$rootfs/etc/resolv.conf"  # slirp4netns's DNS forwarder
+# a host name that resolves, as an install writes it (without "hpcmig": the tests look for
+# what the testbed leaves in /etc/hosts by that word)
+echo "debian-$suite" >"$rootfs/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tdebian-%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
+  "$suite" >"$rootfs/etc/hosts"
 # deb822 sources as a Debian install writes them (debootstrap leaves a one-line sources.list)
 rm -f "$rootfs/etc/apt/sources.list"
 case $suite in

@@ -140,13 +140,28 @@ def nodes_from_json(text: str) -> list[NodeInfo]:
     return list(out.values())
 
 
+# Slurm's own order (job_state_string): a job with one of these flags is shown as the flag,
+# as `scontrol show job` prints it (JobState=COMPLETING while its epilogs run).
+_JOB_FLAGS = ("COMPLETING", "STAGE_OUT", "CONFIGURING", "RESIZING", "REQUEUED", "REQUEUE_FED",
+              "REQUEUE_HOLD", "SPECIAL_EXIT", "STOPPED", "REVOKED", "RESV_DEL_HOLD",
+              "SIGNALING")
+
+
+def _job_state(value: Any) -> str:
+    """22.05: "COMPLETING"; 24.11: ["COMPLETED", "COMPLETING"] (base state, then flags)."""
+    words = _states(value)
+    for flag in _JOB_FLAGS:
+        if flag in words[1:]:
+            return flag
+    return words[0] if words else ""
+
+
 def jobs_from_json(text: str) -> list[JobInfo]:
     """`squeue --json` (22.05) or `scontrol show job --json` (24.11)."""
     data = _load(text, "job")
     jobs = []
     for j in data.get("jobs", []):
-        # 22.05: "RUNNING"; 24.11: ["RUNNING"] (flags may follow the base state)
-        state = (_states(j.get("job_state")) or [""])[0]
+        state = _job_state(j.get("job_state"))
         jobs.append(
             JobInfo(
                 job_id=_number(j["job_id"]),

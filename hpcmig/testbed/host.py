@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import time
 from pathlib import Path
 
 from hpcmig import _proc
 from hpcmig.errors import CommandError, TestbedError
 from hpcmig.testbed.plan import MARKER, USER_GECOS, Node, Plan
+
+NS_BIND_ATTEMPTS = 3  # make_node_namespaces: tries of `unshare --mount=FILE`
 
 
 def _ip(*args: str, check: bool = True) -> _proc.Result:
@@ -116,13 +119,22 @@ def make_node_namespaces(plan: Plan, node: Node) -> None:
         "mount --bind /dev/pts/ptmx /dev/ptmx && "
         f"mount --bind {plan.hosts_file} /etc/hosts"
     )
-    _proc.run(
-        [
-            "nsenter", f"--net={plan.netns_path(node)}", "--",
+    argv = ["nsenter", f"--net={plan.netns_path(node)}", "--",
             "unshare", f"--mount={mnt}", f"--uts={uts}", "--propagation", "private",
-            "sh", "-c", script,
-        ]
-    )
+            "sh", "-c", script]
+    for attempt in range(1, NS_BIND_ATTEMPTS + 1):
+        try:
+            _proc.run(argv)
+            return
+        except CommandError as exc:
+            # Seen on Linux 6.18 while other namespaces were being made on the machine at the
+            # same moment: binding the new mount namespace fails with EINVAL now and then;
+            # the next try works. Anything else is a real error.
+            if attempt == NS_BIND_ATTEMPTS or "failed: Invalid argument" not in exc.stderr:
+                raise
+            _umount(mnt)
+            _umount(uts)
+            time.sleep(0.2 * attempt)
 
 
 def remove_node_namespaces(plan: Plan, node: Node) -> None:

@@ -46,7 +46,9 @@ def test_mapped_ranks_land_where_the_hostfile_says(testbed: Plan, slurm: Slurm,
         assert hosts[a] == hosts[b]  # every heavy pair shares a node
     result = job_dir / "ranks.out"
     job_id = slurm.submit(
-        ["-N3", "-n6", "--distribution=arbitrary", f"--output={result}", "--wrap",
+        # no -N: Slurm 24.11 refuses --nodes with --distribution=arbitrary (the hostfile
+        # says which nodes)
+        ["-n6", "--distribution=arbitrary", f"--output={result}", "--wrap",
          "srun --distribution=arbitrary sh -c 'echo $SLURM_PROCID $(hostname)'"],
         user=testbed.user, cwd=str(job_dir),
         env={"SLURM_HOSTFILE": str(hostfile)},

@@ -179,7 +179,7 @@ def test_sinfo_without_json_falls_back_to_scontrol(bin_dir: Path) -> None:
     assert slurm.uses_json is False
 
 
-@pytest.mark.parametrize("version", ["22.05", "24.11"])
+@pytest.mark.parametrize("version", ["22.05", "24.11", "26.05"])
 def test_json_commands_follow_the_slurm_version(bin_dir: Path, version: str) -> None:
     """22.05: sinfo/squeue --json; 24.11 (node groups in sinfo): scontrol show node|job --json.
     Only the commands of that version are faked: calling another one fails the test."""
@@ -258,7 +258,8 @@ def test_drain_without_slurm_config_is_one_line_through_hpcmigd(
 
 # -- what in slurm.conf works against hpcmig (hpcmigd logs it at start) ----------------------
 
-@pytest.mark.parametrize("version, release", [("22.05", "22.05.8"), ("24.11", "24.11.5")])
+@pytest.mark.parametrize("version, release", [("22.05", "22.05.8"), ("24.11", "24.11.5"),
+                                              ("26.05", "26.05.5")])
 def test_the_testbed_configuration_reads_and_draws_no_warning(version: str, release: str) -> None:
     config = parse.config_from_text((FIX / f"scontrol_show_config_{version}.txt").read_text())
     assert config["SLURM_VERSION"] == release

@@ -1,6 +1,7 @@
 """Parsers against output recorded from real Slurm daemons on the testbed (fixtures/, the
-version in each name: 22.05.8 on Debian 12, 24.11.5 on Debian 13; record_fixtures.sh made the
-24.11 ones). The JSON hpcmig reads differs by version (parse.py); the text does not."""
+version in each name: 22.05.8 on Debian 12, 24.11.5 on Debian 13, 26.05.5 on Debian unstable;
+record_fixtures.sh made the 24.11 and 26.05 ones). The JSON hpcmig reads differs by version
+(parse.py); the text does not."""
 
 from pathlib import Path
 
@@ -169,3 +170,13 @@ def test_config_keys_numbered_by_24_11_read_under_the_plain_key() -> None:
     config = parse.config_from_text("Prolog[0]               = /a/p1\n"
                                     "Prolog[1]               = /b/p2\nPrologFlags = Alloc\n")
     assert config["Prolog"] == "/a/p1,/b/p2" and config["PrologFlags"] == "Alloc"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("COMPLETING", "COMPLETING"), (["RUNNING"], "RUNNING"),
+    (["COMPLETED", "COMPLETING"], "COMPLETING"),  # epilogs still running: not ended yet
+    (["PENDING", "REQUEUED"], "REQUEUED"), (["FAILED"], "FAILED"), ([], ""),
+])
+def test_job_state_is_what_scontrol_prints(value: object, expected: str) -> None:
+    """24.11's list of base state and flags reads as 22.05's (and the text's) one word."""
+    assert parse._job_state(value) == expected
