@@ -46,10 +46,19 @@ def hpcmig(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]
 
 
 def ranks() -> int:
-    """Live ring ranks on the whole machine (a copy running twice would show)."""
+    """Live ring ranks of this testbed (a copy running twice would show): every process of
+    the machine that sees our root (not another distribution's test run in a chroot)."""
     from hpcmig import _procfs
 
-    return sum(_procfs.argv(int(p))[1:3] == ["-m", "hpcmig.workloads.ring"]
+    def ours(pid: str) -> bool:
+        try:
+            st = os.stat(f"/proc/{pid}/root")
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == root
+
+    root = (os.stat("/").st_dev, os.stat("/").st_ino)
+    return sum(_procfs.argv(int(p))[1:3] == ["-m", "hpcmig.workloads.ring"] and ours(p)
                for p in os.listdir("/proc") if p.isdigit())
 
 
