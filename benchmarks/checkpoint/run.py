@@ -18,11 +18,9 @@ tier's lock and brings up its own 3-node testbed for the CRIU side.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -37,9 +35,7 @@ from benchmarks.checkpoint.criu_side import CriuSide  # noqa: E402
 from benchmarks.checkpoint.dmtcp_side import DmtcpSide  # noqa: E402
 from hpcmig.checkpoint import dmtcp  # noqa: E402
 from hpcmig.controller.periodic import interval  # noqa: E402
-from hpcmig.slurm import Slurm  # noqa: E402
-from hpcmig.testbed import cluster  # noqa: E402
-from tests.integration.conftest import LOCK, settle  # noqa: E402
+from tests.integration.conftest import bench_testbed, settle  # noqa: E402
 
 NODES = 2  # the CRIU side's job; the MTBF of the DMTCP side's job is taken the same
 
@@ -70,24 +66,15 @@ def summary(runs: list[dict[str, Any]], mtbf_hours: float) -> dict[str, Any]:
 
 
 def criu(args: argparse.Namespace, ring_args: list[str], runs: list[dict[str, Any]]) -> None:
-    with open(LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        plan = cluster.up(3)
-        slurm = Slurm()
-        home = plan.home / "bench-ckpt"
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.chown(home, plan.user, plan.user)
+    with bench_testbed("bench-ckpt") as (plan, slurm, home):
         side = CriuSide(plan, slurm, home, args.binary, ring_args, args.elements, args.rounds)
-        try:
-            for i in range(args.repeat):
-                for kind in ("plain", "periodic", "restart"):
-                    settle(slurm, timeout=120)
-                    r = side.periodic(i, args.interval) if kind == "periodic" else \
-                        getattr(side, kind)(i)
-                    runs.append({"engine": "criu", **r})
-                    print(json.dumps(runs[-1]), flush=True)
-        finally:
-            cluster.down()
+        for i in range(args.repeat):
+            for kind in ("plain", "periodic", "restart"):
+                settle(slurm, timeout=120)
+                r = side.periodic(i, args.interval) if kind == "periodic" else \
+                    getattr(side, kind)(i)
+                runs.append({"engine": "criu", **r})
+                print(json.dumps(runs[-1]), flush=True)
 
 
 def dmtcp_runs(args: argparse.Namespace, ring_args: list[str],

@@ -17,10 +17,8 @@ add. Takes the integration tier's lock (same testbed names).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import platform
-import shutil
 import statistics
 import sys
 import time
@@ -34,7 +32,7 @@ from hpcmig.slurm import Slurm  # noqa: E402
 from hpcmig.testbed import cluster  # noqa: E402
 from hpcmig.testbed.faults import KINDS  # noqa: E402
 from tests.integration import hpcmigd  # noqa: E402
-from tests.integration.conftest import LOCK, settle  # noqa: E402
+from tests.integration.conftest import bench_testbed, settle  # noqa: E402
 from tests.integration.test_migration import finish, submit_ring  # noqa: E402
 
 
@@ -82,24 +80,15 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).with_name("injection.json")))
     args = p.parse_args()
-    with open(LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        plan = cluster.up(3)
-        slurm = Slurm()
-        home = plan.home / "bench-health"
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.chown(home, plan.user, plan.user)
-        runs = []
-        try:
-            for i in range(args.repeat):
-                for kind in [None, *args.kinds.split(",")]:
-                    settle(slurm, timeout=120)
-                    time.sleep(11)  # the testbed's rule windows (10 s) forget the last one
-                    r = one(plan, slurm, home, kind, i)
-                    print(json.dumps(r), flush=True)
-                    runs.append(r)
-        finally:
-            cluster.down()
+    runs = []
+    with bench_testbed("bench-health") as (plan, slurm, home):
+        for i in range(args.repeat):
+            for kind in [None, *args.kinds.split(",")]:
+                settle(slurm, timeout=120)
+                time.sleep(11)  # the testbed's rule windows (10 s) forget the last one
+                r = one(plan, slurm, home, kind, i)
+                print(json.dumps(r), flush=True)
+                runs.append(r)
     summary = {}
     for kind in sorted({r["kind"] for r in runs}):
         rs = [r for r in runs if r["kind"] == kind]

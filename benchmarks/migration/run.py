@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import platform
@@ -49,22 +48,14 @@ from hpcmig.controller.migration import MigrationSpec, migrate  # noqa: E402
 from hpcmig.vcluster import VCluster  # noqa: E402
 from tests.integration import rt_support as S  # noqa: E402
 from tests.integration.agent_nodes import AgentNodes, agent_nodes  # noqa: E402
+from tests.integration.conftest import hold_lock  # noqa: E402
 
 B1, B2, B3 = S.BRIDGED
 PY = sys.executable
 MiB = 1 << 20
 
 
-LOCK = "/run/lock/hpcmig-integration.lock"  # the integration tier's: same node namespaces
 OPS_PATH = "agents: AgentOps -> hpcmig-agent per node (MUNGE RPC)"  # what a migration goes through
-
-
-def _try_lock(fh: Any) -> bool:
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def mem_available() -> int:
@@ -222,11 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                     "image_checksum": images.FILE_HASH, "path": OPS_PATH},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "copies": {}, "skipped": {},
         "migrations": []}
-    lock = open(LOCK, "w")  # noqa: SIM115 - held for the whole run
-    if not _try_lock(lock):
-        print(f"waiting for {LOCK}: an integration run holds it", flush=True)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    with bench_env() as bench:
+    with hold_lock(), bench_env() as bench:
         for index, size_mb in enumerate((int(s) for s in args.sizes.split(",")), start=1):
             need = 3 * size_mb * MiB + 1024 * MiB
             avail = mem_available()

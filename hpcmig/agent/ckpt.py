@@ -78,11 +78,18 @@ def _init(agent: NodeAgent, ref: ContainerRef) -> int | None:
     return _tree.init_in_netns(_net(agent, ref).netns_path, INIT_MODULE)
 
 
-def _runtime(container: Container) -> NsRuntime:
-    """The runtime that dumps and restores containers (only `ns` can: docs/runtime.md)."""
+def _immovable(container: Container) -> str | None:
+    """Why the container's runtime cannot be dumped (only `ns` can: docs/runtime.md)."""
     if container.runtime != NsRuntime.name:
-        raise HpcmigError(f"{container.name}: containers of the {container.runtime} runtime "
-                          "cannot move")
+        return (f"containers of the {container.runtime} runtime cannot move or be "
+                "checkpointed yet (only the ns runtime's, with or without a .sif image)")
+    return None
+
+
+def _runtime(container: Container) -> NsRuntime:
+    """The runtime that dumps and restores containers."""
+    if why := _immovable(container):
+        raise HpcmigError(f"{container.name}: {why}")
     return NsRuntime()
 
 
@@ -176,9 +183,8 @@ def refuse_reasons(call: Call, job_id: str, ref: dict[str, Any]) -> list[str]:
     agent = _agent(call)
     rec = agent.load(str(job_id))
     container = rec.containers.get(r.index) if rec is not None else None
-    if container is not None and container.runtime != NsRuntime.name:
-        return [f"containers of the {container.runtime} runtime cannot move or be "
-                "checkpointed yet (only the ns runtime's, with or without a .sif image)"]
+    if container is not None and (why := _immovable(container)):
+        return [why]
     pid = _init(agent, r)
     return [f"{r.name} is not on {agent.node}"] if pid is None else criu.refuse_reasons(pid)
 

@@ -284,9 +284,7 @@ class Periodic:
         if vc.engine == "app":
             self._app(vc, now)
             return
-        self.last.setdefault(jid, now)
-        if now - self.last[jid] < interval(vc.ckpt, self.cost.get(jid), len(vc.nodes()),
-                                           svc.cfg.node_mtbf_hours):
+        if not self._due(vc, now):
             return
         with svc.job_lock(jid, wait=False) as got:
             if not got:
@@ -309,17 +307,22 @@ class Periodic:
         app = appckpt.load(self.svc.cfg.state_dir, jid)
         if app is None:
             return  # its `hpcmig run` has not registered the directory yet
+        gen = appckpt.newest(app)
+        newest_n = gen.generation if gen else 0
         asked = self.asked.get(jid)
-        if asked is not None and (gen := appckpt.newest(app)) is not None \
-                and gen.generation > asked[1]:
+        if asked is not None and gen is not None and newest_n > asked[1]:
             self.cost[jid] = max(0.0, gen.time - asked[0])
             self.asked.pop(jid)
-        self.last.setdefault(jid, now)
-        if now - self.last[jid] < interval(vc.ckpt, self.cost.get(jid), len(vc.nodes()),
-                                           self.svc.cfg.node_mtbf_hours):
+        if not self._due(vc, now):
             return
         self.last[jid] = now
-        before = appckpt.newest(app)
         if appckpt.request(app):
-            self.asked[jid] = (time.time(), before.generation if before else 0)
+            self.asked[jid] = (time.time(), newest_n)
             log.info("job %s: asked the program for a checkpoint", jid)
+
+    def _due(self, vc: VCluster, now: float) -> bool:
+        """The job's interval has passed since its last checkpoint (or since it was first
+        seen)."""
+        self.last.setdefault(vc.job_id, now)
+        return now - self.last[vc.job_id] >= interval(
+            vc.ckpt, self.cost.get(vc.job_id), len(vc.nodes()), self.svc.cfg.node_mtbf_hours)

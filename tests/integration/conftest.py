@@ -6,6 +6,7 @@ A missing capability skips with the reason; under CI (`HPCMIG_REQUIRE_INTEGRATIO
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -47,13 +48,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def integration_lock() -> Iterator[None]:
-    """One integration session at a time on this machine: the tests share namespace, user
-    and daemon names, so a second concurrent run would sweep the first one's objects."""
-    if os.geteuid() != 0:
-        yield
-        return
+@contextlib.contextmanager
+def hold_lock() -> Iterator[None]:
+    """One integration session (or benchmark on the testbed) at a time on this machine: they
+    share namespace, user and daemon names, so a second concurrent run would sweep the first
+    one's objects."""
     os.makedirs(os.path.dirname(LOCK), exist_ok=True)
     with open(LOCK, "w") as fh:
         try:
@@ -61,6 +60,30 @@ def integration_lock() -> Iterator[None]:
         except BlockingIOError:
             print(f"waiting for {LOCK}: another integration run holds it", file=sys.stderr)
             fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def bench_testbed(home_name: str) -> Iterator[tuple[Plan, Slurm, Path]]:
+    """A benchmark's own testbed (NODES nodes) under the lock, with a directory of the job
+    user's named `home_name`; taken down afterwards, however the benchmark ends."""
+    with hold_lock():
+        plan = cluster.up(NODES)
+        try:
+            home = plan.home / home_name
+            home.mkdir(parents=True, exist_ok=True)
+            shutil.chown(home, plan.user, plan.user)
+            yield plan, Slurm(), home
+        finally:
+            cluster.down()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def integration_lock() -> Iterator[None]:
+    if os.geteuid() != 0:
+        yield
+        return
+    with hold_lock():
         yield
 
 

@@ -24,16 +24,19 @@ from pathlib import Path
 import pytest
 
 from hpcmig.slurm import Slurm
-from hpcmig.testbed import cluster
 from hpcmig.testbed.plan import Plan
 from tests.integration import hpcmigd
-from tests.integration.test_migration import wait_for_ranks
-from tests.integration.test_node_loss import crashed  # noqa: F401 - a fixture
+from tests.integration.test_node_loss import (  # noqa: F401 - crashed: a fixture
+    INTERVAL,
+    crash_mid_interval,
+    crashed,
+    submit_script,
+)
 
 pytestmark = pytest.mark.integration
 
 HEAT = Path(__file__).resolve().parents[2] / "jobs" / "app_ckpt_heat.py"
-INTERVAL, STEPS = 10, 8000
+STEPS = 8000  # the interval is test_node_loss's (crash_mid_interval waits half of it)
 
 
 def app_generations(directory: Path) -> list[dict]:
@@ -52,13 +55,7 @@ def test_a_crashed_node_restarts_an_app_checkpointed_job_from_its_last_generatio
     script = script.replace("ckpt=30", f"ckpt={INTERVAL}").replace(
         "--steps 20000", f"--steps {STEPS}").replace("/opt/hpcmig/venv/bin/python",
                                                      sys.executable)
-    (job_dir / "job.sh").write_text(script)
-    out = job_dir / "job.out"
-    job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=testbed.user,
-                          cwd=str(job_dir))
-    job = slurm.wait(job_id, timeout=60, states={"RUNNING"})
-    wait_for_ranks(testbed, job_id)
-    victim = next(n for n in job.nodes if n != job.batch_host)
+    job_id, out, victim = submit_script(testbed, slurm, job_dir, script)
     directory = job_dir / f"hpcmig-ckpt-{job_id}"
 
     deadline = time.monotonic() + 4 * INTERVAL
@@ -69,9 +66,7 @@ def test_a_crashed_node_restarts_an_app_checkpointed_job_from_its_last_generatio
         time.sleep(0.3)
     first, second = app_generations(directory)[-2:]
     per_interval = second["step"] - first["step"]
-    time.sleep(max(0.0, second["time"] + INTERVAL / 2 - time.time()))
-    crashed.append(victim)
-    print("\n" + cluster.fail(victim, "crash"))
+    crash_mid_interval(victim, second, crashed)
 
     job = slurm.wait(job_id, timeout=240, states={"COMPLETED", "FAILED", "CANCELLED"})
     text = out.read_text()

@@ -65,6 +65,13 @@ def submit(testbed: Plan, slurm: Slurm, job_dir: Path, mpi: str, name: str,
         2, [["hpcmig.workloads.ring", "--elements", str(ELEMENTS), "--rounds", str(ROUNDS),
              "--seconds", str(SECONDS), "--memory-mb", str(memory_mb), "--progress"]],
         mpi=mpi, ntasks=4, options={"ckpt": str(INTERVAL)}, job_name=name)
+    return submit_script(testbed, slurm, job_dir, script)
+
+
+def submit_script(testbed: Plan, slurm: Slurm, job_dir: Path, script: str
+                  ) -> tuple[int, Path, str]:
+    """Submit a 2-node batch script; once its launcher runs: its id, output file and the
+    node that is not its batch host."""
     (job_dir / "job.sh").write_text(script)
     out = job_dir / "job.out"
     job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=testbed.user,
