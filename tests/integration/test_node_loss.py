@@ -103,7 +103,7 @@ def finished_once(testbed: Plan, slurm: Slurm, job_id: int, out: Path, victim: s
     gone. Returns the rounds it did twice (its lost work)."""
     job = slurm.wait(job_id, timeout=180, states={"COMPLETED", "FAILED", "CANCELLED"})
     text = out.read_text()
-    assert job.state == "COMPLETED", (job, text)
+    assert job.state == "COMPLETED", f"{job}\n{text}"
     assert job.restart_count == 1 and victim not in job.nodes, job
     want = f"ring: PASS checksum={ring.expected(4, ELEMENTS, ROUNDS)} "
     assert text.count(want) == 1, text

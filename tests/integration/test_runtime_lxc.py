@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from hpcmig.errors import CommandError
 from hpcmig.mpi import openmpi_on_prrte
 from hpcmig.mpi_launch import openmpi_rsh_options
 from hpcmig.network import NodeNet, container_net
@@ -151,7 +152,13 @@ MPI_RUNS = {
 
 @pytest.mark.parametrize("mpi", sorted(MPI_RUNS))
 def test_mpi4py_ring_across_two_lxc_containers(lxc: LxcCluster, mpi: str) -> None:
-    r = lxc.rsh(N1, "l0", f"cd {lxc.tmp} && {MPI_RUNS[mpi]}", timeout=120)
+    try:
+        r = lxc.rsh(N1, "l0", f"cd {lxc.tmp} && {MPI_RUNS[mpi]}", timeout=120)
+    except CommandError as exc:  # a launcher that never ends: show what still runs
+        left = {name: lxc.rsh(node, name, "ps -eo pid,ppid,stat,wchan:24,args",
+                              timeout=30).stdout
+                for node, name in ((N1, "l0"), (N2, "l1"))}
+        pytest.fail(f"{exc}\nprocesses left: {left}")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ring: PASS" in r.stdout and "nodes=hpcmig-rt-l0,hpcmig-rt-l1" in r.stdout, \
         r.stdout + r.stderr
