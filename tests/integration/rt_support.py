@@ -156,6 +156,18 @@ def rsh(netns: str, *args: str, as_user: User | None = None, munge_socket: str,
                      check=check, timeout=timeout, input=input, env=env)
 
 
+def mpich_env(tools: str | None = None) -> str:
+    """`K=V ...` of what `hpcmig run` gives MPICH ranks (hpcmig.mpi: UCX over eth0, the
+    libmpi shim, the UCX finalize preload); `tools`: where an image container sees the
+    preload's copy (hpcmig.runtime.image.TOOLS)."""
+    from hpcmig.mpi import flavour
+
+    env = flavour("mpich").environment("eth0")
+    if tools is not None:
+        env["LD_PRELOAD"] = f"{tools}/lib/{os.path.basename(env['LD_PRELOAD'])}"
+    return " ".join(f"{k}={v}" for k, v in sorted(env.items()))
+
+
 def processes_in_pidns(inode: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):

@@ -27,7 +27,7 @@ from hpcmig.mpi import openmpi_on_prrte
 from hpcmig.mpi_launch import openmpi_rsh_options
 from hpcmig.network import NodeNet, container_net
 from hpcmig.network.plan import ContainerNet
-from hpcmig.runtime import Container, ContainerSpec, get_runtime
+from hpcmig.runtime import Container, ContainerSpec, get_runtime, image
 from hpcmig.runtime import ns as ns_runtime
 from hpcmig.runtime.sifbuild import build_test_image
 from tests.integration import rt_support as S
@@ -181,9 +181,7 @@ OMPI_RSH = " ".join(openmpi_rsh_options("$HPCMIG_RSH", _PRRTE))
 OMPI_OOB = f"--{'prte' if _PRRTE else ''}mca oob_tcp_if_include eth0"
 
 MPI_RUNS = {
-    "mpich": ("UCX_TLS=tcp,self UCX_NET_DEVICES=eth0 LD_LIBRARY_PATH=/opt/hpcmig/lib/mpich "
-              "MPI4PY_LIBMPI=/usr/lib/x86_64-linux-gnu/libmpich.so.12 "
-              "mpiexec.mpich -launcher rsh -launcher-exec $HPCMIG_RSH -iface eth0 "
+    "mpich": ("{mpich_env} mpiexec.mpich -launcher rsh -launcher-exec $HPCMIG_RSH -iface eth0 "
               "-hosts i0,i1 -n 4 python3 ring.py --rounds 20"),
     "openmpi": (f"mpiexec.openmpi --host i0:2,i1:2 -n 4 {OMPI_RSH} "
                 "--mca btl self,tcp --mca btl_tcp_if_include eth0 --mca pml ob1 "
@@ -197,7 +195,8 @@ MPI_RUNS = {
 def test_mpi4py_ring_across_two_image_containers(img: ImgCluster, mpi: str) -> None:
     """What `hpcmig run` does in an image job: the launcher in container 0 starts its daemons
     in both containers through hpcmig-rsh; the ranks run the image's python3 and MPI."""
-    r = img.rsh(N1, "i0", f"cd {img.tmp} && {MPI_RUNS[mpi]}", timeout=120,
+    run = MPI_RUNS[mpi].format(mpich_env=S.mpich_env(image.TOOLS))
+    r = img.rsh(N1, "i0", f"cd {img.tmp} && {run}", timeout=120,
                 env_extra={"HPCMIG_HOSTS": img.env["HPCMIG_HOSTS"]})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ring: PASS" in r.stdout and "ranks=4" in r.stdout, r.stdout + r.stderr

@@ -69,6 +69,8 @@ def lxc() -> Iterator[LxcCluster]:
     os.chmod(tmp, 0o777)
     with open(os.path.join(tmp, "hosts"), "w") as fh:
         fh.write(HOSTS)
+    with open(os.path.join(tmp, "hostfile.openmpi"), "w") as fh:
+        fh.write("10.252.0.1 slots=2\n10.252.0.2 slots=2\n")
     shutil.copy(os.path.join(REPO, "hpcmig", "workloads", "ring.py"), tmp)
     with contextlib.ExitStack() as stack:
         sock = stack.enter_context(S.munged())
@@ -138,11 +140,10 @@ OMPI_RSH = " ".join(openmpi_rsh_options("$HPCMIG_RSH", _PRRTE))
 OMPI_OOB = f"--{'prte' if _PRRTE else ''}mca oob_tcp_if_include eth0"
 
 MPI_RUNS = {
-    "mpich": ("UCX_TLS=tcp,self UCX_NET_DEVICES=eth0 LD_LIBRARY_PATH=/opt/hpcmig/lib/mpich "
-              "MPI4PY_LIBMPI=/usr/lib/x86_64-linux-gnu/libmpich.so.12 "
-              "mpiexec.mpich -launcher rsh -launcher-exec $HPCMIG_RSH -iface eth0 "
+    "mpich": ("{mpich_env} mpiexec.mpich -launcher rsh -launcher-exec $HPCMIG_RSH -iface eth0 "
               "-hosts 10.252.0.1,10.252.0.2 -n 4 python ring.py --rounds 20"),
-    "openmpi": ("mpiexec.openmpi --host 10.252.0.1:2,10.252.0.2:2 -n 4 "
+    # (a hostfile, as `hpcmig run` writes: PRRTE's `--host A:2,B:2` finds too few slots)
+    "openmpi": ("mpiexec.openmpi --hostfile hostfile.openmpi -n 4 "
                 f"{OMPI_RSH} --mca btl self,tcp "
                 f"--mca btl_tcp_if_include eth0 --mca pml ob1 {OMPI_OOB} "
                 "-x PMIX_MCA_gds=hash -x MPI4PY_LIBMPI=/usr/lib/x86_64-linux-gnu/libmpi.so.40 "
@@ -153,7 +154,8 @@ MPI_RUNS = {
 @pytest.mark.parametrize("mpi", sorted(MPI_RUNS))
 def test_mpi4py_ring_across_two_lxc_containers(lxc: LxcCluster, mpi: str) -> None:
     try:
-        r = lxc.rsh(N1, "l0", f"cd {lxc.tmp} && {MPI_RUNS[mpi]}", timeout=120)
+        run = MPI_RUNS[mpi].format(mpich_env=S.mpich_env())
+        r = lxc.rsh(N1, "l0", f"cd {lxc.tmp} && {run}", timeout=120)
     except CommandError as exc:  # a launcher that never ends: show what still runs
         left = {name: lxc.rsh(node, name, "ps -eo pid,ppid,stat,wchan:24,args",
                               timeout=30).stdout
