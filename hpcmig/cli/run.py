@@ -195,30 +195,43 @@ def _app_directory(cfg: Any, job_id: str, env: dict[str, str]) -> str:
 
 
 def _after(cfg: Any, vc: Any, job_id: str, code: int) -> int:
-    """A failed step of a job with periodic checkpoints (ckpt=): when a node of the job died
-    under it, hpcmigd requeues the job to restart from its last checkpoint and Slurm ends this
-    step with the requeue; otherwise the launcher's exit code stands."""
+    """A step of a job with periodic checkpoints (ckpt=) that ended while a node of the job
+    was lost: hpcmigd requeues the job to restart from its last checkpoint and Slurm ends this
+    step with the requeue; otherwise the launcher's exit code stands. A step that ended well
+    is asked about too (once, not waiting for an hpcmigd that is down): Open MPI 5's prterun
+    exits 0 when it loses a daemon with its node (docs/platforms.md)."""
     from hpcmig.controller.client import ControllerClient
     from hpcmig.errors import HpcmigError
 
-    if code == 0 or not vc.ckpt:
+    if not vc.ckpt:
         return code
-    print(f"hpcmig run: the MPI launcher failed (exit {code}); asking hpcmigd whether a node "
-          "of the job was lost", file=sys.stderr, flush=True)
-    try:
-        answer = _ask_restart(ControllerClient(cfg), job_id)
-    except HpcmigError as exc:
-        print(f"hpcmig run: {exc}", file=sys.stderr, flush=True)
-        return code
-    if not answer.get("restarted"):
-        print(f"hpcmig run: no restart: {answer.get('why')}", file=sys.stderr, flush=True)
-        return code
+    controller = ControllerClient(cfg)
+    if code == 0:
+        try:
+            answer = controller.call("restart_lost", timeout=600, job_id=job_id)
+        except HpcmigError:
+            return 0
+        if not (answer.get("restarted") and answer.get("lost")):
+            return 0
+        print("hpcmig run: the MPI launcher ended (exit 0) while a node of the job was lost",
+              file=sys.stderr, flush=True)
+    else:
+        print(f"hpcmig run: the MPI launcher failed (exit {code}); asking hpcmigd whether a "
+              "node of the job was lost", file=sys.stderr, flush=True)
+        try:
+            answer = _ask_restart(controller, job_id)
+        except HpcmigError as exc:
+            print(f"hpcmig run: {exc}", file=sys.stderr, flush=True)
+            return code
+        if not answer.get("restarted"):
+            print(f"hpcmig run: no restart: {answer.get('why')}", file=sys.stderr, flush=True)
+            return code
     lost = ", ".join(answer.get("lost") or []) or "a node"
     gen = answer.get("generation")
     print(f"hpcmig run: {lost} lost; the job restarts from its last checkpoint"
           + (f" (generation {gen})" if gen is not None else ""), file=sys.stderr, flush=True)
     time.sleep(RESTART_WAIT)  # the requeue ends this step before
-    return code
+    return code or 1
 
 
 def _ask_restart(controller: Any, job_id: str) -> Any:
