@@ -8,7 +8,10 @@ degradation changes what the agent reads there, exactly as a failing DIMM, a hot
 disk, a flapping NIC or a site check would: nothing is mocked above the agent. `crash`
 SIGKILLs everything that belongs to the node (its slurmd and agent, every process in its
 network or mount namespace, and its containers, which live in their own network namespaces
-named `<container>.<node>`): a real node failure, not only its daemons. `heal` undoes all of
+named `<container>.<node>`): a real node failure, not only its daemons. Then it takes the
+node off the network: the node's kernel lives on in the testbed, and a socket the kill left
+closing (FIN_WAIT, retransmitted for minutes) would otherwise reach a container restored
+elsewhere under the same address and 4-tuple and end its connection. `heal` undoes all of
 it (a crashed node's daemons are started again by `cluster.restart_node`). No decisions here.
 """
 
@@ -17,17 +20,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 from hpcmig import _proc
 from hpcmig.errors import UsageError
-from hpcmig.testbed import daemons
+from hpcmig.testbed import daemons, host
 from hpcmig.testbed.plan import Node, Plan
 
 KINDS = ("memory-errors", "temperature", "disk", "nic", "check")
 SCRATCH_MB = 64
 NORMAL_TEMP = 45000  # millidegrees C
 HOT_TEMP = 105000
+CRASH_WAIT = 5.0  # seconds for SIGKILLed processes to be gone
+LAST_PACKETS = 0.2  # then this long for their sockets' FIN/RST to leave, before the link goes
 CHECK = "00-testbed-injected"
 
 
@@ -122,6 +128,7 @@ def heal(plan: Plan, node: Node) -> None:
         path = _nic(plan, node) / name
         _write(path, _read_int(path))
     (check_dir(plan, node) / CHECK).unlink(missing_ok=True)
+    host.set_node_link(node, up=True)  # back on the network after a crash
     if plan.mnt_ns(node).exists():
         with contextlib.suppress(Exception):
             _proc.run(["nsenter", f"--mount={plan.mnt_ns(node)}", "--", "rm", "-f",
@@ -142,13 +149,29 @@ def node_pids(plan: Plan, node: Node) -> list[int]:
 
 
 def crash(plan: Plan, node: Node) -> int:
-    """SIGKILL everything of node at once (no SIGTERM first: a node does not say goodbye);
-    the number of processes killed."""
+    """SIGKILL everything of node at once (no SIGTERM first: a node does not say goodbye),
+    then, once the dying processes' last packets are out (their peers see the connections
+    end, as they would see a crashed node's silence after timeouts), cut its link; the number
+    of processes killed."""
     pids = node_pids(plan, node)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + CRASH_WAIT
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(LAST_PACKETS)
+    host.set_node_link(node, up=False)
     return len(pids)
+
+
+def _running(pid: int) -> bool:
+    """Not yet dead (a zombie has closed its sockets)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _inode(path: Path) -> int | None:
