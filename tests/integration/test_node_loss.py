@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcmig import _proc
 from hpcmig.slurm import Slurm
 from hpcmig.testbed import cluster
 from hpcmig.testbed.plan import Plan
@@ -151,6 +152,10 @@ def test_a_crash_during_a_checkpoint_restarts_from_the_generation_before(
         time.sleep(0.01)
     crashed.append(victim)
     print("\n" + cluster.fail(victim, "crash"))
+    # off the network, as a dead machine: what its dead container left closing (a FIN the
+    # testbed node's live kernel retransmits) must not end the restored job's connections
+    assert _proc.run(["ping", "-c1", "-W1", testbed.node(victim).address], check=False
+                     ).returncode != 0, f"{victim} still answers after its crash"
     assert [g["n"] for g in generations(testbed, job_id)] == [1], "gen 2 was not complete"
     redone = finished_once(testbed, slurm, job_id, out, victim)
     decided = [d["what"] for d in hpcmigd.status()["decisions"]]
