@@ -9,9 +9,10 @@ disk, a flapping NIC or a site check would: nothing is mocked above the agent. `
 SIGKILLs everything that belongs to the node (its slurmd and agent, every process in its
 network or mount namespace, and its containers, which live in their own network namespaces
 named `<container>.<node>`): a real node failure, not only its daemons. Then it takes the
-node off the network: the node's kernel lives on in the testbed, and a socket the kill left
-closing (FIN_WAIT, retransmitted for minutes) would otherwise reach a container restored
-elsewhere under the same address and 4-tuple and end its connection. `heal` undoes all of
+dead containers' links down: the node's kernel lives on in the testbed, and a socket the kill
+left closing (FIN_WAIT, retransmitted for minutes) would otherwise reach a container restored
+elsewhere under the same address and 4-tuple and end its connection. (The node's own address
+still refuses connections at once, as a node whose daemons died would.) `heal` undoes all of
 it (a crashed node's daemons are started again by `cluster.restart_node`). No decisions here.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from hpcmig import _proc
 from hpcmig.errors import UsageError
-from hpcmig.testbed import daemons, host
+from hpcmig.testbed import daemons
 from hpcmig.testbed.plan import Node, Plan
 
 KINDS = ("memory-errors", "temperature", "disk", "nic", "check")
@@ -128,7 +129,6 @@ def heal(plan: Plan, node: Node) -> None:
         path = _nic(plan, node) / name
         _write(path, _read_int(path))
     (check_dir(plan, node) / CHECK).unlink(missing_ok=True)
-    host.set_node_link(node, up=True)  # back on the network after a crash
     if plan.mnt_ns(node).exists():
         with contextlib.suppress(Exception):
             _proc.run(["nsenter", f"--mount={plan.mnt_ns(node)}", "--", "rm", "-f",
@@ -140,19 +140,28 @@ def node_pids(plan: Plan, node: Node) -> list[int]:
     its containers' network namespaces."""
     inodes = [i for p in (plan.netns_path(node), plan.mnt_ns(node))
               if (i := _inode(p)) is not None]
-    suffix = f".{node.name}"
-    netns = Path("/run/netns")
-    for entry in (os.listdir(netns) if netns.is_dir() else []):
-        if entry.endswith(suffix) and (i := _inode(netns / entry)) is not None:
-            inodes.append(i)
+    inodes += [i for name in _container_netns(node)
+               if (i := _inode(Path("/run/netns") / name)) is not None]
     return daemons.pids_in_namespaces(inodes)
+
+
+def link_argv(plan: Plan, node: Node, netns: str, *args: str) -> list[str]:
+    """`ip link ARGS` in a container's network namespace, named in node's mount namespace."""
+    return ["nsenter", f"--mount={plan.mnt_ns(node)}", "--", "ip", "-n", netns, "link", *args]
+
+
+def _container_netns(node: Node) -> list[str]:
+    """The network namespaces of node's containers (`<container>.<node>`)."""
+    netns = Path("/run/netns")
+    return [e for e in (os.listdir(netns) if netns.is_dir() else [])
+            if e.endswith(f".{node.name}")]
 
 
 def crash(plan: Plan, node: Node) -> int:
     """SIGKILL everything of node at once (no SIGTERM first: a node does not say goodbye),
     then, once the dying processes' last packets are out (their peers see the connections
-    end, as they would see a crashed node's silence after timeouts), cut its link; the number
-    of processes killed."""
+    end, as they would see a crashed node's silence after timeouts), silence its containers'
+    network; the number of processes killed."""
     pids = node_pids(plan, node)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -161,7 +170,8 @@ def crash(plan: Plan, node: Node) -> int:
     while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(LAST_PACKETS)
-    host.set_node_link(node, up=False)
+    for netns in _container_netns(node):  # the dead containers' kernels fall silent
+        _proc.run(link_argv(plan, node, netns, "set", "eth0", "down"), check=False)
     return len(pids)
 
 

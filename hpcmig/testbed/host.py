@@ -71,13 +71,6 @@ def make_node_netns(plan: Plan, node: Node) -> None:
     _proc.run(["ip", "netns", "exec", node.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
 
 
-def set_node_link(node: Node, up: bool) -> None:
-    """The node's cable to the bridge: down, no packet of the node's (or of its containers')
-    goes in or out, as for a machine that lost power; up again when it is back."""
-    if link_exists(node.host_veth):
-        _ip("link", "set", node.host_veth, "up" if up else "down")
-
-
 def remove_node_netns(node: Node) -> None:
     for name in netns_list():  # the node's, and its containers' (`<container>.<node>`)
         if name == node.netns or name.endswith(f".{node.name}"):

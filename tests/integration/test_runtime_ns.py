@@ -227,7 +227,9 @@ def test_stop_leaves_no_process_and_start_refuses_duplicates(cluster: Cluster) -
         assert rt.is_running(c)
         rt.stop(c)
         assert not rt.is_running(c)
-        assert S.processes_in_pidns(pidns) == []
+        # (the kernel ends the namespace's last processes just after its init)
+        assert S.wait_for(lambda: S.processes_in_pidns(pidns) == [], 5.0), \
+            S.processes_in_pidns(pidns)
         assert not os.path.exists(os.path.join(cluster.state_dir, "hpcmig-rt-c2"))
     finally:
         node.remove_container_net(net)
