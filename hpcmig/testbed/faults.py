@@ -140,7 +140,7 @@ def node_pids(plan: Plan, node: Node) -> list[int]:
     its containers' network namespaces."""
     inodes = [i for p in (plan.netns_path(node), plan.mnt_ns(node))
               if (i := _inode(p)) is not None]
-    inodes += [i for name in _container_netns(node)
+    inodes += [i for name in container_netns(node)
                if (i := _inode(Path("/run/netns") / name)) is not None]
     return daemons.pids_in_namespaces(inodes)
 
@@ -150,7 +150,7 @@ def link_argv(plan: Plan, node: Node, netns: str, *args: str) -> list[str]:
     return ["nsenter", f"--mount={plan.mnt_ns(node)}", "--", "ip", "-n", netns, "link", *args]
 
 
-def _container_netns(node: Node) -> list[str]:
+def container_netns(node: Node) -> list[str]:
     """The network namespaces of node's containers (`<container>.<node>`)."""
     netns = Path("/run/netns")
     return [e for e in (os.listdir(netns) if netns.is_dir() else [])
@@ -167,21 +167,13 @@ def crash(plan: Plan, node: Node) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + CRASH_WAIT
-    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+    # (a zombie has closed its sockets: daemons.cmdline counts it as gone)
+    while any(daemons.cmdline(p) is not None for p in pids) and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(LAST_PACKETS)
-    for netns in _container_netns(node):  # the dead containers' kernels fall silent
+    for netns in container_netns(node):  # the dead containers' kernels fall silent
         _proc.run(link_argv(plan, node, netns, "set", "eth0", "down"), check=False)
     return len(pids)
-
-
-def _running(pid: int) -> bool:
-    """Not yet dead (a zombie has closed its sockets)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _inode(path: Path) -> int | None:

@@ -156,8 +156,7 @@ def test_a_crash_during_a_checkpoint_restarts_from_the_generation_before(
     # kernel retransmits) must not end the restored job's connections
     node = testbed.node(victim)
     links = [_proc.run(faults.link_argv(testbed, node, ns, "show", "eth0")).stdout
-             for ns in _proc.run(["ip", "netns", "list"]).stdout.split()
-             if ns.startswith(f"hpcmig-{job_id}-") and ns.endswith(f".{victim}")]
+             for ns in faults.container_netns(node) if ns.startswith(f"hpcmig-{job_id}-")]
     assert links and all(" DOWN " in link for link in links), links
     assert [g["n"] for g in generations(testbed, job_id)] == [1], "gen 2 was not complete"
     redone = finished_once(testbed, slurm, job_id, out, victim)

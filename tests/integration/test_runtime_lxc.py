@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from hpcmig.errors import CommandError
-from hpcmig.mpi import openmpi_on_prrte
-from hpcmig.mpi_launch import openmpi_rsh_options
+from hpcmig.mpi import flavour, openmpi_on_prrte
+from hpcmig.mpi_launch import hostfile, openmpi_rsh_options
 from hpcmig.network import NodeNet, container_net
 from hpcmig.runtime import Container, ContainerSpec, get_runtime
 from hpcmig.runtime.sifbuild import build_test_image
@@ -70,7 +70,7 @@ def lxc() -> Iterator[LxcCluster]:
     with open(os.path.join(tmp, "hosts"), "w") as fh:
         fh.write(HOSTS)
     with open(os.path.join(tmp, "hostfile.openmpi"), "w") as fh:
-        fh.write("10.252.0.1 slots=2\n10.252.0.2 slots=2\n")
+        fh.write(hostfile(flavour("openmpi"), ["10.252.0.1", "10.252.0.2"], [2, 2]))
     shutil.copy(os.path.join(REPO, "hpcmig", "workloads", "ring.py"), tmp)
     with contextlib.ExitStack() as stack:
         sock = stack.enter_context(S.munged())
