@@ -99,12 +99,30 @@ def crash_mid_interval(victim: str, taken: dict, crashed: list[str]) -> float:
     return crash_at
 
 
+def story(plan: Plan, job_id: int) -> str:
+    """What the hooks, agents, hpcmigd and slurmctld logged about the job, in time order
+    per file (a failed restart shows who set up and who removed what, and when)."""
+    mine = re.compile(rf"\bjob[ =]{job_id}\b|JobId={job_id}\b|\b{job_id}\.batch\b")
+    files = [plan.node_dir(n) / "run-hpcmig" / "hooks.log" for n in plan.nodes]
+    files += sorted(plan.log_dir.glob("agent-*.log")) + [plan.log_dir / "hpcmigd.log",
+                                                         plan.log_dir / "slurmctld.log"]
+    parts = []
+    for path in files:
+        try:
+            lines = [ln for ln in path.read_text(errors="replace").splitlines()
+                     if mine.search(ln)]
+        except FileNotFoundError:
+            continue
+        parts.append(f"--- {path.relative_to(plan.base)}\n" + "\n".join(lines[-60:]))
+    return "\n".join(parts)
+
+
 def finished_once(testbed: Plan, slurm: Slurm, job_id: int, out: Path, victim: str) -> list[int]:
     """The job completed once, off the dead node, with the exact checksum; its images are
     gone. Returns the rounds it did twice (its lost work)."""
     job = slurm.wait(job_id, timeout=180, states={"COMPLETED", "FAILED", "CANCELLED"})
     text = out.read_text()
-    assert job.state == "COMPLETED", f"{job}\n{text}"
+    assert job.state == "COMPLETED", f"{job}\n{text}\n{story(testbed, job_id)}"
     assert job.restart_count == 1 and victim not in job.nodes, job
     want = f"ring: PASS checksum={ring.expected(4, ELEMENTS, ROUNDS)} "
     assert text.count(want) == 1, text
