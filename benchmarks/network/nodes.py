@@ -27,7 +27,15 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from hpcmig import _proc, _procfs
-from hpcmig.network import AddressPool, NodeNet, container_address, container_net, hosts_file
+from hpcmig.network import (
+    AddressPool,
+    NodeNet,
+    container_address,
+    container_net,
+    hosts_file,
+    plan,
+    traffic,
+)
 from hpcmig.network.plan import ContainerNet
 from hpcmig.runtime import Container, ContainerSpec, get_runtime
 from hpcmig.runtime import ns as ns_runtime
@@ -74,15 +82,26 @@ class Bench:
     container_env: dict[str, str] = field(default_factory=dict)
     link_wait: float = 0.0  # seconds the links took to come up after setup
 
-    def set_filter(self, on: bool) -> None:
-        """Install (as the agent does) or remove the nft isolation on both nodes."""
+    def set_filter(self, on: bool, counted: bool = True) -> None:
+        """Install (as the agent does) or remove the nft isolation on both nodes;
+        `counted=False`: the isolation without the traffic counting (its cost, issue 14)."""
         for ns in self.nodes:
             node = NodeNet(ns)
-            if on:
-                node.install_isolation(IPv4Network(POOL))
-                node.allow_job(self.block)
-            else:
+            if not on:
                 node.remove_isolation()
+                continue
+            node.remove_isolation()  # a fresh table: no rule or element of the other variant
+            script = plan.isolation_script(IPv4Network(POOL))
+            if not counted:
+                script = "\n".join(ln for ln in script.splitlines()
+                                   if f"update @{traffic.TRAFFIC_SET}" not in ln) + "\n"
+            node.run(["nft", "-f", "-"], input=script)
+            node.allow_job(self.block)
+
+    def counted(self) -> bool:
+        """Whether both nodes count the job's traffic (hpcmig.network.traffic)."""
+        return all(f"update @{traffic.TRAFFIC_SET}" in NodeNet(ns).run(
+            ["nft", "list", "chain", "ip", plan.NFT_TABLE, "forward"]) for ns in self.nodes)
 
     def filtered(self) -> bool:
         """Whether both nodes forward the job's traffic through the nft isolation table."""

@@ -13,6 +13,8 @@ per MPI:
   `hpcmig.mpi_launch.launcher_argv` builds for `hpcmig run`, and starts its daemon in
   container 1 through `hpcmig-rsh`; TCP between the containers' /32 addresses (veth, routed
   by both nodes, nft forward filter);
+* container-uncounted: the same with the isolation but without the traffic counting
+  (hpcmig.network.traffic), to tell what counting costs;
 * container-unfiltered: the same with the nodes' nft isolation table removed for the run, to
   tell the filter's cost from the extra veth hops and routing.
 
@@ -50,7 +52,7 @@ from hpcmig.errors import CommandError, HpcmigError  # noqa: E402
 from hpcmig.workloads import pingpong  # noqa: E402
 
 RUN_TIMEOUT = 90.0
-MODES = ("native", "container", "container-unfiltered")
+MODES = ("native", "container", "container-uncounted", "container-unfiltered")
 N1 = next(iter(nodes.NODES))
 # Both "nodes" share this machine's cores. Open MPI binds each node's first rank to core 0 by
 # default, so both ranks would fight over one core (measured: 4 ms per message natively);
@@ -140,8 +142,10 @@ def payload_bytes(record: dict[str, Any], warmup: int) -> int:
 def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
             args: argparse.Namespace) -> dict[str, Any]:
     if mode != "native":
-        bench.set_filter(mode == "container")
-        if bench.filtered() != (mode == "container"):
+        filtered = mode != "container-unfiltered"
+        bench.set_filter(filtered, counted=mode == "container")
+        if bench.filtered() != filtered or (filtered and bench.counted() != (
+                mode == "container")):
             raise HpcmigError(f"{mode}: the nft isolation is not in the state this mode needs")
     bytes0, packets0 = nodes.wire_counters(N1)
     t0 = time.monotonic()
@@ -164,7 +168,8 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
     if len(set(hosts)) != len(hosts):
         raise HpcmigError(f"{flavour.name} {mode}: ranks share a host name {hosts}")
     return {"flavour": flavour.name, "mode": mode, "seconds": round(seconds, 2),
-            "nft_filter": mode == "container",
+            "nft_filter": mode in ("container", "container-uncounted"),
+            "traffic_counted": mode == "container",
             "loadavg_1min": loadavg()[0],
             "wire_bytes": wire, "wire_packets": packets, "payload_bytes": sent,
             "hosts": hosts, "mpi": record["mpi"],

@@ -27,6 +27,7 @@ from hpcmig import _cmdline
 from hpcmig import config as site_config
 from hpcmig.agent import ckpt as _ckpt  # noqa: F401  (registers the operations)
 from hpcmig.agent import ops as _ops  # noqa: F401
+from hpcmig.agent import traffic as _traffic  # noqa: F401
 from hpcmig.agent.health import Sampler
 from hpcmig.agent.node import NodeAgent
 from hpcmig.agent.server import Server

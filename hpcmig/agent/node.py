@@ -23,6 +23,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
+from hpcmig.agent import traffic
 from hpcmig.agent.health import Sampler
 from hpcmig.config import Config
 from hpcmig.errors import HpcmigError
@@ -209,6 +210,8 @@ class NodeAgent:
         for _index, container in sorted(rec.containers.items()):
             runtime.stop(container, grace=2.0)
             removed.append(container.name)
+        with contextlib.suppress(HpcmigError, OSError):  # counts are not worth a stuck epilog
+            traffic.save_and_forget(self, vc)
         for m in vc.members:
             net = self.container_net(vc, m)
             self.net.remove_container_net(net)  # idempotent; also the /32 route

@@ -35,6 +35,7 @@ SUBCOMMANDS: dict[str, str] = {
     "resume": "resume",
     "checkpoint": "checkpoint",
     "restore": "restore",
+    "traffic": "traffic",
     "map": "map",
 }
 

@@ -34,7 +34,7 @@ from typing import Any
 from hpcmig import __version__
 from hpcmig import config as site_config
 from hpcmig.agent.server import Call, Registry, Server
-from hpcmig.controller import appckpt, periodic
+from hpcmig.controller import appckpt, periodic, traffic
 from hpcmig.controller.client import TARGET
 from hpcmig.controller.policy import Watcher
 from hpcmig.controller.report import Report
@@ -221,6 +221,12 @@ def app_checkpoints(call: Call, job_id: str, directory: str) -> dict[str, Any]:
     app = appckpt.register(svc.cfg.state_dir, vc.job_id,
                            appckpt.AppDir(str(directory), vc.uid, vc.gid))
     return {"directory": app.directory}
+
+
+@CONTROLLER.operation("traffic", "job")
+def traffic_matrix(call: Call, job_id: str) -> dict[str, Any]:
+    """`hpcmig traffic`: the job's container-to-container bytes and packets so far."""
+    return traffic.measure(_svc(call), str(job_id))
 
 
 @CONTROLLER.operation("health.report", "admin")

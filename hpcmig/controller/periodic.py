@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcmig.checkpoint import images
 from hpcmig.checkpoint.record import RestartRecord, pending, save, write_private_json
-from hpcmig.controller import appckpt
+from hpcmig.controller import appckpt, traffic
 from hpcmig.controller._machine import env_faults
 from hpcmig.controller.service import job_number
 from hpcmig.controller.wholejob import checkpoint_vc, finish_requeue
@@ -226,6 +226,9 @@ def sweep(svc: Service, jobs: list[JobInfo]) -> list[str]:
         images.remove_job(root, jid)
         svc.decide(f"job {jid}: ended ({states.get(jid, 'gone from Slurm').lower()}); "
                    "its checkpoint images removed", job=jid)
+    with contextlib.suppress(FileNotFoundError):
+        traffic.sweep(svc.cfg.state_dir, ended_jobs(
+            os.listdir(Path(svc.cfg.state_dir, "traffic")), states))
     for jid in ended_jobs(appckpt.registered(svc.cfg.state_dir), states):
         if appckpt.remove(svc.cfg.state_dir, jid):
             svc.decide(f"job {jid}: ended; its application checkpoints removed", job=jid)

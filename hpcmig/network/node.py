@@ -18,6 +18,7 @@ from ipaddress import IPv4Address, IPv4Network
 from hpcmig import _proc
 from hpcmig.errors import CommandError, HpcmigError
 from hpcmig.network import plan
+from hpcmig.network import traffic as counting
 from hpcmig.network.plan import ContainerNet, Step
 
 _GONE = ("Cannot find device", "No such file", "No such process", "not found",
@@ -131,6 +132,19 @@ class NodeNet:
 
     def remove_isolation(self) -> None:
         self.run_all(plan.remove_isolation_plan(), tolerate_gone=True)
+
+    def traffic(self, block: IPv4Network) -> counting.Counts:
+        """Bytes and packets each container of `block` sent to each other one through this
+        node since they were last forgotten here (empty if the table is not installed)."""
+        try:
+            out = self.run(["nft", "-j", "list", "set", "ip", plan.NFT_TABLE,
+                            counting.TRAFFIC_SET])
+        except NetworkError:
+            return {}
+        return counting.parse_counts(out, block)
+
+    def forget_traffic(self, pairs: list[counting.Pair]) -> None:
+        self.run_all(counting.forget_plan("ip", plan.NFT_TABLE, pairs), tolerate_gone=True)
 
     def allowed_blocks(self) -> list[IPv4Network]:
         """Job blocks currently in the isolation set (for status and tests)."""

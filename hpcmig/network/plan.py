@@ -8,7 +8,8 @@ host-side veth's MAC, an onlink route to it and the default route via it; the ho
 carries NO address, and the hosting node routes the /32 to the veth; other nodes route the
 /32 via the hosting node's address. MACs derive from the address, so a container restored
 elsewhere gets the same link layer. Isolation is one nft table: forwarded traffic between two
-addresses of the same job block is accepted, anything else from or to the pool is dropped.
+addresses of the same job block is accepted (and counted where it leaves its container:
+`hpcmig.network.traffic`), anything else from or to the pool is dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+
+from hpcmig.network import traffic
 
 GATEWAY = "169.254.1.1"
 NFT_TABLE = "hpcmig"
@@ -132,8 +135,11 @@ def isolation_script(pool: IPv4Network) -> str:
     return "\n".join([
         f"add table {t}",
         f"add set {t} {NFT_SET} {{ type ipv4_addr . ipv4_addr; flags interval; }}",
+        traffic.set_definition(t),
         f"add chain {t} forward {{ type filter hook forward priority filter; policy accept; }}",
         f"flush chain {t} forward",
+        f"add rule {t} forward ip saddr . ip daddr @{NFT_SET} {traffic.count_statement()} "
+        "accept",
         f"add rule {t} forward ip saddr . ip daddr @{NFT_SET} accept",
         f"add rule {t} forward ip saddr {pool} drop",
         f"add rule {t} forward ip daddr {pool} drop",

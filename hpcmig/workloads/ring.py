@@ -1,14 +1,16 @@
 """Ring + allreduce: every rank passes a vector around the ring, then all reduce a checksum.
 
 `python -m hpcmig.workloads.ring [--elements N] [--rounds R] [--memory-mb M] [--seconds S]
-[--progress]`
+[--progress] [--report] [--linger S]`
 
 Rank r starts with v_r[k] = (r * 7919 + k) mod 65521. Each round, every rank sends its vector
 to rank r+1 and adds what it receives from rank r-1, element-wise modulo 2**31-1. After R
 rounds rank r holds a known sum of the starting vectors; the checksum is the sum over ranks of
 every held element, reduced with MPI_SUM. `expected()` computes the same number without MPI.
 `--memory-mb` keeps that much touched, verified ballast per rank (for migration tests) and
-`--seconds` stretches the run to at least that long.
+`--seconds` stretches the run to at least that long. `--report`: rank 0 also prints, per rank,
+the payload bytes its ring messages carried to its right neighbour and both hosts (what
+`hpcmig traffic` should measure); `--linger` keeps every rank alive that long after the result.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true",
                         help="rank 0 prints `ring: round N` after every round (a restarted "
                         "job prints the rounds it does again twice: its lost work)")
+    parser.add_argument("--report", action="store_true",
+                        help="print the bytes each rank sent to its right neighbour")
+    parser.add_argument("--linger", type=float, default=0.0,
+                        help="seconds every rank stays alive after the result")
     args = parser.parse_args(argv)
 
     from mpi4py import MPI
@@ -73,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     ballast_ok = extra is None or int(extra.sum()) == extra_sum
     ok = comm.allreduce(1 if ballast_ok else 0, op=MPI.MIN)
     hosts = comm.gather(socket.gethostname(), root=0)
+    status = "PASS"
+    if rank == 0 and args.report and hosts:
+        for r in range(size):
+            print(f"ring: rank {r} ({hosts[r]}) sent {args.rounds * vec.nbytes} bytes to "
+                  f"rank {(r + 1) % size} ({hosts[(r + 1) % size]})", flush=True)
     if rank == 0:
         want = expected(size, args.elements, args.rounds)
         status = "PASS" if total == want and ok else "FAIL"
@@ -82,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             f"mpi={MPI.Get_library_version().splitlines()[0].strip()}",
             flush=True,
         )
-        return 0 if status == "PASS" else 1
-    return 0
+    if args.linger:
+        time.sleep(args.linger)
+    return 0 if status == "PASS" else 1
 
 
 if __name__ == "__main__":

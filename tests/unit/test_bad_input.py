@@ -134,6 +134,12 @@ ROWS: list[Row] = [
     (["checkpoint", "12", "--resume=yes"], 2, EXPLICIT),
     (["checkpoint", "12", "--json=yes"], 2, EXPLICIT),
     # restore
+    (["traffic"], 2, "required: JOBID"),
+    (["traffic", "abc"], 2, "bad job id 'abc': a job id is a number"),
+    (["traffic", "12", "--top", "0"], 2, "--top: must be at least 1, not 0"),
+    (["traffic", "12", "-o"], 2, "expected one argument"),
+    (["traffic", "12", "--plot"], 2, "expected one argument"),
+    (["traffic", "12", "--json=yes"], 2, EXPLICIT),
     (["restore"], 2, "required: JOBID"),
     (["restore", "abc"], 2, "bad job id 'abc'"),
     (["restore", "12", "--exclude", "node[1-"], 2, "bad hostlist 'node[1-': unbalanced '['"),

@@ -1,0 +1,63 @@
+"""A job's traffic counted on this node (hpcmig.network.traffic): read live, saved on leaving.
+
+Design note: the counts live in the node's nft set while the job has containers or routes
+here. When the job leaves the node (`NodeAgent.teardown`: its epilog, or a drain that
+released the node), this node's counts are added to `<state_dir>/traffic/<job>/<node>.json`
+(root only; hpcmigd reads it there and removes the directory once the job ended) and the
+set's elements are deleted, so a later job with the same addresses starts from zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpcmig.agent.server import Call, operation
+from hpcmig.network import traffic
+from hpcmig.vcluster import VCluster
+
+if TYPE_CHECKING:
+    from hpcmig.agent.node import NodeAgent
+
+
+def saved_dir(state_dir: str, job_id: str) -> Path:
+    return Path(state_dir) / "traffic" / str(job_id)
+
+
+def read_saved(path: Path) -> traffic.Counts:
+    try:
+        return traffic.from_json(json.loads(path.read_text())["counts"])
+    except FileNotFoundError:
+        return {}
+
+
+def save_and_forget(agent: NodeAgent, vc: VCluster) -> None:
+    """Add this node's counts of the job to its saved file; drop them from the set."""
+    counts = agent.net.traffic(IPv4Network(vc.block))
+    if not counts:
+        return
+    where = saved_dir(agent.config.state_dir, vc.job_id)
+    where.parent.mkdir(mode=0o700, exist_ok=True)
+    where.mkdir(mode=0o700, exist_ok=True)
+    path = where / f"{agent.node}.json"
+    total = traffic.add(read_saved(path), counts)
+    tmp = path.with_suffix(".tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        json.dump({"node": agent.node, "counts": traffic.to_json(total)}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    agent.net.forget_traffic(list(counts))
+
+
+@operation("job.traffic", "job")
+def job_traffic(call: Call, job_id: str) -> dict[str, Any]:
+    """Bytes and packets each container of the job sent to each other one through this node
+    (rows: source, destination, bytes, packets), since the job came to this node."""
+    agent: NodeAgent = call.ctx
+    rec = agent.load(str(job_id))
+    counts = agent.net.traffic(IPv4Network(rec.vc.block)) if rec else {}
+    return {"node": agent.node, "counts": traffic.to_json(counts)}

@@ -1,0 +1,92 @@
+"""Issue 14, measured traffic, on the real testbed: `hpcmig traffic` names a ring's pairs.
+
+A 3-node MPICH job runs one rank per container in a ring of 1 MiB messages and reports what
+each rank sent to its right neighbour. `hpcmig traffic` (through hpcmigd, which sums the
+nodes' nft counters) must give, for each container, its right neighbour as the heavy pair
+with a byte count within 10% of the payload (IP and TCP headers and MPI's own messages
+ride on top), the reverse pairs (acknowledgements) far lighter, a `/comm` file the mapper
+reads and a heat map. Another user is refused; after the job nothing of its counts is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcmig.slurm import Slurm
+from hpcmig.testbed.plan import Plan
+from hpcmig.topology.comm import read_comm
+from hpcmig.workloads import batch
+from tests.integration.test_vcluster import in_node, slurm_wait_idle
+
+pytestmark = pytest.mark.integration
+
+HPCMIG = os.path.join(os.path.dirname(sys.executable), "hpcmig")
+ELEMENTS, ROUNDS = 131072, 30  # int64: 1 MiB per message, 30 MiB per pair
+
+
+def hpcmig(*args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
+    return subprocess.run([*prefix, HPCMIG, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_traffic_of_a_ring_names_its_pairs(testbed: Plan, slurm: Slurm, job_dir: Path) -> None:
+    script = batch.vcluster_script(
+        3, [["hpcmig.workloads.ring", "--elements", str(ELEMENTS), "--rounds", str(ROUNDS),
+             "--report", "--linger", "120"]], mpi="mpich", ntasks=3, job_name="traffic")
+    (job_dir / "job.sh").write_text(script)
+    out = job_dir / "job.out"
+    job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=testbed.user,
+                          cwd=str(job_dir))
+    try:
+        deadline = time.monotonic() + 120
+        while "ring: PASS" not in (text := out.read_text() if out.exists() else ""):
+            assert time.monotonic() < deadline and slurm.job(job_id).state in (
+                "PENDING", "RUNNING", "CONFIGURING"), f"{slurm.job(job_id)}\n{text}"
+            time.sleep(0.5)
+        sent = {(int(a), int(b)): int(n) for a, n, b in re.findall(
+            r"^ring: rank (\d+) \(\S+\) sent (\d+) bytes to rank (\d+)", text, re.M)}
+        assert sent == {(i, (i + 1) % 3): ROUNDS * ELEMENTS * 8 for i in range(3)}, text
+
+        h5, png = job_dir / "traffic.h5", job_dir / "traffic.png"
+        res = hpcmig("traffic", str(job_id), "-o", str(h5), "--plot", str(png), "--json")
+        assert res.returncode == 0, res.stderr
+        answer = json.loads(res.stdout)
+        assert answer["missing"] == {}
+        assert [c["index"] for c in answer["containers"]] == [0, 1, 2]
+        matrix = answer["bytes"]
+        print("\nmeasured bytes (row: from container, column: to):",
+              *(f"  {row}" for row in matrix), sep="\n")
+        for (i, j), payload in sent.items():  # one rank per container: rank i = container i
+            assert payload <= matrix[i][j] <= 1.10 * payload, (i, j, matrix[i][j], payload)
+            assert matrix[j][i] < 0.10 * payload, ("reverse", j, i, matrix[j][i])
+            assert answer["packets"][i][j] > 0
+        assert (read_comm(h5).toarray() == matrix).all()
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        table = hpcmig("traffic", str(job_id), "--top", "3")
+        assert table.returncode == 0, table.stderr
+        assert len(re.findall(r"^│ [012] \(node\d\) ", table.stdout, re.M)) == 3, table.stdout
+
+        stranger = hpcmig("traffic", str(job_id), user=65534)
+        assert stranger.returncode != 0 and "not yours" in stranger.stderr, stranger
+    finally:
+        slurm.cancel(job_id)
+    slurm.wait(job_id, timeout=60)
+    slurm_wait_idle(slurm, testbed)
+    for node in testbed.nodes:  # the epilogs took the job's counts off the nodes
+        nft = in_node(testbed, node.name, "nft", "list", "set", "ip", "hpcmig", "traffic")
+        assert "10.252." not in nft, (node.name, nft)
+    saved = testbed.base / "shared" / "traffic" / str(job_id)
+    deadline = time.monotonic() + 60  # hpcmigd's sweep of ended jobs (every 30 s)
+    while saved.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not saved.exists(), "the ended job's saved counts must be removed"
