@@ -5,7 +5,11 @@ start their daemons in the other containers through `hpcmig-rsh` (Hydra: `-launc
 -launcher-exec`; Open MPI 4 (ORTE): `--mca plm_rsh_agent`; Open MPI 5, whose mpirun is PRRTE's:
 `--prtemca plm_ssh_agent`), so every MPI process and connection lives in the virtual cluster.
 Ranks go to containers in blocks (rank r on container r // ppn) unless a
-per-rank placement is given; the hostfile lists container addresses in that order. Slurm's
+per-rank placement is given (`hpcmig run --map`): then each run of consecutive ranks in one
+container is one entry of MPICH's hostfile (`ADDR:K` lines, a container named again later gets
+one more Hydra proxy: Hydra numbers ranks in entry order and merges nothing; its `-host` is
+global only) and one MPMD segment of Open MPI's command line (`-np K --host ADDR:T PROG : ...`,
+T the container's total ranks, since a segment's `--host` sets the node's slots). Slurm's
 variables are removed from the launcher's environment: inside the containers MPI must not
 believe it runs under Slurm (it would try srun/PMI from the batch step).
 """
@@ -42,8 +46,12 @@ def block_slots(n: int, containers: int, ppn: int | None) -> list[int]:
     return slots
 
 
-def hostfile(flavour: Flavour, addresses: Sequence[str], slots: Sequence[int]) -> str:
-    """Hostfile in the launcher's own format; containers with no rank are left out."""
+def hostfile(flavour: Flavour, addresses: Sequence[str], slots: Sequence[int],
+             placement: Sequence[str] | None = None) -> str:
+    """Hostfile in the launcher's own format; containers with no rank are left out. MPICH
+    with a `placement`: one entry per run of consecutive ranks in one container."""
+    if placement is not None and flavour.name == "mpich":
+        return "".join(f"{addr}:{k}\n" for addr, k in segments(placement))
     lines = []
     for addr, k in zip(addresses, slots, strict=True):
         if k:
@@ -71,17 +79,45 @@ def openmpi_rsh_options(rsh: str, prrte: bool) -> list[str]:
             "--mca", "plm_rsh_no_tree_spawn", "1"]
 
 
+def segments(placement: Sequence[str]) -> list[tuple[str, int]]:
+    """Runs of consecutive ranks on one host: [(host, count), ...] in rank order."""
+    out: list[tuple[str, int]] = []
+    for host in placement:
+        if out and out[-1][0] == host:
+            out[-1] = (host, out[-1][1] + 1)
+        else:
+            out.append((host, 1))
+    return out
+
+
+def placed_slots(addresses: Sequence[str], placement: Sequence[str]) -> list[int]:
+    """Ranks per container (in `addresses` order) of a per-rank placement."""
+    unknown = sorted(set(placement) - set(addresses))
+    if unknown:
+        raise UsageError(f"placement names {', '.join(unknown)}: not a container of the job")
+    return [sum(1 for p in placement if p == a) for a in addresses]
+
+
 def launcher_argv(flavour: Flavour, *, rsh: str, hostfile_path: str, n: int,
                   env_names: Sequence[str], program: Sequence[str],
-                  prrte: bool = False) -> list[str]:
-    """The launcher's command line; `prrte`: Open MPI 5 (`mpi.openmpi_on_prrte()`)."""
+                  prrte: bool = False, placement: Sequence[str] | None = None) -> list[str]:
+    """The launcher's command line; `prrte`: Open MPI 5 (`mpi.openmpi_on_prrte()`);
+    `placement`: the container address of every rank (else blocks, from the hostfile)."""
     if not program:
         raise UsageError("nothing to run", hint="hpcmig run -n 6 -- python3 app.py")
-    if flavour.name == "mpich":
+    if placement is not None and len(placement) != n:
+        raise UsageError(f"the placement lists {len(placement)} ranks, not {n}")
+    if flavour.name == "mpich":  # a placement is in the hostfile
         return [flavour.mpiexec, "-launcher", "rsh", "-launcher-exec", rsh, "-iface", "eth0",
                 "-f", hostfile_path, "-n", str(n), *program]
     forwarded: list[str] = []
     for name in sorted(env_names):
         forwarded += ["-x", name]
-    return [flavour.mpiexec, *openmpi_rsh_options(rsh, prrte), "--hostfile", hostfile_path,
-            "-np", str(n), *forwarded, *program]
+    head = [flavour.mpiexec, *openmpi_rsh_options(rsh, prrte), "--hostfile", hostfile_path]
+    if placement is None:
+        return [*head, "-np", str(n), *forwarded, *program]
+    total = {host: placement.count(host) for host in placement}
+    apps = [["-np", str(k), "--host", f"{host}:{total[host]}", *program]
+            for host, k in segments(placement)]
+    joined = [arg for i, app in enumerate(apps) for arg in ([":"] if i else []) + app]
+    return [*head, *forwarded, *joined]  # -x before the first segment: for all of them

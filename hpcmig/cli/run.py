@@ -44,6 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="MPI implementation (default: the job's mpi= option, else the site's)")
     p.add_argument("--stream", action="store_true",
                    help="stream output through the exec connection even to a file")
+    p.add_argument("--map", metavar="FILE.h5",
+                   help="place ranks in containers by this traffic matrix (HDF5 /comm, N x N "
+                        "for the N ranks; `hpcmig traffic -o` writes one): the ranks that "
+                        "talk most share a container, then a switch")
     p.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
     p.set_defaults(func=run)
 
@@ -136,8 +140,12 @@ def run(args: argparse.Namespace) -> int:
             return _after(cfg, vc, job_id, _wait(
                 before, head.address, {"env": {}, "cwd": "/", "munge_socket": munge},
                 grace=HEARTBEAT_TIMEOUT))
+    placement = _placement(args, n, members, slots) if args.map else None
+    if placement is not None:
+        slots = mpi_launch.placed_slots([m.address for m in members], placement)
     hostfile = run_dir / "hostfile"
-    hostfile.write_text(mpi_launch.hostfile(flavour, [m.address for m in members], slots))
+    hostfile.write_text(mpi_launch.hostfile(flavour, [m.address for m in members], slots,
+                                            placement))
     venv_bin = os.path.dirname(sys.executable)
     env = mpi_launch.launch_env(os.environ, flavour.environment("eth0"))
     env["PATH"] = f"{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}"
@@ -159,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     argv = mpi_launch.launcher_argv(
         flavour, rsh=rsh, hostfile_path=str(hostfile), n=n,
         env_names=[k for k in env if k not in ("HOME", "USER", "LOGNAME")], program=program,
-        prrte=flavour.name == "openmpi" and mpi.openmpi_on_prrte())
+        prrte=flavour.name == "openmpi" and mpi.openmpi_on_prrte(), placement=placement)
     out, err = _regular_file(1), _regular_file(2)
     common: dict[str, Any] = {"env": env, "cwd": os.getcwd(), "munge_socket": munge}
     print(f"hpcmig run: {n} rank(s) of {flavour.name} in {len(members)} container(s) "
@@ -174,6 +182,21 @@ def run(args: argparse.Namespace) -> int:
         raise HpcmigError(f"could not start {flavour.mpiexec} in {head.address}: "
                           f"{res.stderr.decode(errors='replace').strip()}")
     return _after(cfg, vc, job_id, _wait(run_dir, head.address, common))
+
+
+def _placement(args: argparse.Namespace, n: int, members: list[Any], slots: list[int]
+               ) -> list[str]:
+    """The container address of every rank, by the mapper (`--map`), at most the block
+    placement's ranks per container."""
+    from hpcmig import rankmap
+
+    per = args.ppn or max(slots)
+    found = rankmap.place(args.map, n, [m.node for m in members], [per] * len(members),
+                          rankmap.topology_conf())
+    print(f"hpcmig run: ranks placed by {args.map} ({found.topology}): "
+          f"{found.hop_bytes:.6g} hop-bytes against {found.block_hop_bytes:.6g} in blocks",
+          file=sys.stderr, flush=True)
+    return [members[i].address for i in found.container_of]
 
 
 def _app_directory(cfg: Any, job_id: str, env: dict[str, str]) -> str:

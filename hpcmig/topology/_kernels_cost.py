@@ -14,7 +14,7 @@ from hpcmig.topology._jit import configure_cache
 configure_cache()
 
 import numpy as np  # noqa: E402
-from numba import njit  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 from hpcmig.topology._kernels import _MOD, _permutation  # noqa: E402
 
@@ -35,13 +35,13 @@ def node_distance(a: int, b: int, groups: np.ndarray, half: np.ndarray, coords: 
     return d
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def hop_bytes(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
               groups: np.ndarray, half: np.ndarray, coords: np.ndarray, ring: np.ndarray
               ) -> float:
     """sum over CSR entries (i, j) of w[i, j] * hops(node_of[i], node_of[j])."""
     total = 0.0
-    for i in range(len(xadj) - 1):
+    for i in prange(len(xadj) - 1):
         a = node_of[i]
         for e in range(xadj[i], xadj[i + 1]):
             b = node_of[adj[e]]
@@ -203,16 +203,50 @@ def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.nd
     return total_gain
 
 
+@njit(cache=True, inline="always")
+def _route(a: int, b: int, t: float, loads: np.ndarray, groups: np.ndarray,
+           link_of: np.ndarray, n_hier: int, coords: np.ndarray, ring: np.ndarray,
+           stride: np.ndarray, cur: np.ndarray) -> None:
+    """Add t bytes to the links between nodes a and b (a -> b on the torus)."""
+    dims = ring.shape[0]
+    for lvl in range(groups.shape[1]):
+        if groups[a, lvl] != groups[b, lvl]:
+            if link_of[a, lvl] >= 0:
+                loads[link_of[a, lvl]] += t
+            if link_of[b, lvl] >= 0:
+                loads[link_of[b, lvl]] += t
+    for k in range(dims):
+        cur[k] = coords[a, k]
+    for k in range(dims):
+        delta = (coords[b, k] - coords[a, k]) % ring[k]
+        forward = delta <= ring[k] - delta
+        steps = delta if forward else ring[k] - delta
+        for _ in range(steps):
+            if not forward:
+                cur[k] = (cur[k] - 1) % ring[k]
+            lin = 0
+            for q in range(dims):
+                lin += cur[q] * stride[q]
+            loads[n_hier + lin * dims + k] += t
+            if forward:
+                cur[k] = (cur[k] + 1) % ring[k]
+
+
 @njit(cache=True)
-def link_loads(pa: np.ndarray, pb: np.ndarray, t: np.ndarray, groups: np.ndarray,
-               link_of: np.ndarray, n_hier: int, coords: np.ndarray, ring: np.ndarray
-               ) -> np.ndarray:
-    """Bytes on each link for node-pair traffic t[k] between pa[k] and pb[k] (both ways).
+def link_loads(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, node_of: np.ndarray,
+               groups: np.ndarray, link_of: np.ndarray, n_hier: int, coords: np.ndarray,
+               ring: np.ndarray) -> np.ndarray:
+    """Bytes on each link when rank i (on node node_of[i]) sends data[i, j] to rank j.
 
     Hierarchical links are group uplinks (`link_of[node, level]`, -1 where a node has no
-    such level); torus links are (point, dimension) pairs after them, routed in dimension
-    order the shorter way round each ring (ties go the positive way).
+    such level); torus links are (point, dimension) pairs after them. Traffic between two
+    nodes, both ways, takes one route: from the lower node index to the higher, in
+    dimension order the shorter way round each ring (ties go the positive way). Ranks are
+    taken node by node and each node's traffic summed per partner node before it is
+    routed, so a route is walked once per pair of nodes that talk, not once per entry.
     """
+    n = len(indptr) - 1
+    m = groups.shape[0]
     dims = ring.shape[0]
     points = 1
     for k in range(dims):
@@ -222,30 +256,38 @@ def link_loads(pa: np.ndarray, pb: np.ndarray, t: np.ndarray, groups: np.ndarray
     for k in range(dims - 2, -1, -1):
         stride[k] = stride[k + 1] * ring[k + 1]
     cur = np.zeros(max(dims, 1), dtype=np.int64)
-    for p in range(len(pa)):
-        a = pa[p]
-        b = pb[p]
-        if a == b:
-            continue
-        for lvl in range(groups.shape[1]):
-            if groups[a, lvl] != groups[b, lvl]:
-                if link_of[a, lvl] >= 0:
-                    loads[link_of[a, lvl]] += t[p]
-                if link_of[b, lvl] >= 0:
-                    loads[link_of[b, lvl]] += t[p]
-        for k in range(dims):
-            cur[k] = coords[a, k]
-        for k in range(dims):
-            delta = (coords[b, k] - coords[a, k]) % ring[k]
-            forward = delta <= ring[k] - delta
-            steps = delta if forward else ring[k] - delta
-            for _ in range(steps):
-                if not forward:
-                    cur[k] = (cur[k] - 1) % ring[k]
-                lin = 0
-                for q in range(dims):
-                    lin += cur[q] * stride[q]
-                loads[n_hier + lin * dims + k] += t[p]
-                if forward:
-                    cur[k] = (cur[k] + 1) % ring[k]
+    first = np.zeros(m + 1, dtype=np.int64)  # ranks grouped by node (counting sort)
+    for i in range(n):
+        first[node_of[i] + 1] += 1
+    for a in range(m):
+        first[a + 1] += first[a]
+    ranks = np.empty(n, dtype=np.int64)
+    fill = first[:m].copy()
+    for i in range(n):
+        ranks[fill[node_of[i]]] = i
+        fill[node_of[i]] += 1
+    acc = np.zeros(m, dtype=np.float64)
+    touched = np.empty(m, dtype=np.int64)
+    mark = np.full(m, -1, dtype=np.int64)
+    for a in range(m):
+        count = 0
+        for r in range(first[a], first[a + 1]):
+            i = ranks[r]
+            for e in range(indptr[i], indptr[i + 1]):
+                b = node_of[indices[e]]
+                if b == a:
+                    continue
+                if mark[b] != a:
+                    mark[b] = a
+                    acc[b] = 0.0
+                    touched[count] = b
+                    count += 1
+                acc[b] += data[e]
+        for c in range(count):
+            b = touched[c]
+            if acc[b] != 0.0:
+                lo = min(a, b)
+                hi = max(a, b)
+                _route(lo, hi, acc[b], loads, groups, link_of, n_hier, coords, ring, stride,
+                       cur)
     return loads

@@ -9,8 +9,8 @@ nodes first differ at level l pays that level's hops, so hop-bytes = sum over le
   the largest group), so at least its total traffic minus its S-1 heaviest partners leaves;
 * spectral (Donath-Hoffman): cutting N ranks into parts of at most S costs at least
   1/2 sum_i m_i lambda_i of the rank graph's Laplacian (m = S, S, ..., lambda ascending; the
-  first few eigenvalues are computed, the rest bounded by the last one). Only computed up to
-  `spectral_limit` ranks (shift-invert eigensolves get slow).
+  first few eigenvalues are estimated from below by `spectrum.py`, the rest bounded by the
+  last one). Only computed up to `spectral_limit` ranks.
 
 On a torus, bytes at distance > r are bounded by heaviest partners within the ball of radius
 r, for every r (summing over r gives hop-bytes); the spectral bound applies at r = 0 (nodes).
@@ -24,9 +24,10 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from hpcmig.topology.comm import as_csr, rank_graph
-from hpcmig.topology.metrics import slot_array
+from hpcmig.topology.comm import as_csr
+from hpcmig.topology.metrics import _csr_int64, slot_array
 from hpcmig.topology.model import Topology
+from hpcmig.topology.spectrum import smallest_eigenvalues
 
 SPECTRAL_LIMIT = 20000
 EIGENVALUES = 8
@@ -56,31 +57,21 @@ class LowerBound:
 
 def partner_bound(w: sp.csr_array, group_slots: int) -> float:
     """Bytes (pairs counted once) that must cross groups of at most `group_slots` ranks."""
-    n = w.shape[0]
-    keep = max(min(group_slots, n) - 1, 0)
-    rows = np.repeat(np.arange(n), np.diff(w.indptr))
-    order = np.lexsort((-w.data, rows))
-    data = w.data[order]
-    csum = np.concatenate([[0.0], np.cumsum(data)])
-    starts = w.indptr[:-1]
-    take = np.minimum(np.diff(w.indptr), keep)
-    top = csum[starts + take] - csum[starts]
-    total = csum[w.indptr[1:]] - csum[starts]
-    return float(0.5 * np.maximum(total - top, 0.0).sum())
+    return partner_bounds(w, [group_slots])[0]
 
 
-def laplacian_eigenvalues(w: sp.csr_array, count: int) -> np.ndarray:
-    """The `count` smallest eigenvalues of the Laplacian of `w`, ascending."""
-    from scipy.sparse.linalg import eigsh
+def partner_bounds(w: sp.csr_array, group_slots: list[int]) -> list[float]:
+    """`partner_bound` for several group sizes, in one pass over the rank graph."""
+    from hpcmig.topology import _kernels_graph
 
     n = w.shape[0]
-    lap = sp.csc_array(sp.diags_array(np.asarray(w.sum(axis=1)).ravel()) - w)
-    count = min(count, n - 1)
-    if n <= 400:
-        return np.sort(np.linalg.eigvalsh(lap.toarray()))[:count]
-    shift = 1e-6 * max(float(lap.diagonal().max()), 1.0)
-    vals = eigsh(lap, k=count, sigma=-shift, which="LM", return_eigenvectors=False)
-    return np.sort(np.maximum(vals, 0.0))
+    keeps = np.array([max(min(s, n) - 1, 0) for s in group_slots], dtype=np.int64)
+    order = np.argsort(keeps, kind="stable")
+    rest = _kernels_graph.beyond_heaviest(np.asarray(w.indptr, dtype=np.int64),
+                                          np.asarray(w.data, dtype=np.float64), keeps[order])
+    out = np.empty(len(keeps))
+    out[order] = 0.5 * rest
+    return [float(x) for x in out]
 
 
 def spectral_bound(eig: np.ndarray, n: int, group_slots: int) -> float:
@@ -92,39 +83,48 @@ def spectral_bound(eig: np.ndarray, n: int, group_slots: int) -> float:
     return float(0.5 * np.dot(sizes, lam[:parts]))
 
 
-def lower_bound(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,
-                slots: int | npt.ArrayLike, spectral_limit: int = SPECTRAL_LIMIT) -> LowerBound:
-    """Per-level lower bounds on the hop-bytes of any placement of `comm` (see module doc)."""
+def rank_graph_of(comm: npt.ArrayLike | sp.sparray | sp.spmatrix) -> sp.csr_array:
+    """The symmetric rank graph C + C^T by the mapper's numba pass (scipy's costs seconds)."""
+    from hpcmig.topology import _kernels_graph
+
     c = as_csr(comm)
-    n = c.shape[0]
-    w = rank_graph(c)
+    xadj, adj, w = _kernels_graph.symmetrize(*_csr_int64(c))
+    return sp.csr_array((w, adj, xadj), shape=c.shape)
+
+
+def lower_bound(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,
+                slots: int | npt.ArrayLike, spectral_limit: int = SPECTRAL_LIMIT,
+                graph: sp.csr_array | None = None) -> LowerBound:
+    """Per-level lower bounds on the hop-bytes of any placement of `comm` (see module doc).
+
+    `graph`: the rank graph of `comm` if already built (`Mapping.graph`), else it is built.
+    """
+    w = rank_graph_of(comm) if graph is None else graph
+    n = w.shape[0]
     caps = slot_array(topology, slots)
     eig: np.ndarray | None = None
     if n <= spectral_limit and n > 1 and w.nnz:
-        eig = laplacian_eigenvalues(w, EIGENVALUES)
-    levels: list[LevelBound] = []
+        eig = smallest_eigenvalues(w, EIGENVALUES)
+    rows: list[tuple[str, float, int, bool]] = []  # name, hops, group slots, spectral?
     if topology.hierarchical:
         for lvl in range(topology.groups.shape[1] - 1, -1, -1):
-            g = topology.groups[:, lvl]
-            _, inv = np.unique(g, return_inverse=True)
+            _, inv = np.unique(topology.groups[:, lvl], return_inverse=True)
             if inv.max() == 0:
                 continue  # one group: nobody crosses this level
-            group_slots = int(np.bincount(inv, weights=caps).max())
-            hops = float(2.0 * topology.half[:, lvl].min())
             name = "node" if lvl == topology.groups.shape[1] - 1 else f"level {lvl}"
-            spec = spectral_bound(eig, n, group_slots) if eig is not None else None
-            levels.append(LevelBound(name, hops, group_slots,
-                                     partner_bound(w, group_slots), spec))
-        return LowerBound(levels)
-    dist = _torus_ball_sizes(topology)
-    for r, ball in enumerate(dist):
-        group_slots = int(ball * caps.max())
-        spec = spectral_bound(eig, n, group_slots) if (eig is not None and r == 0) else None
-        levels.append(LevelBound("node" if r == 0 else f"distance > {r}", 1.0, group_slots,
-                                 partner_bound(w, group_slots), spec))
-        if group_slots >= n:
-            break
-    return LowerBound(levels)
+            rows.append((name, float(2.0 * topology.half[:, lvl].min()),
+                         int(np.bincount(inv, weights=caps).max()), True))
+    else:
+        for r, ball in enumerate(_torus_ball_sizes(topology)):
+            group_slots = int(ball * caps.max())
+            rows.append(("node" if r == 0 else f"distance > {r}", 1.0, group_slots, r == 0))
+            if group_slots >= n:
+                break
+    partner = partner_bounds(w, [row[2] for row in rows])
+    return LowerBound([
+        LevelBound(name, hops, slots_, part,
+                   spectral_bound(eig, n, slots_) if eig is not None and spec else None)
+        for (name, hops, slots_, spec), part in zip(rows, partner, strict=True)])
 
 
 def _torus_ball_sizes(topology: Topology) -> list[int]:

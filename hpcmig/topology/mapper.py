@@ -21,14 +21,20 @@ true hop-bytes (full distance, every level at once) improve. Same seed, same map
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
 from hpcmig.topology.comm import as_csr
-from hpcmig.topology.metrics import _topo_arrays, block_placement, check_fits, slot_array
+from hpcmig.topology.metrics import (
+    _csr_int64,
+    _topo_arrays,
+    block_placement,
+    check_fits,
+    slot_array,
+)
 from hpcmig.topology.model import IntArray, Topology
 
 COARSEN_TO = 80
@@ -58,6 +64,7 @@ class Mapping:
     hop_bytes: float
     block_hop_bytes: float
     method: str  # "recursive-bisection" or "block" (when block was not beaten)
+    graph: sp.csr_array = field(repr=False)  # rank graph C + C^T it was made on (for bounds)
 
     @property
     def hosts(self) -> list[str]:
@@ -91,8 +98,8 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     n = c.shape[0]
     caps = slot_array(topology, slots)
     check_fits(n, topology, caps)
-    xadj, adj, w = _kernels_graph.symmetrize(c.indptr.astype(np.int64),
-                                             c.indices.astype(np.int64), c.data)
+    xadj, adj, w = _kernels_graph.symmetrize(*_csr_int64(c))
+    graph = sp.csr_array((w, adj, xadj), shape=(n, n))
     dense = len(adj) > DENSE_DEGREE * n
     local = _kernels_graph.near_fraction(xadj, adj, LOCAL_RADIUS * np.sqrt(n)) >= 0.5
     if dense:
@@ -121,14 +128,14 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     ours = 0.5 * _kernels_cost.hop_bytes(xadj, adj, w, node_of, groups, half, coords, ring)
     base = 0.5 * _kernels_cost.hop_bytes(xadj, adj, w, block, groups, half, coords, ring)
     if ours <= base:
-        return Mapping(topology, node_of, ours, base, "recursive-bisection")
+        return Mapping(topology, node_of, ours, base, "recursive-bisection", graph)
     refined = block.copy()
     gain = _kernels_cost.swap_refine(xadj, adj, w, refined, caps, groups, half, coords, ring,
                                      REFINE_PASSES, seed, SWAP_CANDIDATES)
     if gain <= 0.0:
-        return Mapping(topology, block, base, base, "block")
+        return Mapping(topology, block, base, base, "block", graph)
     refined_hb = 0.5 * _kernels_cost.hop_bytes(xadj, adj, w, refined, groups, half, coords,
                                                ring)
     if refined_hb > base:
-        return Mapping(topology, block, base, base, "block")
-    return Mapping(topology, refined, refined_hb, base, "block")
+        return Mapping(topology, block, base, base, "block", graph)
+    return Mapping(topology, refined, refined_hb, base, "block", graph)

@@ -85,6 +85,12 @@ def _topo_arrays(topology: Topology) -> tuple[np.ndarray, np.ndarray, np.ndarray
             np.ascontiguousarray(topology.coords), np.ascontiguousarray(topology.ring))
 
 
+def _csr_int64(c: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CSR arrays as the kernels take them, without copies when already int64."""
+    return (np.asarray(c.indptr, dtype=np.int64), np.asarray(c.indices, dtype=np.int64),
+            c.data)
+
+
 def hop_bytes(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,
               node_of: npt.ArrayLike) -> float:
     """sum over rank pairs of bytes(i -> j) * hops(node of i, node of j)."""
@@ -92,19 +98,7 @@ def hop_bytes(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
 
     c = as_csr(comm)
     nodes = check_mapping(node_of, c.shape[0], topology)
-    return float(_kernels_cost.hop_bytes(c.indptr.astype(np.int64), c.indices.astype(np.int64),
-                                         c.data, nodes, *_topo_arrays(topology)))
-
-
-def node_traffic(comm: sp.csr_array, node_of: IntArray, n_nodes: int) -> sp.coo_array:
-    """Bytes between node pairs (upper triangle, both directions summed), as COO."""
-    coo = comm.tocoo()
-    a, b = node_of[coo.row], node_of[coo.col]
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    keep = lo != hi
-    mat = sp.coo_array((coo.data[keep], (lo[keep], hi[keep])), shape=(n_nodes, n_nodes))
-    mat.sum_duplicates()
-    return mat
+    return float(_kernels_cost.hop_bytes(*_csr_int64(c), nodes, *_topo_arrays(topology)))
 
 
 def uplink_ids(topology: Topology) -> tuple[IntArray, int]:
@@ -127,12 +121,10 @@ def link_loads(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topolog
 
     c = as_csr(comm)
     nodes = check_mapping(node_of, c.shape[0], topology)
-    pairs = node_traffic(c, nodes, topology.n_nodes)
     link_of, n_hier = uplink_ids(topology)
     groups, _, coords, ring = _topo_arrays(topology)
     return np.asarray(_kernels_cost.link_loads(
-        pairs.row.astype(np.int64), pairs.col.astype(np.int64), pairs.data.astype(np.float64),
-        groups, link_of, n_hier, coords, ring))
+        *_csr_int64(c), nodes, groups, link_of, n_hier, coords, ring))
 
 
 def max_link_load(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,

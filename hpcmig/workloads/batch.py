@@ -53,6 +53,7 @@ def vcluster_script(
     job_name: str = "hpcmig-vc",
     output: str | None = None,
     python: str = sys.executable,
+    run_args: Sequence[str] = (),
 ) -> str:
     """A batch script for a job in hpcmig's virtual cluster: one `hpcmig run` per step.
 
@@ -76,6 +77,7 @@ def vcluster_script(
         run += ["-n", str(ntasks)]
     if mpi:
         run += ["--mpi", mpi]
+    run += list(run_args)
     for step in steps:
         lines.append(shlex.join([*run, "--", python, "-m", *step]))
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""Issue 14, measured traffic, on the real testbed: `hpcmig traffic` names a ring's pairs.
+"""Issue 14 on the real testbed: `hpcmig traffic` names a ring's pairs; `hpcmig run --map`
+places ranks by a traffic matrix.
 
 A 3-node MPICH job runs one rank per container in a ring of 1 MiB messages and reports what
 each rank sent to its right neighbour. `hpcmig traffic` (through hpcmigd, which sums the
@@ -6,6 +7,10 @@ nodes' nft counters) must give, for each container, its right neighbour as the h
 with a byte count within 10% of the payload (IP and TCP headers and MPI's own messages
 ride on top), the reverse pairs (acknowledgements) far lighter, a `/comm` file the mapper
 reads and a heat map. Another user is refused; after the job nothing of its counts is left.
+
+`hpcmig run -n 6 --map FILE` over 3 containers, with a matrix whose heavy pairs are ranks
+(0, 3), (1, 4) and (2, 5) (block placement splits every one of them), must put each pair in
+one container, for MPICH and Open MPI, and the ring run the same way keeps its exact checksum.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hpcmig.slurm import Slurm
 from hpcmig.testbed.plan import Plan
-from hpcmig.topology.comm import read_comm
-from hpcmig.workloads import batch
-from tests.integration.test_vcluster import in_node, slurm_wait_idle
+from hpcmig.topology.comm import read_comm, write_comm
+from hpcmig.workloads import batch, ring
+from tests.integration.test_vcluster import in_node, run_job, slurm_wait_idle
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +96,29 @@ def test_traffic_of_a_ring_names_its_pairs(testbed: Plan, slurm: Slurm, job_dir:
     while saved.exists() and time.monotonic() < deadline:
         time.sleep(1)
     assert not saved.exists(), "the ended job's saved counts must be removed"
+
+
+@pytest.mark.parametrize("mpi", ["mpich", "openmpi"])
+def test_run_map_places_heavy_pairs_in_one_container(testbed: Plan, slurm: Slurm,
+                                                     job_dir: Path, mpi: str) -> None:
+    comm = np.zeros((6, 6))
+    for a, b in ((0, 3), (1, 4), (2, 5)):
+        comm[a, b] = comm[b, a] = 1e9
+    for r in range(5):  # a light chain, so block placement is not simply as good
+        comm[r, r + 1] += 1e3
+    matrix = job_dir / "comm.h5"
+    write_comm(matrix, comm)
+    os.chmod(matrix, 0o644)
+    script = batch.vcluster_script(
+        3, [["hpcmig.workloads.whereami"],
+            ["hpcmig.workloads.ring", "--rounds", "20", "--elements", "1000"]],
+        mpi=mpi, ntasks=6, job_name=f"map-{mpi}", run_args=["--map", str(matrix)])
+    job_id, out = run_job(testbed, slurm, job_dir, script, f"map-{mpi}")
+    assert "hpcmig run: ranks placed by" in out and "(one switch)" in out, out
+    assert f"ring: PASS checksum={ring.expected(6, 1000, 20)} " in out, out
+    ranks = json.loads(re.search(r"^whereami: (.*)$", out, re.M).group(1))  # type: ignore[union-attr]
+    hosts = [r["host"] for r in ranks]
+    print(f"\n{mpi}: rank -> container {hosts}")
+    assert len(set(hosts)) == 3, hosts  # two ranks in each of the three containers
+    for a, b in ((0, 3), (1, 4), (2, 5)):
+        assert hosts[a] == hosts[b], (a, b, hosts)

@@ -50,3 +50,28 @@ def test_slurm_and_pmi_variables_stay_out_of_the_containers() -> None:
     env = mpi_launch.launch_env({"SLURM_JOB_ID": "1", "PMI_FD": "3", "PATH": "/bin",
                                  "PYTHONPATH": "/x", "HOSTNAME": "node1"}, {"UCX_TLS": "tcp"})
     assert env == {"PATH": "/bin", "PYTHONPATH": "/x", "UCX_TLS": "tcp"}
+
+
+def test_a_placement_becomes_one_segment_per_run_of_ranks() -> None:
+    placement = ["A", "B", "B", "A"]
+    assert mpi_launch.segments(placement) == [("A", 1), ("B", 2), ("A", 1)]
+    assert mpi_launch.placed_slots(["A", "B", "C"], placement) == [2, 2, 0]
+    with pytest.raises(UsageError, match="not a container"):
+        mpi_launch.placed_slots(["A"], placement)
+    # MPICH: Hydra numbers ranks in hostfile entry order, one proxy per entry
+    assert mpi_launch.hostfile(flavour("mpich"), ["A", "B"], [2, 2], placement) == \
+        "A:1\nB:2\nA:1\n"
+    mpich = mpi_launch.launcher_argv(flavour("mpich"), rsh="/r", hostfile_path="/h", n=4,
+                                     env_names=[], program=["p", "x"], placement=placement)
+    assert mpich[mpich.index("/h") + 1:] == ["-n", "4", "p", "x"]
+    # Open MPI: MPMD segments; a segment's --host sets the node's slots: its total
+    assert mpi_launch.hostfile(flavour("openmpi"), ["A", "B"], [2, 2], placement) == \
+        "A slots=2\nB slots=2\n"
+    ompi = mpi_launch.launcher_argv(flavour("openmpi"), rsh="/r", hostfile_path="/h", n=4,
+                                    env_names=["E"], program=["p"], placement=placement)
+    assert ompi[ompi.index("/h") + 1:] == ["-x", "E", "-np", "1", "--host", "A:2", "p", ":",
+                                           "-np", "2", "--host", "B:2", "p", ":",
+                                           "-np", "1", "--host", "A:2", "p"]
+    with pytest.raises(UsageError, match="lists 4 ranks, not 5"):
+        mpi_launch.launcher_argv(flavour("mpich"), rsh="/r", hostfile_path="/h", n=5,
+                                 env_names=[], program=["p"], placement=placement)

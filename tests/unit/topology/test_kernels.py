@@ -1,4 +1,7 @@
-"""Every numba kernel against its plain-Python reference (also run with NUMBA_DISABLE_JIT=1)."""
+"""The mapping kernels against their plain-Python references (also with NUMBA_DISABLE_JIT=1).
+
+The kernels that measure (link loads, heaviest partners) are in `test_kernels_metrics.py`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import scipy.sparse as sp
 
 from hpcmig.topology import _kernels, _kernels_cost, _kernels_graph, _kernels_rb
 from hpcmig.topology.generate import dragonfly, fat_tree, torus
-from hpcmig.topology.metrics import uplink_ids
 from hpcmig.topology.model import Topology
 
 from . import reference as ref
@@ -147,33 +149,6 @@ def test_swap_refine_gain_is_real_and_capacities_hold(topo: Topology) -> None:
     # in hop-bytes of C (every pair once)
     assert (before - after) / 2 == pytest.approx(gain, rel=1e-9, abs=1e-9)
     assert np.all(np.bincount(node_of, minlength=topo.n_nodes) <= caps)
-
-
-@pytest.mark.parametrize("topo", _topologies(), ids=lambda t: t.kind + str(t.n_nodes))
-def test_link_loads_match_reference(topo: Topology) -> None:
-    rng = np.random.default_rng(2)
-    pa = rng.integers(0, topo.n_nodes, 25)
-    pb = rng.integers(0, topo.n_nodes, 25)
-    t = rng.integers(1, 100, 25).astype(np.float64)
-    link_of, n_hier = uplink_ids(topo)
-    got = _kernels_cost.link_loads(pa, pb, t, topo.groups, link_of, n_hier, topo.coords,
-                                   topo.ring)
-    want = np.zeros_like(got)
-    dims = len(topo.ring)
-    for a, b, x in zip(pa.tolist(), pb.tolist(), t.tolist(), strict=True):
-        if a == b:
-            continue
-        for lvl in range(topo.groups.shape[1]):
-            if topo.groups[a][lvl] != topo.groups[b][lvl]:
-                for node in (a, b):
-                    if link_of[node][lvl] >= 0:
-                        want[link_of[node][lvl]] += x
-        route = ref.torus_route(topo.coords[a].tolist(), topo.coords[b].tolist(),
-                                topo.ring.tolist())
-        for point, k in route:
-            lin = int(np.ravel_multi_index(point, tuple(topo.ring)))
-            want[n_hier + lin * dims + k] += x
-    np.testing.assert_allclose(got, want)
 
 
 def _no_hierarchy(n: int) -> tuple[np.ndarray, ...]:
