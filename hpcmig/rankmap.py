@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING
 from hpcmig.errors import UsageError
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
+    import scipy.sparse as sp
+
     from hpcmig.topology.model import Topology
 
 DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
@@ -52,24 +55,27 @@ def container_topology(nodes: Sequence[str], conf: Path | None) -> tuple[Topolog
     return from_tree("flat", list(nodes), [[0]] * len(nodes), [2.0, 2.0]), "one switch"
 
 
-def place(comm_path: str, n: int, nodes: Sequence[str], capacity: Sequence[int],
-          conf: Path | None, seed: int = 0) -> RankMap:
-    """Map the `n` ranks of the traffic matrix in `comm_path` onto the containers hosted on
-    `nodes` (in container order) with `capacity[i]` ranks at most in container i."""
+def place(comm: npt.ArrayLike | sp.sparray | str, n: int, nodes: Sequence[str],
+          capacity: Sequence[int], conf: Path | None, seed: int = 0,
+          what: str | None = None) -> RankMap:
+    """Map the `n` ranks of traffic matrix `comm` (or the HDF5 file it names) onto the
+    containers hosted on `nodes` (in container order), at most `capacity[i]` ranks in
+    container i. `what` names the matrix in messages."""
     import numpy as np
 
-    from hpcmig.topology.comm import read_comm
+    from hpcmig.topology.comm import as_csr, read_comm
     from hpcmig.topology.mapper import map_ranks
 
-    comm = read_comm(comm_path)
-    if comm.shape[0] != n:
-        raise UsageError(f"{comm_path} has a {comm.shape[0]} x {comm.shape[0]} traffic "
+    what = what or (comm if isinstance(comm, str) else "the traffic matrix")
+    matrix = read_comm(comm) if isinstance(comm, str) else as_csr(comm, what)
+    if matrix.shape[0] != n:
+        raise UsageError(f"{what} has a {matrix.shape[0]} x {matrix.shape[0]} traffic "
                          f"matrix, but {n} ranks are to run",
-                         hint=f"give -n {comm.shape[0]}, or a matrix of the run's ranks")
+                         hint=f"give -n {matrix.shape[0]}, or a matrix of the run's ranks")
     if sum(capacity) < n:
         raise UsageError(f"{n} ranks do not fit in {len(capacity)} containers of "
                          f"{max(capacity)}", hint="raise --ppn")
     topo, source = container_topology(nodes, conf)
-    mapping = map_ranks(comm, topo, np.asarray(capacity, dtype=np.int64), seed)
+    mapping = map_ranks(matrix, topo, np.asarray(capacity, dtype=np.int64), seed)
     return RankMap([int(i) for i in mapping.node_of], float(mapping.hop_bytes),
                    float(mapping.block_hop_bytes), source)

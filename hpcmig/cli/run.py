@@ -44,10 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="MPI implementation (default: the job's mpi= option, else the site's)")
     p.add_argument("--stream", action="store_true",
                    help="stream output through the exec connection even to a file")
-    p.add_argument("--map", metavar="FILE.h5",
+    p.add_argument("--map", metavar="FILE.h5|auto",
                    help="place ranks in containers by this traffic matrix (HDF5 /comm, N x N "
-                        "for the N ranks; `hpcmig traffic -o` writes one): the ranks that "
-                        "talk most share a container, then a switch")
+                        "for the N ranks; `hpcmig traffic -o` writes one), or `auto`: the "
+                        "one hpcmig measured in the last run of this job name (one rank per "
+                        "container); the ranks that talk most share a container, a switch")
     p.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
     p.set_defaults(func=run)
 
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             return _after(cfg, vc, job_id, _wait(
                 before, head.address, {"env": {}, "cwd": "/", "munge_socket": munge},
                 grace=HEARTBEAT_TIMEOUT))
-    placement = _placement(args, n, members, slots) if args.map else None
+    placement = _placement(args, cfg, job_id, n, members, slots) if args.map else None
     if placement is not None:
         slots = mpi_launch.placed_slots([m.address for m in members], placement)
     hostfile = run_dir / "hostfile"
@@ -184,16 +185,24 @@ def run(args: argparse.Namespace) -> int:
     return _after(cfg, vc, job_id, _wait(run_dir, head.address, common))
 
 
-def _placement(args: argparse.Namespace, n: int, members: list[Any], slots: list[int]
-               ) -> list[str]:
+def _placement(args: argparse.Namespace, cfg: Any, job_id: str, n: int, members: list[Any],
+               slots: list[int]) -> list[str]:
     """The container address of every rank, by the mapper (`--map`), at most the block
-    placement's ranks per container."""
+    placement's ranks per container. `auto`: the matrix hpcmig measured in the last run of
+    this job's name by its user (hpcmigd keeps it)."""
     from hpcmig import rankmap
 
+    comm: Any = args.map
+    what = args.map
+    if args.map == "auto":
+        from hpcmig.controller.client import ControllerClient
+
+        last = ControllerClient(cfg).call("traffic_history", timeout=60, job_id=job_id)
+        comm, what = last["bytes"], f"the traffic measured in job {last['job_id']}"
     per = args.ppn or max(slots)
-    found = rankmap.place(args.map, n, [m.node for m in members], [per] * len(members),
-                          rankmap.topology_conf())
-    print(f"hpcmig run: ranks placed by {args.map} ({found.topology}): "
+    found = rankmap.place(comm, n, [m.node for m in members], [per] * len(members),
+                          rankmap.topology_conf(), what=what)
+    print(f"hpcmig run: ranks placed by {what} ({found.topology}): "
           f"{found.hop_bytes:.6g} hop-bytes against {found.block_hop_bytes:.6g} in blocks",
           file=sys.stderr, flush=True)
     return [members[i].address for i in found.container_of]

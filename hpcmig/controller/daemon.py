@@ -229,6 +229,16 @@ def traffic_matrix(call: Call, job_id: str) -> dict[str, Any]:
     return traffic.measure(_svc(call), str(job_id))
 
 
+@CONTROLLER.operation("traffic_history", "job")
+def traffic_history(call: Call, job_id: str) -> dict[str, Any]:
+    """`hpcmig run --map auto`: the container matrix measured in the last run of this job's
+    name by its owner."""
+    svc = _svc(call)
+    job = svc.job(str(job_id))
+    uid = job.uid if job.uid >= 0 else pwd.getpwnam(job.user).pw_uid
+    return traffic.last_run(svc.cfg.state_dir, uid, job.name)
+
+
 @CONTROLLER.operation("health.report", "admin")
 def health_report(call: Call, node: str, sample: dict[str, Any]) -> dict[str, Any]:
     """A node's sample sent by `hpcmig-healthcheck` (Slurm's HealthCheckProgram)."""

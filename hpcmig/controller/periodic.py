@@ -277,6 +277,7 @@ class Periodic:
         except UsageError:
             self.not_ours[key] = now
             return
+        traffic.remember(svc.cfg.state_dir, job, vc)  # for `hpcmig run --map auto`
         if not vc.ckpt or vc.engine == "dmtcp" or pending(svc.cfg.checkpoint_dir, jid):
             return  # (a pending record: the job is being restored)
         stale = [n for n in vc.nodes()

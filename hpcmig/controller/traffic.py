@@ -5,21 +5,35 @@ hpcmigd sums, for every (sender, receiver) address pair of the job, what each no
 counts now (`job.traffic`, one RPC per node, in parallel) and what nodes the job already left
 saved (`<state_dir>/traffic/<job>/`), and turns addresses into container indices. A node
 whose agent does not answer is named in the answer (`missing`), its live counts left out.
-The directory of a job that ended is removed by the periodic sweep (`sweep`).
+
+History (`hpcmig run --map auto`): while the job runs, hpcmigd notes its name, owner and
+container addresses beside the saved counts (`remember`, `job.meta`); once it ended, the
+periodic sweep turns the counts into the job's container matrix and keeps it as the last
+measured run of that job name by that user (`<state_dir>/traffic/history/<uid>/`, root only,
+one file per name, the newest wins), then removes the job's directory (`sweep`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcmig.agent.traffic import read_saved, saved_dir
-from hpcmig.errors import HpcmigError
+from hpcmig.errors import HpcmigError, UsageError
 from hpcmig.network import traffic
 
 if TYPE_CHECKING:
     from hpcmig.controller.service import Service
+    from hpcmig.slurm import JobInfo
+    from hpcmig.vcluster import VCluster
+
+META = "job.meta"
 
 
 def measure(svc: Service, job_id: str) -> dict[str, Any]:
@@ -42,23 +56,88 @@ def measure(svc: Service, job_id: str) -> dict[str, Any]:
                 missing[node] = got
             else:
                 total = traffic.add(total, got)
-    for path in sorted(saved_dir(svc.cfg.state_dir, vc.job_id).glob("*.json")):
-        total = traffic.add(total, read_saved(path))
+    total = traffic.add(total, _saved(svc.cfg.state_dir, vc.job_id))
     members = sorted(vc.members, key=lambda m: m.index)
-    index = {m.address: i for i, m in enumerate(members)}
-    n = len(members)
+    sent, packets = matrices(total, [m.address for m in members])
+    return {"job_id": vc.job_id, "bytes": sent, "packets": packets, "missing": missing,
+            "containers": [{"index": m.index, "address": m.address, "node": m.node}
+                           for m in members]}
+
+
+def _saved(state_dir: str, job_id: str) -> traffic.Counts:
+    total: traffic.Counts = {}
+    for path in sorted(saved_dir(state_dir, job_id).glob("*.json")):
+        total = traffic.add(total, read_saved(path))
+    return total
+
+
+def matrices(total: traffic.Counts, addresses: list[str]) -> tuple[list[list[int]],
+                                                                    list[list[int]]]:
+    """(bytes, packets) container i sent to container j, containers in `addresses` order."""
+    index = {a: i for i, a in enumerate(addresses)}
+    n = len(addresses)
     sent = [[0] * n for _ in range(n)]
     packets = [[0] * n for _ in range(n)]
     for (src, dst), (b, p) in total.items():
         if src in index and dst in index:
             sent[index[src]][index[dst]] += b
             packets[index[src]][index[dst]] += p
-    return {"job_id": vc.job_id, "bytes": sent, "packets": packets, "missing": missing,
-            "containers": [{"index": m.index, "address": m.address, "node": m.node}
-                           for m in members]}
+    return sent, packets
+
+
+def _private_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        json.dump(data, fh)
+    tmp.replace(path)
+
+
+def remember(state_dir: str, job: JobInfo, vc: VCluster) -> None:
+    """Note the running job's name, owner and container addresses (once per job)."""
+    meta = saved_dir(state_dir, vc.job_id) / META
+    if meta.exists():
+        return
+    _private_json(meta, {"name": job.name, "uid": vc.uid, "addresses": [
+        m.address for m in sorted(vc.members, key=lambda m: m.index)]})
+
+
+def history_path(state_dir: str, uid: int, name: str) -> Path:
+    digest = hashlib.sha256(name.encode()).hexdigest()[:24]  # any job name, one file
+    return Path(state_dir) / "traffic" / "history" / str(uid) / f"{digest}.json"
+
+
+def archive(state_dir: str, job_id: str) -> Path | None:
+    """The ended job's container matrix as the last measured run of its name by its user;
+    None when there is nothing to keep (no note, or no traffic)."""
+    try:
+        meta = json.loads((saved_dir(state_dir, job_id) / META).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    sent, _ = matrices(_saved(state_dir, job_id), list(meta["addresses"]))
+    if not any(any(row) for row in sent):
+        return None
+    path = history_path(state_dir, int(meta["uid"]), str(meta["name"]))
+    _private_json(path, {"job_id": job_id, "name": meta["name"], "ended": time.time(),
+                         "bytes": sent})
+    return path
+
+
+def last_run(state_dir: str, uid: int, name: str) -> dict[str, Any]:
+    """The last measured run of job `name` by `uid` (for `hpcmig run --map auto`)."""
+    try:
+        found: dict[str, Any] = json.loads(history_path(state_dir, uid, name).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"hpcmig has measured no earlier run of job '{name}' by this user",
+                         hint="run it once (one rank per container) and let it end; "
+                              "`hpcmig traffic JOBID` shows what is measured") from None
+    if found.get("name") != name:
+        raise UsageError(f"no measured run of job '{name}' (another name shares its file)")
+    return found
 
 
 def sweep(state_dir: str, ended: list[str]) -> None:
-    """Remove the saved counts of jobs that ended."""
+    """Keep the matrices of jobs that ended (`archive`), then remove their saved counts."""
     for job_id in ended:
+        archive(state_dir, job_id)
         shutil.rmtree(saved_dir(state_dir, job_id), ignore_errors=True)

@@ -122,3 +122,38 @@ def test_run_map_places_heavy_pairs_in_one_container(testbed: Plan, slurm: Slurm
     assert len(set(hosts)) == 3, hosts  # two ranks in each of the three containers
     for a, b in ((0, 3), (1, 4), (2, 5)):
         assert hosts[a] == hosts[b], (a, b, hosts)
+
+
+def test_run_map_auto_places_by_the_last_measured_run(testbed: Plan, slurm: Slurm,
+                                                      job_dir: Path) -> None:
+    """A first run (one rank per container) measures that ranks 0 and 2 talk; once it ended,
+    `--map auto` in the next run of the same name puts them in one container (block
+    placement with 2 ranks per container would pair 0 with 1)."""
+    from hpcmig.controller.traffic import history_path
+
+    measured = batch.vcluster_script(
+        3, [["hpcmig.workloads.pairs", "--pairs", "0:2", "--mib", "32"]], mpi="mpich",
+        ntasks=3, job_name="auto-pairs")
+    first, out = run_job(testbed, slurm, job_dir, measured, "auto-1")
+    assert "pairs: PASS" in out, out
+    uid = int(subprocess.run(["id", "-u", testbed.user], capture_output=True, text=True,
+                             check=True).stdout)
+    kept = history_path(str(testbed.base / "shared"), uid, "auto-pairs")
+    deadline = time.monotonic() + 90  # hpcmigd's sweep keeps ended jobs' matrices
+    while not kept.exists():
+        assert time.monotonic() < deadline, "the ended job's matrix was not kept"
+        time.sleep(1)
+    history = json.loads(kept.read_text())
+    print(f"\nkept from job {history['job_id']}: {history['bytes']}")
+    assert history["job_id"] == str(first)
+    assert history["bytes"][0][2] >= 32 << 20 and history["bytes"][2][0] >= 32 << 20
+    assert history["bytes"][0][1] < 1 << 20  # rank 1 only met the others in a barrier
+
+    placed = batch.vcluster_script(
+        3, [["hpcmig.workloads.whereami"]], mpi="mpich", ntasks=3, job_name="auto-pairs",
+        run_args=["--ppn", "2", "--map", "auto"])
+    _, out = run_job(testbed, slurm, job_dir, placed, "auto-2")
+    assert f"ranks placed by the traffic measured in job {first}" in out, out
+    ranks = json.loads(re.search(r"^whereami: (.*)$", out, re.M).group(1))  # type: ignore[union-attr]
+    hosts = [r["host"] for r in ranks]
+    assert hosts[0] == hosts[2] != hosts[1], hosts

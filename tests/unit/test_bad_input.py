@@ -70,6 +70,7 @@ ROWS: list[Row] = [
     (["run", "-n", "six", "--", "true"], 2, "must be a whole number, not 'six'"),
     (["run", "--ppn", "0", "--", "true"], 2, "--ppn: must be at least 1, not 0"),
     (["run", "--mpi", "lam", "--", "true"], 2, "--mpi: invalid choice: 'lam'"),
+    (["run", "--map"], 2, "--map: expected one argument"),
     (["run", "--stream=1", "--", "true"], 2, EXPLICIT),
     (["run"], 2, "nothing to run"),
     (["run", "--", "true"], 2, "hpcmig run works inside a Slurm job"),

@@ -11,10 +11,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from hpcmig.agent import traffic as agent_traffic
 from hpcmig.cli.traffic import heaviest
 from hpcmig.controller import traffic
-from hpcmig.errors import HpcmigError
+from hpcmig.errors import HpcmigError, UsageError
 from hpcmig.network import traffic as counts
 from hpcmig.slurm.parse import JobInfo
 from hpcmig.vcluster import plan
@@ -95,3 +97,30 @@ def test_leaving_a_node_saves_its_counts_and_clears_them_twice_over(tmp_path: Pa
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert list(path.parent.glob("*.tmp")) == []
+
+
+def test_an_ended_job_leaves_its_matrix_as_the_last_run_of_its_name(tmp_path: Path) -> None:
+    state = str(tmp_path)
+    vc = vcluster()
+    job = JobInfo(job_id=7, name="lulesh/big", user="u", state="RUNNING")
+    traffic.remember(state, job, vc)
+    traffic.remember(state, job, vc)  # once is enough; the second call changes nothing
+    saved = agent_traffic.saved_dir(state, "7")
+    (saved / "n1.json").write_text(json.dumps(
+        {"node": "n1", "counts": counts.to_json({(A[0], A[2]): (900, 3),
+                                                 ("10.252.0.9", A[0]): (5, 1)})}))
+    with pytest.raises(UsageError, match="no earlier run of job 'lulesh/big'"):
+        traffic.last_run(state, 1000, "lulesh/big")
+    traffic.sweep(state, ["7"])
+    assert not saved.exists()
+    last = traffic.last_run(state, 1000, "lulesh/big")
+    assert last["job_id"] == "7" and last["bytes"] == [[0, 0, 900], [0, 0, 0], [0, 0, 0]]
+    path = traffic.history_path(state, 1000, "lulesh/big")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(UsageError):  # another user's runs are not this user's history
+        traffic.last_run(state, 1001, "lulesh/big")
+    # a job that sent nothing, or whose note is missing, leaves no history
+    traffic.remember(state, JobInfo(job_id=8, name="quiet", user="u", state="RUNNING"),
+                     plan(job_id="8", restart=0, user="u", uid=1000, gid=1000, nodes=["n1"],
+                          node_addrs={"n1": "10.1.0.1"}, block=IPv4Network("10.252.0.64/26")))
+    assert traffic.archive(state, "8") is None and traffic.archive(state, "9") is None
