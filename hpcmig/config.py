@@ -48,6 +48,8 @@ class Config:
     ckpt_keep: int = 2  # periodic checkpoints: complete generations kept per job
     node_mtbf_hours: float = 720.0  # one node's mean time between failures (ckpt=auto)
     dmtcp_prefix: str = ""  # DMTCP's install prefix (<prefix>/bin/dmtcp_launch); "": PATH
+    remap_pause: float = 2.0  # seconds one live move pauses a job (`hpcmig remap`'s payback)
+    link_bandwidth: float = 12.5e9  # bytes/s one network hop carries (`hpcmig remap`'s model)
     health: Policy = field(default_factory=Policy)  # the [health] table: hpcmigd's rules
 
     @property
@@ -99,6 +101,8 @@ class Config:
             raise UsageError(f"config: ckpt_keep must be >= 1, got {self.ckpt_keep}")
         if not self.node_mtbf_hours > 0:
             raise UsageError(f"config: node_mtbf_hours must be > 0, got {self.node_mtbf_hours}")
+        if not (self.remap_pause >= 0 and self.link_bandwidth > 0):
+            raise UsageError("config: remap_pause must be >= 0 and link_bandwidth > 0")
         self.health.validate("config: [health]")
         return self
 

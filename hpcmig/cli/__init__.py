@@ -36,6 +36,7 @@ SUBCOMMANDS: dict[str, str] = {
     "checkpoint": "checkpoint",
     "restore": "restore",
     "traffic": "traffic",
+    "remap": "remap",
     "map": "map",
 }
 

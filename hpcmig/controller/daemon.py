@@ -34,12 +34,12 @@ from typing import Any
 from hpcmig import __version__
 from hpcmig import config as site_config
 from hpcmig.agent.server import Call, Registry, Server
-from hpcmig.controller import appckpt, periodic, traffic
+from hpcmig.controller import appckpt, periodic, remap, traffic
 from hpcmig.controller.client import TARGET
 from hpcmig.controller.policy import Watcher
 from hpcmig.controller.report import Report
 from hpcmig.controller.service import Service, job_number
-from hpcmig.errors import HpcmigError
+from hpcmig.errors import HpcmigError, PermissionDenied
 from hpcmig.health.sample import Sample
 from hpcmig.slurm import diagnose
 
@@ -227,6 +227,18 @@ def app_checkpoints(call: Call, job_id: str, directory: str) -> dict[str, Any]:
 def traffic_matrix(call: Call, job_id: str) -> dict[str, Any]:
     """`hpcmig traffic`: the job's container-to-container bytes and packets so far."""
     return traffic.measure(_svc(call), str(job_id))
+
+
+@CONTROLLER.operation("remap", "job")
+def remap_job(call: Call, job_id: str, topology: str = "", dry_run: bool = False,
+              force: bool = False) -> dict[str, Any]:
+    """Move the job's containers to fit its measured traffic when it pays (or `force`).
+    Another topology file than the site's is for admins (hpcmigd reads it as root)."""
+    daemon: Daemon = call.ctx
+    if topology and not daemon.is_admin(call.who.uid):
+        raise PermissionDenied("remap --topology is for root and the Slurm admin; users "
+                               "remap on the site's topology.conf")
+    return _answer(remap.remap(_svc(call), str(job_id), topology, dry_run, force))
 
 
 @CONTROLLER.operation("traffic_history", "job")

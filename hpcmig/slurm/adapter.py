@@ -84,6 +84,10 @@ class Slurm:
                 return job
         raise SlurmError(f"no job {job_id} in Slurm", "check the id with squeue")
 
+    def time_left(self, job_id: int) -> float | None:
+        """Seconds the running job may still run (its time limit); None: no limit."""
+        return parse.duration(self._run(["squeue", "-h", "-j", str(job_id), "-o", "%L"]))
+
     def nodes(self) -> list[NodeInfo]:
         if self.uses_json:
             nodes = parse.nodes_from_json(self._run(self._json_argv("node")))

@@ -306,3 +306,27 @@ def config_from_text(text: str) -> dict[str, str]:
             value = f"{config[key]},{value}" if config.get(key) else value
         config[key] = value
     return config
+
+
+def duration(text: str) -> float | None:
+    """Slurm's time format (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in seconds;
+    None for UNLIMITED, NOT_SET, INVALID or nothing."""
+    value = text.strip()
+    if not value or value.upper() in ("UNLIMITED", "NOT_SET", "INVALID", "INFINITE"):
+        return None
+    days, _, clock = value.rpartition("-")
+    try:
+        parts = [int(p) for p in clock.split(":")]
+        whole_days = int(days) if days else 0
+    except ValueError:
+        raise SlurmError(f"cannot read Slurm time {value!r}") from None
+    if not 1 <= len(parts) <= 3:
+        raise SlurmError(f"cannot read Slurm time {value!r}")
+    if days:  # days-hours[:minutes[:seconds]]
+        parts = (parts + [0, 0])[:3]
+    elif len(parts) == 1:  # minutes
+        parts = [0, parts[0], 0]
+    elif len(parts) == 2:  # minutes:seconds
+        parts = [0, *parts]
+    hours, minutes, seconds = parts
+    return float(whole_days * 86400 + hours * 3600 + minutes * 60 + seconds)

@@ -135,6 +135,12 @@ ROWS: list[Row] = [
     (["checkpoint", "12", "--resume=yes"], 2, EXPLICIT),
     (["checkpoint", "12", "--json=yes"], 2, EXPLICIT),
     # restore
+    (["remap"], 2, "required: JOBID"),
+    (["remap", "x1"], 2, "bad job id 'x1'"),
+    (["remap", "12", "--topology"], 2, "expected one argument"),
+    (["remap", "12", "--force=1"], 2, EXPLICIT),
+    (["remap", "12", "--dry-run=1"], 2, EXPLICIT),
+    (["remap", "12", "--json=1"], 2, EXPLICIT),
     (["traffic"], 2, "required: JOBID"),
     (["traffic", "abc"], 2, "bad job id 'abc': a job id is a number"),
     (["traffic", "12", "--top", "0"], 2, "--top: must be at least 1, not 0"),

@@ -180,3 +180,17 @@ def test_config_keys_numbered_by_24_11_read_under_the_plain_key() -> None:
 def test_job_state_is_what_scontrol_prints(value: object, expected: str) -> None:
     """24.11's list of base state and flags reads as 22.05's (and the text's) one word."""
     assert parse._job_state(value) == expected
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("5", 300.0), ("03:04", 184.0), ("02:03:04", 7384.0), ("1-02", 93600.0),
+    ("1-02:03", 93780.0), ("1-02:03:04", 93784.0), ("UNLIMITED", None), ("NOT_SET", None),
+    ("", None), ("  10:00\n", 600.0)])
+def test_slurm_durations(text: str, seconds: float | None) -> None:
+    assert parse.duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["1:2:3:4", "a-01:00", "ten"])
+def test_bad_slurm_durations_are_errors(text: str) -> None:
+    with pytest.raises(SlurmError, match="cannot read Slurm time"):
+        parse.duration(text)
