@@ -21,6 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     upp = tb.add_parser("up", help="build the testbed (removes leftovers of earlier runs first)")
     upp.add_argument("--nodes", type=_cmdline.count(2, 8), default=3,
                      help="number of nodes, 2 to 8 (default 3)")
+    upp.add_argument("--leaves", type=_cmdline.count(1, 8), default=1,
+                     help="leaf switches the nodes are split into, in order (default 1); "
+                          "Slurm gets the tree as topology.conf")
+    upp.add_argument("--spine-rate", default="1gbit", metavar="RATE",
+                     help="bandwidth of each leaf's uplink, both ways (tc rate, default "
+                          "1gbit): traffic between leaves costs")
     tb.add_parser("down", help="remove every namespace, bridge, mount, daemon and file it made")
     tb.add_parser("status", help="nodes, addresses, daemons and Slurm states")
     ex = tb.add_parser("exec", help="run a command inside a node's namespaces")
@@ -48,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[dim]testbed:[/dim] {msg}", highlight=False)
 
     if args.action == "up":
-        cluster.up(args.nodes, progress=progress)
+        cluster.plan_for(args.nodes, args.leaves, args.spine_rate)  # bad knobs: one line
+        cluster.up(args.nodes, progress=progress, leaves=args.leaves,
+                   spine_rate=args.spine_rate)
         print_status(cluster)
         return 0
     if args.action == "down":

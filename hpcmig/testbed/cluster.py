@@ -42,6 +42,8 @@ def _quiet(_: str) -> None:
 @dataclass
 class State:
     nodes: int
+    leaves: int = 1
+    spine_rate: str = "1gbit"
     procs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, proc: daemons.Proc) -> None:
@@ -55,14 +57,17 @@ class State:
         return [daemons.Proc(n, r["pid"], r["match"]) for n, r in self.procs.items()]
 
 
-def plan_for(nodes: int) -> Plan:
-    return Plan(nodes_count=nodes, controller_host=socket.gethostname().split(".")[0])
+def plan_for(nodes: int, leaves: int = 1, spine_rate: str = "1gbit") -> Plan:
+    return Plan(nodes_count=nodes, controller_host=socket.gethostname().split(".")[0],
+                leaves=leaves, spine_rate=spine_rate)
 
 
 def load_state(plan: Plan) -> State | None:
     try:
         data = json.loads(plan.state_file.read_text())
-        return State(nodes=int(data["nodes"]), procs=dict(data.get("procs", {})))
+        return State(nodes=int(data["nodes"]), leaves=int(data.get("leaves", 1)),
+                     spine_rate=str(data.get("spine_rate", "1gbit")),
+                     procs=dict(data.get("procs", {})))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -97,16 +102,17 @@ def current_plan() -> Plan | None:
     """The plan of the running testbed, or None when no testbed is up."""
     probe = plan_for(2)
     state = load_state(probe)
-    return plan_for(state.nodes) if state else None
+    return plan_for(state.nodes, state.leaves, state.spine_rate) if state else None
 
 
 # -- up ---------------------------------------------------------------------------------------
-def up(nodes: int, progress: Progress = _quiet) -> Plan:
-    plan = plan_for(nodes)  # validates the node count before anything happens
+def up(nodes: int, progress: Progress = _quiet, leaves: int = 1,
+       spine_rate: str = "1gbit") -> Plan:
+    plan = plan_for(nodes, leaves, spine_rate)  # validates before anything happens
     preflight()
     progress("removing leftovers of earlier runs")
     down(progress=_quiet)
-    state = State(nodes=nodes)
+    state = State(nodes=nodes, leaves=leaves, spine_rate=spine_rate)
     for d in (plan.base, plan.log_dir, plan.run_dir, plan.spool_dir, plan.hosts_file.parent):
         d.mkdir(parents=True, exist_ok=True)
     plan.base.chmod(0o755)
@@ -160,8 +166,11 @@ def _start_munge(plan: Plan, state: State, progress: Progress) -> None:
 
 
 def _make_network(plan: Plan, progress: Progress) -> None:
-    progress(f"creating bridge {plan.bridge} and {plan.nodes_count} node namespaces")
+    progress(f"creating bridge {plan.bridge} and {plan.nodes_count} node namespaces"
+             + (f" under {plan.leaves} leaf switches ({plan.spine_rate} uplinks)"
+                if plan.leaves > 1 else ""))
     host.make_bridge(plan)
+    host.make_leaves(plan)
     original_hosts = Path("/etc/hosts").read_text()
     plan.hosts_file.write_text(plan.hosts(original_hosts))
     host.make_ns_dir(plan)
@@ -175,6 +184,8 @@ def _write_config(plan: Plan, progress: Progress) -> None:
     host.write_owned_file(plan.slurm_etc / "slurm.conf", plan.slurm_conf())
     host.write_owned_file(plan.slurm_etc / "cgroup.conf", plan.cgroup_conf())
     host.write_owned_file(plan.plugstack_path, plan.plugstack_conf())
+    if plan.leaves > 1:
+        host.write_owned_file(plan.slurm_etc / "topology.conf", plan.topology_conf())
     progress(f"writing {plan.hpcmig_conf_path}")
     plan.hpcmig_conf_path.parent.mkdir(parents=True, exist_ok=True)
     host.write_owned_file(plan.hpcmig_conf_path, plan.hpcmig_conf())
@@ -396,8 +407,10 @@ def down(progress: Progress = _quiet) -> None:
         host.remove_node_namespaces(plan, node)
         host.remove_node_netns(node)
     host.remove_ns_dir(plan)
+    host.remove_leaves()
     host.remove_bridge(plan)
     host.remove_owned_file(plan.slurm_etc / "slurm.conf")
+    host.remove_owned_file(plan.slurm_etc / "topology.conf")
     host.remove_owned_file(plan.slurm_etc / "cgroup.conf")
     host.remove_owned_file(plan.plugstack_path)
     host.remove_owned_file(plan.hpcmig_conf_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hpcmig import _proc
 from hpcmig.errors import CommandError, TestbedError
-from hpcmig.testbed.plan import MARKER, USER_GECOS, Node, Plan
+from hpcmig.testbed.plan import LINK_PREFIXES, MARKER, USER_GECOS, Node, Plan
 
 NS_BIND_ATTEMPTS = 3  # make_node_namespaces: tries of `unshare --mount=FILE`
 
@@ -53,6 +53,33 @@ def make_bridge(plan: Plan) -> None:
     _ip("link", "set", plan.bridge, "up")
 
 
+def make_leaves(plan: Plan) -> None:
+    """Leaf bridges under the spine (`plan.bridge`), each uplink limited both ways."""
+    if plan.leaves == 1:
+        return
+    for leaf in range(1, plan.leaves + 1):
+        bridge = f"hpcmig-tbl{leaf}"
+        up, down = plan.uplink(leaf)
+        if not link_exists(bridge):
+            _ip("link", "add", bridge, "type", "bridge")
+        if not link_exists(up):
+            _ip("link", "add", up, "type", "veth", "peer", "name", down)
+        _ip("link", "set", up, "master", bridge)
+        _ip("link", "set", down, "master", plan.bridge)
+        for link in (bridge, up, down):
+            _ip("link", "set", link, "up")
+        for link in (up, down):  # each end limits what it sends: both directions
+            _proc.run(["tc", "qdisc", "replace", "dev", link, "root", "tbf", "rate",
+                       plan.spine_rate, "burst", "256kb", "latency", "50ms"])
+
+
+def remove_leaves() -> None:
+    """Every leaf bridge and uplink a testbed may have made (a crashed run's too)."""
+    for name in sorted(os.listdir("/sys/class/net")):
+        if name.startswith(LINK_PREFIXES) and link_exists(name):
+            _ip("link", "del", name, check=False)  # a veth takes its peer along
+
+
 def make_node_netns(plan: Plan, node: Node) -> None:
     if node.netns not in netns_list():
         _ip("netns", "add", node.netns)
@@ -62,7 +89,7 @@ def make_node_netns(plan: Plan, node: Node) -> None:
         _ip("link", "add", node.host_veth, "type", "veth", "peer", "name", f"{node.host_veth}p")
         _ip("link", "set", f"{node.host_veth}p", "netns", node.netns)
         _proc.run([*inside, "link", "set", f"{node.host_veth}p", "name", "eth0"])
-    _ip("link", "set", node.host_veth, "master", plan.bridge)
+    _ip("link", "set", node.host_veth, "master", plan.bridge_of(node))
     _ip("link", "set", node.host_veth, "up")
     _proc.run([*inside, "link", "set", "lo", "up"])
     _proc.run([*inside, "addr", "replace", f"{node.address}/{plan.prefixlen}", "dev", "eth0"])

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from hpcmig.testbed import cluster, daemons, host
-from hpcmig.testbed.plan import Plan
+from hpcmig.testbed.plan import LINK_PREFIXES, Plan
 
 pytestmark = pytest.mark.lifecycle
 
@@ -29,6 +31,8 @@ def leftover_processes(plan: Plan) -> list[str]:
 def assert_nothing_left(plan: Plan) -> None:
     assert [n for n in host.netns_list() if n.startswith("hpcmig-node")] == []
     assert not host.link_exists(plan.bridge)
+    assert [n for n in os.listdir("/sys/class/net") if n.startswith(LINK_PREFIXES)] == []
+    assert not (plan.slurm_etc / "topology.conf").exists()
     assert not any(host.link_exists(n.host_veth) for n in plan.nodes)
     assert not plan.base.exists()
     with open("/proc/self/mountinfo") as f:
@@ -57,6 +61,56 @@ def test_up_after_kill_9_of_every_daemon(testbed: Plan) -> None:
     assert cluster.healthy()
     result = cluster.status()
     assert result is not None and len(result[2]) == 4
+
+
+# receiver in one node: read everything, print bytes and seconds from first byte to the end
+RECEIVE = """
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7999)); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); got = 0; t0 = None
+while chunk := c.recv(1 << 20):
+    t0 = t0 or time.monotonic(); got += len(chunk)
+print(got, time.monotonic() - t0, flush=True)
+"""
+SEND = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 7999)); c.sendall(bytes(int(sys.argv[2]))); c.close()
+"""
+
+
+def throughput(plan: Plan, source: str, target: str, size: int = 16 << 20) -> float:
+    """Bytes per second one TCP connection carries from node `source` to node `target`."""
+    rx = subprocess.Popen([*plan.nsenter(plan.node(target)), sys.executable, "-c", RECEIVE],
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        subprocess.run([*plan.nsenter(plan.node(source)), sys.executable, "-c", SEND,
+                        plan.node(target).address, str(size)], check=True, timeout=60)
+        got, seconds = rx.stdout.readline().split()
+    finally:
+        rx.wait(timeout=60)
+    assert int(got) == size
+    return size / float(seconds)
+
+
+def test_leaves_make_crossing_between_them_cost(testbed: Plan) -> None:
+    """`up --leaves 2`: Slurm sees the tree, and a connection between leaves gets the
+    uplinks' rate while one inside a leaf does not; `down` removes the leaves."""
+    plan = cluster.up(4, leaves=2, spine_rate="200mbit")
+    assert cluster.healthy()
+    topo = subprocess.run(["scontrol", "show", "topology"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "SwitchName=leaf1" in topo and "SwitchName=spine" in topo, topo
+    inside = throughput(plan, "node1", "node2")
+    across = throughput(plan, "node1", "node3")
+    print(f"\nTCP node1->node2 (one leaf) {inside / 1e6:.0f} MB/s, node1->node3 (across "
+          f"leaves, 200 Mbit/s uplinks) {across / 1e6:.1f} MB/s")
+    assert across <= 1.2 * 200e6 / 8, across  # the uplinks' rate, at most
+    assert inside >= 3 * across, (inside, across)
+    cluster.down()
+    assert [n for n in os.listdir("/sys/class/net") if n.startswith(LINK_PREFIXES)] == []
+    assert not (plan.slurm_etc / "topology.conf").exists()
 
 
 def test_down_leaves_nothing_behind(testbed: Plan) -> None:

@@ -46,3 +46,23 @@ def test_hosts_file_keeps_the_original_and_names_nodes() -> None:
     text = plan.hosts("127.0.0.1 localhost\n")
     assert text.splitlines()[0] == "127.0.0.1 localhost"
     assert f"{plan.nodes[1].address}\tnode2" in text
+
+
+def test_leaves_split_the_nodes_in_order_and_give_slurm_the_tree() -> None:
+    from hpcmig.testbed.plan import Plan
+
+    flat = Plan(nodes_count=3, controller_host="vm")
+    assert {flat.bridge_of(n) for n in flat.nodes} == {flat.bridge}
+    assert "TopologyPlugin" not in flat.slurm_conf()
+    plan = Plan(nodes_count=5, controller_host="vm", leaves=2, spine_rate="200mbit")
+    assert [plan.leaf_of(n) for n in plan.nodes] == [1, 1, 1, 2, 2]
+    assert [plan.bridge_of(n) for n in plan.nodes][2:4] == ["hpcmig-tbl1", "hpcmig-tbl2"]
+    assert plan.uplink(2) == ("hpcmig-tbu2", "hpcmig-tbs2")
+    assert "TopologyPlugin=topology/tree" in plan.slurm_conf().splitlines()
+    from hpcmig.topology.slurmconf import parse_topology_conf
+
+    topo = parse_topology_conf(plan.topology_conf())  # the mapper reads what Slurm reads
+    assert topo.distance(0, 2) < topo.distance(0, 3) == topo.distance(1, 4)
+    for bad in ({"leaves": 0}, {"leaves": 6}, {"spine_rate": "fast"}, {"spine_rate": "0gbit"}):
+        with pytest.raises(UsageError):
+            Plan(nodes_count=5, controller_host="vm", **bad)  # type: ignore[arg-type]
