@@ -50,6 +50,7 @@ class Config:
     dmtcp_prefix: str = ""  # DMTCP's install prefix (<prefix>/bin/dmtcp_launch); "": PATH
     remap_pause: float = 2.0  # seconds one live move pauses a job (`hpcmig remap`'s payback)
     link_bandwidth: float = 12.5e9  # bytes/s one network hop carries (`hpcmig remap`'s model)
+    remap_every: float = 0.0  # hpcmigd remaps running jobs this often, in seconds (0: off)
     health: Policy = field(default_factory=Policy)  # the [health] table: hpcmigd's rules
 
     @property
@@ -101,8 +102,9 @@ class Config:
             raise UsageError(f"config: ckpt_keep must be >= 1, got {self.ckpt_keep}")
         if not self.node_mtbf_hours > 0:
             raise UsageError(f"config: node_mtbf_hours must be > 0, got {self.node_mtbf_hours}")
-        if not (self.remap_pause >= 0 and self.link_bandwidth > 0):
-            raise UsageError("config: remap_pause must be >= 0 and link_bandwidth > 0")
+        if not (self.remap_pause >= 0 and self.link_bandwidth > 0 and self.remap_every >= 0):
+            raise UsageError("config: remap_pause and remap_every must be >= 0, "
+                             "link_bandwidth > 0")
         self.health.validate("config: [health]")
         return self
 

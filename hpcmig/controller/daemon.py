@@ -159,11 +159,16 @@ class Daemon:
     def poll_periodic(self, stopping: threading.Event) -> None:
         self.recovered.wait()
         clock = periodic.Periodic(self.service)
+        remapper = remap.AutoRemap(self.service)
         while not stopping.wait(1.0):
             try:
                 clock.round()
             except Exception:  # noqa: BLE001 - the clock must outlive one bad round
                 log.exception("periodic checkpoint round failed")
+            try:
+                remapper.round()
+            except Exception:  # noqa: BLE001 - same for the remap rule
+                log.exception("remap round failed")
 
 
 def _svc(call: Call, wait: bool = True) -> Service:

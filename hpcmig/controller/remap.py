@@ -8,10 +8,13 @@ and carries the moves out one by one with the ordinary live migration (`Service.
 journaled and rolled back on failure) only when they pay, or when forced. The measurement
 window is the time since hpcmigd first saw the job run (its traffic note); the remaining
 time is Slurm's time left (a job without a limit counts as running `UNLIMITED_AS` more).
+`AutoRemap` is hpcmigd's rule (off unless `remap_every` > 0): every `remap_every` seconds it
+remaps each running hpcmig job, which moves containers only when the plan pays.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,12 +24,13 @@ from hpcmig.controller import traffic
 from hpcmig.controller.drain import MOVE_COLUMNS, move_row
 from hpcmig.controller.evacuate import Move
 from hpcmig.controller.report import Report
-from hpcmig.errors import UsageError
+from hpcmig.errors import HpcmigError, UsageError
 
 if TYPE_CHECKING:
     from hpcmig.controller.service import Service
 
 UNLIMITED_AS = 24 * 3600.0
+log = logging.getLogger("hpcmigd")
 
 
 def remap(svc: Service, job_id: str, topology: str = "", dry_run: bool = False,
@@ -79,3 +83,36 @@ def remap(svc: Service, job_id: str, topology: str = "", dry_run: bool = False,
     if go:
         svc.decide(f"job {vc.job_id}: remapped: {plan.describe()}", job=vc.job_id)
     return report
+
+
+class AutoRemap:
+    """hpcmigd's remap rule: each running job every `remap_every` s (0: off, the default)."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+        self.last: dict[str, float] = {}  # job -> when it was last looked at (or first seen)
+
+    def round(self, now: float | None = None) -> list[str]:
+        """Remap the jobs that are due; the ids of those whose containers moved."""
+        every = self.svc.cfg.remap_every
+        if every <= 0:
+            return []
+        now = time.monotonic() if now is None else now
+        moved = []
+        jobs = [j for j in self.svc.slurm.jobs() if j.state == "RUNNING"]
+        self.last = {k: t for k, t in self.last.items() if k in {str(j.job_id) for j in jobs}}
+        for job in jobs:
+            jid = str(job.job_id)
+            if now - self.last.setdefault(jid, now) < every:
+                continue
+            self.last[jid] = now
+            try:
+                report = remap(self.svc, jid)
+            except UsageError:
+                continue  # not an hpcmig job, or no topology to remap on
+            except HpcmigError as exc:
+                log.warning("job %s: remap: %s", jid, exc)
+                continue
+            if any(r.get("result") == "moved" for r in report.rows):
+                moved.append(jid)
+        return moved
