@@ -64,11 +64,12 @@ def hold_lock() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def bench_testbed(home_name: str) -> Iterator[tuple[Plan, Slurm, Path]]:
-    """A benchmark's own testbed (NODES nodes) under the lock, with a directory of the job
-    user's named `home_name`; taken down afterwards, however the benchmark ends."""
+def bench_testbed(home_name: str, nodes: int = NODES, leaves: int = 1,
+                  spine_rate: str = "1gbit") -> Iterator[tuple[Plan, Slurm, Path]]:
+    """A benchmark's own testbed (NODES nodes unless told) under the lock, with a directory
+    of the job user's named `home_name`; taken down afterwards, however the benchmark ends."""
     with hold_lock():
-        plan = cluster.up(NODES)
+        plan = cluster.up(nodes, leaves=leaves, spine_rate=spine_rate)
         try:
             home = plan.home / home_name
             home.mkdir(parents=True, exist_ok=True)
