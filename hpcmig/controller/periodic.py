@@ -228,7 +228,8 @@ def sweep(svc: Service, jobs: list[JobInfo]) -> list[str]:
                    "its checkpoint images removed", job=jid)
     with contextlib.suppress(FileNotFoundError):
         traffic.sweep(svc.cfg.state_dir, ended_jobs(
-            os.listdir(Path(svc.cfg.state_dir, "traffic")), states))
+            os.listdir(Path(svc.cfg.state_dir, "traffic")), states),
+            {str(j.job_id): j for j in jobs}, svc.cfg.block_prefix)
     for jid in ended_jobs(appckpt.registered(svc.cfg.state_dir), states):
         if appckpt.remove(svc.cfg.state_dir, jid):
             svc.decide(f"job {jid}: ended; its application checkpoints removed", job=jid)

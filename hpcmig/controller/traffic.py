@@ -18,15 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcmig.agent.traffic import read_saved, saved_dir
 from hpcmig.errors import HpcmigError, UsageError
 from hpcmig.network import traffic
+from hpcmig.network.pool import container_address, container_index
 
 if TYPE_CHECKING:
     from hpcmig.controller.service import Service
@@ -107,20 +110,44 @@ def history_path(state_dir: str, uid: int, name: str) -> Path:
     return Path(state_dir) / "traffic" / "history" / str(uid) / f"{digest}.json"
 
 
-def archive(state_dir: str, job_id: str) -> Path | None:
+def archive(state_dir: str, job_id: str, job: JobInfo | None = None,
+            block_prefix: int = 26) -> Path | None:
     """The ended job's container matrix as the last measured run of its name by its user;
-    None when there is nothing to keep (no note, or no traffic)."""
+    None when there is nothing to keep. Without hpcmigd's note (a job that ended before
+    hpcmigd looked at it), Slurm's record of the job names it and the addresses give the
+    containers (container i is address i + 1 of the job's block: network.pool)."""
+    counts = _saved(state_dir, job_id)
     try:
         meta = json.loads((saved_dir(state_dir, job_id) / META).read_text())
     except (FileNotFoundError, ValueError):
+        meta = _meta_from(job, counts, block_prefix)
+    if meta is None:
         return None
-    sent, _ = matrices(_saved(state_dir, job_id), list(meta["addresses"]))
+    sent, _ = matrices(counts, list(meta["addresses"]))
     if not any(any(row) for row in sent):
         return None
     path = history_path(state_dir, int(meta["uid"]), str(meta["name"]))
     _private_json(path, {"job_id": job_id, "name": meta["name"], "ended": time.time(),
                          "bytes": sent})
     return path
+
+
+def _meta_from(job: JobInfo | None, counts: traffic.Counts, block_prefix: int
+               ) -> dict[str, Any] | None:
+    if job is None or not counts:
+        return None
+    uid = job.uid
+    if uid < 0:
+        try:
+            uid = pwd.getpwnam(job.user).pw_uid
+        except KeyError:
+            return None
+    first = next(iter(counts))[0]
+    block = IPv4Network(f"{first}/{block_prefix}", strict=False)
+    seen = {a for pair in counts for a in pair if IPv4Address(a) in block}
+    n = max(container_index(block, a) for a in seen) + 1
+    return {"name": job.name, "uid": uid,
+            "addresses": [str(container_address(block, i)) for i in range(n)]}
 
 
 def last_run(state_dir: str, uid: int, name: str) -> dict[str, Any]:
@@ -136,8 +163,9 @@ def last_run(state_dir: str, uid: int, name: str) -> dict[str, Any]:
     return found
 
 
-def sweep(state_dir: str, ended: list[str]) -> None:
+def sweep(state_dir: str, ended: list[str], jobs: dict[str, JobInfo] | None = None,
+          block_prefix: int = 26) -> None:
     """Keep the matrices of jobs that ended (`archive`), then remove their saved counts."""
     for job_id in ended:
-        archive(state_dir, job_id)
+        archive(state_dir, job_id, (jobs or {}).get(job_id), block_prefix)
         shutil.rmtree(saved_dir(state_dir, job_id), ignore_errors=True)

@@ -3,17 +3,25 @@ leaf switches whose uplinks limit the traffic between them."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import re
 import signal
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from hpcmig.slurm import Slurm
 from hpcmig.testbed import cluster, daemons, host
 from hpcmig.testbed.plan import LINK_PREFIXES, Plan
+from hpcmig.workloads import batch
+
+HPCMIG = os.path.join(os.path.dirname(sys.executable), "hpcmig")
 
 pytestmark = pytest.mark.lifecycle
 
@@ -105,6 +113,47 @@ def test_up_after_kill_9_of_every_daemon(testbed: Plan) -> None:
           f"leaves, 200 Mbit/s uplinks) {across / 1e6:.1f} MB/s")
     assert across <= 1.2 * 200e6 / 8, across  # the uplinks' rate, at most
     assert inside >= 3 * across, (inside, across)
+
+
+PHASE = re.compile(r"^pairs: phase (\d+) of \d+ in ([0-9.]+) s", re.M)
+
+
+def test_remap_brings_a_pair_under_one_leaf(testbed: Plan, job_dir: Path) -> None:
+    """Issue 14 on two leaves (the testbed the test before left, or a new one): ranks 1
+    and 2 of a 3-container job talk across the leaves (node2, node3); `hpcmig remap`, on
+    the site's topology.conf, moves container 1 live to the spare node4; the exchange stays
+    exact and its phases get faster."""
+    plan = cluster.current_plan()
+    if plan is None or plan.leaves != 2 or plan.nodes_count != 4:
+        plan = cluster.up(4, leaves=2, spine_rate="200mbit")
+    slurm = Slurm()
+    script = batch.vcluster_script(
+        4, [["hpcmig.workloads.pairs", "--pairs", "1:2", "--mib", "16", "--phases", "10",
+             "--gap", "0.3"]], mpi="mpich", ntasks=3, options={"spares": "1"},
+        job_name="remap-leaves")
+    (job_dir / "job.sh").write_text(script)
+    out = job_dir / "job.out"
+    job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=plan.user,
+                          cwd=str(job_dir))
+    deadline = time.monotonic() + 180
+    while len(PHASE.findall(out.read_text() if out.exists() else "")) < 3:
+        assert time.monotonic() < deadline, out.read_text() if out.exists() else "no output"
+        time.sleep(0.2)
+    before = len(PHASE.findall(out.read_text()))
+    res = subprocess.run([HPCMIG, "remap", str(job_id), "--json"], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = json.loads(res.stdout)["rows"]
+    assert [(r["container"], r["from"], r["to"], r["result"]) for r in rows] == [
+        (1, "node2", "node4", "moved")], rows
+    moved_at = len(PHASE.findall(out.read_text()))
+    job = slurm.wait(job_id, timeout=300)
+    text = out.read_text()
+    assert job.state == "COMPLETED" and "pairs: PASS" in text, text
+    phases = [float(t) for _, t in PHASE.findall(text)]
+    slow, fast = statistics.median(phases[:before]), statistics.median(phases[moved_at + 1:])
+    print(f"\npair phases across leaves {slow:.2f} s, after the move {fast:.2f} s")
+    assert fast < 0.5 * slow, phases
 
 
 def test_down_leaves_nothing_behind(testbed: Plan) -> None:

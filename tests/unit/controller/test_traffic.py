@@ -124,3 +124,18 @@ def test_an_ended_job_leaves_its_matrix_as_the_last_run_of_its_name(tmp_path: Pa
                      plan(job_id="8", restart=0, user="u", uid=1000, gid=1000, nodes=["n1"],
                           node_addrs={"n1": "10.1.0.1"}, block=IPv4Network("10.252.0.64/26")))
     assert traffic.archive(state, "8") is None and traffic.archive(state, "9") is None
+
+
+def test_a_job_that_ended_before_hpcmigd_noted_it_is_named_by_slurm(tmp_path: Path) -> None:
+    """No note (the job was over before hpcmigd's first look): Slurm's record names it and
+    the addresses give the containers."""
+    state = str(tmp_path)
+    saved = agent_traffic.saved_dir(state, "9")
+    saved.mkdir(parents=True)
+    (saved / "n1.json").write_text(json.dumps({"node": "n1", "counts": counts.to_json(
+        {(A[0], A[2]): (700, 2), (A[2], A[0]): (10, 1)})}))
+    job = JobInfo(job_id=9, name="quick", user="u", state="COMPLETED", uid=1000)
+    traffic.sweep(state, ["9"], {"9": job}, block_prefix=26)
+    assert traffic.last_run(state, 1000, "quick")["bytes"] == [[0, 0, 700], [0, 0, 0],
+                                                               [10, 0, 0]]
+    assert not saved.exists()
