@@ -75,6 +75,25 @@ def _moved(u: int, a: int, b: int, skip: int, xadj: np.ndarray, adj: np.ndarray,
                                - node_distance(nx, a, groups, half, coords, ring))
 
 
+@njit(cache=True, inline="always")
+def _partner_nodes(lo: int, hi: int, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
+                   a: int, stamp: int, mark: np.ndarray, acc: np.ndarray,
+                   touched: np.ndarray, count: int) -> int:
+    """Sum entries lo..hi per partner node other than `a` into acc: a node first met under
+    `stamp` (mark[b] != stamp) starts at 0 and is listed in touched. The new count."""
+    for e in range(lo, hi):
+        b = node_of[adj[e]]
+        if b == a:
+            continue
+        if mark[b] != stamp:
+            mark[b] = stamp
+            acc[b] = 0.0
+            touched[count] = b
+            count += 1
+        acc[b] += w[e]
+    return count
+
+
 @njit(cache=True)
 def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndarray,
                 caps: np.ndarray, groups: np.ndarray, half: np.ndarray, coords: np.ndarray,
@@ -124,17 +143,8 @@ def swap_refine(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.nd
                 continue
             for e in range(xadj[u], xadj[u + 1]):
                 wmark[adj[e]] = w[e]
-            ntouch = 0
-            for e in range(xadj[u], xadj[u + 1]):
-                b = node_of[adj[e]]
-                if b == a:
-                    continue
-                if seen[b] != u:
-                    seen[b] = u
-                    conn[b] = 0.0
-                    touched[ntouch] = b
-                    ntouch += 1
-                conn[b] += w[e]
+            ntouch = _partner_nodes(xadj[u], xadj[u + 1], adj, w, node_of, a, u, seen, conn,
+                                    touched, 0)
             # offer only the `candidates` nodes u talks to most (cost stays linear on dense
             # patterns such as all-to-all).
             ncand = min(ntouch, candidates)
@@ -273,16 +283,8 @@ def link_loads(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, node_o
         count = 0
         for r in range(first[a], first[a + 1]):
             i = ranks[r]
-            for e in range(indptr[i], indptr[i + 1]):
-                b = node_of[indices[e]]
-                if b == a:
-                    continue
-                if mark[b] != a:
-                    mark[b] = a
-                    acc[b] = 0.0
-                    touched[count] = b
-                    count += 1
-                acc[b] += data[e]
+            count = _partner_nodes(indptr[i], indptr[i + 1], indices, data, node_of, a, a,
+                                   mark, acc, touched, count)
         for c in range(count):
             b = touched[c]
             if acc[b] != 0.0:
