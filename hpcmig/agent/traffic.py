@@ -10,12 +10,12 @@ set's elements are deleted, so a later job with the same addresses starts from z
 from __future__ import annotations
 
 import json
-import os
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcmig.agent.server import Call, operation
+from hpcmig.checkpoint.record import write_private_json
 from hpcmig.network import traffic
 from hpcmig.vcluster import VCluster
 
@@ -39,17 +39,9 @@ def save_and_forget(agent: NodeAgent, vc: VCluster) -> None:
     counts = agent.net.traffic(IPv4Network(vc.block))
     if not counts:
         return
-    where = saved_dir(agent.config.state_dir, vc.job_id)
-    where.parent.mkdir(mode=0o700, exist_ok=True)
-    where.mkdir(mode=0o700, exist_ok=True)
-    path = where / f"{agent.node}.json"
+    path = saved_dir(agent.config.state_dir, vc.job_id) / f"{agent.node}.json"
     total = traffic.add(read_saved(path), counts)
-    tmp = path.with_suffix(".tmp")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-        json.dump({"node": agent.node, "counts": traffic.to_json(total)}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    write_private_json(path, {"node": agent.node, "counts": traffic.to_json(total)})
     agent.net.forget_traffic(list(counts))
 
 

@@ -66,6 +66,8 @@ def write_private_json(path: Path, data: Any) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     tmp.replace(path)
 
 

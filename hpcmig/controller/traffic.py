@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pwd
 import shutil
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcmig.agent.traffic import read_saved, saved_dir
+from hpcmig.checkpoint.record import write_private_json
 from hpcmig.errors import HpcmigError, UsageError
 from hpcmig.network import traffic
 from hpcmig.network.pool import container_address, container_index
@@ -88,20 +88,12 @@ def matrices(total: traffic.Counts, addresses: list[str]) -> tuple[list[list[int
     return sent, packets
 
 
-def _private_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-        json.dump(data, fh)
-    tmp.replace(path)
-
-
 def remember(state_dir: str, job: JobInfo, vc: VCluster) -> None:
     """Note the running job's name, owner and container addresses (once per job)."""
     meta = saved_dir(state_dir, vc.job_id) / META
     if meta.exists():
         return
-    _private_json(meta, {"name": job.name, "uid": vc.uid, "addresses": [
+    write_private_json(meta, {"name": job.name, "uid": vc.uid, "addresses": [
         m.address for m in sorted(vc.members, key=lambda m: m.index)]})
 
 
@@ -127,7 +119,7 @@ def archive(state_dir: str, job_id: str, job: JobInfo | None = None,
     if not any(any(row) for row in sent):
         return None
     path = history_path(state_dir, int(meta["uid"]), str(meta["name"]))
-    _private_json(path, {"job_id": job_id, "name": meta["name"], "ended": time.time(),
+    write_private_json(path, {"job_id": job_id, "name": meta["name"], "ended": time.time(),
                          "bytes": sent})
     return path
 
