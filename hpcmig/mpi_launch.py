@@ -17,6 +17,7 @@ believe it runs under Slurm (it would try srun/PMI from the batch step).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from hpcmig.errors import UsageError
@@ -95,7 +96,8 @@ def placed_slots(addresses: Sequence[str], placement: Sequence[str]) -> list[int
     unknown = sorted(set(placement) - set(addresses))
     if unknown:
         raise UsageError(f"placement names {', '.join(unknown)}: not a container of the job")
-    return [sum(1 for p in placement if p == a) for a in addresses]
+    per = Counter(placement)
+    return [per[a] for a in addresses]
 
 
 def launcher_argv(flavour: Flavour, *, rsh: str, hostfile_path: str, n: int,
@@ -116,7 +118,7 @@ def launcher_argv(flavour: Flavour, *, rsh: str, hostfile_path: str, n: int,
     head = [flavour.mpiexec, *openmpi_rsh_options(rsh, prrte), "--hostfile", hostfile_path]
     if placement is None:
         return [*head, "-np", str(n), *forwarded, *program]
-    total = {host: placement.count(host) for host in placement}
+    total = Counter(placement)
     apps = [["-np", str(k), "--host", f"{host}:{total[host]}", *program]
             for host, k in segments(placement)]
     joined = [arg for i, app in enumerate(apps) for arg in ([":"] if i else []) + app]

@@ -46,10 +46,11 @@ def remap(svc: Service, job_id: str, topology: str = "", dry_run: bool = False,
         raise UsageError(f"no topology to remap on: {conf} does not exist",
                          hint="on one switch every placement costs the same; give "
                               "--topology FILE (Slurm's topology.conf format)")
-    measured = traffic.measure(svc, vc.job_id)
+    measured = traffic.measure(svc, vc.job_id, job, vc)
     members = sorted(vc.members, key=lambda m: m.index)
     placement = [m.node for m in members]
-    free = [n for n in vc.nodes() if n not in placement and n not in svc.unusable()]
+    unusable = svc.unusable()
+    free = [n for n in vc.nodes() if n not in placement and n not in unusable]
     note = saved_dir(svc.cfg.state_dir, vc.job_id) / traffic.META
     window = max(1.0, time.time() - note.stat().st_mtime) if note.exists() else 1.0
     left = svc.slurm.time_left(job.job_id)
@@ -100,7 +101,8 @@ class AutoRemap:
         now = time.monotonic() if now is None else now
         moved = []
         jobs = [j for j in self.svc.slurm.jobs() if j.state == "RUNNING"]
-        self.last = {k: t for k, t in self.last.items() if k in {str(j.job_id) for j in jobs}}
+        running = {str(j.job_id) for j in jobs}
+        self.last = {k: t for k, t in self.last.items() if k in running}
         for job in jobs:
             jid = str(job.job_id)
             if now - self.last.setdefault(jid, now) < every:

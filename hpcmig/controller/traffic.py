@@ -39,9 +39,11 @@ if TYPE_CHECKING:
 META = "job.meta"
 
 
-def measure(svc: Service, job_id: str) -> dict[str, Any]:
-    job = svc.job(job_id)
-    vc = svc.vcluster(str(job.job_id), job)
+def measure(svc: Service, job_id: str, job: JobInfo | None = None,
+            vc: VCluster | None = None) -> dict[str, Any]:
+    """The job's container matrix so far; `job` and `vc`: what the caller already read."""
+    job = job or svc.job(job_id)
+    vc = vc or svc.vcluster(str(job.job_id), job)
     nodes = list(dict.fromkeys([*job.nodes, *vc.nodes()]))
 
     def ask(node: str) -> tuple[str, traffic.Counts | str]:
