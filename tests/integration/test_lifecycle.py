@@ -20,8 +20,8 @@ from hpcmig.slurm import Slurm
 from hpcmig.testbed import cluster, daemons, host
 from hpcmig.testbed.plan import LINK_PREFIXES, Plan
 from hpcmig.workloads import batch
-
-HPCMIG = os.path.join(os.path.dirname(sys.executable), "hpcmig")
+from tests.integration.test_node_loss import submit_script
+from tests.integration.test_traffic import hpcmig
 
 pytestmark = pytest.mark.lifecycle
 
@@ -131,17 +131,13 @@ def test_remap_brings_a_pair_under_one_leaf(testbed: Plan, job_dir: Path) -> Non
         4, [["hpcmig.workloads.pairs", "--pairs", "1:2", "--mib", "16", "--phases", "10",
              "--gap", "0.3"]], mpi="mpich", ntasks=3, options={"spares": "1"},
         job_name="remap-leaves")
-    (job_dir / "job.sh").write_text(script)
-    out = job_dir / "job.out"
-    job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=plan.user,
-                          cwd=str(job_dir))
+    job_id, out, _ = submit_script(plan, slurm, job_dir, script)
     deadline = time.monotonic() + 180
     while len(PHASE.findall(out.read_text() if out.exists() else "")) < 3:
         assert time.monotonic() < deadline, out.read_text() if out.exists() else "no output"
         time.sleep(0.2)
     before = len(PHASE.findall(out.read_text()))
-    res = subprocess.run([HPCMIG, "remap", str(job_id), "--json"], capture_output=True,
-                         text=True, timeout=300)
+    res = hpcmig("remap", str(job_id), "--json", timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     rows = json.loads(res.stdout)["rows"]
     assert [(r["container"], r["from"], r["to"], r["result"]) for r in rows] == [

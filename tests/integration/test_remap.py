@@ -11,9 +11,7 @@ Another topology file than the site's is refused to users.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,18 +21,12 @@ from hpcmig.slurm import Slurm
 from hpcmig.testbed.plan import Plan
 from hpcmig.workloads import batch, ring
 from tests.integration import hpcmigd
-from tests.integration.test_migration import wait_for_ranks
+from tests.integration.test_node_loss import submit_script
+from tests.integration.test_traffic import hpcmig
 
 pytestmark = pytest.mark.integration
 
-HPCMIG = os.path.join(os.path.dirname(sys.executable), "hpcmig")
 ELEMENTS, ROUNDS = 131072, 150
-
-
-def hpcmig(*args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
-    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
-    return subprocess.run([*prefix, HPCMIG, *args], capture_output=True, text=True,
-                          timeout=300)
 
 
 def test_remap_moves_the_container_that_crosses_leaves(testbed: Plan, slurm: Slurm,
@@ -46,12 +38,7 @@ def test_remap_moves_the_container_that_crosses_leaves(testbed: Plan, slurm: Slu
         3, [["hpcmig.workloads.ring", "--elements", str(ELEMENTS), "--rounds", str(ROUNDS),
              "--seconds", "45"]], mpi="mpich", ntasks=2, options={"spares": "1"},
         job_name="remap")
-    (job_dir / "job.sh").write_text(script)
-    out = job_dir / "job.out"
-    job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=testbed.user,
-                          cwd=str(job_dir))
-    slurm.wait(job_id, timeout=60, states={"RUNNING"})
-    wait_for_ranks(testbed, job_id)
+    job_id, out, _ = submit_script(testbed, slurm, job_dir, script)
     time.sleep(5)  # some traffic measured
     assert [hpcmigd.host_of(job_id, i) for i in (0, 1)] == ["node1", "node2"]
 
@@ -70,7 +57,7 @@ def test_remap_moves_the_container_that_crosses_leaves(testbed: Plan, slurm: Slu
     user = hpcmig("remap", str(job_id), "--topology", str(topo), "--dry-run", user=uid)
     assert user.returncode != 0 and "is for root and the Slurm admin" in user.stderr, user
 
-    done = hpcmig("remap", str(job_id), "--topology", str(topo), "--json")
+    done = hpcmig("remap", str(job_id), "--topology", str(topo), "--json", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads(done.stdout)["rows"]
     assert [(r["container"], r["to"], r["result"]) for r in rows] == [(1, "node3", "moved")]

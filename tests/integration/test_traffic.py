@@ -38,10 +38,12 @@ HPCMIG = os.path.join(os.path.dirname(sys.executable), "hpcmig")
 ELEMENTS, ROUNDS = 131072, 30  # int64: 1 MiB per message, 30 MiB per pair
 
 
-def hpcmig(*args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+def hpcmig(*args: str, user: int | None = None, timeout: float = 120
+           ) -> subprocess.CompletedProcess[str]:
+    """The CLI as root, or as `user` (uid) when given."""
     prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
     return subprocess.run([*prefix, HPCMIG, *args], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=timeout)
 
 
 def test_traffic_of_a_ring_names_its_pairs(testbed: Plan, slurm: Slurm, job_dir: Path) -> None:
