@@ -138,8 +138,8 @@ def isolation_script(pool: IPv4Network) -> str:
         traffic.set_definition(t),
         f"add chain {t} forward {{ type filter hook forward priority filter; policy accept; }}",
         f"flush chain {t} forward",
-        f"add rule {t} forward ip saddr . ip daddr @{NFT_SET} {traffic.count_statement()} "
-        "accept",
+        f"add rule {t} forward {traffic.count_match()} ip saddr . ip daddr @{NFT_SET} "
+        f"{traffic.count_update()} accept",
         f"add rule {t} forward ip saddr . ip daddr @{NFT_SET} accept",
         f"add rule {t} forward ip saddr {pool} drop",
         f"add rule {t} forward ip daddr {pool} drop",

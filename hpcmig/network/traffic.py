@@ -3,13 +3,15 @@
 Design note: pure functions, like `plan`. The isolation table (`plan.isolation_script`) holds a
 dynamic nft set keyed by (source address, destination address) whose elements carry a
 counter; the forward rule that accepts traffic inside a job block also updates it, but only
-for packets that enter from a container's host-side veth. So every packet between two
-containers is counted once, on the node of its sender (a packet forwarded on to another node
-is not counted again there), and the bytes are IP bytes (headers included, link layer not).
-Traffic between ranks of one container (shared memory, loopback) never reaches the node and
-is not counted. The agent reads the counts (`parse_counts`) and, when the job leaves the
-node, deletes the job's elements (`forget_plan`) after saving them; nft 1.0.6 cannot reset a
-set element's counter, so counts only grow while the job is on the node.
+for packets that enter from a container's host-side veth (that interface test comes first in
+the rule, so a packet from a node link pays no second job-set lookup). So every packet
+between two containers is counted once, on the node of its sender (a packet forwarded on to
+another node is not counted again there), and the bytes are IP bytes (headers included,
+link layer not). Traffic between ranks of one container (shared memory, loopback) never
+reaches the node and is not counted. The agent reads the counts (`parse_counts`) and, when
+the job leaves the node, deletes the job's elements (`forget_plan`) after saving them;
+nft 1.0.6 cannot reset a set element's counter, so counts only grow while the job is on the
+node. What counting costs MPI: benchmarks/network/README.md.
 """
 
 from __future__ import annotations
@@ -29,9 +31,16 @@ def set_definition(table: str) -> str:
             "flags dynamic; counter; }")
 
 
-def count_statement() -> str:
+def count_match() -> str:
+    """What selects the packets to count: those that come from a container. It comes first
+    in the counting rule, so a packet from a node link costs one interface-name compare
+    there, not a second job-set lookup."""
+    return f'iifname "{VETH_GLOB}"'
+
+
+def count_update() -> str:
     """The part of the intra-job accept rule that counts the packet."""
-    return (f'iifname "{VETH_GLOB}" update @{TRAFFIC_SET} {{ ip saddr . ip daddr }}')
+    return f"update @{TRAFFIC_SET} {{ ip saddr . ip daddr }}"
 
 
 def parse_counts(nft_json: str, block: IPv4Network | None = None) -> Counts:

@@ -30,7 +30,7 @@ LISTED = json.dumps({"nftables": [
 
 def test_the_intra_job_accept_counts_packets_from_container_veths_first() -> None:
     lines = plan.isolation_script(IPv4Network("10.252.0.0/16")).splitlines()
-    counted = ('add rule ip hpcmig forward ip saddr . ip daddr @intra iifname "hmv*" '
+    counted = ('add rule ip hpcmig forward iifname "hmv*" ip saddr . ip daddr @intra '
                "update @traffic { ip saddr . ip daddr } accept")
     plain = "add rule ip hpcmig forward ip saddr . ip daddr @intra accept"
     assert lines.index(counted) < lines.index(plain)  # a packet from a node link: not counted
