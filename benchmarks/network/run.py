@@ -116,7 +116,8 @@ def native_run(bench: nodes.Bench, flavour: mpi.Flavour, prog: list[str]) -> _pr
                      env=env, timeout=RUN_TIMEOUT, check=False, cwd=nodes.WORK)
 
 
-def container_run(bench: nodes.Bench, flavour: mpi.Flavour, prog: list[str]) -> _proc.Result:
+def container_run(bench: nodes.Bench, flavour: mpi.Flavour, prog: list[str],
+                  timeout: float = RUN_TIMEOUT) -> _proc.Result:
     """As `hpcmig run --stream -n 2 --ppn 1` would, from node 1 into container 0."""
     hostfile = os.path.join(nodes.WORK, f"job-{flavour.name}.hosts")
     with open(hostfile, "w") as fh:
@@ -131,7 +132,7 @@ def container_run(bench: nodes.Bench, flavour: mpi.Flavour, prog: list[str]) -> 
     request = {"address": bench.addresses[0], "argv": argv, "env": env, "cwd": "/tmp",
                "munge": bench.munge_socket}
     return _proc.run(["nsenter", f"--net=/run/netns/{N1}", sys.executable, "-c", EXEC_HELPER],
-                     input=json.dumps(request), timeout=RUN_TIMEOUT, check=False)
+                     input=json.dumps(request), timeout=timeout, check=False)
 
 
 def payload_bytes(record: dict[str, Any], warmup: int) -> int:

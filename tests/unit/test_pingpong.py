@@ -9,10 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 from hpcmig import mpi
@@ -91,6 +93,30 @@ def test_two_ranks_really_ping_pong() -> None:
         assert s["echo_ok"] and 0 < s["latency_us_min"] <= s["latency_us"]
 
 
+def test_timed_sizes_run_for_their_seconds_and_trace_every_sample() -> None:
+    env = _mpich_env()
+    if env is None:
+        pytest.skip("MPICH (mpiexec.mpich and hpcmig's libmpi shim) is not installed")
+    before = time.monotonic_ns()
+    r = subprocess.run(["mpiexec.mpich", "-n", "2", sys.executable, "-m",
+                        "hpcmig.workloads.pingpong", "--sizes", "8,65536", "--seconds", "0.3",
+                        "--warmup", "2", "--trace"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    after = time.monotonic_ns()
+    assert r.returncode == 0, r.stderr
+    out = pingpong.parse_output(r.stdout)
+    assert out["ok"]
+    for s in out["sizes"]:
+        starts = pingpong.decode(s["trace"]["start_ns"], "int64")
+        trips = pingpong.decode(s["trace"]["round_trip_s"], "float64")
+        assert len(starts) == len(trips) == s["iterations"] > 10
+        assert before < starts[0] and starts[-1] < after  # the same clock as this process
+        assert (np.diff(starts) > 0).all() and (trips > 0).all()
+        # the size ran for its 0.3 s (the last sample starts before the deadline)
+        assert 0.25e9 < starts[-1] - starts[0] < 0.3e9 + 1e8
+        assert s["latency_us"] == pytest.approx(float(np.median(trips)) / 2 * 1e6)
+
+
 def _run(flavour: str, mode: str, rnd: int, lat: dict[int, float]) -> dict[str, Any]:
     return {"flavour": flavour, "mode": mode, "round": rnd, "mpi": flavour,
             "sizes": [{"size": s, "latency_us": t, "bandwidth_MBps": s / t}
@@ -114,3 +140,39 @@ def test_report_ratios_are_container_over_native_medians() -> None:
                             "cpus": 2}, "loadavg_before": [1.0], "runs": runs,
                             "summary": report.summarize(runs)})
     assert "| latency 1 B (us) | 11.0 | 12.0 | **1.09** | 0.50-1.20 |" in text
+
+
+def _counting_bandwidth() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "counting_bandwidth", ROOT / "benchmarks" / "network" / "counting_bandwidth.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_counting_phases_take_only_samples_wholly_inside_and_pair_with_neighbours() -> None:
+    cb = _counting_bandwidth()
+    ms = 1_000_000
+    # uncounted, counted, uncounted, counted (a last counted phase has no right neighbour)
+    phases = [(0, 100 * ms, False), (102 * ms, 200 * ms, True), (202 * ms, 300 * ms, False),
+              (302 * ms, 400 * ms, True)]
+    starts, trips = [], []
+    for k, (lo, hi, counted) in enumerate(phases):
+        rt = 11e-6 if counted else (10e-6 if k == 0 else 12e-6)
+        for t in range(lo + 10 * ms, hi - 10 * ms, ms):
+            starts.append(t)
+            trips.append(rt)
+    starts.append(99 * ms)  # straddles the first swap: belongs to no phase
+    trips.append(0.05)
+    med = cb.phase_medians(np.array(starts, dtype=np.int64), np.array(trips), phases,
+                           guard_ns=2 * ms)
+    assert med == [(10e-6, False), (11e-6, True), (12e-6, False), (11e-6, True)]
+    # bandwidth counted/uncounted = mean of the neighbours' round trips / the counted one
+    assert cb.paired_ratios(med) == [pytest.approx(1.0)]
+    med[1] = (22e-6, True)
+    assert cb.paired_ratios(med) == [pytest.approx(0.5)]
+    assert cb.paired_ratios([None, (1.0, True), (1.0, False)]) == []
+    lo, hi = cb.bootstrap_median([0.97, 0.98, 0.99, 1.0, 0.98])
+    assert 0.97 <= lo <= 0.98 <= hi <= 1.0
+    assert "update @traffic" in cb.ruleset(True) and "update @traffic" not in cb.ruleset(False)
