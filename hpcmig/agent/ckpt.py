@@ -204,10 +204,12 @@ def container_state(call: Call, job_id: str, ref: dict[str, Any]) -> str:
 
 
 # -- network ----------------------------------------------------------------------------------
-@operation("ckpt.blackhole", "job")
-def blackhole(call: Call, job_id: str, address: str) -> None:
+@operation("ckpt.hold", "job")
+def hold(call: Call, job_id: str, address: str) -> str:
+    """The network lock: packets to the address wait here (hpcmig.network.hold); the answer
+    says whether they are held or, where this node cannot, dropped ("blackhole")."""
     _check_address(_agent(call), job_id, address)
-    _agent(call).net.blackhole(address)
+    return _agent(call).net.hold(address, quiet=True)
 
 
 @operation("ckpt.point_local", "job")
@@ -239,7 +241,7 @@ def unroute(call: Call, job_id: str, address: str) -> None:
 @operation("ckpt.create_net", "job")
 def create_net(call: Call, job_id: str, ref: dict[str, Any],
                vcluster: dict[str, Any] | None = None) -> None:
-    """The restore target's netns, /32 blackholed. `vcluster`: the job as the controller
+    """The restore target's netns, /32 held. `vcluster`: the job as the controller
     knows it, for a node that has no record of the job yet (acquired for it)."""
     agent = _agent(call)
     r = _ref(ref)

@@ -3,7 +3,7 @@
 Design note: this module owns the CRIU command lines and what is checked around them; it
 follows the recipe docs/runtime.md verified ("Migration hooks"). The caller (the node agent,
 or a test through nsenter/setns) runs these functions inside the node's network and mount
-namespaces, with the container's /32 already blackholed (the network lock: CRIU's own lock
+namespaces, with the container's /32 already held (the network lock: CRIU's own lock
 made peers see RSTs, so dumps use `--network-lock skip`). The container's network namespace
 is made outside CRIU and is external on both sides: `--external net[<inode>]:<key>` on dump,
 `--inherit-fd fd[7]:<key>` with fd 7 open on the fresh netns on restore. Dumps use
@@ -188,7 +188,7 @@ def saved_container(image_dir: str) -> tuple[Container, str]:
 def restore(image_dir: str, *, netns_path: str, key: str | None = None,
             timeout: float = RESTORE_TIMEOUT) -> int:
     """Restore the dump in image_dir into the netns at netns_path (made beforehand, same
-    address, still blackholed on this node); return the restored init's pid. The tree runs
+    address, still held on this node); return the restored init's pid. The tree runs
     detached (`-d`); the caller's child subreaper (the agent) becomes its parent."""
     if key is None:
         key = saved_container(image_dir)[1]

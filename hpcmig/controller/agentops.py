@@ -45,8 +45,8 @@ class AgentOps:
         return ContainerState(self._call(node, "ckpt.state", ref=ref.to_json()))
 
     # -- network --------------------------------------------------------------------------
-    def blackhole(self, node: str, address: str) -> None:
-        self._call(node, "ckpt.blackhole", address=address)
+    def hold(self, node: str, address: str) -> str:
+        return str(self._call(node, "ckpt.hold", address=address))
 
     def point_local(self, node: str, ref: ContainerRef) -> None:
         self._call(node, "ckpt.point_local", ref=ref.to_json())

@@ -5,7 +5,7 @@ Design note: the same habits as `migration` (journal each step first, every effe
 containers at once.
 
 Checkpoint (`checkpoint_job`): check (nothing undumpable, all running) -> images (prepare
-every directory) -> lock (blackhole every container's /32 on its node, so no container
+every directory) -> lock (hold every container's /32 on its node, so no container
 hears from another while the others are dumped: a consistent cut, unacknowledged data stays
 in CRIU's socket queues) -> dump:<i> for each, left stopped -> verify:<i> -> then `resume`
 (continue the job: resume + unlock all) or `stop` (kill all, remove their networks, forget
@@ -15,7 +15,7 @@ their routes; the images are the job's checkpoint) -> done. Any failure before `
 `images.remove_job`).
 
 Restore (`restore_job`), on any set of nodes: check (no copy there yet) -> verify:<i> ->
-net:<i> (netns with the same address, blackholed) -> route (every node routes every address
+net:<i> (netns with the same address, held) -> route (every node routes every address
 to its container's node) -> restore:<i> -> unlock (point_local all) -> done. Until every
 restore has succeeded a failure rolls back: every restored copy killed (confirmed gone),
 networks and routes removed, images kept so the restore can be tried again.
@@ -176,7 +176,7 @@ class _JobMachine(Machine):
             raise HpcmigError(f"{p.ref.name} on {p.node} is still {state.value}")
 
 
-def _all(items: tuple[Placement, ...], fn: Callable[[Placement], None]) -> dict[str, Any]:
+def _all(items: tuple[Placement, ...], fn: Callable[[Placement], object]) -> dict[str, Any]:
     failed = []
     for p in items:
         try:
@@ -220,7 +220,7 @@ class JobCheckpoint(_JobMachine):
                     lambda p: self.ops.prepare_images(p.node, p.image_dir, p.ref.uid))
 
     def _lock(self) -> dict[str, Any]:
-        return _all(self.spec.containers, lambda p: self.ops.blackhole(p.node, p.ref.address))
+        return _all(self.spec.containers, lambda p: self.ops.hold(p.node, p.ref.address))
 
     def _dumper(self, p: Placement) -> Callable[[], dict[str, Any]]:
         def dump() -> dict[str, Any]:

@@ -8,15 +8,15 @@ The order is the one docs/runtime.md verified ("Migration hooks"):
 |---|---|---|
 | check | refuse_reasons (source); target has no copy | - |
 | images | prepare image dirs; stream: page server + receiver (target) | close, remove images |
-| lock | blackhole the /32 (source) | point_local (source) |
+| lock | hold the /32's packets (source) | point_local (source) |
 | dump | criu dump --leave-stopped (source) | wait while BUSY, resume (source) |
 | transfer | stream: send the non-page files, close the stream | - |
 | verify | manifest + checksums (target) | - |
-| target_net | netns + veth, /32 blackholed (target) | remove_net, route via source (target) |
+| target_net | netns + veth, /32 held (target) | remove_net, route via source (target) |
 | route | route the /32 via target (every peer) | route via source (every peer) |
 | restore | criu restore (target): **no return once it succeeded** | kill any copy (target) |
-| unlock | point_local (target) | (forward only) |
-| cleanup | kill the stopped source, remove its net, route via target (source) | (forward only) |
+| unlock | point_local (target): the held packets go to the copy | (forward only) |
+| cleanup | route via target, kill the stopped source, remove its net (source) | (forward only) |
 | done | remove images | (forward only) |
 
 A failure before the restore succeeded rolls back (source resumed where it was, exactly
@@ -211,8 +211,12 @@ class Migration(Machine):
         raw = self.data.get("stream")
         return Stream.from_json(raw) if raw else None
 
-    def _lock(self) -> None:
-        self.ops.blackhole(self.spec.source, self.spec.ref.address)
+    def _lock(self) -> dict[str, Any]:
+        # "hold", or "blackhole" where the source cannot hold packets (journaled: it says
+        # why the peers of this move backed off)
+        how = self.ops.hold(self.spec.source, self.spec.ref.address)
+        self.journal.update_data(self.op_id, lock=how)
+        return {"lock": how}
 
     def _dump(self) -> dict[str, Any]:
         s = self.spec
@@ -250,9 +254,9 @@ class Migration(Machine):
 
     def _cleanup(self) -> None:
         s = self.spec
+        self.ops.route_via(s.source, s.ref.address, s.target)
         self.ops.kill(s.source, s.ref)
         self.ops.remove_net(s.source, s.ref)
-        self.ops.route_via(s.source, s.ref.address, s.target)
 
     def _done(self) -> None:
         s = self.spec

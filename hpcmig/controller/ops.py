@@ -34,25 +34,27 @@ class MigrationOps(Protocol):
         """The state of the container's copy on node (see ContainerState)."""
 
     # -- virtual network -----------------------------------------------------------------
-    def blackhole(self, node: str, address: str) -> None:
-        """Network lock: node drops packets to address silently (`ip route replace
-        blackhole addr/32`)."""
+    def hold(self, node: str, address: str) -> str:
+        """Network lock: node holds packets to address without an answer until
+        `point_local` or `route_via` there lets them go (hpcmig.network.hold; a node that
+        cannot hold drops them). Returns "hold" or "blackhole"."""
 
     def point_local(self, node: str, ref: ContainerRef) -> None:
-        """Route ref.address to the container's veth on node (lifts a blackhole)."""
+        """Route ref.address to the container's veth on node (held packets go to it)."""
 
     def route_via(self, node: str, address: str, via: str) -> None:
-        """On node, route address/32 via node `via`'s address."""
+        """On node, route address/32 via node `via`'s address (held packets follow)."""
 
     def unroute(self, node: str, address: str) -> None:
         """Remove node's route for address/32 (idempotent)."""
 
     def create_net(self, node: str, ref: ContainerRef) -> None:
         """Make the container's netns + veth on node with ref.address, *unrouted*: the /32
-        stays blackholed on node until `point_local` (restore target)."""
+        is held on node until `point_local` (restore target)."""
 
     def remove_net(self, node: str, ref: ContainerRef) -> None:
-        """Remove the container's netns, veth and /32 route on node (idempotent)."""
+        """Remove the container's netns, veth, hold and local /32 route on node
+        (idempotent; a route to another node stays)."""
 
     # -- images --------------------------------------------------------------------------
     def prepare_images(self, node: str, image_dir: str, uid: int) -> None:

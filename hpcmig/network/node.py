@@ -12,17 +12,23 @@ address is the caller's (agent's, controller's) knowledge.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
 
 from hpcmig import _proc
 from hpcmig.errors import CommandError, HpcmigError
+from hpcmig.network import hold as holding
 from hpcmig.network import plan
 from hpcmig.network import traffic as counting
 from hpcmig.network.plan import ContainerNet, Step
 
 _GONE = ("Cannot find device", "No such file", "No such process", "not found",
          "does not exist", "No such file or directory", "Invalid argument")
+
+
+log = logging.getLogger(__name__)
 
 
 class NetworkError(HpcmigError):
@@ -66,11 +72,13 @@ class NodeNet:
     def create_container_net(self, net: ContainerNet, routed: bool = True) -> ContainerNet:
         """Make the container's netns + veth and route its /32 here; undo on failure.
 
-        routed=False for a migration target: the /32 stays blackholed on this node until
+        routed=False for a migration target: the /32 is held on this node (`hold`) until
         `point_local` after `criu restore` (see plan.create_plan)."""
         self.enable_forwarding()
         try:
             self.run_all(plan.create_plan(net, routed))
+            if not routed:
+                self.hold(net.address)
             self.wait_link_up(net)
         except HpcmigError:
             self.remove_container_net(net)
@@ -91,24 +99,70 @@ class NodeNet:
             time.sleep(0.02)
 
     def remove_container_net(self, net: ContainerNet) -> None:
-        """Remove the veth, the netns and the /32 route (blackhole included). Idempotent."""
-        for step in plan.remove_plan(net):
+        """Remove the veth, the netns, a hold or blackhole of the /32 and its local route
+        (a route to another node stays). Idempotent."""
+        for step in [*holding.remove_plan(net.address), *plan.remove_plan(net)]:
             self.run(step, tolerate_gone=True)
 
     def point_local(self, net: ContainerNet) -> None:
-        """Route the /32 to the container's veth here (lifts a blackhole)."""
+        """Route the /32 to the container's veth here (lets held packets go to it)."""
         self.run_all(plan.local_route_plan(net))
+        self._release(net.address)
 
     def route_via(self, address: IPv4Address | str, via: IPv4Address | str) -> None:
-        """This node does not host the address: send it to the node that does."""
+        """This node does not host the address: send it to the node that does (packets held
+        here follow)."""
         self.run_all(plan.remote_route_plan(address, via))
+        self._release(address)
 
     def unroute(self, address: IPv4Address | str) -> None:
-        self.run_all(plan.unroute_plan(address), tolerate_gone=True)
+        self.run_all([*holding.remove_plan(address), *plan.unroute_plan(address)],
+                     tolerate_gone=True)
 
-    def blackhole(self, address: IPv4Address | str) -> None:
-        """Migration network lock: drop packets to the address silently on this node."""
-        self.run_all(plan.blackhole_plan(address))
+    def hold(self, address: IPv4Address | str, quiet: bool = False) -> str:
+        """Migration network lock: packets to the address wait on this node, without an
+        answer, until `point_local` or `route_via` lets them go (hpcmig.network.hold).
+        Where the hold cannot be made they are dropped instead (blackhole), and the peers
+        retransmit. Returns which: "hold" or "blackhole".
+
+        quiet=True (the copy that is about to be dumped): its host veth goes down too, so
+        nothing it sends leaves any more. A stopped copy's kernel still retransmits, with
+        TCP timestamps that run on while the dump freezes the restored copy's: a peer that
+        heard those rejected the restored copy's answers (PAWS) until its clock caught up,
+        about a second (measured with a capture on the nodes). `point_local` brings it up."""
+        if quiet:
+            self.run_all(plan.quiet_plan(address), tolerate_gone=True)
+        self.run_all(holding.remove_plan(address), tolerate_gone=True)  # a leftover pair
+        try:
+            self.run_all(holding.hold_plan(address, sys.executable))
+            return "hold"
+        except NetworkError as exc:
+            self.run_all(holding.remove_plan(address), tolerate_gone=True)
+            log.warning("cannot hold packets to %s here (%s); dropping them instead", address,
+                        exc)
+            self.run_all(plan.blackhole_plan(address))
+            return "blackhole"
+
+    def _release(self, address: IPv4Address | str, drain: float = 1.0) -> None:
+        """Let packets held for the address take its current route; remove the hold."""
+        out, _ = holding.devices(address)
+        if not self._has_link(out):
+            return
+        self.run_all(holding.release_plan(address, sys.executable), tolerate_gone=True)
+        deadline = time.monotonic() + drain
+        while time.monotonic() < deadline:
+            listed = self.run(["tc", "-j", "-s", "qdisc", "show", "dev", out],
+                              tolerate_gone=True)
+            if holding.backlog(json.loads(listed or "[]")) == 0:
+                break
+            time.sleep(0.005)
+        self.run_all(holding.remove_plan(address), tolerate_gone=True)
+
+    def _has_link(self, name: str) -> bool:
+        if self.netns is None:  # our own netns: /proc/self/net is it (/sys may be another's)
+            with open("/proc/self/net/dev") as fh:
+                return any(line.split(":", 1)[0].strip() == name for line in fh)
+        return bool(self.run(["ip", "-j", "link", "show", "dev", name], tolerate_gone=True))
 
     def route_of(self, address: IPv4Address | str) -> dict[str, object] | None:
         """This node's route for address/32 as iproute2 JSON (None: no such route)."""

@@ -73,9 +73,10 @@ def forwarding_plan() -> list[Step]:
 def create_plan(net: ContainerNet, routed: bool = True) -> list[Step]:
     """Make the netns and veth, address the container side, route the /32 to it here.
 
-    routed=False (a migration target before `criu restore`): the /32 is blackholed here
-    instead, so that peers' retransmissions meet no socket-less address (which would answer
-    with RST and kill their connections); `local_route_plan` lifts it after the restore."""
+    routed=False (a migration target before `criu restore`): no route to the veth yet, so
+    that peers' packets meet no socket-less address (which would answer with RST and kill
+    their connections); the node holds the /32 instead (`hold`, or `blackhole_plan` where it
+    cannot) and `local_route_plan` points it here after the restore."""
     ns = net.netns
     addr = str(net.address)
     inside = ["ip", "-n", ns]
@@ -94,22 +95,30 @@ def create_plan(net: ContainerNet, routed: bool = True) -> list[Step]:
         ["ip", "link", "set", net.host_veth, "up"],
         ["ip", "neigh", "replace", addr, "lladdr", net.container_mac, "dev", net.host_veth,
          "nud", "permanent"],
-        *(local_route_plan(net) if routed else blackhole_plan(net.address)),
+        *(local_route_plan(net) if routed else []),
     ]
 
 
 def remove_plan(net: ContainerNet) -> list[Step]:
-    """Undo create_plan (each step may find its object already gone)."""
+    """Undo create_plan (each step may find its object already gone). A route of the /32
+    to another node stays (a migration's source routes it to the target before this)."""
     return [
-        ["ip", "route", "del", f"{net.address}/32"],
+        ["ip", "route", "del", "blackhole", f"{net.address}/32"],
         ["ip", "link", "del", net.host_veth],
         ["ip", "netns", "del", net.netns],
     ]
 
 
 def local_route_plan(net: ContainerNet) -> list[Step]:
-    """Route the /32 to the container's veth on its hosting node (also: lift a blackhole)."""
-    return [["ip", "route", "replace", f"{net.address}/32", "dev", net.host_veth]]
+    """Route the /32 to the container's veth on its hosting node (also: lift a blackhole or
+    a hold, and bring up a veth that `quiet_plan` took down)."""
+    return [["ip", "link", "set", net.host_veth, "up"],
+            ["ip", "route", "replace", f"{net.address}/32", "dev", net.host_veth]]
+
+
+def quiet_plan(address: IPv4Address | str) -> list[Step]:
+    """Nothing the container sends leaves its veth (the copy being dumped; see NodeNet.hold)."""
+    return [["ip", "link", "set", container_net(address).host_veth, "down"]]
 
 
 def remote_route_plan(address: IPv4Address | str, via: IPv4Address | str) -> list[Step]:
@@ -123,8 +132,9 @@ def unroute_plan(address: IPv4Address | str) -> list[Step]:
 
 
 def blackhole_plan(address: IPv4Address | str) -> list[Step]:
-    """The migration network lock: packets to the container vanish silently, peers retransmit
-    (PLATFORM.md: CRIU's own lock made peers see RSTs)."""
+    """The migration network lock where the node cannot hold packets (hpcmig.network.hold):
+    packets to the container vanish silently, peers retransmit (PLATFORM.md: CRIU's own lock
+    made peers see RSTs)."""
     return [["ip", "route", "replace", "blackhole", f"{IPv4Address(str(address))}/32"]]
 
 

@@ -7,12 +7,14 @@ network namespaces hpcmig-rtc*. Job 1 holds 10.252.0.0/26, job 2 holds 10.252.0.
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Network
 
 import pytest
 
-from hpcmig.network import NodeNet, container_net
+from hpcmig.network import NodeNet, container_net, hold
 from hpcmig.network.plan import ContainerNet
 from tests.integration import rt_support as S
 
@@ -94,15 +96,28 @@ def test_reinstalling_isolation_keeps_blocks_and_does_not_duplicate_rules(net: d
     assert sum(1 for item in chain["nftables"] if "rule" in item) == 4
 
 
-def test_blackhole_is_a_silent_network_lock_and_lifts(net: dict) -> None:
+def test_the_network_lock_holds_packets_without_an_answer_and_delivers_them(net: dict) -> None:
+    """A ping sent while its address is locked gets no answer (no RST, no ICMP error) and
+    is not lost: it is answered once the address points at a container again."""
     n2, c1, c2 = net["n2"], net["c1"], net["c2"]
-    n2.blackhole(c2.address)
+    assert n2.hold(c2.address) == "hold"
+    out, _ = hold.devices(c2.address)
     try:
-        assert n2.route_of(c2.address)["type"] == "blackhole"
-        assert not pings(c1.netns, "10.252.0.2")
+        assert n2.route_of(c2.address)["dev"] == out
+        ping = subprocess.Popen(["nsenter", f"--net={c1.netns_path}", "ping", "-c1", "-W5",
+                                 "10.252.0.2"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.6)
+        assert ping.poll() is None  # still waiting: held, not refused
+        before = rx_packets(c2.netns)
     finally:
         n2.point_local(c2)
+    out_text, _ = ping.communicate(timeout=10)
+    assert ping.returncode == 0, out_text
+    rtt = float(out_text.split("time=")[1].split()[0])  # ms
+    assert rtt >= 500, out_text  # it waited in the hold and was answered afterwards
+    assert rx_packets(c2.netns) > before
     assert n2.route_of(c2.address)["dev"] == c2.host_veth
+    assert out not in S.links_in("hpcmig-rt-n2")  # the hold is gone once drained
     assert pings(c1.netns, "10.252.0.2")
 
 
@@ -115,7 +130,7 @@ def test_address_moves_to_another_node_and_routes_follow(net: dict) -> None:
     """What a migration does to the network: same /32, new node, routes re-pointed."""
     n1, n2, c1, c2 = net["n1"], net["n2"], net["c1"], net["c2"]
     moved = container_net(c2.address, "hpcmig-rtc2-moved")
-    n2.blackhole(c2.address)  # lock on the source
+    n2.hold(c2.address)  # lock on the source
     n1.create_container_net(moved)  # target: same address in a fresh netns on node 1
     try:
         n2.route_via(c2.address, S.NODES["hpcmig-rt-n1"])  # re-point on the other node
@@ -138,12 +153,13 @@ def test_teardown_leaves_nothing_behind() -> None:
         node.create_container_net(c)
         node.install_isolation(POOL)
         node.allow_job(JOB1)
-        node.blackhole("10.252.0.9")
+        assert node.hold("10.252.0.9") == "hold"
         node.remove_container_net(c)
         node.remove_container_net(c)  # idempotent
         node.remove_isolation()
         assert "hpcmig-rtc9" not in S.netns_list()
         assert c.host_veth not in S.links_in("hpcmig-rt-n1")
+        assert hold.devices("10.252.0.9")[0] not in S.links_in("hpcmig-rt-n1")
         assert "10.252." not in S.in_ns("hpcmig-rt-n1", "ip", "route", "show", "table",
                                         "all").stdout
         assert "hpcmig" not in S.in_ns("hpcmig-rt-n1", "nft", "list", "tables").stdout

@@ -309,7 +309,7 @@ def test_criu_moves_an_image_container_to_another_node(
         # -- migrate e1 from node 2 to node 1 --
         net_inode = os.stat(e1.netns_path).st_ino
         t0 = time.perf_counter()
-        n2.blackhole(e1.address)
+        n2.hold(e1.address)
         _criu(h2, N2, images, "dump.log", CRIU, "dump", "-t", str(c_e1.init_pid), "-D",
               images, "-o", "dump.log", "--tcp-established", "--network-lock", "skip",
               "--external", f"net[{net_inode}]:e1net")

@@ -371,13 +371,13 @@ def test_criu_moves_a_container_to_another_node_with_its_tcp_connection(
         # -- migrate e1 from node 2 to node 1 --
         net_inode = os.stat(e1.netns_path).st_ino
         t0 = time.perf_counter()
-        n2.blackhole(e1.address)  # network lock: peers retransmit, no RST
+        n2.hold(e1.address)  # network lock: peers retransmit, no RST
         _criu(images, "dump.log", N2, CRIU, "dump", "-t", str(c_e1.init_pid), "-D", images,
               "-o", "dump.log", "--tcp-established", "--network-lock", "skip",
               "--external", f"net[{net_inode}]:e1net")
         t_dump = time.perf_counter() - t0
         frozen_at = _progress(progress)
-        # same /32 in a fresh netns on node 1, blackholed there until the restore is done
+        # same /32 in a fresh netns on node 1, held there until the restore is done
         n1.create_container_net(e1_new, routed=False)
         made.append((n1, e1_new))
         n2.route_via(e1.address, S.NODES[N1])

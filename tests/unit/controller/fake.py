@@ -111,9 +111,10 @@ class FakeOps:
         return ContainerState.RUNNING if copy.state == "running" else ContainerState.STOPPED
 
     # -- network -------------------------------------------------------------------------
-    def blackhole(self, node: str, address: str) -> None:
-        self._enter("blackhole", node)
-        self.w.routes[node][address] = ("blackhole",)
+    def hold(self, node: str, address: str) -> str:
+        self._enter("hold", node)
+        self.w.routes[node][address] = ("held",)
+        return "hold"
 
     def point_local(self, node: str, ref: ContainerRef) -> None:
         self._enter("point_local", node)
@@ -132,14 +133,15 @@ class FakeOps:
     def create_net(self, node: str, ref: ContainerRef) -> None:
         self._enter("create_net", node)
         self.w.nets[node].add(ref.address)
-        self.w.routes[node][ref.address] = ("blackhole",)
+        self.w.routes[node][ref.address] = ("held",)
 
     def remove_net(self, node: str, ref: ContainerRef) -> None:
         self._enter("remove_net", node)
         if ref.name in self.w.copies[node]:
             raise HpcmigError("removing the net of a live container")
         self.w.nets[node].discard(ref.address)
-        self.w.routes[node].pop(ref.address, None)
+        if self.w.routes[node].get(ref.address, ("none",))[0] in ("local", "held"):
+            del self.w.routes[node][ref.address]  # a route to another node stays
 
     # -- images --------------------------------------------------------------------------
     def prepare_images(self, node: str, image_dir: str, uid: int) -> None:
@@ -186,7 +188,7 @@ class FakeOps:
         copy = self.w.copies[node].get(ref.name)
         if copy is None or copy.state != "running":
             raise HpcmigError(f"cannot dump {ref.name} on {node}: {copy}")
-        if self.w.routes[node].get(ref.address) != ("blackhole",):
+        if self.w.routes[node].get(ref.address) != ("held",):
             self.w.violations.append(f"dump of {ref.name} without the network lock")
         img = self.w.images.get(self._key(node, image_dir))
         if img is None:

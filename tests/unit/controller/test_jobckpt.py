@@ -82,7 +82,7 @@ def test_checkpoint_and_resume_keeps_the_job_running(journal: Journal) -> None:
     assert len(w.images) == 3 and all(i.get("verified") for i in w.images.values())
     # locks come before any dump: a consistent cut
     calls = w.calls
-    assert max(i for i, c in enumerate(calls) if c.startswith("blackhole")) < \
+    assert max(i for i, c in enumerate(calls) if c.startswith("hold")) < \
         min(i for i, c in enumerate(calls) if c.startswith("dump"))
 
 
@@ -127,7 +127,7 @@ def test_checkpoint_refused_when_one_container_cannot_be_dumped(journal: Journal
     ops.refusals = ["NVIDIA GPU device /dev/nvidia0 open by pid 9 (app)"]
     out = checkpoint_job(journal, ops, spec)
     assert out.state == "refused" and "nvidia0" in (out.error or "")
-    assert not [c for c in w.calls if c.startswith(("blackhole", "dump"))]
+    assert not [c for c in w.calls if c.startswith(("hold", "dump"))]
 
 
 RESTORE_STEPS = ["check", *[f"verify:{i}" for i in range(3)], *[f"net:{i}" for i in range(3)],

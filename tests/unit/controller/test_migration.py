@@ -60,7 +60,7 @@ def test_migration_moves_the_container_and_reports_the_pause(journal: Journal,
     assert all(s.status == "done" for s in journal.steps(out.op_id))
     # the network lock is taken before the dump, the target unlocked only after the restore
     calls = w.calls
-    assert calls.index("blackhole@n1") < calls.index("dump@n1") < calls.index("restore@n2") \
+    assert calls.index("hold@n1") < calls.index("dump@n1") < calls.index("restore@n2") \
         < calls.index("point_local@n2") < calls.index("kill@n1")
 
 
@@ -164,7 +164,7 @@ def test_leftover_copy_on_the_target_stops_the_migration_early(journal: Journal)
     w.copies["n2"][REF.name] = w.copies["n1"][REF.name].__class__("stopped", restored=True)
     out = migrate(journal, ops, spec())
     assert out.state == "rolled_back" and "already has a copy" in (out.error or "")
-    assert "blackhole@n1" not in w.calls
+    assert "hold@n1" not in w.calls
 
 
 @pytest.mark.parametrize("undo", ["kill_target", "route_back", "target_net", "resume",

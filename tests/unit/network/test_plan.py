@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from hpcmig.network import plan
+from hpcmig.network import hold, plan
 from hpcmig.network.plan import GATEWAY, container_net
 
 
@@ -38,17 +38,39 @@ def test_create_plan_gives_the_host_side_no_address() -> None:
         "ip -n c5 route replace default via 169.254.1.1 dev eth0 onlink")
 
 
-def test_a_migration_target_starts_blackholed() -> None:
+def test_a_migration_target_starts_without_a_route_to_its_veth() -> None:
     net = container_net("10.252.0.5", "c5")
     steps = plan.create_plan(net, routed=False)
-    assert steps[-1] == ["ip", "route", "replace", "blackhole", "10.252.0.5/32"]
-    assert ["ip", "route", "replace", "10.252.0.5/32", "dev", net.host_veth] not in steps
+    assert not [s for s in steps if s[:3] == ["ip", "route", "replace"]]  # NodeNet holds it
+
+
+def test_hold_routes_into_a_slow_queue_on_a_veth_loop_and_release_starts_it() -> None:
+    out, back = hold.devices("10.252.0.5")
+    assert (out, back) == ("hmh0afc0005", "hmk0afc0005") and len(out) <= 15
+    steps = hold.hold_plan("10.252.0.5", "/usr/bin/python3")
+    assert steps[0][:4] == ["ip", "link", "add", out] and back in steps[0]
+    qdisc = next(s for s in steps if s[:2] == ["tc", "qdisc"])
+    assert qdisc[qdisc.index("rate") + 1] == "1kbit" and qdisc[qdisc.index("dev") + 1] == out
+    # the bucket's first burst is spent on junk frames before the route points there
+    drain = steps.index(["/usr/bin/python3", "-c", hold.KICK, out, "24", "1500"])
+    assert steps.index(qdisc) < drain < len(steps) - 1 and 24 * 1514 > 30 * 1024
+    # the route comes last: nothing is sent into the pair before its queue exists
+    assert steps[-1] == ["ip", "route", "replace", "10.252.0.5/32", "via", hold.NEXT_HOP,
+                         "dev", out, "onlink"]
+    neigh = next(s for s in steps if s[:2] == ["ip", "neigh"])
+    assert hold.back_mac("10.252.0.5") in neigh  # no ARP on the pair
+    change, kick = hold.release_plan("10.252.0.5", "/usr/bin/python3")
+    assert change[:4] == ["tc", "qdisc", "change", "dev"] and "40gbit" in change
+    assert kick == ["/usr/bin/python3", "-c", hold.KICK, out, "1", "46"]
+    compile(hold.KICK, "kick", "exec")
+    assert hold.remove_plan("10.252.0.5") == [["ip", "link", "del", out]]
+    assert hold.backlog([{"kind": "tbf", "qlen": 3}]) == 3 and hold.backlog([]) == 0
 
 
 def test_remove_blackhole_and_remote_route_plans() -> None:
     net = container_net("10.252.0.5", "c5")
-    assert plan.remove_plan(net) == [
-        ["ip", "route", "del", "10.252.0.5/32"],
+    assert plan.remove_plan(net) == [  # a route to another node stays
+        ["ip", "route", "del", "blackhole", "10.252.0.5/32"],
         ["ip", "link", "del", net.host_veth],
         ["ip", "netns", "del", "c5"],
     ]
@@ -57,7 +79,9 @@ def test_remove_blackhole_and_remote_route_plans() -> None:
     assert plan.remote_route_plan("10.252.0.5", "10.253.0.2") == [
         ["ip", "route", "replace", "10.252.0.5/32", "via", "10.253.0.2"]]
     assert plan.local_route_plan(net) == [
+        ["ip", "link", "set", net.host_veth, "up"],
         ["ip", "route", "replace", "10.252.0.5/32", "dev", net.host_veth]]
+    assert plan.quiet_plan("10.252.0.5") == [["ip", "link", "set", net.host_veth, "down"]]
 
 
 def test_isolation_accepts_same_block_and_drops_the_rest_of_the_pool() -> None:
