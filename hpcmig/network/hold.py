@@ -5,11 +5,11 @@ Design note: pure plans, like `plan`. While a container is dumped, moved and res
 connections). A blackhole route did that by dropping the packets, and the peers' TCP then
 backed off: their longest wait was up to three times the pause (benchmarks/migration). Here
 the /32 is routed instead into a queue that does not drain: a veth pair on the node (`out`
--> `back`), whose `out` end has a token-bucket qdisc with a rate of 8 bit/s, and whose
+-> `back`), whose `out` end has a token-bucket qdisc with a rate of 125 B/s, and whose
 `back` end hands every packet back to the node's forwarding. While held, a packet waits in
 that queue (the bucket's first burst is used up by junk frames before the route points
-there; what slips through at 125 B/s comes back round into it). On
-release the caller first points the /32 where the container now lives (`point_local` on
+there; what slips through at 125 B/s comes back round into it). On release the caller
+first points the /32 where the container now lives (`point_local` on
 the target, `route_via` on the source), then the qdisc's rate is raised and one frame
 (local experimental ethertype, dropped by `back`) is sent into `out` to start the queue; the
 held packets go round once more and take the new route, so the peers get their answers (and
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from hpcmig.network.plan import Step
+from hpcmig.network.plan import Step, mac
 
 NEXT_HOP = "169.254.0.77"  # a link-local next hop on `out`; its neighbour entry is `back`
 HOLD_RATE = "1kbit"  # 125 B/s slip through (and come round again) while held
@@ -44,8 +44,7 @@ def devices(address: IPv4Address | str) -> tuple[str, str]:
 
 
 def back_mac(address: IPv4Address | str) -> str:
-    # 02: locally administered unicast; 'k' tells it from the container's veth MACs
-    return ":".join(f"{b:02x}" for b in bytes([0x02, 0x6b]) + IPv4Address(str(address)).packed)
+    return mac(0x6b, IPv4Address(str(address)))  # 'k': not a container veth's 'h' or 'c'
 
 
 def hold_plan(address: IPv4Address | str, python: str) -> list[Step]:

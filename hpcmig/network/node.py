@@ -105,8 +105,9 @@ class NodeNet:
             self.run(step, tolerate_gone=True)
 
     def point_local(self, net: ContainerNet) -> None:
-        """Route the /32 to the container's veth here (lets held packets go to it)."""
-        self.run_all(plan.local_route_plan(net))
+        """Route the /32 to the container's veth here, its veth up (lets held packets go to
+        it)."""
+        self.run_all([*plan.wake_plan(net), *plan.local_route_plan(net)])
         self._release(net.address)
 
     def route_via(self, address: IPv4Address | str, via: IPv4Address | str) -> None:

@@ -48,14 +48,14 @@ class ContainerNet:
 
     @property
     def host_mac(self) -> str:
-        return _mac(0x68, self.address)
+        return mac(0x68, self.address)
 
     @property
     def container_mac(self) -> str:
-        return _mac(0x63, self.address)
+        return mac(0x63, self.address)
 
 
-def _mac(tag: int, address: IPv4Address) -> str:
+def mac(tag: int, address: IPv4Address) -> str:
     # 02: locally administered unicast; tag tells host side ('h') from container side ('c')
     return ":".join(f"{b:02x}" for b in bytes([0x02, tag]) + address.packed)
 
@@ -111,14 +111,18 @@ def remove_plan(net: ContainerNet) -> list[Step]:
 
 def local_route_plan(net: ContainerNet) -> list[Step]:
     """Route the /32 to the container's veth on its hosting node (also: lift a blackhole or
-    a hold, and bring up a veth that `quiet_plan` took down)."""
-    return [["ip", "link", "set", net.host_veth, "up"],
-            ["ip", "route", "replace", f"{net.address}/32", "dev", net.host_veth]]
+    a hold)."""
+    return [["ip", "route", "replace", f"{net.address}/32", "dev", net.host_veth]]
 
 
 def quiet_plan(address: IPv4Address | str) -> list[Step]:
     """Nothing the container sends leaves its veth (the copy being dumped; see NodeNet.hold)."""
     return [["ip", "link", "set", container_net(address).host_veth, "down"]]
+
+
+def wake_plan(net: ContainerNet) -> list[Step]:
+    """Undo `quiet_plan` (a copy that resumes where it was dumped)."""
+    return [["ip", "link", "set", net.host_veth, "up"]]
 
 
 def remote_route_plan(address: IPv4Address | str, via: IPv4Address | str) -> list[Step]:

@@ -24,13 +24,18 @@ from hpcmig.workloads import pingpong
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _report() -> ModuleType:
+def _benchmark(name: str) -> ModuleType:
+    """benchmarks/network/<name>.py as a module (the directory is not a package)."""
     spec = importlib.util.spec_from_file_location(
-        "network_report", ROOT / "benchmarks" / "network" / "report.py")
+        f"network_{name}", ROOT / "benchmarks" / "network" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _report() -> ModuleType:
+    return _benchmark("report")
 
 
 def test_iterations_shrink_for_large_messages_but_keep_a_floor() -> None:
@@ -142,17 +147,8 @@ def test_report_ratios_are_container_over_native_medians() -> None:
     assert "| latency 1 B (us) | 11.0 | 12.0 | **1.09** | 0.50-1.20 |" in text
 
 
-def _counting_bandwidth() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "counting_bandwidth", ROOT / "benchmarks" / "network" / "counting_bandwidth.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_counting_phases_take_only_samples_wholly_inside_and_pair_with_neighbours() -> None:
-    cb = _counting_bandwidth()
+    cb = _benchmark("counting_bandwidth")
     ms = 1_000_000
     # uncounted, counted, uncounted, counted (a last counted phase has no right neighbour)
     phases = [(0, 100 * ms, False), (102 * ms, 200 * ms, True), (202 * ms, 300 * ms, False),

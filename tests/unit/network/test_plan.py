@@ -79,9 +79,9 @@ def test_remove_blackhole_and_remote_route_plans() -> None:
     assert plan.remote_route_plan("10.252.0.5", "10.253.0.2") == [
         ["ip", "route", "replace", "10.252.0.5/32", "via", "10.253.0.2"]]
     assert plan.local_route_plan(net) == [
-        ["ip", "link", "set", net.host_veth, "up"],
         ["ip", "route", "replace", "10.252.0.5/32", "dev", net.host_veth]]
     assert plan.quiet_plan("10.252.0.5") == [["ip", "link", "set", net.host_veth, "down"]]
+    assert plan.wake_plan(net) == [["ip", "link", "set", net.host_veth, "up"]]
 
 
 def test_isolation_accepts_same_block_and_drops_the_rest_of_the_pool() -> None:
