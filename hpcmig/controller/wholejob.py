@@ -138,7 +138,18 @@ def checkpoint(svc: Service, job_id: str, resume: bool = False) -> Report:
     return report
 
 
+# slurmd 22.05 skips the prolog of a job that runs again on a node where it ran before when
+# the new allocation reaches that node less than 2 whole seconds after the node last swept its
+# credential cache (the end of the old run's epilog): the reissued credential's purge waits for
+# the next sweep, so the job looks known and its prolog "already ran" (slurm_cred.c,
+# _clear_expired_job_states; later Slurm purges at once). A requeued job is released only
+# SLURMD_SETTLE s after its epilogs were seen done.
+SLURMD_SETTLE = 3.0
+
+
 def _pending_job(svc: Service, job_id: str, timeout: float = 120.0) -> Any:
+    """The requeued job once no node runs its epilog any more (PENDING, or whatever it went
+    on to)."""
     job = svc.job(job_id)
     deadline = time.monotonic() + timeout
     while job.state in ("COMPLETING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
@@ -151,9 +162,13 @@ def _pending_job(svc: Service, job_id: str, timeout: float = 120.0) -> Any:
 
 
 def finish_requeue(svc: Service, job_id: str, exclude: Iterable[str]) -> list[str]:
-    """Once the requeued job is pending: keep it off `exclude` and release it. Returns the
-    nodes it now excludes. Harmless when done already (the job runs again)."""
+    """Once the requeued job is pending (and settled, SLURMD_SETTLE): keep it off `exclude`
+    and release it. Returns the nodes it now excludes. Harmless when done already (the job
+    runs again)."""
     job = _pending_job(svc, job_id)
+    if job.state == "PENDING":
+        time.sleep(SLURMD_SETTLE)
+        job = svc.job(job_id)
     if job.state != "PENDING":
         return list(job.excluded)
     excluded = sorted(set(job.excluded) | set(exclude))

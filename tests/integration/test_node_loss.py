@@ -100,12 +100,13 @@ def crash_mid_interval(victim: str, taken: dict, crashed: list[str]) -> float:
 
 
 def story(plan: Plan, job_id: int) -> str:
-    """What the hooks, agents, hpcmigd and slurmctld logged about the job, in time order
+    """What the hooks, agents, hpcmigd and the Slurm daemons logged about the job, in time order
     per file (a failed restart shows who set up and who removed what, and when)."""
     mine = re.compile(rf"\bjob[ =]{job_id}\b|JobId={job_id}\b|\b{job_id}\.batch\b")
     files = [plan.node_dir(n) / "run-hpcmig" / "hooks.log" for n in plan.nodes]
     files += sorted(plan.log_dir.glob("agent-*.log")) + [plan.log_dir / "hpcmigd.log",
                                                          plan.log_dir / "slurmctld.log"]
+    files += sorted(plan.log_dir.glob("slurmd-*.log"))
     parts = []
     for path in files:
         try:

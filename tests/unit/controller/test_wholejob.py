@@ -60,3 +60,49 @@ def test_the_record_is_private_and_pending_until_restored(tmp_path: Path) -> Non
     record.save(str(tmp_path), rec)
     assert record.pending(str(tmp_path), "42") is None
     assert record.load(str(tmp_path), "42") == rec
+
+
+class _Requeued:
+    """Just what finish_requeue uses of the service: the job's states in turn, and what it
+    asked of Slurm, with the (fake) time it asked."""
+
+    def __init__(self, states: list[str], clock: list[float]) -> None:
+        self.states, self.clock = states, clock
+        self.calls: list[tuple[str, float, list[str] | None]] = []
+        self.slurm = self
+
+    def job(self, job_id: str) -> object:
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return dataclasses.make_dataclass("J", ["job_id", "state", "excluded"])(
+            int(job_id), state, ())
+
+    def set_excluded(self, job_id: int, nodes: list[str]) -> None:
+        self.calls.append(("exclude", self.clock[0], list(nodes)))
+
+    def release(self, job_id: int) -> None:
+        self.calls.append(("release", self.clock[0], None))
+
+    def decide(self, message: str, job: str) -> None:
+        pass
+
+
+def test_a_requeued_job_is_released_only_after_its_nodes_settle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """slurmd 22.05 skips the prolog of a job that comes back to a node within 2 s of that
+    node's last credential sweep (the old run's epilog): the release waits SLURMD_SETTLE s
+    from the moment the epilogs were seen done."""
+    clock = [0.0]
+    monkeypatch.setattr(restart.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    svc = _Requeued(["COMPLETING", "COMPLETING", "PENDING"], clock)
+    assert restart.finish_requeue(svc, "42", {"node2"}) == ["node2"]  # type: ignore[arg-type]
+    pending_seen = 1.0  # two polls 0.5 s apart
+    assert [c[0] for c in svc.calls] == ["exclude", "release"]
+    assert svc.calls[1][1] >= pending_seen + restart.SLURMD_SETTLE >= pending_seen + 2.0
+
+
+def test_a_job_that_runs_again_already_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(restart.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    svc = _Requeued(["PENDING", "RUNNING"], clock)  # released by an earlier hpcmigd meanwhile
+    assert restart.finish_requeue(svc, "42", {"node2"}) == []  # type: ignore[arg-type]
+    assert svc.calls == []
