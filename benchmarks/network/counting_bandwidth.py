@@ -5,7 +5,7 @@ Design note: separate MPI runs per mode (run.py's `container-uncounted`) could n
 few per cent: on this shared 2-core machine their per-round ratios spanned 0.56-1.76. Here
 one run of `hpcmig.workloads.pingpong --seconds S --trace` per MPI times each size for S
 seconds while this script swaps the nodes' forward chain between the counting ruleset and
-the same ruleset without the counting statement (`nft -f`, one atomic transaction per node,
+the same ruleset without the counting rule (`nft -f`, one atomic transaction per node,
 job isolation in force all the time), recording when each swap began and ended on the
 monotonic clock the workload also reads. Each round trip that lies wholly inside one phase
 (and `--guard` clear of a swap) is that phase's sample; each counted phase is compared with
@@ -41,7 +41,7 @@ import run  # noqa: E402
 
 from hpcmig import mpi  # noqa: E402
 from hpcmig.errors import CommandError, HpcmigError  # noqa: E402
-from hpcmig.network import NodeNet, plan, traffic  # noqa: E402
+from hpcmig.network import NodeNet, plan  # noqa: E402
 from hpcmig.workloads import pingpong  # noqa: E402
 
 Phase = tuple[int, int, bool]  # (swap ended ns, next swap began ns, counted)
@@ -49,10 +49,7 @@ Phase = tuple[int, int, bool]  # (swap ended ns, next swap began ns, counted)
 
 def ruleset(counted: bool) -> str:
     script = plan.isolation_script(IPv4Network(nodes.POOL))
-    if counted:
-        return script
-    return "\n".join(ln for ln in script.splitlines()
-                     if f"update @{traffic.TRAFFIC_SET}" not in ln) + "\n"
+    return script if counted else nodes.uncounted(script)
 
 
 def toggle(bench: nodes.Bench, done: threading.Event, period: float) -> list[Phase]:

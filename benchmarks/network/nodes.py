@@ -50,6 +50,12 @@ POOL = "10.252.0.0/16"
 TOOLS = ("ip", "nsenter", "unshare", "nft", "munged", "setpriv", "useradd", "userdel",
          "mpiexec.mpich", "mpiexec.openmpi", "hydra_pmi_proxy", "orted")
 VENV_BIN = os.path.dirname(sys.executable)
+COUNTING = f"@{traffic.TRAFFIC_SET} accept"  # the counting rule, as nft lists it
+
+
+def uncounted(script: str) -> str:
+    """The isolation script without its counting rule (traffic.count_rule)."""
+    return "\n".join(ln for ln in script.splitlines() if COUNTING not in ln) + "\n"
 
 
 def missing() -> str | None:
@@ -85,22 +91,21 @@ class Bench:
     def set_filter(self, on: bool, counted: bool = True) -> None:
         """Install (as the agent does) or remove the nft isolation on both nodes;
         `counted=False`: the isolation without the traffic counting (its cost, issue 14)."""
-        for ns in self.nodes:
+        for i, ns in enumerate(self.nodes):
             node = NodeNet(ns)
             if not on:
                 node.remove_isolation()
                 continue
             node.remove_isolation()  # a fresh table: no rule or element of the other variant
             script = plan.isolation_script(IPv4Network(POOL))
-            if not counted:
-                script = "\n".join(ln for ln in script.splitlines()
-                                   if f"update @{traffic.TRAFFIC_SET}" not in ln) + "\n"
-            node.run(["nft", "-f", "-"], input=script)
+            node.run(["nft", "-f", "-"], input=script if counted else uncounted(script))
             node.allow_job(self.block)
+            if counted:  # as the agent does for the container it starts on the node
+                node.count_from(self.addresses[i], self.addresses)
 
     def counted(self) -> bool:
         """Whether both nodes count the job's traffic (hpcmig.network.traffic)."""
-        return all(f"update @{traffic.TRAFFIC_SET}" in NodeNet(ns).run(
+        return all(COUNTING in NodeNet(ns).run(
             ["nft", "list", "chain", "ip", plan.NFT_TABLE, "forward"]) for ns in self.nodes)
 
     def filtered(self) -> bool:

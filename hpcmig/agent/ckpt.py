@@ -26,7 +26,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from hpcmig import _proc, _procfs
-from hpcmig.agent import _nodetmp
+from hpcmig.agent import _nodetmp, traffic
 from hpcmig.agent.node import JobRecord, NodeAgent, netns_name
 from hpcmig.agent.server import Call, operation
 from hpcmig.checkpoint import _tree, criu, images, stream
@@ -260,6 +260,8 @@ def create_net(call: Call, job_id: str, ref: dict[str, Any],
             raise HpcmigError(f"{net.netns} on {agent.node} already holds processes")
         agent.net.remove_container_net(net)  # a half-made one: start over
     agent.net.create_container_net(net, routed=False)
+    if (rec := agent.load(str(job_id))) is not None:
+        traffic.count(agent, rec.vc, r.address)
 
 
 @operation("ckpt.remove_net", "job")
@@ -269,6 +271,9 @@ def remove_net(call: Call, job_id: str, ref: dict[str, Any]) -> None:
     net = _net(agent, r)
     if _tree.in_netns(net.netns_path):
         raise HpcmigError(f"{r.name} still has processes on {agent.node}: kill it first")
+    if (rec := agent.load(str(job_id))) is not None:
+        with contextlib.suppress(HpcmigError, OSError):  # counts are not worth a stuck move
+            traffic.save_and_forget(agent, rec.vc, source=r.address)
     agent.net.remove_container_net(net)
 
 

@@ -191,6 +191,7 @@ class NodeAgent:
             net = self.container_net(vc, m)
             self.net.create_container_net(net)
             try:
+                traffic.count(self, vc, m.address)
                 rec.containers[m.index] = runtime.start(self.spec(vc, m, net))
             except HpcmigError:
                 self.net.remove_container_net(net)

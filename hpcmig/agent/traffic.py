@@ -1,10 +1,14 @@
 """A job's traffic counted on this node (hpcmig.network.traffic): read live, saved on leaving.
 
-Design note: the counts live in the node's nft set while the job has containers or routes
-here. When the job leaves the node (`NodeAgent.teardown`: its epilog, or a drain that
-released the node), this node's counts are added to `<state_dir>/traffic/<job>/<node>.json`
-(root only; hpcmigd reads it there and removes the directory once the job ended) and the
-set's elements are deleted, so a later job with the same addresses starts from zero.
+Design note: the counts live in the node's nft set while the container that sends them is
+here: its pairs (it, each other container of the job) become elements when its network is
+made on the node (`count`: job setup, a migration or restore target). When it leaves (a
+migration source's `ckpt.remove_net`) or the job leaves the node (`NodeAgent.teardown`: its
+epilog, or a drain that released the node), this node's counts are added to
+`<state_dir>/traffic/<job>/<node>.json` (root only; hpcmigd reads it there and removes the
+directory once the job ended) and the elements are deleted, so a later job with the same
+addresses starts from zero and a packet forwarded here for the container that left is not
+counted as sent from here.
 """
 
 from __future__ import annotations
@@ -34,9 +38,18 @@ def read_saved(path: Path) -> traffic.Counts:
         return {}
 
 
-def save_and_forget(agent: NodeAgent, vc: VCluster) -> None:
-    """Add this node's counts of the job to its saved file; drop them from the set."""
+def count(agent: NodeAgent, vc: VCluster, address: str) -> None:
+    """Count what the job's container at `address`, whose network was just made on this
+    node, sends to the job's other containers."""
+    agent.net.count_from(address, [m.address for m in vc.members])
+
+
+def save_and_forget(agent: NodeAgent, vc: VCluster, source: str | None = None) -> None:
+    """Add this node's counts of the job (of the container at `source` only: it leaves the
+    node) to its saved file; drop them from the set."""
     counts = agent.net.traffic(IPv4Network(vc.block))
+    if source is not None:
+        counts = {pair: c for pair, c in counts.items() if pair[0] == source}
     if not counts:
         return
     path = saved_dir(agent.config.state_dir, vc.job_id) / f"{agent.node}.json"

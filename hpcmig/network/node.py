@@ -175,8 +175,14 @@ class NodeNet:
 
     # -- isolation ------------------------------------------------------------------------
     def install_isolation(self, pool: IPv4Network) -> None:
-        """Idempotent: (re)load the nft table that keeps jobs apart; keeps allowed blocks."""
-        self.run(["nft", "-f", "-"], input=plan.isolation_script(pool))
+        """Idempotent: (re)load the nft table that keeps jobs apart; keeps allowed blocks.
+        A table an older hpcmig made with another counting set loses that set (and counts)."""
+        script = plan.isolation_script(pool)
+        try:
+            self.run(["nft", "-f", "-"], input=script)
+        except NetworkError:
+            self.run(["nft", "-f", "-"], input=plan.renew_counting_script())
+            self.run(["nft", "-f", "-"], input=script)
 
     def allow_job(self, block: IPv4Network) -> None:
         """Containers inside `block` may reach each other through this node."""
@@ -197,6 +203,10 @@ class NodeNet:
         except NetworkError:
             return {}
         return counting.parse_counts(out, block)
+
+    def count_from(self, source: IPv4Address | str, peers: list[str]) -> None:
+        """Count what the container `source` (on this node) sends to each of `peers`."""
+        self.run_all(counting.count_plan("ip", plan.NFT_TABLE, str(source), peers))
 
     def forget_traffic(self, pairs: list[counting.Pair]) -> None:
         self.run_all(counting.forget_plan("ip", plan.NFT_TABLE, pairs), tolerate_gone=True)

@@ -152,13 +152,19 @@ def isolation_script(pool: IPv4Network) -> str:
         traffic.set_definition(t),
         f"add chain {t} forward {{ type filter hook forward priority filter; policy accept; }}",
         f"flush chain {t} forward",
-        f"add rule {t} forward {traffic.count_match()} ip saddr . ip daddr @{NFT_SET} "
-        f"{traffic.count_update()} accept",
+        traffic.count_rule(t),
         f"add rule {t} forward ip saddr . ip daddr @{NFT_SET} accept",
         f"add rule {t} forward ip saddr {pool} drop",
         f"add rule {t} forward ip daddr {pool} drop",
         "",
     ])
+
+
+def renew_counting_script() -> str:
+    """Drop the forward rules and the counting set (an older definition of it, which
+    `isolation_script` cannot change in place); the blocks stay."""
+    t = f"ip {NFT_TABLE}"
+    return f"flush chain {t} forward\ndelete set {t} {traffic.TRAFFIC_SET}\n"
 
 
 def _element(block: IPv4Network) -> str:

@@ -1,17 +1,19 @@
 """Traffic counting on the virtual network: which container sends how much to which.
 
-Design note: pure functions, like `plan`. The isolation table (`plan.isolation_script`) holds a
-dynamic nft set keyed by (source address, destination address) whose elements carry a
-counter; the forward rule that accepts traffic inside a job block also updates it, but only
-for packets that enter from a container's host-side veth (that interface test comes first in
-the rule, so a packet from a node link pays no second job-set lookup). So every packet
-between two containers is counted once, on the node of its sender (a packet forwarded on to
-another node is not counted again there), and the bytes are IP bytes (headers included,
-link layer not). Traffic between ranks of one container (shared memory, loopback) never
-reaches the node and is not counted. The agent reads the counts (`parse_counts`) and, when
-the job leaves the node, deletes the job's elements (`forget_plan`) after saving them;
-nft 1.0.6 cannot reset a set element's counter, so counts only grow while the job is on the
-node. What counting costs MPI: benchmarks/network/README.md.
+Design note: pure functions, like `plan`. The isolation table (`plan.isolation_script`) holds
+an nft set of (source address, destination address) pairs whose elements carry a counter;
+its first forward rule accepts a packet whose pair is in the set, and the kernel counts the
+packet on the element that matched: the lookup that lets the packet through is the one that
+counts it, with no other rule or set update on the packet's path. Only the pairs whose
+source container lives on the node are elements there (`count_plan`, added by the agent when
+the container's network is made on the node; deleted, after their counts were saved, when
+it leaves): every packet between two containers is counted once, on the node of its sender;
+a packet forwarded on to another node misses the set there and is accepted by the job-block
+rule after it. The bytes are IP bytes (headers included, link layer not). Traffic between
+ranks of one container (shared memory, loopback) never reaches the node and is not counted.
+The agent reads the counts (`parse_counts`); nft 1.0.6 cannot reset an element's counter, so
+counts only grow while the container is on the node. What counting costs MPI:
+benchmarks/network/README.md.
 """
 
 from __future__ import annotations
@@ -21,26 +23,30 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
 TRAFFIC_SET = "traffic"
-VETH_GLOB = "hmv*"  # plan.ContainerNet.host_veth: a packet from a container enters here
 Pair = tuple[str, str]  # (source address, destination address)
 Counts = dict[Pair, tuple[int, int]]  # pair -> (bytes, packets)
 
 
 def set_definition(table: str) -> str:
-    return (f"add set {table} {TRAFFIC_SET} {{ type ipv4_addr . ipv4_addr; size 65535; "
-            "flags dynamic; counter; }")
+    return f"add set {table} {TRAFFIC_SET} {{ type ipv4_addr . ipv4_addr; counter; }}"
 
 
-def count_match() -> str:
-    """What selects the packets to count: those that come from a container. It comes first
-    in the counting rule, so a packet from a node link costs one interface-name compare
-    there, not a second job-set lookup."""
-    return f'iifname "{VETH_GLOB}"'
+def count_rule(table: str) -> str:
+    """The forward rule that accepts, and so counts, a packet of a counted pair; it comes
+    before the job-block rule."""
+    return f"add rule {table} forward ip saddr . ip daddr @{TRAFFIC_SET} accept"
 
 
-def count_update() -> str:
-    """The part of the intra-job accept rule that counts the packet."""
-    return f"update @{TRAFFIC_SET} {{ ip saddr . ip daddr }}"
+def count_plan(table_family: str, table: str, source: str, peers: Iterable[str]
+               ) -> list[list[str]]:
+    """Count what `source` (a container on this node) sends to each of `peers` (the other
+    containers of its job): one nft command, or none. Adding a pair that exists keeps its
+    count."""
+    elems = ", ".join(f"{IPv4Address(source)} . {IPv4Address(d)}"
+                      for d in sorted(set(peers)) if d != source)
+    if not elems:
+        return []
+    return [["nft", "add", "element", table_family, table, TRAFFIC_SET, f"{{ {elems} }}"]]
 
 
 def parse_counts(nft_json: str, block: IPv4Network | None = None) -> Counts:

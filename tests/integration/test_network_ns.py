@@ -92,7 +92,7 @@ def test_reinstalling_isolation_keeps_blocks_and_does_not_duplicate_rules(net: d
     assert set(n2.allowed_blocks()) == {JOB1, JOB2}
     chain = json.loads(S.in_ns("hpcmig-rt-n2", "nft", "-j", "list", "chain", "ip", "hpcmig",
                                "forward").stdout)
-    # the counted accept (from a container's veth), the plain accept, two drops
+    # the counting pair accept, the job-block accept, two drops
     assert sum(1 for item in chain["nftables"] if "rule" in item) == 4
 
 

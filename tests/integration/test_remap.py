@@ -4,13 +4,15 @@ A 2-container MPICH ring with a spare node runs across two leaf switches of the 
 given to `hpcmig remap` (node1 and node3 under one leaf, node2 under the other). Its
 measured traffic makes the plan move container 1 from node2 to the spare node3, next to
 container 0: `--dry-run` says so and that it pays, and changes nothing; without it, the
-container moves live, the ring keeps its exact checksum, and hpcmigd's membership follows.
+container moves live, the ring keeps its exact checksum, and hpcmigd's membership follows;
+the job's measured traffic counts what each container sent once, across the move.
 Another topology file than the site's is refused to users.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -36,7 +38,8 @@ def test_remap_moves_the_container_that_crosses_leaves(testbed: Plan, slurm: Slu
                     "SwitchName=top Switches=leafa,leafb\n")
     script = batch.vcluster_script(
         3, [["hpcmig.workloads.ring", "--elements", str(ELEMENTS), "--rounds", str(ROUNDS),
-             "--seconds", "45"]], mpi="mpich", ntasks=2, options={"spares": "1"},
+             "--seconds", "45", "--report", "--linger", "20"]], mpi="mpich", ntasks=2,
+            options={"spares": "1"},
         job_name="remap")
     job_id, out, _ = submit_script(testbed, slurm, job_dir, script)
     time.sleep(5)  # some traffic measured
@@ -66,6 +69,23 @@ def test_remap_moves_the_container_that_crosses_leaves(testbed: Plan, slurm: Slu
 
     again = hpcmig("remap", str(job_id), "--topology", str(topo), "--dry-run", "--json")
     assert json.loads(again.stdout)["rows"] == [], again.stdout  # nothing left to gain
+
+    # the traffic of the whole run, counted once across the move: what container 1 sent
+    # from node2 (saved there when it left) and from node3 (counted since it came)
+    deadline = time.monotonic() + 120
+    while "ring: PASS" not in (text := out.read_text()):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.5)
+    sent = {(int(a), int(b)): int(n) for a, n, b in re.findall(
+        r"^ring: rank (\d+) \(\S+\) sent (\d+) bytes to rank (\d+)", text, re.M)}
+    assert sent == {(0, 1): ROUNDS * ELEMENTS * 8, (1, 0): ROUNDS * ELEMENTS * 8}, text
+    measured = hpcmig("traffic", str(job_id), "--json")
+    assert measured.returncode == 0, measured.stderr
+    matrix = json.loads(measured.stdout)["bytes"]
+    print(f"measured bytes across the move: {matrix}; sent: {sent}")
+    for (i, j), payload in sent.items():
+        assert payload <= matrix[i][j] <= 1.10 * payload, (i, j, matrix[i][j], payload)
+
     job = slurm.wait(job_id, timeout=180)
     text = out.read_text()
     assert job.state == "COMPLETED", text

@@ -171,4 +171,6 @@ def test_counting_phases_take_only_samples_wholly_inside_and_pair_with_neighbour
     assert cb.paired_ratios([None, (1.0, True), (1.0, False)]) == []
     lo, hi = cb.bootstrap_median([0.97, 0.98, 0.99, 1.0, 0.98])
     assert 0.97 <= lo <= 0.98 <= hi <= 1.0
-    assert "update @traffic" in cb.ruleset(True) and "update @traffic" not in cb.ruleset(False)
+    counting = "ip saddr . ip daddr @traffic accept"
+    assert counting in cb.ruleset(True) and counting not in cb.ruleset(False)
+    assert cb.ruleset(False).count("@intra accept") == 1  # isolation stays

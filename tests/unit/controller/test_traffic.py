@@ -99,6 +99,23 @@ def test_leaving_a_node_saves_its_counts_and_clears_them_twice_over(tmp_path: Pa
     assert list(path.parent.glob("*.tmp")) == []
 
 
+def test_a_container_that_leaves_saves_only_what_it_sent(tmp_path: Path) -> None:
+    """A migration source: the moved container's pairs are saved and deleted here (they would
+    otherwise count packets forwarded to this node's containers once it runs elsewhere);
+    the others stay live. Its network made on a node counts it towards the whole job."""
+    net = Net()
+    added: list[tuple[str, list[str]]] = []
+    net.count_from = lambda source, peers: added.append((source, peers))  # type: ignore
+    agent = SimpleNamespace(net=net, node="n1", config=SimpleNamespace(state_dir=str(tmp_path)))
+    vc = vcluster()
+    agent_traffic.save_and_forget(agent, vc, source=A[1])  # type: ignore[arg-type]
+    path = agent_traffic.saved_dir(str(tmp_path), "7") / "n1.json"
+    assert agent_traffic.read_saved(path) == {(A[1], A[0]): (10, 1)}
+    assert net.forgotten == [(A[1], A[0])]
+    agent_traffic.count(agent, vc, A[2])  # type: ignore[arg-type]
+    assert added == [(A[2], [m.address for m in vc.members])]
+
+
 def test_an_ended_job_leaves_its_matrix_as_the_last_run_of_its_name(tmp_path: Path) -> None:
     state = str(tmp_path)
     vc = vcluster()

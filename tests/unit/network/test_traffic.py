@@ -1,5 +1,5 @@
-"""Traffic counting: the nft rule counts intra-job packets once, where they leave their
-container; counts parse, add up and round-trip; the agent's saved counts accumulate."""
+"""Traffic counting: the nft lookup that accepts an intra-job packet counts it, on the node
+of its sender; counts parse, add up and round-trip; the agent's saved counts accumulate."""
 
 from __future__ import annotations
 
@@ -28,15 +28,25 @@ LISTED = json.dumps({"nftables": [
              "stmt": [{"counter": None}]}}]})
 
 
-def test_the_intra_job_accept_counts_packets_from_container_veths_first() -> None:
+def test_the_pair_lookup_that_accepts_the_packet_counts_it() -> None:
     lines = plan.isolation_script(IPv4Network("10.252.0.0/16")).splitlines()
-    counted = ('add rule ip hpcmig forward iifname "hmv*" ip saddr . ip daddr @intra '
-               "update @traffic { ip saddr . ip daddr } accept")
+    counted = "add rule ip hpcmig forward ip saddr . ip daddr @traffic accept"
     plain = "add rule ip hpcmig forward ip saddr . ip daddr @intra accept"
-    assert lines.index(counted) < lines.index(plain)  # a packet from a node link: not counted
-    assert any(ln.startswith("add set ip hpcmig traffic") and "counter" in ln
-               and "dynamic" in ln for ln in lines)
-    assert plan.container_net("10.252.0.7").host_veth.startswith(traffic.VETH_GLOB[:-1])
+    drop = "add rule ip hpcmig forward ip saddr 10.252.0.0/16 drop"
+    # one lookup for a packet sent from this node (its pair is an element, whose counter
+    # the kernel updates on the match); a packet forwarded for another node's container
+    # misses it and is accepted by the job-block rule; nothing else is accepted
+    assert lines.index(counted) < lines.index(plain) < lines.index(drop)
+    assert "add set ip hpcmig traffic { type ipv4_addr . ipv4_addr; counter; }" in lines
+    assert not any("update @" in ln or "dynamic" in ln for ln in lines)
+
+
+def test_a_container_counts_towards_each_other_container_of_its_job() -> None:
+    assert traffic.count_plan("ip", "hpcmig", "10.252.0.2",
+                              ["10.252.0.3", "10.252.0.2", "10.252.0.1", "10.252.0.3"]) == [
+        ["nft", "add", "element", "ip", "hpcmig", "traffic",
+         "{ 10.252.0.2 . 10.252.0.1, 10.252.0.2 . 10.252.0.3 }"]]
+    assert traffic.count_plan("ip", "hpcmig", "10.252.0.2", ["10.252.0.2"]) == []
 
 
 def test_parse_keeps_the_block_asked_for() -> None:
@@ -76,5 +86,45 @@ def test_the_script_loads_and_a_set_lists_back() -> None:
         out = subprocess.run([*run, "nft", "-j", "list", "set", "ip", "hpcmig", "traffic"],
                              check=True, capture_output=True, text=True).stdout
         assert traffic.parse_counts(out) == {}
+        for _ in range(2):  # adding a pair again is harmless
+            for step in traffic.count_plan("ip", "hpcmig", "10.252.0.1", ["10.252.0.2"]):
+                subprocess.run([*run, *step], check=True)
+        out = subprocess.run([*run, "nft", "-j", "list", "set", "ip", "hpcmig", "traffic"],
+                             check=True, capture_output=True, text=True).stdout
+        assert traffic.parse_counts(out) == {("10.252.0.1", "10.252.0.2"): (0, 0)}
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"),
+                    reason="needs root and nft (a real kernel's nft table)")
+def test_an_older_counting_set_is_renewed_and_the_blocks_kept() -> None:
+    """An agent upgraded on a node whose table has the dynamic counting set of an older
+    hpcmig still starts: that set is replaced, the allowed job blocks stay."""
+    from hpcmig.network import NodeNet
+
+    ns = f"hpcmig-unit-upgrade-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], check=True, text=True,
+                       input="add table ip hpcmig\n"
+                       "add set ip hpcmig intra { type ipv4_addr . ipv4_addr; flags interval; }\n"
+                       "add set ip hpcmig traffic { type ipv4_addr . ipv4_addr; size 65535; "
+                       "flags dynamic; counter; }\n"
+                       "add chain ip hpcmig forward { type filter hook forward priority "
+                       "filter; policy accept; }\n"
+                       'add rule ip hpcmig forward iifname "hmv*" ip saddr . ip daddr @intra '
+                       "update @traffic { ip saddr . ip daddr } accept\n"
+                       "add element ip hpcmig intra { 10.252.0.0/26 . 10.252.0.0/26 }\n")
+        node = NodeNet(ns)
+        node.install_isolation(IPv4Network("10.252.0.0/16"))
+        assert node.allowed_blocks() == [IPv4Network("10.252.0.0/26")]
+        chain = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "chain", "ip",
+                                "hpcmig", "forward"], check=True, capture_output=True,
+                               text=True).stdout
+        assert "update @" not in chain and "@traffic accept" in chain
+        node.count_from("10.252.0.1", ["10.252.0.2"])
+        assert node.traffic(IPv4Network("10.252.0.0/26")) == {
+            ("10.252.0.1", "10.252.0.2"): (0, 0)}
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
