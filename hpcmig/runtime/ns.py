@@ -17,7 +17,6 @@ start so that it reaps stopped inits (a zombie init counts as stopped here).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -214,6 +213,16 @@ def _tail(path: str, lines: int = 5) -> str:
     return ("; init.log: " + " | ".join(t.strip() for t in text)) if text else ""
 
 
-def _reap_if_child(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+def _reap_if_child(pid: int, timeout: float = 10.0) -> None:
+    """Reap the init if it is this process's child. Its cmdline empties (so `_alive` says
+    no) while it is still exiting: a PID namespace's init first waits for the kernel to end
+    the namespace's other processes. Reaped too early (WNOHANG once), it stayed a zombie of
+    its namespace for as long as this process lived."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid or time.monotonic() > deadline:
+                return
+        except ChildProcessError:  # not ours (an adopted init), or reaped already
+            return
+        time.sleep(0.01)
