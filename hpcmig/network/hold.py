@@ -20,6 +20,7 @@ Where holding cannot be set up, the node falls back to the blackhole and says so
 
 from __future__ import annotations
 
+import socket
 from ipaddress import IPv4Address
 
 from hpcmig.network.plan import Step, mac
@@ -30,11 +31,20 @@ HOLD_BURST = "30kb"  # what tc allows at that rate; a larger GSO packet is segme
 DRAIN_FRAMES = 24  # of 1514 bytes: more than the bucket's first burst
 RELEASE_RATE = "40gbit"
 LIMIT = "64mb"  # held bytes per address before the queue drops (hundreds of MB/s for 0.1 s)
-KICK = ("import socket, sys\n"
-        "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
-        "s.bind((sys.argv[1], 0))\n"
-        "for _ in range(int(sys.argv[2])):\n"
-        "    s.send(b'\\xff' * 6 + b'\\x02' * 6 + b'\\x88\\xb5' + bytes(int(sys.argv[3])))\n")
+KICK_STEP = "hpcmig-kick"  # a step NodeNet runs itself: send frames into a device
+KICK = ("import sys\n"  # the same, in the node's netns when NodeNet is not in it
+        "from hpcmig.network.hold import kick\n"
+        "kick(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))\n")
+ETHERTYPE = b"\x88\xb5"  # local experimental: `back` drops them
+
+
+def kick(device: str, frames: int, size: int) -> None:
+    """Send `frames` frames of `size` payload bytes into `device` (root; this netns)."""
+    frame = b"\xff" * 6 + b"\x02" * 6 + ETHERTYPE + bytes(size)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((device, 0))
+        for _ in range(frames):
+            s.send(frame)
 
 
 def devices(address: IPv4Address | str) -> tuple[str, str]:
@@ -47,35 +57,35 @@ def back_mac(address: IPv4Address | str) -> str:
     return mac(0x6b, IPv4Address(str(address)))  # 'k': not a container veth's 'h' or 'c'
 
 
-def hold_plan(address: IPv4Address | str, python: str) -> list[Step]:
+def hold_plan(address: IPv4Address | str) -> list[Step]:
     """Make the pair (a leftover one is deleted first by the caller), empty the bucket's
     first burst with junk frames (else a held packet would circle through it until its TTL
     ran out), and route the /32 into it."""
     addr = IPv4Address(str(address))
     out, back = devices(addr)
-    return [
+    return [  # the ip steps first, so NodeNet runs them as one `ip -batch`
         ["ip", "link", "add", out, "type", "veth", "peer", "name", back,
          "address", back_mac(addr)],
-        ["sysctl", "-qw", f"net.ipv4.conf.{back}.rp_filter=0"],
         ["ip", "link", "set", back, "up"],
         ["ip", "link", "set", out, "up"],
-        ["tc", "qdisc", "replace", "dev", out, "root", "tbf", "rate", HOLD_RATE,
-         "burst", HOLD_BURST, "limit", LIMIT],
         ["ip", "neigh", "replace", NEXT_HOP, "lladdr", back_mac(addr), "dev", out,
          "nud", "permanent"],
-        [python, "-c", KICK, out, str(DRAIN_FRAMES), "1500"],
+        ["sysctl", "-qw", f"net.ipv4.conf.{back}.rp_filter=0"],
+        ["tc", "qdisc", "replace", "dev", out, "root", "tbf", "rate", HOLD_RATE,
+         "burst", HOLD_BURST, "limit", LIMIT],
+        [KICK_STEP, out, str(DRAIN_FRAMES), "1500"],
         ["ip", "route", "replace", f"{addr}/32", "via", NEXT_HOP, "dev", out, "onlink"],
     ]
 
 
-def release_plan(address: IPv4Address | str, python: str) -> list[Step]:
+def release_plan(address: IPv4Address | str) -> list[Step]:
     """Let the held packets go (after the /32 was pointed elsewhere): raise the rate, and
-    start the queue with one frame (`python` runs the few lines that send it)."""
+    start the queue with one frame."""
     out, _ = devices(address)
     return [
         ["tc", "qdisc", "change", "dev", out, "root", "tbf", "rate", RELEASE_RATE,
          "burst", "1mb", "limit", LIMIT],
-        [python, "-c", KICK, out, "1", "46"],
+        [KICK_STEP, out, "1", "46"],
     ]
 
 

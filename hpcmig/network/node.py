@@ -49,12 +49,37 @@ class NodeNet:
         return ["nsenter", f"--net={path}"]
 
     def run(self, step: Step, *, input: str | None = None, tolerate_gone: bool = False) -> str:
+        if self.netns is None and self._here(step):
+            return ""
+        if step[:1] == [holding.KICK_STEP]:  # in the node's netns, with this interpreter
+            step = [sys.executable, "-c", holding.KICK, *step[1:]]
         try:
             return _proc.run([*self._prefix(), *step], timeout=self.timeout, input=input).stdout
         except CommandError as exc:
             if tolerate_gone and any(g in exc.stderr for g in _GONE):
                 return ""
-            raise NetworkError(f"{exc}", hint=self._hint(step)) from None
+            batch = f" (its commands: {'; '.join(input.splitlines())})" if (
+                input and "-batch" in step) else ""
+            raise NetworkError(f"{exc}{batch}", hint=self._hint(step)) from None
+
+    def _here(self, step: Step) -> bool:
+        """Run a kick or a sysctl of this netns in this process (no program to start: they
+        lie on the migration's pause, hpcmig.network.hold); False if it is not one."""
+        if step[:1] == [holding.KICK_STEP]:
+            try:
+                holding.kick(step[1], int(step[2]), int(step[3]))
+            except OSError as exc:
+                raise NetworkError(f"cannot send into {step[1]}: {exc}") from None
+            return True
+        if step[:2] == ["sysctl", "-qw"] and len(step) == 3 and "/" not in step[2]:
+            key, _, value = step[2].partition("=")
+            try:  # /proc/sys/net is this process's netns
+                with open("/proc/sys/" + key.replace(".", "/"), "w") as fh:
+                    fh.write(value)
+            except OSError as exc:
+                raise NetworkError(f"sysctl {step[2]}: {exc}") from None
+            return True
+        return False
 
     def _hint(self, step: Step) -> str | None:
         if step[:1] == ["nft"]:
@@ -62,8 +87,14 @@ class NodeNet:
         return "run as root; `ip netns list` and `ip link` show leftovers"
 
     def run_all(self, steps: list[Step], tolerate_gone: bool = False) -> None:
-        for step in steps:
-            self.run(step, tolerate_gone=tolerate_gone)
+        """Run the steps in order; without tolerate_gone, runs of `ip` steps as one process
+        each (plan.batched)."""
+        if tolerate_gone:
+            for step in steps:
+                self.run(step, tolerate_gone=True)
+            return
+        for step, lines in plan.batched(steps):
+            self.run(step, input=lines)
 
     # -- containers -----------------------------------------------------------------------
     def enable_forwarding(self) -> None:
@@ -133,9 +164,10 @@ class NodeNet:
         about a second (measured with a capture on the nodes). `point_local` brings it up."""
         if quiet:
             self.run_all(plan.quiet_plan(address), tolerate_gone=True)
-        self.run_all(holding.remove_plan(address), tolerate_gone=True)  # a leftover pair
+        if self._has_link(holding.devices(address)[0]):  # a leftover pair
+            self.run_all(holding.remove_plan(address), tolerate_gone=True)
         try:
-            self.run_all(holding.hold_plan(address, sys.executable))
+            self.run_all(holding.hold_plan(address))
             return "hold"
         except NetworkError as exc:
             self.run_all(holding.remove_plan(address), tolerate_gone=True)
@@ -149,7 +181,7 @@ class NodeNet:
         out, _ = holding.devices(address)
         if not self._has_link(out):
             return
-        self.run_all(holding.release_plan(address, sys.executable), tolerate_gone=True)
+        self.run_all(holding.release_plan(address), tolerate_gone=True)
         deadline = time.monotonic() + drain
         while time.monotonic() < deadline:
             listed = self.run(["tc", "-j", "-s", "qdisc", "show", "dev", out],

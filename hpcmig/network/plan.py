@@ -66,6 +66,46 @@ def container_net(address: IPv4Address | str, netns: str | None = None) -> Conta
     return ContainerNet(addr, netns or f"hpcmig-{addr}")
 
 
+def _batch_key(step: Step) -> tuple[str, ...] | None:
+    """The global options of an `ip` step that `ip -batch` can run (None: it cannot): not
+    `ip netns` (making a namespace moves the ip process into it), nothing with blanks."""
+    if step[:1] != ["ip"] or any(not a or any(c.isspace() for c in a) for a in step):
+        return None
+    opts = tuple(step[1:3]) if step[1:2] == ["-n"] else ()
+    rest = step[1 + len(opts):]
+    if not rest or rest[0].startswith("-") or rest[0] == "netns":
+        return None
+    return opts
+
+
+def batched(steps: list[Step]) -> list[tuple[Step, str | None]]:
+    """The steps to run, with their input: consecutive `ip` steps with the same global
+    options become one `ip [-n NS] -batch -` reading one command per line (one process, not
+    one per step; it stops at the first command that fails)."""
+    out: list[tuple[Step, str | None]] = []
+    group: list[Step] = []
+
+    def flush() -> None:
+        if len(group) == 1:
+            out.append((group[0], None))
+        elif group:
+            opts = list(group[0][1:3]) if group[0][1:2] == ["-n"] else []
+            lines = "".join(" ".join(g[1 + len(opts):]) + "\n" for g in group)
+            out.append((["ip", *opts, "-batch", "-"], lines))
+        group.clear()
+
+    for step in steps:
+        key = _batch_key(step)
+        if key is None or (group and _batch_key(group[0]) != key):
+            flush()
+        if key is None:
+            out.append((step, None))
+        else:
+            group.append(step)
+    flush()
+    return out
+
+
 def forwarding_plan() -> list[Step]:
     return [["sysctl", "-qw", "net.ipv4.ip_forward=1"]]
 

@@ -47,24 +47,47 @@ def test_a_migration_target_starts_without_a_route_to_its_veth() -> None:
 def test_hold_routes_into_a_slow_queue_on_a_veth_loop_and_release_starts_it() -> None:
     out, back = hold.devices("10.252.0.5")
     assert (out, back) == ("hmh0afc0005", "hmk0afc0005") and len(out) <= 15
-    steps = hold.hold_plan("10.252.0.5", "/usr/bin/python3")
+    steps = hold.hold_plan("10.252.0.5")
     assert steps[0][:4] == ["ip", "link", "add", out] and back in steps[0]
     qdisc = next(s for s in steps if s[:2] == ["tc", "qdisc"])
     assert qdisc[qdisc.index("rate") + 1] == "1kbit" and qdisc[qdisc.index("dev") + 1] == out
     # the bucket's first burst is spent on junk frames before the route points there
-    drain = steps.index(["/usr/bin/python3", "-c", hold.KICK, out, "24", "1500"])
+    drain = steps.index([hold.KICK_STEP, out, "24", "1500"])
     assert steps.index(qdisc) < drain < len(steps) - 1 and 24 * 1514 > 30 * 1024
     # the route comes last: nothing is sent into the pair before its queue exists
     assert steps[-1] == ["ip", "route", "replace", "10.252.0.5/32", "via", hold.NEXT_HOP,
                          "dev", out, "onlink"]
     neigh = next(s for s in steps if s[:2] == ["ip", "neigh"])
     assert hold.back_mac("10.252.0.5") in neigh  # no ARP on the pair
-    change, kick = hold.release_plan("10.252.0.5", "/usr/bin/python3")
+    # the pair's ip steps run as one process, before the rest
+    run = plan.batched(steps)
+    assert run[0][0] == ["ip", "-batch", "-"] and run[0][1].count("\n") == 4
+    assert [s for s, _ in run[1:]] == steps[4:]
+    change, kick = hold.release_plan("10.252.0.5")
     assert change[:4] == ["tc", "qdisc", "change", "dev"] and "40gbit" in change
-    assert kick == ["/usr/bin/python3", "-c", hold.KICK, out, "1", "46"]
+    assert kick == [hold.KICK_STEP, out, "1", "46"]
     compile(hold.KICK, "kick", "exec")
     assert hold.remove_plan("10.252.0.5") == [["ip", "link", "del", out]]
     assert hold.backlog([{"kind": "tbf", "qlen": 3}]) == 3 and hold.backlog([]) == 0
+
+
+def test_runs_of_ip_steps_share_one_ip_process() -> None:
+    net = container_net("10.252.0.5", "c5")
+    steps = plan.create_plan(net)
+    run = plan.batched(steps)
+    # `ip netns add` alone (making a netns moves the ip process into it); the link, then the
+    # container side (-n c5) as one batch, then the node side as another
+    assert [s for s, _ in run] == [steps[0], steps[1], ["ip", "-n", "c5", "-batch", "-"],
+                                   ["ip", "-batch", "-"]]
+    inside = run[2][1]
+    assert inside is not None and inside.splitlines() == [
+        " ".join(s[3:]) for s in steps if s[1:3] == ["-n", "c5"]]
+    assert run[3][1] is not None and run[3][1].splitlines() == [
+        " ".join(s[1:]) for s in steps[2 + len(inside.splitlines()):]]
+    # what a batch cannot carry runs on its own; one step alone is not batched
+    odd = [["ip", "link", "set", "a b", "up"], ["ip", "-j", "route"], ["tc", "qdisc"],
+           ["ip", "route", "del", "10.0.0.1/32"]]
+    assert plan.batched(odd) == [(s, None) for s in odd]
 
 
 def test_remove_blackhole_and_remote_route_plans() -> None:
