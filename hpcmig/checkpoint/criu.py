@@ -40,7 +40,7 @@ from hpcmig.checkpoint.base import (
 )
 from hpcmig.errors import CommandError, HpcmigError
 from hpcmig.runtime.base import Container, ContainerSpec
-from hpcmig.runtime.ns import INIT_MODULE
+from hpcmig.runtime.ns import INIT_MODULE, reap_child
 
 DEFAULT_KEY = "extnet"
 DUMP_TIMEOUT = 900.0
@@ -250,7 +250,7 @@ def kill_stopped(init_pid: int, timeout: float = 30.0) -> None:
     """SIGKILL the container's init (the kernel kills its whole PID namespace), wait until
     no process of it is left. Idempotent."""
     if not _tree.live(init_pid):
-        _reap(init_pid)
+        reap_child(init_pid)
         return
     _own_pid_namespace(init_pid)
     pids = _tree.members(init_pid)
@@ -260,7 +260,7 @@ def kill_stopped(init_pid: int, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise CheckpointError(f"container {init_pid}: {pids} survived SIGKILL")
         time.sleep(0.01)
-    _reap(init_pid)
+    reap_child(init_pid)
 
 
 def _own_pid_namespace(init_pid: int) -> None:
@@ -286,11 +286,6 @@ def kill_in_netns(netns_path: str, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.02)
     if _tree.in_netns(netns_path):
         raise CheckpointError(f"{what} survived SIGKILL")
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def busy(image_dir: str) -> list[int]:

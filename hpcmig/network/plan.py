@@ -84,23 +84,24 @@ def batched(steps: list[Step]) -> list[tuple[Step, str | None]]:
     one per step; it stops at the first command that fails)."""
     out: list[tuple[Step, str | None]] = []
     group: list[Step] = []
+    opts: tuple[str, ...] = ()  # the group's global options
 
     def flush() -> None:
         if len(group) == 1:
             out.append((group[0], None))
         elif group:
-            opts = list(group[0][1:3]) if group[0][1:2] == ["-n"] else []
             lines = "".join(" ".join(g[1 + len(opts):]) + "\n" for g in group)
             out.append((["ip", *opts, "-batch", "-"], lines))
         group.clear()
 
     for step in steps:
         key = _batch_key(step)
-        if key is None or (group and _batch_key(group[0]) != key):
+        if key is None or key != opts:
             flush()
         if key is None:
             out.append((step, None))
         else:
+            opts = key
             group.append(step)
     flush()
     return out

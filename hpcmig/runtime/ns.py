@@ -194,7 +194,7 @@ class NsRuntime(Runtime):
                     time.sleep(0.02)
             if _alive(pid, spec_path):
                 raise ContainerError(f"container {container.name}: init {pid} survived SIGKILL")
-        _reap_if_child(pid)
+        reap_child(pid)
         self._remove_state(container.spec)
 
     def enter_argv(self, container: Container) -> list[str]:
@@ -213,11 +213,12 @@ def _tail(path: str, lines: int = 5) -> str:
     return ("; init.log: " + " | ".join(t.strip() for t in text)) if text else ""
 
 
-def _reap_if_child(pid: int, timeout: float = 10.0) -> None:
-    """Reap the init if it is this process's child. Its cmdline empties (so `_alive` says
-    no) while it is still exiting: a PID namespace's init first waits for the kernel to end
-    the namespace's other processes. Reaped too early (WNOHANG once), it stayed a zombie of
-    its namespace for as long as this process lived."""
+def reap_child(pid: int, timeout: float = 10.0) -> None:
+    """Reap pid if it is this process's child, once it has finished exiting (at most
+    `timeout` s). A container init's cmdline empties (so `_alive` says no) while it is still
+    exiting: a PID namespace's init first waits for the kernel to end the namespace's other
+    processes. Reaped too early (WNOHANG once), it stayed a zombie of its namespace for as
+    long as this process lived."""
     deadline = time.monotonic() + timeout
     while True:
         try:
