@@ -24,6 +24,7 @@ from hpcmig.health.rules import Policy
 CONFIG_ENV = "HPCMIG_CONFIG"
 DEFAULT_PATH = "/etc/hpcmig/hpcmig.toml"
 HEALTH_LOADS = ("loadavg", "mntns")
+MIGRATION_MODES = ("postcopy", "stop-and-copy")  # hpcmig.controller.migration.MODES
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Config:
     remap_pause: float = 2.0  # seconds one live move pauses a job (`hpcmig remap`'s payback)
     link_bandwidth: float = 12.5e9  # bytes/s one network hop carries (`hpcmig remap`'s model)
     remap_every: float = 0.0  # hpcmigd remaps running jobs this often, in seconds (0: off)
+    migration_mode: str = "postcopy"  # or "stop-and-copy": how a live move carries memory
     health: Policy = field(default_factory=Policy)  # the [health] table: hpcmigd's rules
 
     @property
@@ -82,6 +84,9 @@ class Config:
                 raise UsageError(f"config: health_paths: {path!r} is not an absolute path")
         if self.dmtcp_prefix and not self.dmtcp_prefix.startswith("/"):
             raise UsageError("config: dmtcp_prefix must be an absolute path (\"\": PATH)")
+        if self.migration_mode not in MIGRATION_MODES:
+            raise UsageError(f"config: migration_mode must be postcopy or stop-and-copy, "
+                             f"got {self.migration_mode!r}")
         if self.health_load not in HEALTH_LOADS:
             raise UsageError(f"config: health_load must be loadavg or mntns, "
                              f"got {self.health_load!r}")

@@ -29,7 +29,7 @@ from hpcmig import _proc, _procfs
 from hpcmig.agent import _nodetmp, traffic
 from hpcmig.agent.node import JobRecord, NodeAgent, netns_name
 from hpcmig.agent.server import Call, operation
-from hpcmig.checkpoint import _tree, criu, images, stream
+from hpcmig.checkpoint import _tree, criu, images, lazy, stream
 from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.checkpoint.stream import Stream
 from hpcmig.errors import HpcmigError, PermissionDenied
@@ -320,7 +320,8 @@ def remove_images(call: Call, job_id: str, image_dir: str) -> None:
 # -- engine -----------------------------------------------------------------------------------
 @operation("ckpt.dump", "job")
 def dump(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
-         stream_: dict[str, Any] | None = None) -> dict[str, Any]:
+         stream_: dict[str, Any] | None = None,
+         lazy_address: str | None = None) -> dict[str, Any]:
     agent = _agent(call)
     r = _ref(ref)
     _check_images(agent, job_id, image_dir)
@@ -341,7 +342,8 @@ def dump(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
 
     with _engine(r):
         stats = criu.dump(container, image_dir,
-                          page_server=(s.address, s.page_port) if s else None, extra=extra)
+                          page_server=(s.address, s.page_port) if s else None, extra=extra,
+                          lazy_address=lazy_address)
     return stats.to_json()
 
 
@@ -362,7 +364,8 @@ def _put_back_tmp(agent: NodeAgent, job_id: str, index: int, image_dir: str) -> 
 
 
 @operation("ckpt.restore", "job")
-def restore(call: Call, job_id: str, ref: dict[str, Any], image_dir: str) -> int:
+def restore(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
+            lazy_from: list[Any] | None = None) -> int:
     agent = _agent(call)
     r = _ref(ref)
     _check_images(agent, job_id, image_dir)
@@ -375,7 +378,9 @@ def restore(call: Call, job_id: str, ref: dict[str, Any], image_dir: str) -> int
         _nodetmp.put_back(image_dir)
         _runtime(old).prepare_restore(spec, archive if os.path.exists(archive) else None)
         try:
-            container = criu.restore_container(image_dir, netns_path=net.netns_path)
+            container = criu.restore_container(
+                image_dir, netns_path=net.netns_path,
+                lazy_from=(str(lazy_from[0]), int(lazy_from[1])) if lazy_from else None)
         except Exception:
             with contextlib.suppress(HpcmigError):
                 _kill_copy(agent, r)
@@ -386,6 +391,29 @@ def restore(call: Call, job_id: str, ref: dict[str, Any], image_dir: str) -> int
             rec.containers[r.index] = container
             agent.save(rec)
     return container.init_pid
+
+
+@operation("ckpt.postcopy_wait", "job")
+def postcopy_wait(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
+                  timeout: float = 1800.0) -> float:
+    """Target of a post-copy move: wait until the restored copy has all its memory; if the
+    transfer failed, that copy cannot go on: kill it, then raise."""
+    agent = _agent(call)
+    _check_images(agent, job_id, image_dir)
+    try:
+        return lazy.wait_done(image_dir, float(timeout))
+    except HpcmigError:
+        with contextlib.suppress(HpcmigError):
+            _kill_copy(agent, _ref(ref))
+        raise
+
+
+@operation("ckpt.postcopy_end", "job")
+def postcopy_end(call: Call, job_id: str, ref: dict[str, Any], image_dir: str) -> bool:
+    """Source of a post-copy move: end the dump's page server if it still serves (a
+    rollback: the tree stays stopped, resumable) and collect it. True if it was serving."""
+    _check_images(_agent(call), job_id, image_dir)
+    return lazy.cancel(image_dir)
 
 
 @operation("ckpt.resume", "job")

@@ -75,6 +75,8 @@ class DumpStats:
     image_bytes: int  # bytes of image files (both sides, streamed pages included when known)
     manifest_sha256: str  # digest of MANIFEST.json: the target verifies against it
     streamed_bytes: int = 0  # bytes sent through the page server (0: shared directory)
+    lazy_address: str | None = None  # post-copy: the source's page server, still serving
+    lazy_port: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 
 from hpcmig import _proc, _procfs
-from hpcmig.checkpoint import _sockets, _tree, images
+from hpcmig.checkpoint import _sockets, _tree, images, lazy
 from hpcmig.checkpoint.base import (
     CheckpointError,
     DumpStats,
@@ -128,16 +128,22 @@ def _run(what: str, argv: list[str], image_dir: str, log: str, timeout: float) -
 
 def dump(container: Container, image_dir: str, *, leave_stopped: bool = True,
          page_server: tuple[str, int] | None = None, netns_key: str = DEFAULT_KEY,
-         timeout: float = DUMP_TIMEOUT, extra: Callable[[str], object] | None = None
-         ) -> DumpStats:
+         timeout: float = DUMP_TIMEOUT, extra: Callable[[str], object] | None = None,
+         lazy_address: str | None = None) -> DumpStats:
     """Dump the container into image_dir (made by `images.create`), the netns external.
 
     leave_stopped: the tree stays stopped after the dump (the migration default), else CRIU
     kills it. page_server=(address, port): pages go to a `criu page-server` there (see
     hpcmig.checkpoint.stream); the rest stays in image_dir. extra(image_dir) runs after CRIU,
     before the manifest: more files of the dump (an image container's writable layer), so
-    they are checksummed, sealed, sent and removed with it. Writes container.json and the
-    manifest, seals the directory for the container's user, returns the stats."""
+    they are checksummed, sealed, sent and removed with it. lazy_address: post-copy
+    (hpcmig.checkpoint.lazy): the private memory stays behind, served from a page server on
+    that address of this node; the call returns while it serves (stats.lazy_port). Writes
+    container.json and the manifest, seals the directory for the container's user, returns
+    the stats."""
+    if lazy_address is not None and (page_server is not None or not leave_stopped):
+        raise CheckpointError("a post-copy dump sends its pages to no page server and "
+                              "leaves its tree stopped")
     reasons = refuse_reasons(container.init_pid)
     if reasons:
         raise Refused(reasons)
@@ -158,7 +164,10 @@ def dump(container: Container, image_dir: str, *, leave_stopped: bool = True,
         argv += ["--page-server", "--address", str(page_server[0]),
                  "--port", str(int(page_server[1]))]
     t0 = time.perf_counter()
-    out = _run("criu dump", argv, image_dir, "dump.log", timeout)
+    if lazy_address is None:
+        out, port = _run("criu dump", argv, image_dir, "dump.log", timeout), 0
+    else:
+        out, port = "", lazy.start_dump(argv, image_dir, lazy_address)
     seconds = time.perf_counter() - t0
     if extra is not None:
         extra(image_dir)
@@ -167,12 +176,13 @@ def dump(container: Container, image_dir: str, *, leave_stopped: bool = True,
     streamed = pages * PAGE_SIZE if page_server is not None else 0
     meta = {"engine": "criu", "container": container.name, "netns_key": netns_key,
             "pages_written": pages, "page_size": PAGE_SIZE, "streamed_bytes": streamed,
-            "leave_stopped": leave_stopped}
+            "leave_stopped": leave_stopped, "lazy": lazy_address is not None}
     digest = images.write_manifest(
         image_dir, streamed=images.STREAM_PATTERNS if page_server else (), meta=meta)
     images.seal(image_dir, container.spec.uid)
     return DumpStats(seconds=seconds, image_bytes=images.tree_bytes(image_dir) + streamed,
-                     manifest_sha256=digest, streamed_bytes=streamed)
+                     manifest_sha256=digest, streamed_bytes=streamed,
+                     lazy_address=lazy_address, lazy_port=port)
 
 
 def saved_container(image_dir: str) -> tuple[Container, str]:
@@ -186,10 +196,12 @@ def saved_container(image_dir: str) -> tuple[Container, str]:
 
 
 def restore(image_dir: str, *, netns_path: str, key: str | None = None,
-            timeout: float = RESTORE_TIMEOUT) -> int:
+            timeout: float = RESTORE_TIMEOUT, lazy_from: tuple[str, int] | None = None) -> int:
     """Restore the dump in image_dir into the netns at netns_path (made beforehand, same
     address, still held on this node); return the restored init's pid. The tree runs
-    detached (`-d`); the caller's child subreaper (the agent) becomes its parent."""
+    detached (`-d`); the caller's child subreaper (the agent) becomes its parent.
+    lazy_from: a post-copy dump's page server (address, port): a lazy-pages daemon fetches
+    the memory from it (`lazy.wait_done` says when it has it all)."""
     if key is None:
         key = saved_container(image_dir)[1]
     if not os.path.exists(netns_path):
@@ -201,7 +213,15 @@ def restore(image_dir: str, *, netns_path: str, key: str | None = None,
     script = (f"exec 7<{shlex.quote(netns_path)} && exec {shlex.quote(criu)} restore "
               f"-D {shlex.quote(image_dir)} -o restore.log --tcp-established -d "
               f"--pidfile {shlex.quote(pidfile)} --inherit-fd fd[7]:{shlex.quote(key)}")
-    _run("criu restore", ["sh", "-c", script], image_dir, "restore.log", timeout)
+    if lazy_from is None:
+        _run("criu restore", ["sh", "-c", script], image_dir, "restore.log", timeout)
+    else:
+        lazy.start_daemon(criu, image_dir, lazy_from)
+        try:
+            lazy.run_restore(["sh", "-c", script + " --lazy-pages"], image_dir, timeout)
+        except HpcmigError:
+            lazy.stop_daemon(image_dir)
+            raise
     try:
         with open(pidfile, encoding="ascii") as fh:
             return int(fh.read().strip())
@@ -210,7 +230,8 @@ def restore(image_dir: str, *, netns_path: str, key: str | None = None,
                               ) from None
 
 
-def restore_container(image_dir: str, *, netns_path: str) -> Container:
+def restore_container(image_dir: str, *, netns_path: str,
+                      lazy_from: tuple[str, int] | None = None) -> Container:
     """`restore` plus the runtime's bookkeeping: the container's state directory (spec.json,
     where the restored init logs: the same path as on the source, it is in the init's argv)
     exists on this node first; returns the moved Container."""
@@ -223,7 +244,7 @@ def restore_container(image_dir: str, *, netns_path: str) -> Container:
         with open(spec_path + ".tmp", "w", encoding="utf-8") as fh:
             json.dump(spec.to_json(), fh)
         os.replace(spec_path + ".tmp", spec_path)
-    pid = restore(image_dir, netns_path=netns_path, key=key)
+    pid = restore(image_dir, netns_path=netns_path, key=key, lazy_from=lazy_from)
     return Container(name=old.name, runtime=old.runtime, init_pid=pid, netns=netns_path,
                      address=old.address, exec_port=old.exec_port, log_path=old.log_path,
                      spec=spec)

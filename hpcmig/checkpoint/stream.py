@@ -8,8 +8,9 @@ them straight into it. CRIU writes the rest of the images (core, mm, fds, socket
 to a few MB) into the source's local directory; `send_files` then copies those, the
 container.json and the manifest over a second small TCP connection to a one-shot receiver
 (`python -m hpcmig.checkpoint.stream receive`) on the target. The receiver accepts only the
-source node's address, writes each file atomically, never overwrites a streamed page file,
-and seals the directory for the job's user. Integrity is the manifest's job (images.verify).
+source node's address, writes each file atomically, never overwrites a streamed page file
+(a post-copy dump streams none: its few non-lazy pages come as files), and seals the
+directory for the job's user. Integrity is the manifest's job (images.verify).
 Neither listener authenticates its peer beyond the address check: they listen on the node's
 address for one dump only, and the manifest (whose sha256 the controller journals) covers
 every file but the streamed pages.
@@ -206,9 +207,11 @@ def _receive_one(conn: socket.socket, image_dir: str) -> list[str]:
         if length == 0:
             return got
         name = _recv_exact(conn, length).decode()
-        if "/" in name or name.startswith(".") or \
-                any(fnmatch.fnmatchcase(name, p) for p in images.STREAM_PATTERNS):
+        if "/" in name or name.startswith("."):
             raise ValueError(f"refusing file name {name!r}")
+        if any(fnmatch.fnmatchcase(name, p) for p in images.STREAM_PATTERNS) and \
+                os.path.lexists(os.path.join(image_dir, name)):  # the page server's
+            raise ValueError(f"refusing to overwrite streamed pages {name!r}")
         (size,) = struct.unpack("!Q", _recv_exact(conn, 8))
         tmp = os.path.join(image_dir, f".{name}.part")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

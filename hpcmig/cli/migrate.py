@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transport", choices=["shared", "stream"], default="shared",
                    help="images through the shared checkpoint directory (default) or "
                         "streamed node to node (CRIU page server)")
+    p.add_argument("--mode", choices=["postcopy", "stop-and-copy"], default=None,
+                   help="postcopy: the container runs again before its memory arrived "
+                        "(short pause); stop-and-copy: all memory first (default: the "
+                        "site's migration_mode)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     _client.add_json(p)
     p.set_defaults(func=run)
@@ -36,5 +40,6 @@ def run(args: argparse.Namespace) -> int:
                          hint="give another node of the job, or leave --to out")
     answer = _client.ask("migrate", f"migrating job {args.job_id}'s container off "
                          f"{args.source}", job_id=str(args.job_id), source=args.source,
-                         target=args.target, transport=args.transport, dry_run=args.dry_run)
+                         target=args.target, transport=args.transport, dry_run=args.dry_run,
+                         mode=args.mode)
     return _client.show(answer, args.json)

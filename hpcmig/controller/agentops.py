@@ -89,14 +89,25 @@ class AgentOps:
 
     # -- engine ---------------------------------------------------------------------------
     def dump(self, node: str, ref: ContainerRef, image_dir: str,
-             stream: Stream | None) -> DumpStats:
+             stream: Stream | None, postcopy: bool = False) -> DumpStats:
+        extra = {"lazy_address": self.node_addrs[node]} if postcopy else {}
         return DumpStats.from_json(self._call(
             node, "ckpt.dump", timeout=1800, ref=ref.to_json(), image_dir=image_dir,
-            stream_=stream.to_json() if stream else None))
+            stream_=stream.to_json() if stream else None, **extra))
 
-    def restore(self, node: str, ref: ContainerRef, image_dir: str) -> int:
+    def restore(self, node: str, ref: ContainerRef, image_dir: str,
+                lazy_from: tuple[str, int] | None = None) -> int:
+        extra = {"lazy_from": list(lazy_from)} if lazy_from else {}
         return int(self._call(node, "ckpt.restore", timeout=1800, ref=ref.to_json(),
-                              image_dir=image_dir))
+                              image_dir=image_dir, **extra))
+
+    def postcopy_wait(self, node: str, ref: ContainerRef, image_dir: str) -> float:
+        return float(self._call(node, "ckpt.postcopy_wait", timeout=1900, ref=ref.to_json(),
+                                image_dir=image_dir))
+
+    def postcopy_end(self, node: str, ref: ContainerRef, image_dir: str) -> bool:
+        return bool(self._call(node, "ckpt.postcopy_end", timeout=120, ref=ref.to_json(),
+                               image_dir=image_dir))
 
     def resume(self, node: str, ref: ContainerRef) -> None:
         self._call(node, "ckpt.resume", ref=ref.to_json())

@@ -198,8 +198,9 @@ def status(call: Call) -> dict[str, Any]:
 
 @CONTROLLER.operation("migrate", "job")
 def migrate(call: Call, job_id: str, source: str, target: str | None = None,
-            transport: str = "shared", dry_run: bool = False) -> dict[str, Any]:
-    return _answer(_svc(call).migrate(str(job_id), source, target, transport, dry_run))
+            transport: str = "shared", dry_run: bool = False,
+            mode: str | None = None) -> dict[str, Any]:
+    return _answer(_svc(call).migrate(str(job_id), source, target, transport, dry_run, mode))
 
 
 @CONTROLLER.operation("checkpoint", "job")
@@ -269,8 +270,9 @@ def health_report(call: Call, node: str, sample: dict[str, Any]) -> dict[str, An
 
 @CONTROLLER.operation("drain", "admin")
 def drain(call: Call, node: str, reason: str = "evacuating", transport: str = "shared",
-          dry_run: bool = False, timeout: float = 120.0) -> dict[str, Any]:
-    return _answer(_svc(call).drain(node, reason, transport, dry_run, float(timeout)))
+          dry_run: bool = False, timeout: float = 120.0,
+          mode: str | None = None) -> dict[str, Any]:
+    return _answer(_svc(call).drain(node, reason, transport, dry_run, float(timeout), mode))
 
 
 @CONTROLLER.operation("resume", "admin")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hpcmig.controller import wholejob
 from hpcmig.controller._machine import Outcome
 from hpcmig.controller.evacuate import JobPlan, Move, plan_drain
-from hpcmig.controller.migration import check_transport
+from hpcmig.controller.migration import check_mode, check_transport
 from hpcmig.controller.report import Report
 from hpcmig.errors import HpcmigError, UsageError
 from hpcmig.hostlist import compress
@@ -56,8 +56,10 @@ def plan(svc: Service, node: str) -> tuple[list[JobPlan], list[int]]:
     return plan_drain(plans, node, svc.unusable()), others
 
 def drain(svc: Service, node: str, reason: str = "evacuating", transport: str = "shared",
-          dry_run: bool = False, timeout: float = 120.0) -> Report:
+          dry_run: bool = False, timeout: float = 120.0, mode: str | None = None) -> Report:
     check_transport(transport)
+    if mode is not None:
+        check_mode(mode)
     if not reason.strip():
         raise UsageError("the drain reason is empty", hint="--reason 'disk errors'")
     info = svc.slurm.node(node)  # an unknown node is a usage error
@@ -73,7 +75,8 @@ def drain(svc: Service, node: str, reason: str = "evacuating", transport: str = 
         return report
     with svc.journal() as journal:
         op_id = journal.begin(DRAIN, "", {"node": node, "reason": reason,
-                                          "transport": transport, "timeout": timeout})
+                                          "transport": transport, "timeout": timeout,
+                                          "mode": mode})
     return run(svc, op_id, plans)
 
 def run(svc: Service, op_id: int, plans: list[JobPlan] | None = None) -> Report:
@@ -83,6 +86,7 @@ def run(svc: Service, op_id: int, plans: list[JobPlan] | None = None) -> Report:
         op = journal.get(op_id)
     node, reason = op.spec["node"], op.spec["reason"]
     transport, timeout = op.spec["transport"], float(op.spec["timeout"])
+    mode = op.spec.get("mode")
     report = Report("drain", f"{node}: hpcmig containers", MOVE_COLUMNS)
     info = svc.slurm.drain(node, f"hpcmig: {reason}")
     svc.decide(f"{node}: DRAIN set ({info.reason})", node=node)
@@ -94,7 +98,8 @@ def run(svc: Service, op_id: int, plans: list[JobPlan] | None = None) -> Report:
     if plans is None:
         plans, others = plan(svc, node)
     with ThreadPoolExecutor(max_workers=max(1, len(plans))) as pool:
-        results = list(pool.map(lambda p: _evacuate(svc, op_id, node, p, transport), plans))
+        results = list(pool.map(lambda p: _evacuate(svc, op_id, node, p, transport, mode),
+                                plans))
     for rows in results:
         report.rows += rows
     failed = [r for r in report.rows if r["result"] not in ("moved", "requeued", "released")]
@@ -108,15 +113,15 @@ def run(svc: Service, op_id: int, plans: list[JobPlan] | None = None) -> Report:
         journal.set_state(op_id, "done", "; ".join(report.lines) if failed else None)
     return report
 
-def _evacuate(svc: Service, op_id: int, node: str, plan: JobPlan, transport: str
-              ) -> list[dict[str, Any]]:
+def _evacuate(svc: Service, op_id: int, node: str, plan: JobPlan, transport: str,
+              mode: str | None = None) -> list[dict[str, Any]]:
     if plan.whole:
         return wholejob.requeue_without(svc, op_id, plan, node)
     report = Report("drain")
     vc = plan.vc
     for mv in plan.moves:
         try:
-            outcome = svc.migrate_one(vc, mv, transport)
+            outcome = svc.migrate_one(vc, mv, transport, mode)
         except HpcmigError as exc:
             report.add(job=vc.job_id, container=mv.index, **{"from": node}, to=mv.target,
                        result="failed", pause=None, detail=str(exc))

@@ -16,8 +16,17 @@ The order is the one docs/runtime.md verified ("Migration hooks"):
 | route | route the /32 via target (every peer) | route via source (every peer) |
 | restore | criu restore (target): **no return once it succeeded** | kill any copy (target) |
 | unlock | point_local (target): the held packets go to the copy | (forward only) |
+| pages | post-copy: all the memory arrived (target), end the dump (source) | (forward) |
 | cleanup | route via target, kill the stopped source, remove its net (source) | (forward only) |
 | done | remove images | (forward only) |
+
+Post-copy (`postcopy`, docs/migration.md): the dump leaves the container's memory on the
+source, served by CRIU's page server, and the restore on the target fetches it while the
+copy runs again; the pause holds everything but the memory. Until the restore the move
+rolls back as any other (the page server is ended first, so the source stays stopped where
+it was); after it, the copy needs the source until `pages` finished: if the transfer fails,
+both copies are killed and the move stays `stuck` with the reason (the job then needs its
+last checkpoint).
 
 A failure before the restore succeeded rolls back (source resumed where it was, exactly
 once: the target's copy is killed and confirmed gone before the source is resumed). After a
@@ -31,6 +40,7 @@ one whose answer was lost: forward goes on from `unlock`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,14 +55,22 @@ from hpcmig.errors import HpcmigError, UsageError
 
 KIND = "migrate"
 FORWARD = ("check", "images", "lock", "dump", "transfer", "verify", "target_net", "route",
-           "restore", "unlock", "cleanup", "done")
+           "restore", "unlock", "pages", "cleanup", "done")
 TRANSPORTS = ("shared", "stream")
+MODES = ("postcopy", "stop-and-copy")  # how the memory moves (config: migration_mode)
 
 
 def check_transport(transport: str) -> None:
     if transport not in TRANSPORTS:
         raise UsageError(f"unknown image transport {transport!r}",
                          hint=f"choose one of {', '.join(TRANSPORTS)}")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise UsageError(f"unknown migration mode {mode!r}", hint=f"choose one of "
+                         f"{', '.join(MODES)}")
+    return mode
 
 
 def _at(name: str) -> int:
@@ -71,6 +89,7 @@ class MigrationSpec:
     src_images: str  # image directory on the source
     dst_images: str  # on the target (the same path for the shared transport)
     transport: str = "shared"
+    postcopy: bool = False  # the memory follows the restored copy (see the module note)
 
     def validate(self) -> None:
         if self.source == self.target:
@@ -86,13 +105,14 @@ class MigrationSpec:
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref.to_json(), "source": self.source, "target": self.target,
                 "peers": list(self.peers), "src_images": self.src_images,
-                "dst_images": self.dst_images, "transport": self.transport}
+                "dst_images": self.dst_images, "transport": self.transport,
+                "postcopy": self.postcopy}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MigrationSpec:
         return cls(ContainerRef.from_json(data["ref"]), data["source"], data["target"],
                    tuple(data["peers"]), data["src_images"], data["dst_images"],
-                   data.get("transport", "shared"))
+                   data.get("transport", "shared"), bool(data.get("postcopy", False)))
 
 
 def migrate(journal: Journal, ops: MigrationOps, spec: MigrationSpec,
@@ -220,7 +240,10 @@ class Migration(Machine):
 
     def _dump(self) -> dict[str, Any]:
         s = self.spec
-        stats = self.ops.dump(s.source, s.ref, s.src_images, self._stream())
+        if s.postcopy:  # the non-memory files go as the transport says, the memory later
+            stats = self.ops.dump(s.source, s.ref, s.src_images, None, postcopy=True)
+        else:
+            stats = self.ops.dump(s.source, s.ref, s.src_images, self._stream())
         self.journal.update_data(self.op_id, dump=stats.to_json())
         return stats.to_json()
 
@@ -245,12 +268,36 @@ class Migration(Machine):
 
     def _restore(self) -> dict[str, Any]:
         s = self.spec
-        pid = self.ops.restore(s.target, s.ref, s.dst_images)
+        lazy_from = None
+        if s.postcopy:
+            stats = DumpStats.from_json(self.data["dump"])
+            if stats.lazy_address is None:
+                raise HpcmigError(f"the post-copy dump on {s.source} serves no memory")
+            lazy_from = (stats.lazy_address, stats.lazy_port)
+        pid = self.ops.restore(s.target, s.ref, s.dst_images, lazy_from=lazy_from)
         self.journal.update_data(self.op_id, restored=True, pid=pid)
         return {"pid": pid}
 
     def _unlock(self) -> None:
         self.ops.point_local(self.spec.target, self.spec.ref)
+
+    def _pages(self) -> dict[str, Any]:
+        s = self.spec
+        if not s.postcopy:
+            return {}
+        try:
+            waited = self.ops.postcopy_wait(s.target, s.ref, s.dst_images)
+        except HpcmigError as exc:
+            # the target killed its copy; the source's dump may have let the tree run on
+            for effect in (lambda: self.ops.postcopy_end(s.source, s.ref, s.src_images),
+                           lambda: self.ops.kill(s.source, s.ref)):
+                with contextlib.suppress(HpcmigError):
+                    effect()
+            raise HpcmigError(f"{s.ref.name}: the memory did not reach {s.target}: {exc}; "
+                              "both copies are gone, the job needs its last checkpoint"
+                              ) from None
+        self.ops.postcopy_end(s.source, s.ref, s.src_images)
+        return {"seconds": round(waited, 4)}
 
     def _cleanup(self) -> None:
         s = self.spec
@@ -285,6 +332,9 @@ class Migration(Machine):
                 lambda: ops.route_via(s.target, s.ref.address, s.source))))
         if stream is not None:
             actions.append(("close_stream", False, lambda: ops.close_stream(s.target, stream)))
+        if reached >= _at("dump") and s.postcopy:
+            actions.append(("end_pages", True, lambda: {
+                "was_serving": ops.postcopy_end(s.source, s.ref, s.src_images)}))
         if reached >= _at("dump"):
             actions.append(("resume", True, self._resume_source))
         if reached >= _at("lock"):

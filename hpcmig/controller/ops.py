@@ -80,11 +80,23 @@ class MigrationOps(Protocol):
 
     # -- engine --------------------------------------------------------------------------
     def dump(self, node: str, ref: ContainerRef, image_dir: str,
-             stream: Stream | None) -> DumpStats:
-        """criu dump of the container on node, left stopped; pages to the stream if given."""
+             stream: Stream | None, postcopy: bool = False) -> DumpStats:
+        """criu dump of the container on node, left stopped; pages to the stream if given.
+        postcopy: the memory stays on node, served from a page server (stats.lazy_*) until
+        `postcopy_wait` on the target saw it all or `postcopy_end` here ended it."""
 
-    def restore(self, node: str, ref: ContainerRef, image_dir: str) -> int:
-        """criu restore on node into the netns `create_net` made; returns the init's pid."""
+    def restore(self, node: str, ref: ContainerRef, image_dir: str,
+                lazy_from: tuple[str, int] | None = None) -> int:
+        """criu restore on node into the netns `create_net` made; returns the init's pid.
+        lazy_from: a post-copy dump's page server; the memory follows the restore."""
+
+    def postcopy_wait(self, node: str, ref: ContainerRef, image_dir: str) -> float:
+        """Target of a post-copy move: wait until all the memory arrived (seconds waited);
+        a failed transfer kills the copy there (it cannot go on) and raises."""
+
+    def postcopy_end(self, node: str, ref: ContainerRef, image_dir: str) -> bool:
+        """Source of a post-copy move: end the dump's page server if it still serves (the
+        tree stays stopped) and collect the dump (idempotent; True if it was serving)."""
 
     def resume(self, node: str, ref: ContainerRef) -> None:
         """SIGCONT a copy a dump left stopped (idempotent; nothing if absent)."""

@@ -42,7 +42,7 @@ from hpcmig.controller.evacuate import JobPlan, Move, plan_moves
 from hpcmig.controller.journal import Journal
 from hpcmig.controller.metrics import Metrics
 from hpcmig.controller.migration import KIND as MIGRATE
-from hpcmig.controller.migration import MigrationSpec, check_transport, migrate
+from hpcmig.controller.migration import MigrationSpec, check_mode, check_transport, migrate
 from hpcmig.controller.ops import MigrationOps
 from hpcmig.controller.recovery import Recovered, recover
 from hpcmig.controller.report import Report
@@ -180,9 +180,30 @@ class Service:
         self.publish(vc.moved(index, target, self.node_addrs()[target]), stored[0])
 
     # -- one container --------------------------------------------------------------------
-    def migrate_one(self, vc: VCluster, move: Move, transport: str = "shared") -> Outcome:
+    def migrate_one(self, vc: VCluster, move: Move, transport: str = "shared",
+                    mode: str | None = None) -> Outcome:
+        """One live move, in `mode` (default: the site's `migration_mode`). A post-copy move
+        that rolled back (the source runs on, untouched) is tried once more stop-and-copy:
+        post-copy needs userfaultfd on the target and the source's page server."""
         if move.target is None:
             raise UsageError(f"container {move.index} of job {vc.job_id}: {move.reason}")
+        mode = check_mode(mode or self.cfg.migration_mode)
+        outcome = self._move_once(vc, move, transport, mode == "postcopy")
+        if mode == "postcopy" and outcome.state == "rolled_back" and \
+                self._failed_step(outcome.op_id) in ("dump", "restore"):
+            self.decide(f"job {vc.job_id}: post-copy move of container {move.index} rolled "
+                        f"back ({outcome.error}); trying stop-and-copy", job=vc.job_id)
+            outcome = self._move_once(vc, move, transport, False)
+        return outcome
+
+    def _failed_step(self, op_id: int) -> str | None:
+        """The forward step an operation failed at (where post-copy differs: dump, restore)."""
+        with self.journal() as journal:
+            failed = [s.name for s in journal.steps(op_id, "forward") if s.status == "failed"]
+        return failed[-1] if failed else None
+
+    def _move_once(self, vc: VCluster, move: Move, transport: str, postcopy: bool) -> Outcome:
+        assert move.target is not None
         member = vc.member(move.index)
         ref = ContainerRef(vc.job_id, vc.restart, move.index, member.address, vc.uid)
         tag = f"move-{int(time.time() * 1000)}"
@@ -190,13 +211,15 @@ class Service:
                 else os.path.join(self.cfg.run_dir, "spool"))
         src = dst = images.image_dir(root, vc.job_id, vc.restart, move.index, tag)
         peers = tuple(n for n in vc.nodes() if n not in (move.source, move.target))
-        spec = MigrationSpec(ref, move.source, move.target, peers, src, dst, transport)
+        spec = MigrationSpec(ref, move.source, move.target, peers, src, dst, transport,
+                             postcopy)
         ops = self.ops_for(vc)
         with self.job_lock(vc.job_id), self.journal() as journal:
             for old in recover(journal, ops, job_id=vc.job_id):  # what a crash left open
                 self._after_recovery(journal, old, move)
             self.decide(f"job {vc.job_id}: moving container {move.index} ({member.address}) "
-                        f"{move.source} -> {move.target} ({transport})", job=vc.job_id)
+                        f"{move.source} -> {move.target} ({transport}, "
+                        f"{'postcopy' if postcopy else 'stop-and-copy'})", job=vc.job_id)
             outcome = migrate(journal, ops, spec)
             if outcome.state == "done":
                 self._moved(vc.job_id, move.index, move.source, move.target)
@@ -226,8 +249,11 @@ class Service:
                               hint="run the command again from where it runs now")
 
     def migrate(self, job_id: str, source: str, target: str | None = None,
-                transport: str = "shared", dry_run: bool = False) -> Report:
+                transport: str = "shared", dry_run: bool = False,
+                mode: str | None = None) -> Report:
         check_transport(transport)
+        if mode is not None:
+            check_mode(mode)
         job = self.job(job_id)
         vc = self.vcluster(str(job.job_id), job)
         if not vc.on_node(source):
@@ -245,7 +271,7 @@ class Service:
                 report.add(job=vc.job_id, container=mv.index, **{"from": source},
                            to=mv.target, result="would move", pause=None, detail="")
                 continue
-            node_drain.move_row(report, mv, self.migrate_one(vc, mv, transport))
+            node_drain.move_row(report, mv, self.migrate_one(vc, mv, transport, mode))
             vc = self.vcluster(vc.job_id)
         return report
 
@@ -254,8 +280,9 @@ class Service:
         return node_drain.plan(self, node)
 
     def drain(self, node: str, reason: str = "evacuating", transport: str = "shared",
-              dry_run: bool = False, timeout: float = 120.0) -> Report:
-        return node_drain.drain(self, node, reason, transport, dry_run, timeout)
+              dry_run: bool = False, timeout: float = 120.0, mode: str | None = None
+              ) -> Report:
+        return node_drain.drain(self, node, reason, transport, dry_run, timeout, mode)
 
     def run_drain(self, op_id: int, plans: list[JobPlan] | None = None) -> Report:
         return node_drain.run(self, op_id, plans)

@@ -126,6 +126,14 @@ class AgentNodes:
         are closed to other nodes' addresses)."""
         return S.rsh(node, *args, munge_socket=self.sock, timeout=timeout)
 
+    def start_holder(self, node: str, address: str, memory_mb: int) -> None:
+        """`holder serve` with memory_mb of verified memory in the container at address
+        (on node); returns once its process runs (it fills and hashes, then listens)."""
+        r = self.rsh(node, "-n", address, f"{sys.executable} -m hpcmig.workloads.holder "
+                     f"serve --memory-mb {memory_mb} </dev/null >/dev/null 2>&1 &")
+        assert r.returncode == 0, r.stderr
+        assert S.wait_for(lambda: len(S.holder_processes()) == 1, 10)
+
     def container_netns(self) -> list[str]:
         return [n for n in S.netns_list() if n.rsplit(".", 1)[-1] in S.BRIDGED and "." in n]
 
@@ -245,3 +253,16 @@ def agent_nodes(prefix: str = "hpcmig-rt-agents-", tmp: str | None = None
             nodes.stop_agents()
             nodes.sweep()
             shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def criu_agent_nodes() -> Iterator[AgentNodes]:
+    """`agent_nodes` for tests that dump containers: skipped with the reason where CRIU
+    cannot checkpoint job containers here."""
+    import pytest  # only the tests use this; the benchmarks import the module without it
+
+    problem = S.criu_problem()
+    if problem:
+        pytest.skip(problem)
+    with agent_nodes() as nodes:
+        yield nodes

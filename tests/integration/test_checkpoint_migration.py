@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from hpcmig import _procfs
-from hpcmig.checkpoint import images
+from hpcmig.checkpoint import _tree, images
 from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.controller.agentops import AgentOps
 from hpcmig.controller.jobckpt import JobCheckpoint, JobSpec, Placement, checkpoint_job, restore_job
@@ -38,7 +38,7 @@ from hpcmig.controller.migration import FORWARD, MigrationSpec, migrate
 from hpcmig.network import NodeNet
 from hpcmig.vcluster import VCluster
 from tests.integration import rt_support as S
-from tests.integration.agent_nodes import AgentNodes, agent_nodes
+from tests.integration.agent_nodes import AgentNodes, criu_agent_nodes
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(S.missing() is not None, reason=str(S.missing()))]
@@ -82,10 +82,13 @@ class Env:
         self.vc = self.vc.moved(ref.index, node, S.BRIDGED[node])
         self.nodes.publish(self.vc)
 
-    def spec(self, transport: str) -> MigrationSpec:
+    def spec(self, mode: str) -> MigrationSpec:
+        """mode: a transport, alone (stop-and-copy) or with "+postcopy"."""
+        transport, _, post = mode.partition("+")
         tag = f"m{next(self.tags)}"
         d = self.nodes.image_dir(transport, self.server, tag)
-        return MigrationSpec(self.server, self.where, self.other(), (B3,), d, d, transport)
+        return MigrationSpec(self.server, self.where, self.other(), (B3,), d, d, transport,
+                             postcopy=post == "postcopy")
 
     def images_left(self, spec: MigrationSpec) -> list[str]:
         return [p for p in (self.nodes.host_path(spec.source, spec.src_images),
@@ -102,10 +105,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    problem = S.criu_problem()
-    if problem:
-        pytest.skip(problem)
-    with agent_nodes() as nodes:
+    with criu_agent_nodes() as nodes:
         vc = nodes.plan("91", 0, [B3, B1, B2], spares=1)
         client, server = (ContainerRef(vc.job_id, vc.restart, m.index, m.address, vc.uid)
                           for m in vc.members)
@@ -114,10 +114,7 @@ def env() -> Iterator[Env]:
         os.chown(e.peer_dir, nodes.user.uid, nodes.user.gid)
         try:
             nodes.setup(vc)
-            r = nodes.rsh(B1, "-n", server.address, f"{PY} -m hpcmig.workloads.holder serve "
-                          "--memory-mb 64 </dev/null >/dev/null 2>&1 &")
-            assert r.returncode == 0, r.stderr
-            assert S.wait_for(lambda: len(S.holder_processes()) == 1, 10)
+            nodes.start_holder(B1, server.address, 64)
             time.sleep(1.0)  # fills and hashes 64 MiB before it listens
             r = nodes.rsh(B3, "-n", client.address, f"{PY} -m hpcmig.workloads.holder client "
                           f"{server.address} --progress {e.peer_dir}/progress "
@@ -167,7 +164,8 @@ def assert_serving_once(e: Env, node: str, after: int) -> None:
     assert who.stdout.strip() == e.server.name, who
 
 
-@pytest.mark.parametrize("transport", ["shared", "stream"])
+@pytest.mark.parametrize("transport", ["shared", "stream", "shared+postcopy",
+                                       "stream+postcopy"])
 def test_live_migration_keeps_the_peer_connection(env: Env, transport: str,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     spec = env.spec(transport)
@@ -186,6 +184,9 @@ def test_live_migration_keeps_the_peer_connection(env: Env, transport: str,
     # no back-off: the held packets reach the restored copy at the unlock, and the quiet
     # source sent nothing that would make the client reject its answers (runtime.md)
     assert gap / 1000 <= env.longest_pause + 0.3, (gap, env.longest_pause)
+    if spec.postcopy:  # the memory came after the restore, and all of it (the check above)
+        assert "pages" in out.steps and out.data["dump"]["lazy_port"] > 0
+        assert not _procs_on(spec.src_images) and not _procs_on(spec.dst_images)
     dump = out.data["dump"]
     with capsys.disabled():
         print(f"\nmigration ({transport}) {spec.source}->{spec.target}: pause (lock->unlock) "
@@ -229,7 +230,16 @@ def test_corrupted_image_is_refused_and_the_source_keeps_running(env: Env,
 KILL_CASES = [(step, "kill", "shared") for step in FORWARD] + [
     ("dump", "kill-after", "shared"), ("restore", "kill-after", "shared"),
     ("images", "kill-after", "stream"), ("dump", "kill", "stream"),
-    ("transfer", "kill", "stream"), ("restore", "kill", "stream")]
+    ("transfer", "kill", "stream"), ("restore", "kill", "stream"),
+    # post-copy: rolled back with the page server still serving; forward while it serves
+    ("dump", "kill-after", "shared+postcopy"), ("restore", "kill", "stream+postcopy"),
+    ("restore", "kill-after", "shared+postcopy"), ("pages", "kill", "shared+postcopy")]
+
+
+def _procs_on(image_dir: str) -> list[int]:
+    """Processes (CRIU's page servers, lazy-pages daemons, receivers) naming image_dir."""
+    return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if image_dir in _procfs.argv(pid) and _tree.live(pid)]
 
 
 def _orchestrate(env: Env, cmd: str, spec: MigrationSpec | None = None, fault: str | None = None,
@@ -266,9 +276,8 @@ def test_sigkill_of_the_orchestrator_then_recovery(env: Env, step: str, how: str
         env.moved(env.server, spec.target)
     assert_serving_once(env, env.where, before)
     assert not env.images_left(spec)
-    listeners = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                 if spec.dst_images in _procfs.argv(pid)]
-    assert not listeners  # no page server or receiver left behind
+    # no page server, lazy-pages daemon or receiver left behind
+    assert not _procs_on(spec.dst_images) and not _procs_on(spec.src_images)
 
 
 def test_whole_job_checkpoint_resume_then_stop_and_restore_on_other_nodes(env: Env) -> None:

@@ -100,6 +100,7 @@ ROWS: list[Row] = [
     (["migrate", "12", "--from", "node1", "--to", "node1"], 2,
      "--to names the node the container leaves"),
     (["migrate", "12", "--from", "node1", "--transport", "ftp"], 2, "invalid choice: 'ftp'"),
+    (["migrate", "12", "--from", "node1", "--mode", "lazy"], 2, "invalid choice: 'lazy'"),
     (["migrate", "12", "--from", "node1", "--dry-run=yes"], 2, EXPLICIT),
     (["migrate", "12", "--from", "node1", "--json=yes"], 2, EXPLICIT),
     # recover
@@ -118,6 +119,7 @@ ROWS: list[Row] = [
     (["drain", "node1", "--reason", ""], 2, "--reason: a reason must not be empty"),
     (["drain", "node1", "--reason", "two\nlines"], 2, "one line of printable text"),
     (["drain", "node1", "--transport", "ftp"], 2, "invalid choice: 'ftp'"),
+    (["drain", "node1", "--mode", "precopy"], 2, "invalid choice: 'precopy'"),
     (["drain", "node1", "--timeout", "0"], 2, "--timeout: must be more than 0 seconds"),
     (["drain", "node1", "--timeout", "-1"], 2, "must be more than 0 seconds"),
     (["drain", "node1", "--timeout", "inf"], 2, "must be more than 0 seconds, not 'inf'"),

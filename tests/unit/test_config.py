@@ -60,6 +60,7 @@ def test_health_defaults() -> None:
     ("[health]\nenabled = 'yes'", r"\[health\]: enabled must be true or false"),
     ("[health]\nballance = true", "known keys: enabled, dry_run, interval"),
     ("health_load = 'psi'", "health_load must be loadavg or mntns"),
+    ("migration_mode = 'lazy'", "migration_mode must be postcopy or stop-and-copy"),
     ("health_paths = ['scratch']", "not an absolute path"),
     ("health_paths = '/scratch'", "health_paths must be a list of strings"),
     ("health_check_dir = 'checks.d'", "health_check_dir must be an absolute path"),

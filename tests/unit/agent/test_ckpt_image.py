@@ -147,7 +147,8 @@ def test_restore_rebuilds_the_root_from_the_dump_before_criu(
     d = saved(agent)
     target_netns = "/run/netns/hpcmig-7-0-1.node3"
 
-    def restore_container(image_dir: str, *, netns_path: str) -> Container:
+    def restore_container(image_dir: str, *, netns_path: str,
+                          lazy_from: object = None) -> Container:
         effects.append(("criu restore", netns_path))
         s = ContainerSpec.from_json(json.loads(Path(
             agent.config.containers_dir, REF.name, "spec.json").read_text()))
@@ -167,7 +168,8 @@ def test_a_failed_restore_kills_what_it_left_and_releases_the_root(
         agent: NodeAgent, effects: list, monkeypatch: pytest.MonkeyPatch) -> None:
     d = saved(agent)
 
-    def restore_container(image_dir: str, *, netns_path: str) -> Container:
+    def restore_container(image_dir: str, *, netns_path: str,
+                          lazy_from: object = None) -> Container:
         raise EngineError("criu restore", ["criu", "restore"], 1, "Error (criu/files.c)")
 
     monkeypatch.setattr(criu, "restore_container", restore_container)
@@ -184,7 +186,8 @@ def test_restoring_a_host_root_container_mounts_nothing(
         agent: NodeAgent, effects: list, monkeypatch: pytest.MonkeyPatch) -> None:
     d = saved(agent, img=None)
     monkeypatch.setattr(criu, "restore_container",
-                        lambda image_dir, netns_path: container(spec(agent, None), 6000))
+                        lambda image_dir, netns_path, lazy_from=None:
+                        container(spec(agent, None), 6000))
     assert ckpt.restore(call(agent), JOB, REF.to_json(), d) == 6000
     assert effects == []
     assert os.path.exists(os.path.join(agent.config.containers_dir, REF.name, "spec.json"))

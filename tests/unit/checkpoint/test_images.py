@@ -143,18 +143,39 @@ def test_stream_receiver_refuses_to_overwrite_streamed_pages(tmp_path: Path) -> 
     Path(src, "pages-1.img").write_bytes(b"forged")
     dst = tmp_path / "dst"
     dst.mkdir()
-    port_file = str(dst / "port")
+    Path(dst, "pages-1.img").write_bytes(b"from the page server")
+    result = _receive_from(src, dst, ok=False)
+    assert result == [1] and Path(dst, "pages-1.img").read_bytes() == b"from the page server"
+
+
+def test_stream_receiver_takes_the_page_files_of_a_postcopy_dump(tmp_path: Path) -> None:
+    """A post-copy dump streams no pages: its few non-lazy ones come as files."""
+    src = tmp_path / "src"
+    src.mkdir()
+    Path(src, "pages-1.img").write_bytes(b"non-lazy pages")
+    Path(src, "core-1.img").write_bytes(b"core")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    assert _receive_from(src, dst, ok=True) == [0]
+    assert Path(dst, "pages-1.img").read_bytes() == b"non-lazy pages"
+
+
+def _receive_from(src: Path, dst: Path, ok: bool) -> list[int]:
+    port_file = str(dst.parent / f"port-{dst.name}")
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(
         stream.receive(str(dst), "127.0.0.1", "127.0.0.1", os.getuid(), port_file)))
     t.start()
     try:
         port = int(stream._wait_file(port_file, 0, "receiver", "-"))
-        with pytest.raises(Exception, match="refused"):
+        if ok:
             stream.send_files(str(src), "127.0.0.1", port)
+        else:
+            with pytest.raises(Exception, match="refused"):
+                stream.send_files(str(src), "127.0.0.1", port)
     finally:
         t.join(10)
-    assert result == [1] and not Path(dst, "pages-1.img").exists()
+    return result
 
 
 def test_file_checksums_follow_the_manifest_algorithm(tmp_path: Path,

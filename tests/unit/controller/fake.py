@@ -45,6 +45,8 @@ class World:
     violations: list[str] = field(default_factory=list)
     restored_ran: set[str] = field(default_factory=set)  # names whose restored copy ran
     calls: list[str] = field(default_factory=list)
+    serving: dict[str, str] = field(default_factory=dict)  # post-copy: name -> source node
+    lacking: set[str] = field(default_factory=set)  # restored copies whose memory is not in
 
     def __post_init__(self) -> None:
         for n in self.nodes:
@@ -164,7 +166,7 @@ class FakeOps:
                 self.w.streams:
             raise HpcmigError("nothing to send, or the stream is closed")
         self.w.images[self._key(stream.address, stream.image_dir)].update(
-            {k: v for k, v in src.items() if k != "pages"})
+            {k: v for k, v in src.items() if k != "pages" or src.get("lazy")})
         return 10
 
     def verify_images(self, node: str, image_dir: str, manifest_sha256: str | None) -> None:
@@ -183,7 +185,7 @@ class FakeOps:
 
     # -- engine --------------------------------------------------------------------------
     def dump(self, node: str, ref: ContainerRef, image_dir: str,
-             stream: Stream | None) -> DumpStats:
+             stream: Stream | None, postcopy: bool = False) -> DumpStats:
         self._enter("dump", node)
         copy = self.w.copies[node].get(ref.name)
         if copy is None or copy.state != "running":
@@ -196,6 +198,12 @@ class FakeOps:
         copy.state = "stopped"
         sha = f"sha-{ref.name}-{next(self.pids)}"
         img.update({"sha": sha, "name": ref.name})
+        if postcopy:
+            if stream is not None:
+                raise HpcmigError("a post-copy dump writes no pages to a page server")
+            img.update(pages=True, lazy=True)
+            self.w.serving[ref.name] = node
+            return DumpStats(0.1, 100, sha, lazy_address=node, lazy_port=1)
         if stream is None:
             img["pages"] = True
         else:
@@ -206,8 +214,11 @@ class FakeOps:
             self.hooks.pop("dump_after")()
         return DumpStats(0.1, 1000, sha)
 
-    def restore(self, node: str, ref: ContainerRef, image_dir: str) -> int:
+    def restore(self, node: str, ref: ContainerRef, image_dir: str,
+                lazy_from: tuple[str, int] | None = None) -> int:
         self._enter("restore", node)
+        if lazy_from is not None and self.w.serving.get(ref.name) != lazy_from[0]:
+            raise HpcmigError(f"no page server for {ref.name} on {lazy_from[0]}")
         img = self.w.images.get(self._key(node, image_dir))
         if not img or not img.get("verified"):
             raise HpcmigError(f"restore from unverified images on {node}")
@@ -216,14 +227,39 @@ class FakeOps:
         if ref.name in self.w.copies[node]:
             raise HpcmigError(f"{node} already has {ref.name}")
         self.w.copies[node][ref.name] = Copy("running", restored=True)
+        if lazy_from is not None:
+            self.w.lacking.add(ref.name)
         self.w.restored_ran.add(ref.name)
         self.w.check_once(ref)
         if "restore_after" in self.hooks:
             self.hooks.pop("restore_after")()
         return next(self.pids)
 
+    def postcopy_wait(self, node: str, ref: ContainerRef, image_dir: str) -> float:
+        self._enter("postcopy_wait", node)
+        if ref.name not in self.w.lacking:
+            return 0.0
+        source = self.w.serving.get(ref.name)
+        if source is None or source in self.down:
+            self.w.copies[node].pop(ref.name, None)  # the agent kills a copy it cannot fill
+            self.w.lacking.discard(ref.name)
+            raise HpcmigError(f"the memory of {ref.name} did not arrive")
+        self.w.lacking.discard(ref.name)
+        return 0.5
+
+    def postcopy_end(self, node: str, ref: ContainerRef, image_dir: str) -> bool:
+        self._enter("postcopy_end", node)
+        if self.w.serving.get(ref.name) != node:
+            return False
+        if ref.name in self.w.lacking:
+            self.w.violations.append(f"{ref.name}: page server ended before the memory moved")
+        del self.w.serving[ref.name]
+        return True
+
     def resume(self, node: str, ref: ContainerRef) -> None:
         self._enter("resume", node)
+        if self.w.serving.get(ref.name) == node:
+            self.w.violations.append(f"{ref.name}: resumed while its dump still serves")
         copy = self.w.copies[node].get(ref.name)
         if copy is None:
             return
@@ -234,6 +270,8 @@ class FakeOps:
 
     def kill(self, node: str, ref: ContainerRef) -> None:
         self._enter("kill", node)
+        if self.w.serving.get(ref.name) == node and ref.name in self.w.lacking:
+            self.w.violations.append(f"{ref.name}: source killed before its memory moved")
         self.w.copies[node].pop(ref.name, None)
 
 
@@ -247,3 +285,4 @@ def assert_settled(world: World, ref: ContainerRef, host: str, others: list[str]
         assert world.routes[n].get(ref.address) == ("via", host), (n, world.routes[n])
         assert ref.address not in world.nets[n], n
     assert not world.streams, world.streams
+    assert not world.serving and not world.lacking, (world.serving, world.lacking)

@@ -28,12 +28,16 @@ def crash_at(step: str, point: str):  # type: ignore[no-untyped-def]
     return hook
 
 
-def spec(transport: str = "shared") -> MigrationSpec:
+def spec(transport: str = "shared", postcopy: bool = False) -> MigrationSpec:
     if transport == "shared":
         src = dst = f"{SHARED}/42/r0/c1/m1"
     else:
         src, dst = "/spool/42/r0/c1/m1", "/spool/42/r0/c1/m1"
-    return MigrationSpec(REF, "n1", "n2", ("n3", "n4"), src, dst, transport)
+    return MigrationSpec(REF, "n1", "n2", ("n3", "n4"), src, dst, transport, postcopy)
+
+
+# (transport, postcopy): every image transport, stop-and-copy and post-copy
+MODES = [("shared", False), ("stream", False), ("shared", True), ("stream", True)]
 
 
 def world() -> tuple[World, FakeOps]:
@@ -46,11 +50,12 @@ def test_fake_satisfies_the_protocol() -> None:
     assert isinstance(FakeOps(World(["a"])), MigrationOps)
 
 
-@pytest.mark.parametrize("transport", ["shared", "stream"])
+@pytest.mark.parametrize("transport,postcopy", MODES)
 def test_migration_moves_the_container_and_reports_the_pause(journal: Journal,
-                                                             transport: str) -> None:
+                                                             transport: str,
+                                                             postcopy: bool) -> None:
     w, ops = world()
-    out = migrate(journal, ops, spec(transport))
+    out = migrate(journal, ops, spec(transport, postcopy))
     assert out.state == "done", out.error
     assert_settled(w, REF, "n2", ["n1", "n3", "n4"])
     assert not w.images
@@ -62,16 +67,21 @@ def test_migration_moves_the_container_and_reports_the_pause(journal: Journal,
     calls = w.calls
     assert calls.index("hold@n1") < calls.index("dump@n1") < calls.index("restore@n2") \
         < calls.index("point_local@n2") < calls.index("kill@n1")
+    if postcopy:  # the source is killed only once its memory reached the target
+        assert calls.index("point_local@n2") < calls.index("postcopy_wait@n2") \
+            < calls.index("postcopy_end@n1") < calls.index("kill@n1")
+    else:
+        assert "postcopy_wait@n2" not in calls
 
 
-@pytest.mark.parametrize("transport", ["shared", "stream"])
+@pytest.mark.parametrize("transport,postcopy", MODES)
 @pytest.mark.parametrize("point", ["before", "after"])
 @pytest.mark.parametrize("step", FORWARD)
 def test_sigkill_at_every_step_then_recovery_runs_it_exactly_once(
-        journal: Journal, step: str, point: str, transport: str) -> None:
+        journal: Journal, step: str, point: str, transport: str, postcopy: bool) -> None:
     w, ops = world()
     with pytest.raises(Crash):
-        migrate(journal, ops, spec(transport), fault=crash_at(step, point))
+        migrate(journal, ops, spec(transport, postcopy), fault=crash_at(step, point))
     if (step, point) == ("done", "after"):  # the state was already written: nothing to do
         assert recovery.recover(journal, ops) == []
         assert_settled(w, REF, "n2", ["n1", "n3", "n4"])
@@ -91,23 +101,24 @@ def test_sigkill_at_every_step_then_recovery_runs_it_exactly_once(
     assert recovery.recover(journal, ops) == []  # nothing left: idempotent
 
 
-@pytest.mark.parametrize("transport", ["shared", "stream"])
+@pytest.mark.parametrize("transport,postcopy", MODES)
 @pytest.mark.parametrize("step", FORWARD[:RESTORE_AT + 1])
 def test_failure_before_the_restore_succeeds_rolls_back(journal: Journal, step: str,
-                                                        transport: str) -> None:
+                                                        transport: str, postcopy: bool) -> None:
     w, ops = world()
-    out = migrate(journal, ops, spec(transport), fault=env_faults(f"{step}:fail"))
+    out = migrate(journal, ops, spec(transport, postcopy), fault=env_faults(f"{step}:fail"))
     assert out.state == "rolled_back"
     assert "injected failure" in (out.error or "")
     assert_settled(w, REF, "n1", ["n2", "n3", "n4"])
     assert not w.images
 
 
+@pytest.mark.parametrize("postcopy", [False, True])
 @pytest.mark.parametrize("step", FORWARD[RESTORE_AT + 1:])
 def test_failure_after_the_restore_goes_forward_on_recovery(journal: Journal,
-                                                            step: str) -> None:
+                                                            step: str, postcopy: bool) -> None:
     w, ops = world()
-    out = migrate(journal, ops, spec(), fault=env_faults(f"{step}:fail"))
+    out = migrate(journal, ops, spec(postcopy=postcopy), fault=env_faults(f"{step}:fail"))
     assert out.state == "stuck" and "injected" in (out.error or "")
     assert [n for n, s in w.where(REF) if s == "running"] == ["n2"]  # never back to n1
     [again] = recovery.recover(journal, ops)
@@ -167,19 +178,23 @@ def test_leftover_copy_on_the_target_stops_the_migration_early(journal: Journal)
     assert "hold@n1" not in w.calls
 
 
-@pytest.mark.parametrize("undo", ["kill_target", "route_back", "target_net", "resume",
-                                  "unlock", "images"])
+@pytest.mark.parametrize("undo,postcopy", [
+    *((u, False) for u in ("kill_target", "route_back", "target_net", "resume", "unlock",
+                           "images")),
+    ("end_pages", True), ("resume", True)])
 @pytest.mark.parametrize("point", ["before", "after"])
 def test_sigkill_during_rollback_then_recovery_finishes_it(journal: Journal, undo: str,
-                                                           point: str) -> None:
+                                                           point: str, postcopy: bool) -> None:
     w, ops = world()
     ops.fail("restore", "n2")
     with pytest.raises(Crash):
-        migrate(journal, ops, spec(), fault=crash_at(f"undo:{undo}", point))
+        migrate(journal, ops, spec(postcopy=postcopy), fault=crash_at(f"undo:{undo}", point))
     [out] = recovery.recover(journal, ops)
     assert out.state == "rolled_back", out
     assert_settled(w, REF, "n1", ["n2", "n3", "n4"])
     assert not w.images
+    if postcopy:  # the page server ended (the tree stays stopped) before the resume
+        assert w.calls.index("postcopy_end@n1") < w.calls.index("resume@n1")
 
 
 def test_dead_target_after_restore_never_resumes_the_source(journal: Journal) -> None:
@@ -260,3 +275,20 @@ def test_env_fault_parsing() -> None:
     from hpcmig.errors import HpcmigError
     with pytest.raises(HpcmigError):
         env_faults("dump:explode")
+
+
+def test_postcopy_source_lost_before_the_memory_moved_kills_both_copies(
+        journal: Journal) -> None:
+    """The restored copy runs on memory still on the source: if that goes, the copy cannot
+    go on; nothing is left running and the reason names the checkpoint."""
+    w, ops = world()
+
+    def source_dies() -> None:
+        ops.down.add("n1")
+
+    ops.hooks["restore_after"] = source_dies
+    out = migrate(journal, ops, spec(postcopy=True))
+    assert out.state == "stuck", out
+    assert "did not reach n2" in (out.error or "") and "checkpoint" in (out.error or "")
+    assert [s for _n, s in w.where(REF) if s == "running"] == []
+    assert not w.violations

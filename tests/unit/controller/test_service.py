@@ -150,9 +150,24 @@ def test_dry_run_plans_what_the_drain_does_and_changes_nothing(env: Env) -> None
         (r["container"], r["to"]) for r in dry.rows]
 
 
+def test_a_postcopy_move_that_rolled_back_is_tried_once_stop_and_copy(env: Env) -> None:
+    svc, world, slurm, ref = env
+    svc.fake_ops.fail("restore", "n3")  # e.g. no userfaultfd on the target
+    report = svc.migrate("7", "n2")
+    assert [r["result"] for r in report.rows] == ["moved"], report.rows
+    # the post-copy dump's page server ended before the source resumed; then the second
+    # move copied the memory before the restore (no post-copy wait)
+    assert [c for c in world.calls if c.startswith(("dump@", "postcopy_"))] == \
+        ["dump@n2", "postcopy_end@n2", "dump@n2"]
+    assert any("trying stop-and-copy" in d["what"] for d in svc.decisions)
+    assert_settled(world, ref, "n3", ["n1", "n2"])
+    stopped = svc.migrate("7", "n3", mode="stop-and-copy")
+    assert stopped.ok and "postcopy_wait@n2" not in world.calls
+
+
 def test_a_failed_move_leaves_the_job_its_node_and_the_drain_fails(env: Env) -> None:
     svc, world, slurm, ref = env
-    svc.fake_ops.fail("verify_images")
+    svc.fake_ops.fail("verify_images")  # not post-copy's doing: no second try
     report = svc.drain("n2", timeout=5)
     [row] = report.rows
     assert row["result"] == "rolled back" and "keeps n2" in row["detail"], row
