@@ -12,6 +12,7 @@ from typing import Any
 
 PAUSE_STEPS = ("lock", "dump", "transfer", "verify", "target_net", "route", "restore",
                "unlock")
+MODES = ("shared", "stream", "shared+postcopy", "stream+postcopy")
 
 
 def med(values: list[float]) -> float:
@@ -33,15 +34,17 @@ def report(data: dict[str, Any]) -> str:
         "unlock (what the moved container misses); *peer gap* = the longest wait the client "
         "saw for an answer over the moved TCP connection (TCP retransmission backoff "
         "included); *copy* = one memory copy of the same size on this machine in the same "
-        "run (numpy, pre-faulted buffers, best of 3).",
+        "run (numpy, pre-faulted buffers, best of 3); *memory after* = post-copy's `pages` "
+        "step (the memory still arriving after the unlock); *move* = the whole move, every "
+        "step.",
         "",
-        "| resident | transport | pause s | peer gap s | dump s | verify s | restore s | "
-        "images MB | copy ms | pause / copy |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| resident | mode | pause s | peer gap s | dump s | verify s | restore s | "
+        "memory after s | move s | images MB | copy ms | pause / copy |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     sizes = sorted({r["size_mb"] for r in runs})
     for size in sizes:
-        for mode in ("shared", "stream"):
+        for mode in MODES:
             rs = [r for r in runs if r["size_mb"] == size and r["mode"] == mode]
             if not rs:
                 continue
@@ -53,15 +56,17 @@ def report(data: dict[str, Any]) -> str:
                 f"{med([r['steps_s']['dump'] for r in rs]):.2f} | "
                 f"{med([r['steps_s']['verify'] for r in rs]):.2f} | "
                 f"{med([r['steps_s']['restore'] for r in rs]):.2f} | "
+                f"{med([r['steps_s'].get('pages', 0.0) for r in rs]):.2f} | "
+                f"{med([r.get('move_s', sum(r['steps_s'].values())) for r in rs]):.2f} | "
                 f"{med([r['image_bytes'] / 1e6 for r in rs]):.0f} | {copy * 1e3:.0f} | "
                 f"{med(pauses) / copy:.0f} |")
     for size, why in sorted(data.get("skipped", {}).items(), key=lambda kv: int(kv[0])):
-        out.append(f"| {size} MiB | - | skipped: {why} | | | | | | | |")
+        out.append(f"| {size} MiB | - | skipped: {why} | | | | | | | | | |")
     out += ["", "Where the pause goes (median seconds per step, lock to unlock):", "",
-            "| resident | transport | " + " | ".join(PAUSE_STEPS) + " | criu dump |",
+            "| resident | mode | " + " | ".join(PAUSE_STEPS) + " | criu dump |",
             "|---:|---|" + "---:|" * (len(PAUSE_STEPS) + 1)]
     for size in sizes:
-        for mode in ("shared", "stream"):
+        for mode in MODES:
             rs = [r for r in runs if r["size_mb"] == size and r["mode"] == mode]
             if rs:
                 cells = [f"{med([r['steps_s'].get(s, 0.0) for r in rs]):.3f}"
@@ -72,7 +77,7 @@ def report(data: dict[str, Any]) -> str:
         out += ["", "**1 GiB resident:** " + "; ".join(
             f"{mode}: pause {med(p):.2f} s = {med(p) / copies[1024]:.0f} x one 1 GiB memory "
             f"copy ({copies[1024] * 1e3:.0f} ms)"
-            for mode in ("shared", "stream")
+            for mode in MODES
             if (p := [r["pause_s"] for r in runs if r["size_mb"] == 1024 and r["mode"] == mode]))
             + "."]
     return "\n".join(out) + "\n"

@@ -139,8 +139,10 @@ class Bench:
                     tag += 1
                     where = vc.member(1).node
                     other = B2 if where == B1 else B1
-                    d = self.nodes.image_dir(mode, server, f"b{tag}")
-                    spec = MigrationSpec(server, where, other, (B3,), d, d, mode)
+                    transport, _, post = mode.partition("+")
+                    d = self.nodes.image_dir(transport, server, f"b{tag}")
+                    spec = MigrationSpec(server, where, other, (B3,), d, d, transport,
+                                         postcopy=post == "postcopy")
                     out = migrate(self.journal, self.nodes.ops(vc), spec)
                     if out.state != "done":
                         raise RuntimeError(f"{size_mb} MiB {mode}: {out.state}: {out.error}")
@@ -169,11 +171,14 @@ class Bench:
                         peer_gap = max(peer_gap, gap)
         dump = out.data["dump"]
         assert out.pause is not None
-        print(f"  {size_mb:5d} MiB {mode:6s} #{rep}: pause {out.pause:.3f} s "
+        total = sum(out.steps.values())
+        print(f"  {size_mb:5d} MiB {mode:15s} #{rep}: pause {out.pause:.3f} s "
               f"(dump {out.steps['dump']:.3f}, verify {out.steps['verify']:.3f}, "
-              f"restore {out.steps['restore']:.3f}), peer gap {peer_gap:.3f} s", flush=True)
+              f"restore {out.steps['restore']:.3f}), peer gap {peer_gap:.3f} s, "
+              f"memory after {out.steps.get('pages', 0.0):.3f} s, move {total:.3f} s",
+              flush=True)
         return {"size_mb": size_mb, "mode": mode, "repeat": rep,
-                "pause_s": out.pause, "peer_gap_s": peer_gap,
+                "pause_s": out.pause, "peer_gap_s": peer_gap, "move_s": total,
                 "steps_s": {k: round(v, 4) for k, v in out.steps.items()},
                 "criu_dump_s": dump["seconds"], "image_bytes": dump["image_bytes"],
                 "streamed_bytes": dump["streamed_bytes"]}
@@ -194,7 +199,8 @@ def bench_env() -> Iterator[Bench]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="64,128,256,512,1024,2048", help="MiB, comma-separated")
-    parser.add_argument("--modes", default="shared,stream")
+    parser.add_argument("--modes", default="shared,stream,shared+postcopy,stream+postcopy",
+                        help="transports, each alone (stop-and-copy) or +postcopy")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results.json"))
     args = parser.parse_args(argv)
