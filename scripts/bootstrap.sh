@@ -107,6 +107,18 @@ install_criu() {
   log "CRIU $(criu --version | sed -n 's/^Version: *//p') installed in /usr/local/sbin"
 }
 
+# Post-copy moves: CRIU's page server reads lazy pages through pipes it grows to about
+# 3.2 MiB; where root lacks CAP_SYS_RESOURCE they stop at fs.pipe-max-size (1 MiB by
+# default), which halves the transfer rate (benchmarks/migration/README.md, "Pipe size").
+SYSCTL_FILE=/etc/sysctl.d/60-hpcmig.conf
+install_sysctl() {
+  [ "$(cat /proc/sys/fs/pipe-max-size 2>/dev/null || echo 0)" -ge 4194304 ] && return
+  mkdir -p /etc/sysctl.d
+  printf '# hpcmig: post-copy live moves (CRIU lazy pages)\nfs.pipe-max-size = 4194304\n' >$SYSCTL_FILE
+  sysctl -q -p $SYSCTL_FILE >/dev/null 2>&1 || log "could not set fs.pipe-max-size (post-copy moves stay slower)"
+  return 0
+}
+
 install_python() {
   # Debian's python3, not a per-user interpreter: job users must be able to run it.
   [ -x "$VENV/bin/python" ] || { log "creating $VENV"; /usr/bin/python3 -m venv "$VENV"; }
@@ -139,6 +151,7 @@ case "$action" in
 esac
 install_os_packages
 install_criu
+install_sysctl
 install_python
 install_jobs
 case "$action" in
