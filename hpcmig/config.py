@@ -24,7 +24,7 @@ from hpcmig.health.rules import Policy
 CONFIG_ENV = "HPCMIG_CONFIG"
 DEFAULT_PATH = "/etc/hpcmig/hpcmig.toml"
 HEALTH_LOADS = ("loadavg", "mntns")
-MIGRATION_MODES = ("postcopy", "stop-and-copy")  # hpcmig.controller.migration.MODES
+MIGRATION_MODES = ("postcopy", "stop-and-copy")  # how a live move carries memory
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ its node's network and mount namespaces; nothing here enters a namespace.
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -30,6 +31,15 @@ _REGISTRY: dict[str, type[Engine]] = {}
 
 class CheckpointError(HpcmigError):
     """A dump, restore or image transfer failed; the caller rolls back."""
+
+
+def log_tail(path: str, lines: int = 20) -> str:
+    """The last `lines` lines of an engine's log, for an EngineError (a note if missing)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+    except OSError:
+        return f"(no {os.path.basename(path)} in {os.path.dirname(path)})"
 
 
 class EngineError(CheckpointError):

@@ -36,6 +36,7 @@ from hpcmig.checkpoint.base import (
     Engine,
     EngineError,
     Refused,
+    log_tail,
     register,
 )
 from hpcmig.errors import CommandError, HpcmigError
@@ -45,7 +46,6 @@ from hpcmig.runtime.ns import INIT_MODULE, reap_child
 DEFAULT_KEY = "extnet"
 DUMP_TIMEOUT = 900.0
 RESTORE_TIMEOUT = 900.0
-LOG_TAIL_LINES = 20
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # what CRIU cannot checkpoint: (path prefix, what it is)
 DEVICES = (
@@ -103,22 +103,14 @@ def refuse_reasons(init_pid: int, proc: str = "/proc") -> list[str]:
     return reasons
 
 
-def _log_tail(image_dir: str, log: str) -> str:
-    try:
-        with open(os.path.join(image_dir, log), encoding="utf-8", errors="replace") as fh:
-            return "".join(fh.readlines()[-LOG_TAIL_LINES:])
-    except OSError:
-        return f"(no {log} in {image_dir})"
-
-
 def _run(what: str, argv: list[str], image_dir: str, log: str, timeout: float) -> str:
     try:
         result = _proc.run(argv, check=False, timeout=timeout)
     except CommandError:  # timed out: _proc killed the process group
-        raise EngineError(what, argv, None, _log_tail(image_dir, log),
+        raise EngineError(what, argv, None, log_tail(os.path.join(image_dir, log)),
                           hint=f"timed out after {timeout:g} s") from None
     if result.returncode != 0:
-        tail = _log_tail(image_dir, log)
+        tail = log_tail(os.path.join(image_dir, log))
         if result.stderr.strip():
             tail = result.stderr.strip() + "\n" + tail
         raise EngineError(what, argv, result.returncode, tail,

@@ -38,7 +38,7 @@ import threading
 import time
 
 from hpcmig.checkpoint import _tree
-from hpcmig.checkpoint.base import CheckpointError, EngineError
+from hpcmig.checkpoint.base import CheckpointError, EngineError, log_tail
 
 STATE_FILE = "lazy.json"  # the source's page server: {"address", "port", "pid"}
 DAEMON_PID = "lazy-pages.pid"
@@ -65,14 +65,6 @@ def _child(image_dir: str) -> subprocess.Popen[bytes] | None:
 def _forget(image_dir: str) -> None:
     with _children_lock:
         _children.pop(os.path.realpath(image_dir), None)
-
-
-def _log_tail(path: str, lines: int = 20) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return "".join(fh.readlines()[-lines:])
-    except OSError:
-        return f"(no {os.path.basename(path)})"
 
 
 def _start(argv: list[str], image_dir: str, log: str, what: str) -> subprocess.Popen[bytes]:
@@ -106,7 +98,7 @@ def _start(argv: list[str], image_dir: str, log: str, what: str) -> subprocess.P
     text = err.read().decode(errors="replace")
     err.close()
     raise EngineError(what, argv, code if ready else None,
-                      text + _log_tail(os.path.join(image_dir, log)),
+                      text + log_tail(os.path.join(image_dir, log)),
                       hint=f"full log: {os.path.join(image_dir, log)}")
 
 
@@ -169,11 +161,9 @@ def cancel(image_dir: str, timeout: float = 60.0) -> bool:
 def start_daemon(criu: str, image_dir: str, source: tuple[str, int]) -> int:
     """On the target, before `criu restore --lazy-pages`: the lazy-pages daemon, connected
     to the source's page server once the restore hands it the processes. Returns its pid."""
-    for name in (DAEMON_PID, "lazy-pages.socket"):
+    for name in (DAEMON_PID, DAEMON_STATUS, "lazy-pages.socket"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(image_dir, name))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(image_dir, DAEMON_STATUS))
     # through sh, which keeps CRIU's exit status for an agent that restarts meanwhile
     status = shlex.quote(os.path.join(image_dir, DAEMON_STATUS))
     argv = ["sh", "-c", f'"$@"; s=$?; echo $s > {status}; exit $s', "sh", criu,
@@ -208,8 +198,8 @@ def run_restore(argv: list[str], image_dir: str, timeout: float) -> None:
         time.sleep(0.02)
     if proc.returncode != 0 or why:
         log = os.path.join(image_dir, "restore.log")
-        raise EngineError("criu restore", argv, proc.returncode, _log_tail(log) + (
-            "\n" + _log_tail(os.path.join(image_dir, DAEMON_LOG), 5) if daemon else ""),
+        raise EngineError("criu restore", argv, proc.returncode, log_tail(log) + (
+            "\n" + log_tail(os.path.join(image_dir, DAEMON_LOG), 5) if daemon else ""),
             hint=why or f"full log: {log}")
 
 
@@ -255,5 +245,5 @@ def wait_done(image_dir: str, timeout: float) -> float:
             status = "unknown (killed?)"
     if status != "0":
         raise CheckpointError(f"post-copy transfer failed (criu lazy-pages exit {status}): "
-                              f"{_log_tail(log, 5).strip()}", hint=f"full log: {log}")
+                              f"{log_tail(log, 5).strip()}", hint=f"full log: {log}")
     return time.monotonic() - t0

@@ -18,6 +18,16 @@ def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def add_mode(p: argparse.ArgumentParser) -> None:
+    """--mode of the verbs that move containers live (migrate, drain)."""
+    from hpcmig.config import MIGRATION_MODES
+
+    p.add_argument("--mode", choices=MIGRATION_MODES, default=None,
+                   help="postcopy: the container runs again before its memory arrived "
+                        "(short pause); stop-and-copy: all memory first (default: the "
+                        "site's migration_mode)")
+
+
 def ask(op: str, doing: str, timeout: float = 3600.0, **args: Any) -> Any:
     """Call hpcmigd's `op`, with a spinner saying what it is doing."""
     from rich.console import Console

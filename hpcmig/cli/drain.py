@@ -22,10 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reason", default="evacuating", type=_cmdline.reason,
                    help="drain reason (after 'hpcmig: ')")
     p.add_argument("--transport", choices=["shared", "stream"], default="shared")
-    p.add_argument("--mode", choices=["postcopy", "stop-and-copy"], default=None,
-                   help="postcopy: the container runs again before its memory arrived "
-                        "(short pause); stop-and-copy: all memory first (default: the "
-                        "site's migration_mode)")
+    _client.add_mode(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--timeout", type=_cmdline.seconds, default=120.0,
                    help="seconds to wait for Slurm to call the node DRAINED")

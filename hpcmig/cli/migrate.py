@@ -25,10 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transport", choices=["shared", "stream"], default="shared",
                    help="images through the shared checkpoint directory (default) or "
                         "streamed node to node (CRIU page server)")
-    p.add_argument("--mode", choices=["postcopy", "stop-and-copy"], default=None,
-                   help="postcopy: the container runs again before its memory arrived "
-                        "(short pause); stop-and-copy: all memory first (default: the "
-                        "site's migration_mode)")
+    _client.add_mode(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     _client.add_json(p)
     p.set_defaults(func=run)

@@ -20,7 +20,7 @@ The order is the one docs/runtime.md verified ("Migration hooks"):
 | cleanup | route via target, kill the stopped source, remove its net (source) | (forward only) |
 | done | remove images | (forward only) |
 
-Post-copy (`postcopy`, docs/migration.md): the dump leaves the container's memory on the
+Post-copy (`postcopy`, docs/checkpoint.md): the dump leaves the container's memory on the
 source, served by CRIU's page server, and the restore on the target fetches it while the
 copy runs again; the pause holds everything but the memory. Until the restore the move
 rolls back as any other (the page server is ended first, so the source stays stopped where
@@ -48,6 +48,7 @@ from typing import Any
 from hpcmig.checkpoint.base import DumpStats, Refused
 from hpcmig.checkpoint.refs import ContainerRef, ContainerState
 from hpcmig.checkpoint.stream import Stream
+from hpcmig.config import MIGRATION_MODES as MODES  # how the memory moves
 from hpcmig.controller._machine import FaultHook, Machine, Outcome, Stuck
 from hpcmig.controller.journal import Journal
 from hpcmig.controller.ops import MigrationOps
@@ -57,7 +58,6 @@ KIND = "migrate"
 FORWARD = ("check", "images", "lock", "dump", "transfer", "verify", "target_net", "route",
            "restore", "unlock", "pages", "cleanup", "done")
 TRANSPORTS = ("shared", "stream")
-MODES = ("postcopy", "stop-and-copy")  # how the memory moves (config: migration_mode)
 
 
 def check_transport(transport: str) -> None:
