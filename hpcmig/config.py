@@ -53,6 +53,7 @@ class Config:
     link_bandwidth: float = 12.5e9  # bytes/s one network hop carries (`hpcmig remap`'s model)
     remap_every: float = 0.0  # hpcmigd remaps running jobs this often, in seconds (0: off)
     migration_mode: str = "postcopy"  # or "stop-and-copy": how a live move carries memory
+    network_fastpath: bool = True  # containers' packets by the tc program where nodes can
     health: Policy = field(default_factory=Policy)  # the [health] table: hpcmigd's rules
 
     @property
@@ -139,7 +140,7 @@ def parse(text: str, origin: str = "config") -> Config:
             value = tuple(value)
         elif want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        elif not isinstance(value, want) or isinstance(value, bool):
+        elif not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
             raise UsageError(f"{origin}: {key} must be a {want.__name__}")
         values[key] = value
     return replace(defaults, **values).validate()
@@ -154,6 +155,8 @@ def render(config: Config, header: str = "") -> str:
             continue  # a table: after every plain key
         if isinstance(value, str):
             lines.append(f'{f.name} = "{value}"')
+        elif isinstance(value, bool):
+            lines.append(f"{f.name} = {str(value).lower()}")
         elif isinstance(value, tuple):
             lines.append(f"{f.name} = [{', '.join(repr(v) for v in value)}]".replace("'", '"'))
         else:

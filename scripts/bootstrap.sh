@@ -30,6 +30,8 @@ OS_PACKAGES=(
   openmpi-bin libopenmpi-dev mpich libmpich-dev
   # namespaces, networking, processes
   iproute2 nftables util-linux procps psmisc iputils-ping kmod
+  # the virtual network's fast path (hpcmig/network/fastpath.py): build and load a tc program
+  clang libbpf-dev bpftool
   # Python environment and build tools
   python3 python3-venv python3-dev build-essential pkgconf git xz-utils dpkg-dev patch
   # images and the second runtime

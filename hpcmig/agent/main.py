@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         state_dir.mkdir(parents=True, exist_ok=True)
         agent = NodeAgent(args.node, cfg, args.munge_socket or cfg.munge_socket or None)
         become_subreaper()
-        NodeNet(None).install_isolation(IPv4Network(cfg.pool))
+        agent.network_path = str(NodeNet(None).install_isolation(
+            IPv4Network(cfg.pool), fastpath=cfg.network_fastpath))
         agent.adopt()
         server = Server(agent, args.listen, cfg.agent_port)
     except (HpcmigError, OSError) as exc:

@@ -66,6 +66,7 @@ class NodeAgent:
         self.munge_socket = munge_socket
         self.net = NodeNet(None)
         self.health: Sampler | None = None  # set by main (agent/health.py)
+        self.network_path = ""  # how containers' packets go (set by main, fastpath.Path)
         self.jobs_dir = config.agent_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()

@@ -25,7 +25,7 @@ def _agent(call: Call) -> NodeAgent:
 @operation("ping", "any")
 def ping(call: Call) -> dict[str, Any]:
     return {"node": _agent(call).node, "version": __version__, "pid": os.getpid(),
-            "time": time.time(), "uid": call.who.uid}
+            "time": time.time(), "uid": call.who.uid, "network": _agent(call).network_path}
 
 
 @operation("health.sample", "admin")

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
 
 from hpcmig import _proc
 from hpcmig.errors import CommandError, HpcmigError
+from hpcmig.network import fastload, plan
+from hpcmig.network import fastpath as fast
 from hpcmig.network import hold as holding
-from hpcmig.network import plan
 from hpcmig.network import traffic as counting
 from hpcmig.network.plan import ContainerNet, Step
 
+_SOURCE = fast.source()  # the fast path of this hpcmig
 _GONE = ("Cannot find device", "No such file", "No such process", "not found",
          "does not exist", "No such file or directory", "Invalid argument")
 
@@ -84,6 +88,8 @@ class NodeNet:
     def _hint(self, step: Step) -> str | None:
         if step[:1] == ["nft"]:
             return "is nftables installed and the kernel's nf_tables available?"
+        if step[:1] == ["bpftool"]:
+            return "is bpftool installed and bpffs mounted on /sys/fs/bpf?"
         return "run as root; `ip netns list` and `ip link` show leftovers"
 
     def run_all(self, steps: list[Step], tolerate_gone: bool = False) -> None:
@@ -110,6 +116,7 @@ class NodeNet:
             self.run_all(plan.create_plan(net, routed))
             if not routed:
                 self.hold(net.address)
+            self._attach(net.host_veth)
             self.wait_link_up(net)
         except HpcmigError:
             self.remove_container_net(net)
@@ -132,6 +139,7 @@ class NodeNet:
     def remove_container_net(self, net: ContainerNet) -> None:
         """Remove the veth, the netns, a hold or blackhole of the /32 and its local route
         (a route to another node stays). Idempotent."""
+        self._detach(net.host_veth)
         for step in [*holding.remove_plan(net.address), *plan.remove_plan(net)]:
             self.run(step, tolerate_gone=True)
 
@@ -206,42 +214,164 @@ class NodeNet:
         return exact[0] if exact else None
 
     # -- isolation ------------------------------------------------------------------------
-    def install_isolation(self, pool: IPv4Network) -> None:
+    def install_isolation(self, pool: IPv4Network, fastpath: bool = True) -> fast.Path:
         """Idempotent: (re)load the nft table that keeps jobs apart; keeps allowed blocks.
-        A table an older hpcmig made with another counting set loses that set (and counts)."""
+        A table an older hpcmig made with another counting set loses that set (and counts).
+        Then the fast path (hpcmig.network.fastpath) where the node can run it; returns the
+        path its containers' packets take."""
         script = plan.isolation_script(pool)
         try:
             self.run(["nft", "-f", "-"], input=script)
         except NetworkError:
             self.run(["nft", "-f", "-"], input=plan.renew_counting_script())
             self.run(["nft", "-f", "-"], input=script)
+        if not fastpath:
+            self.remove_fastpath()
+            return fast.Path("forwarded", "fast path off in the configuration")
+        return self.enable_fastpath()
 
     def allow_job(self, block: IPv4Network) -> None:
         """Containers inside `block` may reach each other through this node."""
         self.run_all(plan.allow_job_plan(block))
+        if pins := self._pins():
+            self._bpftool(fast.block_entry(pins, block))
 
     def forbid_job(self, block: IPv4Network) -> None:
+        if pins := self._pins():
+            self._bpftool(fast.delete(pins, fast.JOBS, fast.block_key(block)), tolerate=True)
         self.run_all(plan.forbid_job_plan(block), tolerate_gone=True)
 
     def remove_isolation(self) -> None:
+        self.remove_fastpath()
         self.run_all(plan.remove_isolation_plan(), tolerate_gone=True)
 
-    def traffic(self, block: IPv4Network) -> counting.Counts:
-        """Bytes and packets each container of `block` sent to each other one through this
-        node since they were last forgotten here (empty if the table is not installed)."""
+    # -- fast path (hpcmig.network.fastpath) ----------------------------------------------
+    def _pin_dir(self) -> str | None:
+        """Where the node's fast path is pinned (None: the netns is gone)."""
+        path = self.netns if self.netns is None or self.netns.startswith("/") else (
+            f"{plan.NETNS_DIR}/{self.netns}")
+        try:
+            return fast.pin_dir(os.stat(path or "/proc/self/ns/net").st_ino)
+        except FileNotFoundError:
+            return None
+
+    def _pins(self) -> str | None:
+        """The node's pinned fast path (this hpcmig's version); None: it forwards the
+        kernel's way."""
+        node = self._pin_dir()
+        pins = f"{node}/{fast.version(_SOURCE)}"
+        return pins if node and os.path.exists(f"{pins}/{fast.PROG}") else None
+
+    def fastpath(self) -> fast.Path:
+        """The path this node's containers' packets take now."""
+        if not self._pins():
+            return fast.Path("forwarded", "")
+        attached = [d for d in fast.ports(self.run(["ip", "-j", "-d", "addr", "show"]))
+                    if self._attached(d)]
+        return fast.Path("bpf", "tc on " + ", ".join(attached))
+
+    def enable_fastpath(self) -> fast.Path:
+        """Load (or find loaded) the fast path and attach it to every port; on any failure
+        remove it and say why: the node then forwards the kernel's way."""
+        try:
+            fastload.mount_bpffs()
+            fastload.sweep()
+            node = self._pin_dir()
+            if node is None:
+                raise NetworkError(f"no network namespace {self.netns}")
+            pins = f"{node}/{fast.version(_SOURCE)}"
+            if not self._pins():
+                obj = fastload.compiled(_SOURCE)
+                os.makedirs(pins, exist_ok=True)
+                self.run_all(fast.load_plan(obj, pins))
+            lines = "".join(fast.block_entry(pins, b) for b in self.allowed_blocks())
+            self._bpftool(lines)
+            counted = self.traffic(None)
+            if counted:
+                self.count_pairs(pins, list(counted))
+            for dev in fast.ports(self.run(["ip", "-j", "-d", "addr", "show"])):
+                self._attach(dev)  # replaces an older version's filter
+            for old in set(os.listdir(node)) - {fast.version(_SOURCE)}:
+                shutil.rmtree(f"{node}/{old}", ignore_errors=True)
+        except (HpcmigError, OSError) as exc:
+            self.remove_fastpath()
+            log.warning("virtual network: forwarding the kernel's way: %s", exc)
+            return fast.Path("forwarded", str(exc))
+        path = self.fastpath()
+        log.info("virtual network: %s", path)
+        return path
+
+    def remove_fastpath(self) -> None:
+        """Detach the program from every port and unpin it (idempotent)."""
+        fastload.sweep()
+        pins = self._pin_dir()
+        if not pins or not os.path.isdir(pins):
+            return
+        for dev in fast.ports(self.run(["ip", "-j", "-d", "addr", "show"])):
+            self._detach(dev)
+        shutil.rmtree(pins, ignore_errors=True)
+
+    def _attach(self, dev: str) -> None:
+        if not (pins := self._pins()):
+            return
+        links = json.loads(self.run(["ip", "-j", "-d", "addr", "show", "dev", dev]) or "[]")
+        for name, (index, kind) in fast.ports(json.dumps(links)).items():
+            self._bpftool(fast.port_entry(pins, index, kind))
+            self.run_all(fast.attach_plan(name, pins))
+
+    def _attached(self, dev: str) -> bool:
+        out = self.run(["tc", "-j", "filter", "show", "dev", dev, "ingress"], tolerate_gone=True)
+        return any(f.get("pref") == int(fast.TC_PREF) for f in json.loads(out or "[]"))
+
+    def _detach(self, dev: str) -> None:
+        if not (pins := self._pins()):
+            return
+        out = self.run(["ip", "-j", "link", "show", "dev", dev], tolerate_gone=True)
+        for link in json.loads(out or "[]"):
+            key = int(link["ifindex"]).to_bytes(4, "little")
+            self._bpftool(fast.delete(pins, fast.PORTS, key), tolerate=True)
+            if self._attached(dev):
+                self.run_all(fast.detach_plan(dev), tolerate_gone=True)
+
+    def _bpftool(self, lines: str, tolerate: bool = False) -> None:
+        if lines:
+            self.run(["bpftool", "batch", "file", "-"], input=lines, tolerate_gone=tolerate)
+
+    def _dump(self, pins: str, table: str) -> str:
+        return self.run(["bpftool", "-j", "map", "dump", "pinned", f"{pins}/{table}"])
+
+    def count_pairs(self, pins: str, pairs: list[counting.Pair]) -> None:
+        present = [k for k, _ in fast.dump_entries(self._dump(pins, fast.TRAFFIC))]
+        self._bpftool(fast.count_entries(pins, pairs, present))
+
+    def traffic(self, block: IPv4Network | None) -> counting.Counts:
+        """Bytes and packets each container of `block` (None: of any) sent to each other one
+        through this node since they were last forgotten here, by the nft set and the fast
+        path together (empty if the table is not installed)."""
         try:
             out = self.run(["nft", "-j", "list", "set", "ip", plan.NFT_TABLE,
                             counting.TRAFFIC_SET])
         except NetworkError:
             return {}
-        return counting.parse_counts(out, block)
+        counts = counting.parse_counts(out, block)
+        if pins := self._pins():
+            fast_counts = fast.parse_counts(self._dump(pins, fast.TRAFFIC), block)
+            counts = counting.add(counts, {p: c for p, c in fast_counts.items() if c[1]})
+        return counts
 
     def count_from(self, source: IPv4Address | str, peers: list[str]) -> None:
         """Count what the container `source` (on this node) sends to each of `peers`."""
         self.run_all(counting.count_plan("ip", plan.NFT_TABLE, str(source), peers))
+        if pins := self._pins():
+            src = str(IPv4Address(str(source)))
+            self.count_pairs(pins, [(src, str(IPv4Address(d))) for d in peers if str(d) != src])
 
     def forget_traffic(self, pairs: list[counting.Pair]) -> None:
         self.run_all(counting.forget_plan("ip", plan.NFT_TABLE, pairs), tolerate_gone=True)
+        if pins := self._pins():
+            present = {k for k, _ in fast.dump_entries(self._dump(pins, fast.TRAFFIC))}
+            self._bpftool("".join(fast.delete(pins, fast.TRAFFIC, fast.pair_key(p))
+                                  for p in pairs if fast.pair_key(p) in present))
 
     def allowed_blocks(self) -> list[IPv4Network]:
         """Job blocks currently in the isolation set (for status and tests)."""
@@ -257,3 +387,4 @@ class NodeNet:
                     p = first["prefix"]
                     blocks.append(IPv4Network(f"{p['addr']}/{p['len']}"))
         return blocks
+

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hpcmig import _proc
 from hpcmig.errors import CommandError, TestbedError
+from hpcmig.network import fastload
 from hpcmig.testbed.plan import LINK_PREFIXES, MARKER, USER_GECOS, Node, Plan
 
 NS_BIND_ATTEMPTS = 3  # make_node_namespaces: tries of `unshare --mount=FILE`
@@ -102,6 +103,7 @@ def remove_node_netns(node: Node) -> None:
     for name in netns_list():  # the node's, and its containers' (`<container>.<node>`)
         if name == node.netns or name.endswith(f".{node.name}"):
             _ip("netns", "del", name, check=False)
+    fastload.sweep()  # the fast path's pins in a bpffs the node shared with this machine
     if link_exists(node.host_veth):
         _ip("link", "del", node.host_veth, check=False)
 

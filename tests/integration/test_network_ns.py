@@ -7,6 +7,7 @@ network namespaces hpcmig-rtc*. Job 1 holds 10.252.0.0/26, job 2 holds 10.252.0.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from hpcmig.network import NodeNet, container_net, hold
+from hpcmig.network import NodeNet, container_net, fastpath, hold, traffic
 from hpcmig.network.plan import ContainerNet
 from tests.integration import rt_support as S
 
@@ -83,6 +84,40 @@ def test_another_jobs_container_is_unreachable(net: dict) -> None:
     finally:
         net["n2"].allow_job(JOB1)
     assert pings(c1.netns, "10.252.0.2")
+
+
+def nft_counts(node: str) -> traffic.Counts:
+    return traffic.parse_counts(S.in_ns(node, "nft", "-j", "list", "set", "ip", "hpcmig",
+                                        traffic.TRAFFIC_SET).stdout)
+
+
+def test_the_fast_path_forwards_a_jobs_packets_and_counts_them(net: dict) -> None:
+    """The tc program, not the kernel's forwarding, carries the job's packets: the nft
+    counter of the pair stays still while the program's count grows by what was sent."""
+    n1, c1, c2 = net["n1"], net["c1"], net["c2"]
+    path = n1.fastpath()
+    assert path.kind == "bpf", path
+    assert "eth0" in path.detail and c1.host_veth in path.detail
+    pair = (str(c1.address), str(c2.address))
+    n1.count_from(c1.address, [str(c2.address)])
+    before, nft_before = n1.traffic(JOB1).get(pair, (0, 0)), nft_counts("hpcmig-rt-n1")
+    S.in_ns(c1.netns, "ping", "-c5", "-i0.05", "-W1", "10.252.0.2")
+    after = n1.traffic(JOB1)[pair]
+    assert after[1] - before[1] == 5 and after[0] - before[0] == 5 * 84  # IP bytes
+    assert nft_counts("hpcmig-rt-n1").get(pair) == nft_before.get(pair)
+    n1.forget_traffic([pair])
+    assert pair not in n1.traffic(JOB1)
+
+
+def test_an_upgrade_replaces_the_older_program(net: dict) -> None:
+    """Another hpcmig version's pins on the node: the agent's start attaches its own program
+    in their place and removes them; the job's traffic flows on."""
+    n2 = net["n2"]
+    node_dir = fastpath.pin_dir(os.stat("/run/netns/hpcmig-rt-n2").st_ino)
+    os.mkdir(f"{node_dir}/000000000000")  # what an older version left (its maps and program)
+    assert n2.install_isolation(POOL).kind == "bpf"
+    assert os.listdir(node_dir) == [fastpath.version(fastpath.source())]
+    assert pings(net["c2"].netns, "10.252.0.1")
 
 
 def test_reinstalling_isolation_keeps_blocks_and_does_not_duplicate_rules(net: dict) -> None:
@@ -163,6 +198,46 @@ def test_teardown_leaves_nothing_behind() -> None:
         assert "10.252." not in S.in_ns("hpcmig-rt-n1", "ip", "route", "show", "table",
                                         "all").stdout
         assert "hpcmig" not in S.in_ns("hpcmig-rt-n1", "nft", "list", "tables").stdout
+        assert S.in_ns("hpcmig-rt-n1", "tc", "filter", "show", "dev", "eth0",
+                       "ingress").stdout == ""
+        inode = os.stat("/run/netns/hpcmig-rt-n1").st_ino
+        assert not os.path.exists(fastpath.pin_dir(inode))
+
+
+def test_without_the_fast_path_a_node_forwards_and_says_why(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    """No clang (and no object built before): the kernel forwards, isolation holds, the
+    node says why; the program is removed again when the configuration turns it off."""
+    with S.nodes():
+        n1, n2 = NodeNet("hpcmig-rt-n1"), NodeNet("hpcmig-rt-n2")
+        c1 = container_net("10.252.0.1", "hpcmig-rtc1")
+        c3 = container_net("10.252.0.65", "hpcmig-rtc3")
+        monkeypatch.setattr(fastpath, "OBJECT_CACHE", str(tmp_path))
+        monkeypatch.setattr(fastpath, "CLANG", "hpcmig-no-such-clang")
+        try:
+            n1.create_container_net(c1)
+            n2.create_container_net(c3)
+            n1.route_via(c3.address, S.NODES["hpcmig-rt-n2"])
+            n2.route_via(c1.address, S.NODES["hpcmig-rt-n1"])
+            path = n1.install_isolation(POOL)
+            assert path.kind == "forwarded" and "clang is not installed" in path.detail
+            n1.allow_job(JOB1)
+            assert n1.fastpath().kind == "forwarded"
+            monkeypatch.undo()
+            assert n2.install_isolation(POOL).kind == "bpf"
+            n2.allow_job(JOB1)
+            n2.allow_job(JOB2)
+            assert not pings(c1.netns, "10.252.0.65")  # another job, across both paths
+            assert not pings(c3.netns, "10.252.0.1")
+            off = n2.install_isolation(POOL, fastpath=False)
+            assert off.kind == "forwarded" and "off" in off.detail
+            assert n2.fastpath().kind == "forwarded"
+            assert S.in_ns("hpcmig-rt-n2", "tc", "filter", "show", "dev", "eth0",
+                           "ingress").stdout == ""
+        finally:
+            for node, c in ((n1, c1), (n2, c3)):
+                node.remove_container_net(c)
+                node.remove_isolation()
 
 
 def test_failed_create_cleans_up() -> None:

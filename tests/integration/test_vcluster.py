@@ -156,6 +156,10 @@ def slurm_wait_idle(slurm: Slurm, plan: Plan, timeout: float = 60) -> None:
 
 
 def test_two_jobs_cannot_reach_each_other(testbed: Plan, slurm: Slurm, job_dir: Path) -> None:
+    # the jobs' packets take the fast path (hpcmig.network.fastpath) on every node
+    for node in testbed.nodes:
+        assert agent(testbed, node.name).call("ping")["network"].startswith("bpf (tc on "), \
+            node.name
     # job A holds its containers (and their exec services on port 7100) for a while
     sleeper = job_dir / "a.sh"
     sleeper.write_text("#!/bin/bash\n#SBATCH --comment=hpcmig\n#SBATCH --nodes=3\n"

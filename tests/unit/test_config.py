@@ -17,8 +17,10 @@ def test_missing_file_means_defaults(tmp_path: Path) -> None:
 
 
 def test_render_parse_round_trip() -> None:
-    cfg = config.Config(state_dir="/shared/hpcmig", agent_port=7200, admin_users=("ops",))
+    cfg = config.Config(state_dir="/shared/hpcmig", agent_port=7200, admin_users=("ops",),
+                        network_fastpath=False)
     assert config.parse(config.render(cfg, "# header")) == cfg
+    assert "network_fastpath = false" in config.render(cfg)
     assert "[health]" not in config.render(cfg)  # a default policy needs no table
 
 
@@ -60,6 +62,8 @@ def test_health_defaults() -> None:
     ("[health]\nenabled = 'yes'", r"\[health\]: enabled must be true or false"),
     ("[health]\nballance = true", "known keys: enabled, dry_run, interval"),
     ("health_load = 'psi'", "health_load must be loadavg or mntns"),
+    ("network_fastpath = 1", "network_fastpath must be a bool"),
+    ("agent_port = true", "must be a int"),
     ("migration_mode = 'lazy'", "migration_mode must be postcopy or stop-and-copy"),
     ("health_paths = ['scratch']", "not an absolute path"),
     ("health_paths = '/scratch'", "health_paths must be a list of strings"),
