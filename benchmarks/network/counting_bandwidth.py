@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
@@ -52,22 +53,33 @@ def ruleset(counted: bool) -> str:
     return script if counted else nodes.uncounted(script)
 
 
-def toggle(bench: nodes.Bench, done: threading.Event, period: float) -> list[Phase]:
-    """Swap counting on and off on both nodes every `period` s until `done`; the phases."""
-    scripts = {c: ruleset(c) for c in (True, False)}
+def switching(done: threading.Event, period: float, switch: Callable[[bool], None],
+              on: bool) -> list[Phase]:
+    """Call `switch(not on)`, `switch(on)`, ... every `period` s until `done` (starting in
+    state `on`); the phases between the switches."""
     phases: list[Phase] = []
-    counted, started = False, 0
+    started = 0
     while True:
         began = time.monotonic_ns()
         if started:
-            phases.append((started, began, counted))
+            phases.append((started, began, on))
         if done.is_set():
             return phases
-        counted = not counted
-        for ns in bench.nodes:
-            NodeNet(ns).run(["nft", "-f", "-"], input=scripts[counted])
+        on = not on
+        switch(on)
         started = time.monotonic_ns()
         done.wait(period)
+
+
+def toggle(bench: nodes.Bench, done: threading.Event, period: float) -> list[Phase]:
+    """Swap counting on and off on both nodes every `period` s until `done`; the phases."""
+    scripts = {c: ruleset(c) for c in (True, False)}
+
+    def switch(counted: bool) -> None:
+        for ns in bench.nodes:
+            NodeNet(ns).run(["nft", "-f", "-"], input=scripts[counted])
+
+    return switching(done, period, switch, False)
 
 
 def phase_medians(starts: np.ndarray, trips: np.ndarray, phases: list[Phase],
@@ -102,13 +114,12 @@ def bootstrap_median(values: list[float], draws: int = 2000, seed: int = 1) -> l
     return [float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))]
 
 
-def measure(bench: nodes.Bench, flavour: mpi.Flavour, args: argparse.Namespace,
-            ) -> dict[str, Any]:
+def switched_run(bench: nodes.Bench, flavour: mpi.Flavour, args: argparse.Namespace,
+                 toggle: Callable[[nodes.Bench, threading.Event, float], list[Phase]],
+                 ) -> tuple[dict[str, Any], list[Phase]]:
+    """One traced ping-pong run while `toggle` switches under it; its record and phases."""
     prog = [sys.executable, "-m", "hpcmig.workloads.pingpong", "--sizes", args.sizes,
             "--seconds", str(args.seconds), "--warmup", "50", "--trace"]
-    for ns in bench.nodes:  # a fresh table: counts of earlier runs gone
-        NodeNet(ns).remove_isolation()
-    bench.set_filter(True)
     done = threading.Event()
     phases: list[Phase] = []
     swapper = threading.Thread(
@@ -125,6 +136,17 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, args: argparse.Namespace,
     record = pingpong.parse_output(res.stdout)
     if not record["ok"] or len(set(record["hosts"])) != 2:
         raise HpcmigError(f"{flavour.name}: echo check failed or ranks share a host")
+    if len(phases) < 3:
+        raise HpcmigError(f"{flavour.name}: the switch did not run (see above)")
+    return record, phases
+
+
+def measure(bench: nodes.Bench, flavour: mpi.Flavour, args: argparse.Namespace,
+            ) -> dict[str, Any]:
+    for ns in bench.nodes:  # a fresh table: counts of earlier runs gone
+        NodeNet(ns).remove_isolation()
+    bench.set_filter(True)
+    record, phases = switched_run(bench, flavour, args, toggle)
     counted_bytes = NodeNet(next(iter(bench.nodes))).traffic(bench.block).get(
         (bench.addresses[0], bench.addresses[1]), (0, 0))[0]
     sizes, counted_payload, total_payload = [], 0, 0
@@ -159,14 +181,40 @@ def check_counted(name: str, counted: int, counted_payload: int, total_payload: 
                           f"carried {counted_payload} of {total_payload}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def switched_arguments(parser: argparse.ArgumentParser, sizes: str, seconds: float) -> None:
+    """The options of a run with a switch under it (this script, fastpath_switched.py)."""
     parser.add_argument("--mpi", default="mpich,openmpi")
-    parser.add_argument("--sizes", default="4096,65536,1048576,4194304")
-    parser.add_argument("--seconds", type=float, default=30.0, help="per size")
+    parser.add_argument("--sizes", default=sizes)
+    parser.add_argument("--seconds", type=float, default=seconds, help="per size")
     parser.add_argument("--period", type=float, default=0.25, help="seconds per phase")
     parser.add_argument("--guard", type=float, default=0.02,
                         help="seconds of samples dropped on each side of a swap")
+
+
+def print_sizes(rec: dict[str, Any], label: str) -> None:
+    for s in rec["sizes"]:
+        ci = s["ratio_ci95"] or [float("nan")] * 2
+        ratio = s["bandwidth_ratio"] if s["bandwidth_ratio"] is not None else float("nan")
+        print(f"{rec['flavour']:8} {s['size']:>8} B  bandwidth {label} "
+              f"{ratio:.4f} (95% {ci[0]:.4f}-{ci[1]:.4f}, "
+              f"{s['pairs']} pairs, {s['samples']} samples)", flush=True)
+
+
+def write_record(path: str, script: str, argv: list[str] | None, started: float,
+                 args: argparse.Namespace, **data: Any) -> None:
+    Path(path).write_text(json.dumps({
+        "command": f"benchmarks/network/{script} "
+                   + " ".join(argv if argv is not None else sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
+                    "loadavg_after": run.loadavg()},
+        "settings": vars(args), **data}, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    switched_arguments(parser, "4096,65536,1048576,4194304", 30.0)
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     why = nodes.missing()
@@ -180,20 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.mpi.split(","):
             rec = measure(bench, mpi.flavour(name.strip()), args)
             runs.append(rec)
-            for s in rec["sizes"]:
-                ci = s["ratio_ci95"] or [float("nan")] * 2
-                print(f"{rec['flavour']:8} {s['size']:>8} B  bandwidth counted/uncounted "
-                      f"{s['bandwidth_ratio']:.4f} (95% {ci[0]:.4f}-{ci[1]:.4f}, "
-                      f"{s['pairs']} pairs, {s['samples']} samples)", flush=True)
+            print_sizes(rec, "counted/uncounted")
     if args.out:
-        Path(args.out).write_text(json.dumps({
-            "command": "benchmarks/network/counting_bandwidth.py "
-                       + " ".join(argv if argv is not None else sys.argv[1:]),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "seconds": round(time.time() - started, 1),
-            "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
-                        "loadavg_after": run.loadavg()},
-            "settings": vars(args), "runs": runs}, indent=1) + "\n")
+        write_record(args.out, "counting_bandwidth.py", argv, started, args, runs=runs)
     return 0
 
 

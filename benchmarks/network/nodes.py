@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from hpcmig import _proc, _procfs
+from hpcmig.errors import HpcmigError
 from hpcmig.network import (
     AddressPool,
     NodeNet,
@@ -88,20 +89,30 @@ class Bench:
     container_env: dict[str, str] = field(default_factory=dict)
     link_wait: float = 0.0  # seconds the links took to come up after setup
 
-    def set_filter(self, on: bool, counted: bool = True) -> None:
+    def set_filter(self, on: bool, counted: bool = True, fast: bool = False) -> None:
         """Install (as the agent does) or remove the nft isolation on both nodes;
-        `counted=False`: the isolation without the traffic counting (its cost, issue 14)."""
+        `counted=False`: the isolation without the traffic counting (its cost, issue 14);
+        `fast`: with the fast path, as the agent installs it (hpcmig.network.fastpath),
+        else the kernel forwards."""
         for i, ns in enumerate(self.nodes):
             node = NodeNet(ns)
+            node.remove_isolation()  # a fresh table and no fast path: nothing of another mode
             if not on:
-                node.remove_isolation()
                 continue
-            node.remove_isolation()  # a fresh table: no rule or element of the other variant
-            script = plan.isolation_script(IPv4Network(POOL))
-            node.run(["nft", "-f", "-"], input=script if counted else uncounted(script))
+            if fast:
+                path = node.install_isolation(IPv4Network(POOL))
+                if path.kind != "bpf":
+                    raise HpcmigError(f"{ns}: no fast path: {path}")
+            else:
+                script = plan.isolation_script(IPv4Network(POOL))
+                node.run(["nft", "-f", "-"], input=script if counted else uncounted(script))
             node.allow_job(self.block)
             if counted:  # as the agent does for the container it starts on the node
                 node.count_from(self.addresses[i], self.addresses)
+
+    def fast(self) -> bool:
+        """Whether both nodes forward the job's packets by the fast path."""
+        return all(NodeNet(ns).fastpath().kind == "bpf" for ns in self.nodes)
 
     def counted(self) -> bool:
         """Whether both nodes count the job's traffic (hpcmig.network.traffic)."""

@@ -162,7 +162,8 @@ def markdown(result: dict[str, Any]) -> str:
                 for r in result["runs"]}
     for flavour, s in result["summary"].items():
         vs = s["vs_native"]
-        modes = [m for m in ("container", "container-unfiltered") if m in vs]
+        modes = [m for m in ("container", "container-forwarded", "container-unfiltered")
+                 if m in vs]
         modes += sorted(set(vs) - set(modes))
         lines += [f"## {flavour} ({versions.get(flavour, '?')}), {s['rounds']} rounds", ""]
         lines += _headline(vs, modes)
@@ -175,8 +176,11 @@ def markdown(result: dict[str, Any]) -> str:
               "round trip) or bandwidth (size / that latency, 1 MB = 10^6 B); *best* uses each "
               "run's minimum one-way latency instead. Ratios are mode / native; the range is "
               "that of the per-round pairs (each run against the native run of its round). "
-              "`container`: what hpcmig runs (veth + /32 routes on both nodes + nft forward "
-              "filter); `container-unfiltered`: the same with the nft table removed.", ""]
+              "`container`: what hpcmig runs (veth + /32 routes on both nodes, the job's "
+              "packets redirected by the fast path's tc program); `container-forwarded`: the "
+              "same with the fast path off (each node's kernel forwards, the nft forward "
+              "filter isolates and counts); `container-unfiltered`: forwarded, with the nft "
+              "table removed.", ""]
     return "\n".join(lines)
 
 

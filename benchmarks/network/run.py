@@ -11,9 +11,12 @@ per MPI:
 * container: the launcher runs in container 0 as the job's user, started through the exec
   protocol (`client.exec_stream`, what `hpcmig run --stream` does) with the argv
   `hpcmig.mpi_launch.launcher_argv` builds for `hpcmig run`, and starts its daemon in
-  container 1 through `hpcmig-rsh`; TCP between the containers' /32 addresses (veth, routed
-  by both nodes, nft forward filter);
-* container-uncounted: the same with the isolation but without the traffic counting
+  container 1 through `hpcmig-rsh`; TCP between the containers' /32 addresses, carried by
+  the fast path as the agent installs it (hpcmig.network.fastpath: a tc program on each
+  node redirects the job's packets);
+* container-forwarded: the same with the fast path off: each node's kernel forwards (a /32
+  route) and the nft forward filter isolates and counts;
+* container-uncounted: forwarded, with the isolation but without the traffic counting
   (hpcmig.network.traffic), to tell what counting costs;
 * container-unfiltered: the same with the nodes' nft isolation table removed for the run, to
   tell the filter's cost from the extra veth hops and routing.
@@ -52,7 +55,8 @@ from hpcmig.errors import CommandError, HpcmigError  # noqa: E402
 from hpcmig.workloads import pingpong  # noqa: E402
 
 RUN_TIMEOUT = 90.0
-MODES = ("native", "container", "container-uncounted", "container-unfiltered")
+MODES = ("native", "container", "container-forwarded", "container-uncounted",
+         "container-unfiltered")
 N1 = next(iter(nodes.NODES))
 # Both "nodes" share this machine's cores. Open MPI binds each node's first rank to core 0 by
 # default, so both ranks would fight over one core (measured: 4 ms per message natively);
@@ -142,11 +146,12 @@ def payload_bytes(record: dict[str, Any], warmup: int) -> int:
 
 def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
             args: argparse.Namespace) -> dict[str, Any]:
+    counted = mode in ("container", "container-forwarded")
     if mode != "native":
         filtered = mode != "container-unfiltered"
-        bench.set_filter(filtered, counted=mode == "container")
-        if bench.filtered() != filtered or (filtered and bench.counted() != (
-                mode == "container")):
+        bench.set_filter(filtered, counted=counted, fast=mode == "container")
+        if bench.filtered() != filtered or (filtered and bench.counted() != counted) or (
+                bench.fast() != (mode == "container")):
             raise HpcmigError(f"{mode}: the nft isolation is not in the state this mode needs")
     bytes0, packets0 = nodes.wire_counters(N1)
     t0 = time.monotonic()
@@ -169,8 +174,8 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
     if len(set(hosts)) != len(hosts):
         raise HpcmigError(f"{flavour.name} {mode}: ranks share a host name {hosts}")
     return {"flavour": flavour.name, "mode": mode, "seconds": round(seconds, 2),
-            "nft_filter": mode in ("container", "container-uncounted"),
-            "traffic_counted": mode == "container",
+            "nft_filter": mode in ("container", "container-forwarded", "container-uncounted"),
+            "traffic_counted": counted, "fast_path": mode == "container",
             "loadavg_1min": loadavg()[0],
             "wire_bytes": wire, "wire_packets": packets, "payload_bytes": sent,
             "hosts": hosts, "mpi": record["mpi"],
