@@ -225,6 +225,11 @@ class NodeNet:
         except NetworkError:
             self.run(["nft", "-f", "-"], input=plan.renew_counting_script())
             self.run(["nft", "-f", "-"], input=script)
+        try:
+            self.run(["nft", "-f", "-"], input=plan.refuse_script(pool))
+        except NetworkError as exc:
+            log.warning("containers' packets to unrouted addresses are dropped, not refused "
+                        "(a lookup there waits for its timeout): %s", exc)
         if not fastpath:
             self.remove_fastpath()
             return fast.Path("forwarded", "fast path off in the configuration")

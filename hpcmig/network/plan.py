@@ -9,7 +9,8 @@ carries NO address, and the hosting node routes the /32 to the veth; other nodes
 /32 via the hosting node's address. MACs derive from the address, so a container restored
 elsewhere gets the same link layer. Isolation is one nft table: forwarded traffic between two
 addresses of the same job block is accepted (and counted where it leaves its container:
-`hpcmig.network.traffic`), anything else from or to the pool is dropped.
+`hpcmig.network.traffic`); a container's packet to an address outside the pool is refused
+(ICMP administratively prohibited), anything else from or to the pool is dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ GATEWAY = "169.254.1.1"
 NFT_TABLE = "hpcmig"
 NFT_SET = "intra"
 NETNS_DIR = "/run/netns"
+REFUSE = "reject with icmp type admin-prohibited"
 Step = list[str]
 
 
@@ -195,8 +197,27 @@ def isolation_script(pool: IPv4Network) -> str:
         f"flush chain {t} forward",
         traffic.count_rule(t),
         f"add rule {t} forward ip saddr . ip daddr @{NFT_SET} accept",
+        # out of the pool (a site's DNS, the internet): refused at once, so that a lookup
+        # inside a container fails now rather than after the resolver's 5 s timeout
+        f"add rule {t} forward ip saddr {pool} ip daddr != {pool} {REFUSE}",
         f"add rule {t} forward ip saddr {pool} drop",
         f"add rule {t} forward ip daddr {pool} drop",
+        "",
+    ])
+
+
+def refuse_script(pool: IPv4Network) -> str:
+    """nft script refusing, before routing, what a container sends out of the pool to an
+    address that is not the node's own: also where the node has no route (its "net
+    unreachable" is no error for a UDP socket: a resolver would wait its 5 s). Kernels
+    without reject in prerouting refuse only what they route (the forward rule)."""
+    t = f"ip {NFT_TABLE}"
+    return "\n".join([
+        f"add chain {t} prerouting {{ type filter hook prerouting priority filter; "
+        "policy accept; }",
+        f"flush chain {t} prerouting",
+        f"add rule {t} prerouting ip saddr {pool} ip daddr != {pool} "
+        f"fib daddr type != local {REFUSE}",
         "",
     ])
 

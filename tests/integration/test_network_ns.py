@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Network
@@ -86,6 +87,35 @@ def test_another_jobs_container_is_unreachable(net: dict) -> None:
     assert pings(c1.netns, "10.252.0.2")
 
 
+def test_a_container_is_refused_outside_the_pool_at_once(net: dict) -> None:
+    """Dropped, a DNS query from a container would hang its resolver for 5 s; refused, it
+    fails at once."""
+    c1 = net["c1"]
+    for address in (S.NODES["hpcmig-rt-n2"], "192.0.2.53"):  # routed; no route on the node
+        t0 = time.monotonic()
+        out = S.in_ns(c1.netns, "ping", "-c1", "-W5", address, check=False)
+        assert out.returncode != 0 and "Packet filtered" in out.stdout, out.stdout
+        assert time.monotonic() - t0 < 2.0
+    t0 = time.monotonic()  # a UDP query as a resolver sends it: an error, not a timeout
+    query = S.in_ns(c1.netns, sys.executable, "-c", UDP_QUERY, check=False)
+    assert "EHOSTUNREACH" in query.stdout and time.monotonic() - t0 < 2.0, query.stdout
+    assert pings(c1.netns, S.NODES["hpcmig-rt-n1"])  # its own node answers
+    assert pings(c1.netns, "10.252.0.2")  # the job's own traffic is unaffected
+
+
+UDP_QUERY = """
+import errno, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.connect(("192.0.2.53", 53))
+s.send(b"query")
+try:
+    s.recv(512)
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, exc))
+"""
+
+
 def nft_counts(node: str) -> traffic.Counts:
     return traffic.parse_counts(S.in_ns(node, "nft", "-j", "list", "set", "ip", "hpcmig",
                                         traffic.TRAFFIC_SET).stdout)
@@ -127,8 +157,8 @@ def test_reinstalling_isolation_keeps_blocks_and_does_not_duplicate_rules(net: d
     assert set(n2.allowed_blocks()) == {JOB1, JOB2}
     chain = json.loads(S.in_ns("hpcmig-rt-n2", "nft", "-j", "list", "chain", "ip", "hpcmig",
                                "forward").stdout)
-    # the counting pair accept, the job-block accept, two drops
-    assert sum(1 for item in chain["nftables"] if "rule" in item) == 4
+    # the counting pair accept, the job-block accept, the refusal out of the pool, two drops
+    assert sum(1 for item in chain["nftables"] if "rule" in item) == 5
 
 
 def test_the_network_lock_holds_packets_without_an_answer_and_delivers_them(net: dict) -> None:

@@ -113,8 +113,14 @@ def test_isolation_accepts_same_block_and_drops_the_rest_of_the_pool() -> None:
     accept = lines.index("add rule ip hpcmig forward ip saddr . ip daddr @intra accept")
     drop_s = lines.index("add rule ip hpcmig forward ip saddr 10.252.0.0/16 drop")
     drop_d = lines.index("add rule ip hpcmig forward ip daddr 10.252.0.0/16 drop")
-    assert accept < drop_s and accept < drop_d
+    refuse = lines.index("add rule ip hpcmig forward ip saddr 10.252.0.0/16 "
+                         "ip daddr != 10.252.0.0/16 reject with icmp type admin-prohibited")
+    assert accept < refuse < drop_s and accept < drop_d
     assert "flush chain ip hpcmig forward" in lines  # re-install does not duplicate rules
+    pre = plan.refuse_script(IPv4Network("10.252.0.0/16")).splitlines()
+    assert "flush chain ip hpcmig prerouting" in pre
+    assert ("add rule ip hpcmig prerouting ip saddr 10.252.0.0/16 ip daddr != 10.252.0.0/16 "
+            "fib daddr type != local reject with icmp type admin-prohibited") in pre
     assert not any(line.startswith("delete") for line in lines)  # keeps the job set
     block = IPv4Network("10.252.0.64/26")
     assert plan.allow_job_plan(block) == [
