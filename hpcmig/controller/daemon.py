@@ -105,12 +105,14 @@ class Daemon:
                 nodes = []
             for node in nodes:
                 try:
-                    svc.agent(node).call("ping", timeout=5)
+                    answer = svc.agent(node).call("ping", timeout=5)
                 except HpcmigError:
                     svc.metrics.agent_up.labels(node=node).set(0)
                     continue
                 now = time.time()
                 svc.heartbeats[node] = now
+                svc.networks[node] = str(answer.get("network", "")) if isinstance(
+                    answer, dict) else ""
                 svc.metrics.heartbeat.labels(node=node).set(now)
                 svc.metrics.agent_up.labels(node=node).set(1)
             with contextlib.suppress(Exception), svc.journal() as journal:

@@ -73,6 +73,7 @@ class Service:
         self._addrs: dict[str, str] | None = None
         self.decisions: deque[dict[str, Any]] = deque(maxlen=20)
         self.heartbeats: dict[str, float] = {}  # node -> when its agent last answered
+        self.networks: dict[str, str] = {}  # node -> how its containers' packets go (ping)
         self._lock = threading.Lock()
 
     # -- the world ------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def document(svc: Service, uid: int | None = None,
             "name": n.name, "state": n.display_state, "flags": sorted(n.flags),
             "reason": n.reason, "reason_by_hpcmig": n.reason_is_ours, "jobs": list(n.jobs),
             "agent": {"up": age is not None and age < AGENT_STALE, "last_seen": seen,
-                      "age": age},
+                      "age": age, "network": svc.networks.get(n.name) or None},
             "health": _health(health, n.name)})
     decisions = [d for d in svc.decisions if uid is None or d.get("job") in mine]
     return {"schema": 1, "time": now,
@@ -117,11 +117,14 @@ def _health_cell(health: dict[str, Any] | None) -> str | None:
 
 def report(svc: Service, uid: int | None = None, health: Health | None = None) -> Report:
     doc = document(svc, uid, health)
-    rep = Report("status", "nodes", ("node", "state", "reason", "agent", "health", "jobs"),
-                 data=doc)
+    rep = Report("status", "nodes",
+                 ("node", "state", "reason", "agent", "network", "health", "jobs"), data=doc)
     for n in doc["nodes"]:
         agent = n["agent"]
+        network = agent["network"]  # "bpf (tc on ...)": the kind; "forwarded (why)": all
         rep.add(node=n["name"], state=n["state"], reason=n["reason"] or None,
+                network=network.split(" ", 1)[0] if network and network.startswith("bpf")
+                else network,
                 health=_health_cell(n["health"]),
                 agent=(f"up ({agent['age']:.0f} s ago)" if agent["up"] else
                        "down" if agent["last_seen"] is None else

@@ -227,6 +227,9 @@ def test_status_json_follows_its_schema_and_metrics_count_moves(testbed: Plan, s
     assert [(c["index"], c["node"]) for c in job["containers"]] == [(0, "node1"), (1, "node2")]
     assert job["spares"] == ["node3"] and job["engine"] == "criu"
     assert all(n["agent"]["up"] for n in doc["nodes"]), doc["nodes"]
+    # every node says how its containers' packets go: the fast path on this machine
+    assert all(n["agent"]["network"].startswith("bpf (tc on ") for n in doc["nodes"]), \
+        doc["nodes"]
     key = "hpcmig_migrations_total[('result', 'done')]"
     before = scrape().get(key, 0.0)
     hpcmigd.migrate(job_id, "node2")

@@ -213,6 +213,8 @@ def test_status_document_follows_its_schema_and_users_see_their_own_jobs(env: En
                                uid=2000, gid=2000))
     svc.migrate("7", "n2")
     svc.heartbeats["n1"] = 0.0
+    svc.networks["n1"] = "bpf (tc on eth0, hmv0afc0001)"
+    svc.networks["n2"] = "forwarded (clang is not installed: cannot build the fast path)"
     health = Health()
     health.observe(healthy(node="n1", time=5.0))
     health.observe(healthy(node="n2", time=6.0, temperatures={"Package id 0": 99.0}))
@@ -228,6 +230,11 @@ def test_status_document_follows_its_schema_and_users_see_their_own_jobs(env: En
     assert [d["what"] for d in doc["decisions"]][0] == "job 7: container 1 done, pause " + \
         doc["decisions"][0]["what"].rsplit("pause ", 1)[1]
     assert doc["nodes"][0]["agent"]["up"] is False  # last seen in 1970
+    assert doc["nodes"][0]["agent"]["network"] == "bpf (tc on eth0, hmv0afc0001)"
+    assert doc["nodes"][2]["agent"]["network"] is None  # never answered
+    rows = status.report(svc, health=health).rows
+    assert [r["network"] for r in rows] == [
+        "bpf", "forwarded (clang is not installed: cannot build the fast path)", None]
     assert status.document(svc, uid=2000)["jobs"] == []
     assert status.document(svc, uid=2000)["decisions"] == []
     broken = dict(doc, jobs=[dict(job, job_id="seven")])
