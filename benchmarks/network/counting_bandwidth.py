@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import sys
 import threading
 import time
@@ -217,11 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     switched_arguments(parser, "4096,65536,1048576,4194304", 30.0)
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
-    why = nodes.missing()
-    if why:
-        raise SystemExit(f"counting benchmark: {why}")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
+    nodes.ready("counting benchmark")
     started = time.time()
     runs = []
     with nodes.bench_nodes() as bench:

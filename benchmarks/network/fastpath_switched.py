@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 import threading
 import time
@@ -47,8 +45,9 @@ from hpcmig.workloads import pingpong  # noqa: E402
 def switch_scripts(ns: str) -> dict[bool, str]:
     """`tc -batch` input that attaches (True) or detaches (False) the node's filters."""
     node = NodeNet(ns)
-    pins = (f"{fastpath.pin_dir(os.stat(f'/run/netns/{ns}').st_ino)}/"
-            f"{fastpath.version(fastpath.source())}")
+    pins = node.pins()
+    if pins is None:
+        raise HpcmigError(f"{ns}: the fast path is not loaded")
     ports = fastpath.ports(node.run(["ip", "-j", "-d", "addr", "show"]))
     on = [step for dev in ports for step in fastpath.attach_plan(dev, pins)]
     off = [step for dev in ports for step in fastpath.detach_plan(dev)]
@@ -150,11 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ping-count", type=int, default=100000, help="round trips per ping")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
-    why = nodes.missing()
-    if why:
-        raise SystemExit(f"fast path benchmark: {why}")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
+    nodes.ready("fast path benchmark")
     started = time.time()
     ping: dict[str, Any] = {}
     runs = []

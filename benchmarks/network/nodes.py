@@ -66,6 +66,16 @@ def missing() -> str | None:
     return f"missing programs: {', '.join(gone)}" if gone else None
 
 
+def ready(name: str) -> None:
+    """Exit with the reason if this machine cannot run the benchmark `name`; else let
+    SIGTERM/SIGHUP unwind like Ctrl-C, so that everything made is removed."""
+    why = missing()
+    if why:
+        raise SystemExit(f"{name}: {why}")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+
+
 def sh(*argv: str, check: bool = True, timeout: float = 30.0) -> _proc.Result:
     return _proc.run(list(argv), check=check, timeout=timeout)
 

@@ -15,7 +15,7 @@ struct block_key { __u32 prefixlen; __u32 addr; };
 struct pair { __u32 src; __u32 dst; };
 struct count { __u64 bytes; __u64 packets; };
 
-struct { /* address -> its job block (network << 8 | length), allowed blocks only */
+struct { /* address -> its job block {network, prefix length}, allowed blocks only */
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 4096);
 	__type(key, struct block_key);

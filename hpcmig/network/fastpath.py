@@ -21,6 +21,7 @@ refuses the program), the node forwards the kernel's way and says why (`Path`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -51,10 +52,12 @@ class Path:
         return f"{self.kind} ({self.detail})" if self.detail else self.kind
 
 
+@functools.cache
 def source() -> bytes:
     return resources.files("hpcmig").joinpath("data/fastpath.bpf.c").read_bytes()
 
 
+@functools.cache
 def version(src: bytes) -> str:
     """Names the program built from this source: its object, and its pins on a node (an
     upgraded hpcmig loads its own beside the old one, then removes the old)."""

@@ -27,7 +27,6 @@ from hpcmig.network import hold as holding
 from hpcmig.network import traffic as counting
 from hpcmig.network.plan import ContainerNet, Step
 
-_SOURCE = fast.source()  # the fast path of this hpcmig
 _GONE = ("Cannot find device", "No such file", "No such process", "not found",
          "does not exist", "No such file or directory", "Invalid argument")
 
@@ -139,7 +138,7 @@ class NodeNet:
     def remove_container_net(self, net: ContainerNet) -> None:
         """Remove the veth, the netns, a hold or blackhole of the /32 and its local route
         (a route to another node stays). Idempotent."""
-        self._detach(net.host_veth)
+        self._forget_port(net.host_veth)
         for step in [*holding.remove_plan(net.address), *plan.remove_plan(net)]:
             self.run(step, tolerate_gone=True)
 
@@ -238,11 +237,11 @@ class NodeNet:
     def allow_job(self, block: IPv4Network) -> None:
         """Containers inside `block` may reach each other through this node."""
         self.run_all(plan.allow_job_plan(block))
-        if pins := self._pins():
+        if pins := self.pins():
             self._bpftool(fast.block_entry(pins, block))
 
     def forbid_job(self, block: IPv4Network) -> None:
-        if pins := self._pins():
+        if pins := self.pins():
             self._bpftool(fast.delete(pins, fast.JOBS, fast.block_key(block)), tolerate=True)
         self.run_all(plan.forbid_job_plan(block), tolerate_gone=True)
 
@@ -260,16 +259,18 @@ class NodeNet:
         except FileNotFoundError:
             return None
 
-    def _pins(self) -> str | None:
-        """The node's pinned fast path (this hpcmig's version); None: it forwards the
-        kernel's way."""
+    def pins(self, loaded: bool = True) -> str | None:
+        """Where this hpcmig's fast path is pinned for the node; None where it is not loaded
+        (the node forwards the kernel's way), or with loaded=False where the netns is gone."""
         node = self._pin_dir()
-        pins = f"{node}/{fast.version(_SOURCE)}"
-        return pins if node and os.path.exists(f"{pins}/{fast.PROG}") else None
+        if node is None:
+            return None
+        pins = f"{node}/{fast.version(fast.source())}"
+        return pins if not loaded or os.path.exists(f"{pins}/{fast.PROG}") else None
 
     def fastpath(self) -> fast.Path:
         """The path this node's containers' packets take now."""
-        if not self._pins():
+        if not self.pins():
             return fast.Path("forwarded", "")
         attached = [d for d in fast.ports(self.run(["ip", "-j", "-d", "addr", "show"]))
                     if self._attached(d)]
@@ -281,22 +282,22 @@ class NodeNet:
         try:
             fastload.mount_bpffs()
             fastload.sweep()
-            node = self._pin_dir()
-            if node is None:
+            pins = self.pins(loaded=False)
+            if pins is None:
                 raise NetworkError(f"no network namespace {self.netns}")
-            pins = f"{node}/{fast.version(_SOURCE)}"
-            if not self._pins():
-                obj = fastload.compiled(_SOURCE)
+            if not self.pins():
+                obj = fastload.compiled(fast.source())
                 os.makedirs(pins, exist_ok=True)
                 self.run_all(fast.load_plan(obj, pins))
             lines = "".join(fast.block_entry(pins, b) for b in self.allowed_blocks())
             self._bpftool(lines)
             counted = self.traffic(None)
             if counted:
-                self.count_pairs(pins, list(counted))
+                self._count_pairs(pins, list(counted))
             for dev in fast.ports(self.run(["ip", "-j", "-d", "addr", "show"])):
                 self._attach(dev)  # replaces an older version's filter
-            for old in set(os.listdir(node)) - {fast.version(_SOURCE)}:
+            node, version = os.path.split(pins)
+            for old in set(os.listdir(node)) - {version}:
                 shutil.rmtree(f"{node}/{old}", ignore_errors=True)
         except (HpcmigError, OSError) as exc:
             self.remove_fastpath()
@@ -309,18 +310,19 @@ class NodeNet:
     def remove_fastpath(self) -> None:
         """Detach the program from every port and unpin it (idempotent)."""
         fastload.sweep()
-        pins = self._pin_dir()
-        if not pins or not os.path.isdir(pins):
+        node = self._pin_dir()
+        if not node or not os.path.isdir(node):
             return
         for dev in fast.ports(self.run(["ip", "-j", "-d", "addr", "show"])):
-            self._detach(dev)
-        shutil.rmtree(pins, ignore_errors=True)
+            if self._attached(dev):  # whichever version's program it runs
+                self.run_all(fast.detach_plan(dev), tolerate_gone=True)
+        shutil.rmtree(node, ignore_errors=True)
 
     def _attach(self, dev: str) -> None:
-        if not (pins := self._pins()):
+        if not (pins := self.pins()):
             return
-        links = json.loads(self.run(["ip", "-j", "-d", "addr", "show", "dev", dev]) or "[]")
-        for name, (index, kind) in fast.ports(json.dumps(links)).items():
+        links = self.run(["ip", "-j", "-d", "addr", "show", "dev", dev])
+        for name, (index, kind) in fast.ports(links).items():
             self._bpftool(fast.port_entry(pins, index, kind))
             self.run_all(fast.attach_plan(name, pins))
 
@@ -328,15 +330,14 @@ class NodeNet:
         out = self.run(["tc", "-j", "filter", "show", "dev", dev, "ingress"], tolerate_gone=True)
         return any(f.get("pref") == int(fast.TC_PREF) for f in json.loads(out or "[]"))
 
-    def _detach(self, dev: str) -> None:
-        if not (pins := self._pins()):
+    def _forget_port(self, dev: str) -> None:
+        """The port's map entry goes before its device (deleting the device detaches it)."""
+        if not (pins := self.pins()):
             return
         out = self.run(["ip", "-j", "link", "show", "dev", dev], tolerate_gone=True)
         for link in json.loads(out or "[]"):
             key = int(link["ifindex"]).to_bytes(4, "little")
             self._bpftool(fast.delete(pins, fast.PORTS, key), tolerate=True)
-            if self._attached(dev):
-                self.run_all(fast.detach_plan(dev), tolerate_gone=True)
 
     def _bpftool(self, lines: str, tolerate: bool = False) -> None:
         if lines:
@@ -345,7 +346,7 @@ class NodeNet:
     def _dump(self, pins: str, table: str) -> str:
         return self.run(["bpftool", "-j", "map", "dump", "pinned", f"{pins}/{table}"])
 
-    def count_pairs(self, pins: str, pairs: list[counting.Pair]) -> None:
+    def _count_pairs(self, pins: str, pairs: list[counting.Pair]) -> None:
         present = [k for k, _ in fast.dump_entries(self._dump(pins, fast.TRAFFIC))]
         self._bpftool(fast.count_entries(pins, pairs, present))
 
@@ -359,7 +360,7 @@ class NodeNet:
         except NetworkError:
             return {}
         counts = counting.parse_counts(out, block)
-        if pins := self._pins():
+        if pins := self.pins():
             fast_counts = fast.parse_counts(self._dump(pins, fast.TRAFFIC), block)
             counts = counting.add(counts, {p: c for p, c in fast_counts.items() if c[1]})
         return counts
@@ -367,13 +368,13 @@ class NodeNet:
     def count_from(self, source: IPv4Address | str, peers: list[str]) -> None:
         """Count what the container `source` (on this node) sends to each of `peers`."""
         self.run_all(counting.count_plan("ip", plan.NFT_TABLE, str(source), peers))
-        if pins := self._pins():
+        if pins := self.pins():
             src = str(IPv4Address(str(source)))
-            self.count_pairs(pins, [(src, str(IPv4Address(d))) for d in peers if str(d) != src])
+            self._count_pairs(pins, [(src, str(IPv4Address(d))) for d in peers if str(d) != src])
 
     def forget_traffic(self, pairs: list[counting.Pair]) -> None:
         self.run_all(counting.forget_plan("ip", plan.NFT_TABLE, pairs), tolerate_gone=True)
-        if pins := self._pins():
+        if pins := self.pins():
             present = {k for k, _ in fast.dump_entries(self._dump(pins, fast.TRAFFIC))}
             self._bpftool("".join(fast.delete(pins, fast.TRAFFIC, fast.pair_key(p))
                                   for p in pairs if fast.pair_key(p) in present))
