@@ -43,7 +43,7 @@ import signal
 import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
 from hpcmig import _proc
@@ -78,6 +78,8 @@ MPI_ENV: dict[str, dict[str, str]] = {
 _GEN = re.compile(r"^gen-(\d+)(\.tmp)?$")
 _IMAGE = re.compile(r"/[^\s\"']*/(ckpt_[^\s\"'/]+\.dmtcp)(?=[\s\"'])")
 _PROCESSES = re.compile(r"^# Number of processes in the computation = (\d+)", re.M)
+_WORKERS = re.compile(r"^worker_ckpts='([^']*)'", re.M)
+_WORKER = re.compile(r"::\s*(\S+)\s*:[a-z]+:\s*([^:]+)")
 _POLL = 0.02
 
 
@@ -326,6 +328,8 @@ class Generation:
     seconds: float  # checkpoint request -> restart script and every image written
     publish_seconds: float  # fsync and rename after that
     created: float  # unix time
+    # host -> its images, for a job that spanned hosts ({}: one host)
+    hosts: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def parse_restart_script(text: str) -> tuple[list[str], int | None]:
@@ -333,6 +337,20 @@ def parse_restart_script(text: str) -> tuple[list[str], int | None]:
     names = list(dict.fromkeys(m.group(1) for m in _IMAGE.finditer(text)))
     count = _PROCESSES.search(text)
     return names, int(count.group(1)) if count else None
+
+
+def parse_worker_hosts(text: str) -> dict[str, list[str]]:
+    """{host: image file names} of a restart script that spans hosts (its `worker_ckpts`:
+    one ` :: HOST :MODE: IMAGE...` group per host, as gethostname() said at the
+    checkpoint); {} for a job on one host (its script names no hosts)."""
+    block = _WORKERS.search(text)
+    if block is None:
+        return {}
+    hosts: dict[str, list[str]] = {}
+    for m in _WORKER.finditer(block.group(1)):
+        names = [os.path.basename(w) for w in m.group(2).split() if w.endswith(".dmtcp")]
+        hosts.setdefault(m.group(1), []).extend(names)
+    return hosts
 
 
 def _complete_images(work: str) -> list[str] | None:
@@ -375,6 +393,8 @@ def _tree_bytes(path: str) -> int:
 def _publish(ckpt_dir: str, number: int, work: str, names: list[str],
              seconds: float) -> Generation:
     t0 = time.monotonic()
+    with open(os.path.join(work, RESTART_SCRIPT), encoding="utf-8") as fh:
+        hosts = parse_worker_hosts(fh.read())
     sizes: dict[str, int] = {}
     for name in names:
         path = os.path.join(work, name)
@@ -388,8 +408,9 @@ def _publish(ckpt_dir: str, number: int, work: str, names: list[str],
         if saved_files or script:
             os.chmod(path, 0o700)
     total = _tree_bytes(work)
-    manifest = {"number": number, "images": sizes, "image_bytes": total, "seconds": seconds,
-                "publish_seconds": time.monotonic() - t0, "created": time.time()}
+    manifest = {"number": number, "images": sizes, "hosts": hosts, "image_bytes": total,
+                "seconds": seconds, "publish_seconds": time.monotonic() - t0,
+                "created": time.time()}
     fd = os.open(os.path.join(work, MANIFEST), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=1)
@@ -409,7 +430,9 @@ def _generation(path: str, manifest: dict[str, Any]) -> Generation:
         images=tuple(os.path.join(path, n) for n in manifest["images"]),
         image_bytes=int(manifest["image_bytes"]), seconds=float(manifest["seconds"]),
         publish_seconds=float(manifest.get("publish_seconds", 0.0)),
-        created=float(manifest["created"]))
+        created=float(manifest["created"]),
+        hosts={h: tuple(os.path.join(path, n) for n in names)
+               for h, names in manifest.get("hosts", {}).items()})
 
 
 def _load(path: str) -> Generation | None:

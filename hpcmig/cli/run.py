@@ -22,6 +22,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,18 +172,45 @@ def run(args: argparse.Namespace) -> int:
         prrte=flavour.name == "openmpi" and mpi.openmpi_on_prrte(), placement=placement)
     out, err = _regular_file(1), _regular_file(2)
     common: dict[str, Any] = {"env": env, "cwd": os.getcwd(), "munge_socket": munge}
+    step = None
+    if vc.engine == "dmtcp":
+        from hpcmig.cli.run_dmtcp import Step
+
+        step = Step(cfg, vc, run_dir, head, python, {"cwd": os.getcwd(), "munge_socket": munge})
+        if (ended := step.ended()) is not None:
+            print(f"hpcmig run: this step ended in an earlier run of the job (exit {ended})",
+                  file=sys.stderr, flush=True)
+            return ended
+        step.register()
+        if incarnation and step.restartable():
+            if out is None:
+                raise UsageError("a restarted engine=dmtcp step writes to the job's output "
+                                 "file", hint="run the batch script with sbatch --output")
+            step.restart(members, run_dir, out, err or out)
+            return _ended(step, _after(cfg, vc, job_id, _wait(
+                run_dir, head.address, common, grace=HEARTBEAT_TIMEOUT, tick=step.tick)))
+        argv, env = step.launch(argv, env, flavour.name, rsh)
+        common["env"] = env
     print(f"hpcmig run: {n} rank(s) of {flavour.name} in {len(members)} container(s) "
           f"({', '.join(f'{m.address} on {m.node}' for m in members)})", file=sys.stderr,
           flush=True)
     if args.stream or out is None:
-        return client.exec_stream(head.address, argv, forward_signals=True, **common)
+        return _ended(step, client.exec_stream(head.address, argv, forward_signals=True,
+                                               **common))
     launch = [*python, "-m", "hpcmig.runtime.launch", "--status", str(run_dir),
               "--stdout", out, "--stderr", err or out, "--", *argv]
     res = client.run_in(head.address, launch, **common)
     if res.code != 0:
         raise HpcmigError(f"could not start {flavour.mpiexec} in {head.address}: "
                           f"{res.stderr.decode(errors='replace').strip()}")
-    return _after(cfg, vc, job_id, _wait(run_dir, head.address, common))
+    return _ended(step, _after(cfg, vc, job_id, _wait(
+        run_dir, head.address, common, tick=step.tick if step else None)))
+
+
+def _ended(step: Any, code: int) -> int:
+    if step is not None:
+        step.end(code)
+    return code
 
 
 def _placement(args: argparse.Namespace, cfg: Any, job_id: str, n: int, members: list[Any],
@@ -282,9 +310,10 @@ def _ask_restart(controller: Any, job_id: str) -> Any:
             time.sleep(ASK_EVERY)
 
 
-def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.0) -> int:
+def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.0,
+          tick: Callable[[], None] | None = None) -> int:
     """The launcher's exit code; `grace`: seconds before a stale heartbeat counts (a restored
-    launcher's last beat is as old as its checkpoint)."""
+    launcher's last beat is as old as its checkpoint); `tick`: called every round."""
     from hpcmig.errors import HpcmigError
     from hpcmig.runtime import client
 
@@ -307,6 +336,8 @@ def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.
                                       **common)
             if sent is not None and time.monotonic() - sent > STOP_GRACE:
                 return 128 + stopping[0]
+            if tick is not None and not stopping:
+                tick()
             beat = run_dir / "heartbeat"
             if (beat.exists() and time.time() > beats_from
                     and time.time() - beat.stat().st_mtime > HEARTBEAT_TIMEOUT):

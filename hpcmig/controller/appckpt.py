@@ -1,5 +1,5 @@
-"""Application-level checkpoints (engine=app) as hpcmigd drives them: where the job's program
-saves itself, asking it for a generation, its newest one, removing them when the job ended.
+"""Checkpoints a job takes of itself (engine=app, engine=dmtcp) as hpcmigd drives them: where
+they are, asking for a generation, the newest one, removing them when the job ended.
 
 Design note: the program checkpoints itself with hpcmig.ckpt (HDF5 generations, an index
 replaced atomically) into a directory of the job's user; its `hpcmig run` registers that
@@ -11,6 +11,10 @@ user (setpriv), so a link planted in the directory cannot turn a write of root's
 Periodic (hpcmig.controller.periodic) asks at the job's interval and counts the program's
 generations for a restart: a restarted job runs its batch script again, and the program
 loads its newest generation by itself (`Checkpointer.restarted()`).
+
+engine=dmtcp the same way: its `hpcmig run` registers the job's DMTCP directory
+(hpcmig.checkpoint.dmtcp_job: one checkpoint directory per step), takes a generation when
+the `request` file appears there, and restarts the step from its last one after a requeue.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hpcmig import _proc
+from hpcmig.checkpoint import dmtcp_job
 from hpcmig.checkpoint.record import write_private_json
 from hpcmig.ckpt import store
 from hpcmig.errors import CommandError, UsageError
@@ -31,11 +36,21 @@ from hpcmig.errors import CommandError, UsageError
 SUBDIR = "app-ckpt"
 
 
+ENGINES = ("app", "dmtcp")
+
+
 @dataclass(frozen=True)
 class AppDir:
     directory: str
     uid: int
     gid: int
+    engine: str = "app"
+
+
+@dataclass(frozen=True)
+class Newest:
+    generation: int
+    time: float  # when it was complete (unix time)
 
 
 def _path(state_dir: str, job_id: str) -> Path:
@@ -46,6 +61,9 @@ def register(state_dir: str, job_id: str, app: AppDir) -> AppDir:
     if not os.path.isabs(app.directory) or "\0" in app.directory:
         raise UsageError(f"application checkpoint directory {app.directory!r} is not an "
                          "absolute path")
+    if app.engine not in ENGINES:
+        raise UsageError(f"checkpoint engine {app.engine!r} does not checkpoint itself; "
+                         f"one of {', '.join(ENGINES)}")
     write_private_json(_path(state_dir, job_id), asdict(app))
     return app
 
@@ -74,10 +92,16 @@ def checked(app: AppDir) -> str | None:
     return app.directory if stat.S_ISDIR(st.st_mode) and st.st_uid == app.uid else None
 
 
-def newest(app: AppDir) -> store.Generation | None:
-    """The program's newest complete generation."""
+def newest(app: AppDir) -> Newest | None:
+    """The job's newest complete generation."""
     path = checked(app)
-    return store.latest(path) if path else None
+    if path is None:
+        return None
+    if app.engine == "dmtcp":
+        gen = dmtcp_job.newest(path)
+        return Newest(gen.number, gen.created) if gen else None
+    found = store.latest(path)
+    return Newest(found.generation, found.time) if found else None
 
 
 def _as_user(app: AppDir, argv: list[str]) -> None:
@@ -86,10 +110,13 @@ def _as_user(app: AppDir, argv: list[str]) -> None:
 
 
 def request(app: AppDir) -> bool:
-    """Ask the program for a generation (it saves at its next `maybe_save`); False when its
-    directory is not there (yet)."""
+    """Ask the job for a generation (the program saves at its next `maybe_save`; a DMTCP
+    job's `hpcmig run` checkpoints it); False when its directory is not there (yet)."""
     if checked(app) is None:
         return False
+    if app.engine == "dmtcp":
+        _as_user(app, ["touch", os.path.join(app.directory, dmtcp_job.REQUEST)])
+        return True
     _as_user(app, [sys.executable, "-c", "import sys; from hpcmig.ckpt import store; "
                    "store.request(sys.argv[1])", app.directory])
     return True
@@ -100,8 +127,8 @@ def remove(state_dir: str, job_id: str) -> bool:
     and its record. True if a directory was removed."""
     app = load(state_dir, job_id)
     done = False
-    if app is not None and checked(app) and os.path.exists(
-            os.path.join(app.directory, store.INDEX)):
+    mark = dmtcp_job.MARK if app is not None and app.engine == "dmtcp" else store.INDEX
+    if app is not None and checked(app) and os.path.exists(os.path.join(app.directory, mark)):
         with contextlib.suppress(CommandError):
             _as_user(app, ["rm", "-rf", "--one-file-system", "--", app.directory])
             done = True

@@ -222,12 +222,13 @@ def restart_lost(call: Call, job_id: str) -> dict[str, Any]:
 
 
 @CONTROLLER.operation("app_checkpoints", "job")
-def app_checkpoints(call: Call, job_id: str, directory: str) -> dict[str, Any]:
-    """`hpcmig run` of an engine=app job: where its program saves its checkpoints."""
+def app_checkpoints(call: Call, job_id: str, directory: str,
+                    engine: str = "app") -> dict[str, Any]:
+    """`hpcmig run` of an engine=app or engine=dmtcp job: where it keeps its checkpoints."""
     svc = _svc(call)
     vc = svc.vcluster(str(job_id))
     app = appckpt.register(svc.cfg.state_dir, vc.job_id,
-                           appckpt.AppDir(str(directory), vc.uid, vc.gid))
+                           appckpt.AppDir(str(directory), vc.uid, vc.gid, str(engine)))
     return {"directory": app.directory}
 
 

@@ -111,8 +111,8 @@ def take(svc: Service, vc: VCluster) -> dict[str, Any]:
 
 def newest(svc: Service, vc: VCluster, data: dict[str, Any]) -> dict[str, Any] | None:
     """The job's newest complete generation ({n, time, ...}; None: none yet): hpcmigd's for
-    CRIU (`data`: the generations file), the program's own for engine=app."""
-    if vc.engine == "app":
+    CRIU (`data`: the generations file), the job's own for engine=app and engine=dmtcp."""
+    if vc.engine in appckpt.ENGINES:
         app = appckpt.load(svc.cfg.state_dir, vc.job_id)
         gen = appckpt.newest(app) if app else None
         return {"n": gen.generation, "time": gen.time} if gen else None
@@ -279,14 +279,14 @@ class Periodic:
             self.not_ours[key] = now
             return
         traffic.remember(svc.cfg.state_dir, job, vc)  # for `hpcmig run --map auto`
-        if not vc.ckpt or vc.engine == "dmtcp" or pending(svc.cfg.checkpoint_dir, jid):
+        if not vc.ckpt or pending(svc.cfg.checkpoint_dir, jid):
             return  # (a pending record: the job is being restored)
         stale = [n for n in vc.nodes()
                  if time.time() - svc.heartbeats.get(n, self.started) > LOST_AFTER]
         if (stale and newest(svc, vc, load(svc.cfg.checkpoint_dir, jid)) is not None
                 and restart_lost(svc, jid)["restarted"]):
             return
-        if vc.engine == "app":
+        if vc.engine in appckpt.ENGINES:
             self._app(vc, now)
             return
         if not self._due(vc, now):
@@ -306,8 +306,8 @@ class Periodic:
                  entry["seconds"])
 
     def _app(self, vc: VCluster, now: float) -> None:
-        """engine=app: ask the program for a generation at the job's interval; the cost of
-        one (for `auto`) is how long after the ask the program's generation was committed."""
+        """engine=app|dmtcp: ask the job for a generation at the job's interval; the cost of
+        one (for `auto`) is how long after the ask the job's generation was complete."""
         jid = vc.job_id
         app = appckpt.load(self.svc.cfg.state_dir, jid)
         if app is None:
@@ -315,7 +315,7 @@ class Periodic:
         gen = appckpt.newest(app)
         newest_n = gen.generation if gen else 0
         asked = self.asked.get(jid)
-        if asked is not None and gen is not None and newest_n > asked[1]:
+        if asked is not None and gen is not None and gen.time > asked[0]:
             self.cost[jid] = max(0.0, gen.time - asked[0])
             self.asked.pop(jid)
         if not self._due(vc, now):

@@ -2,10 +2,12 @@
 
 Design note: this module owns the rsh command line (`hpcmig-rsh [-l user] [-n] HOST CMD...`)
 and host-name resolution through the job's hosts file ($HPCMIG_HOSTS, lines `addr name...`);
-the exec itself is `client.exec_stream`. Like rsh, the command words are joined with spaces
-and run by `/bin/sh -c`, so both MPICH Hydra (`-launcher rsh -launcher-exec hpcmig-rsh`,
-separate words) and Open MPI (`plm_rsh_agent=hpcmig-rsh`, one shell string) work. Unknown
-names are an error, never looked up in DNS: a container talks only to its job's containers.
+the exec itself is `client.exec_stream`. The remote command gets the exec service's
+environment plus the variables `$HPCMIG_RSH_ENV` names (engine=dmtcp uses it). Like rsh, the
+command words are joined with spaces and run by `/bin/sh -c`, so both MPICH Hydra
+(`-launcher rsh -launcher-exec hpcmig-rsh`, separate words) and Open MPI
+(`plm_rsh_agent=hpcmig-rsh`, one shell string) work. Unknown names are an error, never looked
+up in DNS: a container talks only to its job's containers.
 Exit status: the remote command's, or 255 for hpcmig-rsh's own failures, bad usage included
 (like ssh: a launcher must not mistake them for the remote command's exit 2).
 """
@@ -23,6 +25,7 @@ from hpcmig.runtime.base import DEFAULT_EXEC_PORT
 
 HOSTS_ENV = "HPCMIG_HOSTS"
 PORT_ENV = "HPCMIG_EXEC_PORT"
+PASS_ENV = "HPCMIG_RSH_ENV"  # names of our variables the remote command gets, comma-separated
 USAGE = "usage: hpcmig-rsh [-n] [-l user] [-p port] host command [args...]"
 _IGNORED_FLAGS = {"-x", "-4", "-6", "-d", "-T", "-a"}
 
@@ -139,6 +142,13 @@ def remote_argv(command: list[str]) -> list[str]:
     return ["/bin/sh", "-c", " ".join(command)]
 
 
+def passed_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The variables $HPCMIG_RSH_ENV names (those set), for the remote command: like ssh's
+    SendEnv, for daemons whose launcher passes them no environment (DMTCP's, Open MPI's)."""
+    names = [n.strip() for n in environ.get(PASS_ENV, "").split(",") if n.strip()]
+    return {n: environ[n] for n in names if n in environ}
+
+
 def _stdin_usable() -> bool:
     try:
         os.fstat(0)
@@ -158,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                              else DEFAULT_EXEC_PORT)
         stdin_fd = None if args.no_stdin or not _stdin_usable() else 0
         return exec_stream(address, remote_argv(args.command), port=port, user=args.user,
-                           stdin_fd=stdin_fd, forward_signals=True)
+                           env=passed_env(os.environ) or None, stdin_fd=stdin_fd,
+                           forward_signals=True)
     except HpcmigError as exc:
         print(f"hpcmig-rsh: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return P.EXIT_REMOTE_ERROR

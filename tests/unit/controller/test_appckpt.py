@@ -4,6 +4,7 @@ that user."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcmig.checkpoint import dmtcp, dmtcp_job
 from hpcmig.ckpt import store
 from hpcmig.controller import appckpt
 from hpcmig.errors import UsageError
@@ -50,7 +52,8 @@ def test_register_load_and_the_newest_generation(tmp_path: Path, users_dir: Path
     assert appckpt.registered(str(state)) == ["7"]
     assert (state / appckpt.SUBDIR / "7.json").stat().st_mode & 0o077 == 0
     gen = appckpt.newest(app)
-    assert gen is not None and (gen.generation, gen.step) == (1, 40)
+    assert gen is not None and gen.generation == 1
+    assert gen.time == store.latest(str(users_dir)).time  # type: ignore[union-attr]
     with pytest.raises(UsageError):
         appckpt.register(str(state), "8", appckpt.AppDir("relative/dir", NOBODY, NOBODY))
 
@@ -80,3 +83,48 @@ def test_removal_once_the_job_ended(tmp_path: Path, base: Path, users_dir: Path)
     assert appckpt.remove(state, "7") and not users_dir.exists()
     assert not appckpt.remove(state, "9") and other.exists()  # no hpcmig.ckpt index there
     assert appckpt.registered(state) == []
+
+
+@pytest.fixture
+def dmtcp_dir(base: Path) -> Path:
+    """An engine=dmtcp job directory of uid 65534: step 0 with complete generation 3 and a
+    half-written generation 4, step 1 with nothing yet."""
+    d = Path(dmtcp_job.job_dir(str(base), "7"))
+    gen = d / "step-0" / "gen-3"
+    gen.mkdir(parents=True)
+    (d / "step-0" / "gen-4.tmp").mkdir()
+    (d / "step-1").mkdir()
+    (d / dmtcp_job.MARK).touch()
+    (gen / dmtcp.RESTART_SCRIPT).write_text("# Number of processes in the computation = 1\n")
+    (gen / "ckpt_a.dmtcp").write_bytes(b"x" * 10)
+    (gen / dmtcp.MANIFEST).write_text(json.dumps(
+        {"number": 3, "images": {"ckpt_a.dmtcp": 10}, "image_bytes": 10, "seconds": 1.0,
+         "created": 1000.0}))
+    for p in [d, *d.rglob("*")]:
+        os.chown(p, NOBODY, NOBODY)
+    return d
+
+
+def test_a_dmtcp_jobs_newest_generation_request_and_removal(
+        tmp_path: Path, dmtcp_dir: Path) -> None:
+    state = str(tmp_path / "state")
+    app = appckpt.register(state, "7", appckpt.AppDir(str(dmtcp_dir), NOBODY, NOBODY,
+                                                      "dmtcp"))
+    assert appckpt.load(state, "7") == app
+    assert appckpt.newest(app) == appckpt.Newest(3, 1000.0)
+    (dmtcp_dir / "step-0" / "gen-3" / "ckpt_a.dmtcp").write_bytes(b"x")  # not as recorded
+    assert appckpt.newest(app) is None
+    assert appckpt.request(app)
+    st = (dmtcp_dir / dmtcp_job.REQUEST).stat()
+    assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+    assert appckpt.remove(state, "7") and not dmtcp_dir.exists()
+    with pytest.raises(UsageError):
+        appckpt.register(state, "8", appckpt.AppDir(str(dmtcp_dir), NOBODY, NOBODY, "criu"))
+
+
+def test_a_dmtcp_directory_without_its_mark_is_not_removed(
+        tmp_path: Path, dmtcp_dir: Path) -> None:
+    state = str(tmp_path / "state")
+    (dmtcp_dir / dmtcp_job.MARK).unlink()
+    appckpt.register(state, "7", appckpt.AppDir(str(dmtcp_dir), NOBODY, NOBODY, "dmtcp"))
+    assert not appckpt.remove(state, "7") and dmtcp_dir.exists()

@@ -1,0 +1,136 @@
+"""`hpcmig run` of an engine=dmtcp job: the launcher under DMTCP, checkpoints when hpcmigd asks,
+the restart from the last one after a requeue.
+
+Design note: the job's checkpoints live in `hpcmig-dmtcp-<job>/step-<k>` in the batch script's
+working directory (hpcmig.checkpoint.dmtcp_job), the k-th `hpcmig run` of the script being
+step k in every run of it. A fresh step starts its coordinator in the batch host's container,
+wraps the MPI launcher in `dmtcp_launch` and hands the launcher hpcmig-rsh under the name
+`rsh` (DMTCP follows a job across hosts only through a program called ssh or rsh: it runs
+`dmtcp_sshd` under DMTCP on the other side and, after a restart, reconnects it by the peer's
+address). `hpcmig run` registers the job directory with hpcmigd, which asks for a generation
+(the `request` file, as the job's user) at the job's interval and counts the generations for
+a restart (controller/appckpt.py); `tick` takes the asked-for checkpoint while the step runs.
+After hpcmigd requeued the job, the step restarts from its last generation when it has one,
+and a step that had ended returns its recorded exit code. Images hold the job's memory: the
+directory is the user's, 0700, and hpcmigd removes it when the job ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from hpcmig.checkpoint import dmtcp, dmtcp_job
+from hpcmig.errors import HpcmigError, UsageError
+from hpcmig.runtime import client
+
+LAUNCH = "launch.json"  # in a step: the container the launcher ran in, and its index
+EXIT = "exit.json"  # in a step that ended: its exit code
+
+
+class Step:
+    """One `hpcmig run` of an engine=dmtcp job."""
+
+    def __init__(self, cfg: Any, vc: Any, run_dir: Path, head: Any, python: list[str],
+                 common: dict[str, Any]) -> None:
+        if vc.image:
+            raise UsageError("engine=dmtcp runs on the node's own root, not in a .sif image",
+                             hint="use engine=criu (the default) with image=")
+        self.cfg, self.vc, self.head, self.python = cfg, vc, head, python
+        self.common = common
+        self.tools = dmtcp.find_dmtcp(cfg.dmtcp_prefix)
+        self.job_dir = Path(dmtcp_job.job_dir(os.getcwd(), vc.job_id))
+        self.step = self.job_dir / f"step-{run_dir.name.rsplit('-', 1)[1]}"
+        for d in (self.job_dir, self.step):
+            d.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(d, 0o700)
+        (self.job_dir / dmtcp_job.MARK).touch()
+
+    def _in_head(self, verb: str, *args: str, timeout: float = 120.0) -> dict[str, Any]:
+        argv = [*self.python, "-m", "hpcmig.checkpoint.dmtcp_job", verb, str(self.step), *args]
+        res = client.run_in(self.head.address, argv, timeout=timeout, **self.common)
+        if res.code != 0:
+            raise HpcmigError(res.stderr.decode(errors="replace").strip()
+                              or f"dmtcp_job {verb} failed (exit {res.code})")
+        out: dict[str, Any] = json.loads(res.stdout.decode().strip().splitlines()[-1])
+        return out
+
+    def register(self) -> None:
+        from hpcmig.controller.client import ControllerClient
+
+        try:
+            ControllerClient(self.cfg).call("app_checkpoints", timeout=60,
+                                            job_id=self.vc.job_id,
+                                            directory=str(self.job_dir), engine="dmtcp")
+        except HpcmigError as exc:
+            print(f"hpcmig run: {exc}; no periodic DMTCP checkpoints and no restart",
+                  file=sys.stderr, flush=True)
+
+    def ended(self) -> int | None:
+        """The exit code of this step if it ended in an earlier run of the job."""
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return int(json.loads((self.step / EXIT).read_text())["exit_code"])
+        return None
+
+    def restartable(self) -> bool:
+        return bool(dmtcp.generations(str(self.step)))
+
+    def launch(self, argv: list[str], env: dict[str, str], mpi: str, rsh: str
+               ) -> tuple[list[str], dict[str, str]]:
+        """The launcher's command under dmtcp_launch (rsh replaced by `rsh`, a link to it),
+        with its environment; starts the step's coordinator."""
+        link = self.job_dir / "bin" / "rsh"
+        link.parent.mkdir(mode=0o700, exist_ok=True)
+        if not link.is_symlink() or os.readlink(link) != rsh:
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to(rsh)
+        argv = [str(link) if a == rsh else a for a in argv]
+        coord = dmtcp.Coordinator.from_json(self._in_head(
+            "start", "--host", self.head.address, "--prefix", self.cfg.dmtcp_prefix))
+        (self.step / LAUNCH).write_text(json.dumps({"index": self.head.index}))
+        env = dict(env)
+        env["PATH"] = f"{os.path.dirname(self.tools.launch)}:{env.get('PATH', '')}"
+        # hpcmig-rsh gives these to the commands it runs (DMTCP's and Open MPI's daemons)
+        env["HPCMIG_RSH_ENV"] = ",".join(dmtcp.MPI_ENV[mpi])
+        return dmtcp.launch_argv(coord, argv, env, mpi)
+
+    def restart(self, members: list[Any], run_dir: Path, out: str, err: str) -> None:
+        """Every container's processes back from the step's last generation, the launcher's
+        recording the step's end in run_dir (as a fresh launch would)."""
+        root = int(json.loads((self.step / LAUNCH).read_text())["index"])
+        args = ["--host", self.head.address, "--root", str(root), "--status", str(run_dir),
+                "--stdout", out, "--stderr", err, "--prefix", self.cfg.dmtcp_prefix]
+        for m in members:
+            args += ["--member", f"{m.index}={m.address}"]
+        done = self._in_head("restart", *args, "--", *self.python,
+                             timeout=dmtcp_job.RESTART_TIMEOUT + 60)
+        print(f"hpcmig run: restarted from DMTCP checkpoint generation {done['generation']} "
+              f"({done['processes']} processes in {len(done['containers'])} container(s), "
+              f"{done['seconds']:.1f} s)", file=sys.stderr, flush=True)
+
+    def tick(self) -> None:
+        """Take the checkpoint hpcmigd asked for, if it did."""
+        request = self.job_dir / dmtcp_job.REQUEST
+        if not request.exists():
+            return
+        try:
+            gen = self._in_head("checkpoint", timeout=660)
+            print(f"hpcmig run: DMTCP checkpoint generation {gen['generation']} "
+                  f"({gen['processes']} processes, {gen['image_bytes'] / 2**20:.0f} MiB, "
+                  f"{gen['seconds']:.1f} s)", file=sys.stderr, flush=True)
+        except HpcmigError as exc:
+            print(f"hpcmig run: DMTCP checkpoint failed: {exc}", file=sys.stderr, flush=True)
+        finally:
+            request.unlink(missing_ok=True)
+
+    def end(self, code: int) -> None:
+        """The step ended: its exit code stays (a rerun of the job skips it); its images go."""
+        (self.step / EXIT).write_text(json.dumps({"exit_code": code}))
+        for gen in dmtcp.generations(str(self.step)):
+            shutil.rmtree(gen.path, ignore_errors=True)
