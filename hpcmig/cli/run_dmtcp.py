@@ -41,6 +41,11 @@ class Step:
         if vc.image:
             raise UsageError("engine=dmtcp runs on the node's own root, not in a .sif image",
                              hint="use engine=criu (the default) with image=")
+        if len(vc.members) > 1:
+            raise UsageError(
+                f"engine=dmtcp runs a job in one container, not {len(vc.members)}: DMTCP "
+                "4.2.0 cannot restart a job across hosts (docs/checkpoint.md, \"DMTCP\")",
+                hint="use engine=criu (the default) or engine=app, or ask for one node")
         self.cfg, self.vc, self.head, self.python = cfg, vc, head, python
         self.common = common
         self.tools = dmtcp.find_dmtcp(cfg.dmtcp_prefix)
@@ -132,5 +137,5 @@ class Step:
     def end(self, code: int) -> None:
         """The step ended: its exit code stays (a rerun of the job skips it); its images go."""
         (self.step / EXIT).write_text(json.dumps({"exit_code": code}))
-        for gen in dmtcp.generations(str(self.step)):
-            shutil.rmtree(gen.path, ignore_errors=True)
+        for gen in self.step.glob("gen-*"):  # complete or not: they hold the job's memory
+            shutil.rmtree(gen, ignore_errors=True)

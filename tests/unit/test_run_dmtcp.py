@@ -1,0 +1,59 @@
+"""`hpcmig run` of an engine=dmtcp job, without DMTCP or a testbed: what it refuses, the step
+directory, and a step that ended."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hpcmig.checkpoint import dmtcp, dmtcp_job
+from hpcmig.cli.run_dmtcp import Step
+from hpcmig.errors import UsageError
+
+
+@pytest.fixture
+def prefix(tmp_path: Path) -> str:
+    """A directory that looks like a DMTCP install (the programs are never run here)."""
+    bin_dir = tmp_path / "dmtcp" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in dmtcp.TOOLS.values():
+        (bin_dir / name).write_text("#!/bin/sh\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    return str(bin_dir.parent)
+
+
+def step(tmp_path: Path, prefix: str, members: int = 1, image: str | None = None) -> Step:
+    vc = SimpleNamespace(job_id="42", image=image, members=list(range(members)))
+    cfg = SimpleNamespace(dmtcp_prefix=prefix)
+    head = SimpleNamespace(address="10.252.0.1", index=0)
+    return Step(cfg, vc, tmp_path / "run-0-3", head, ["python3"], {})
+
+
+def test_a_job_across_containers_or_in_an_image_is_refused(tmp_path: Path, prefix: str,
+                                                           monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="one container, not 2"):
+        step(tmp_path, prefix, members=2)
+    with pytest.raises(UsageError, match="not in a .sif image"):
+        step(tmp_path, prefix, image="/images/app.sif")
+    assert not Path(dmtcp_job.job_dir(str(tmp_path), "42")).exists()
+
+
+def test_the_step_directory_is_private_and_an_ended_step_keeps_only_its_exit_code(
+        tmp_path: Path, prefix: str, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = step(tmp_path, prefix)
+    assert s.step == tmp_path / "hpcmig-dmtcp-42" / "step-3"
+    assert os.stat(s.job_dir).st_mode & 0o777 == 0o700
+    assert (s.job_dir / dmtcp_job.MARK).exists()
+    assert s.ended() is None and not s.restartable()
+    gen = s.step / "gen-1"
+    gen.mkdir()
+    (gen / "ckpt_a.dmtcp").write_bytes(b"x")
+    s.tick()  # hpcmigd asked for nothing: no checkpoint is taken
+    s.end(3)
+    assert s.ended() == 3 and not gen.exists()
