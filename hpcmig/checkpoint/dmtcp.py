@@ -436,9 +436,14 @@ def _generation(path: str, manifest: dict[str, Any]) -> Generation:
 
 
 def _load(path: str) -> Generation | None:
-    """The generation in `path` if it is complete: manifest, restart script, every image."""
+    """The generation in `path` if it is complete: manifest, restart script, every image.
+    Read by root too (hpcmigd), in a directory of the job's user: the manifest is read only
+    if it is a regular file (a FIFO there would block the reader), nothing follows a link."""
     try:
-        with open(os.path.join(path, MANIFEST), encoding="utf-8") as fh:
+        manifest_path = os.path.join(path, MANIFEST)
+        if os.path.islink(path) or not stat.S_ISREG(os.lstat(manifest_path).st_mode):
+            return None
+        with open(manifest_path, encoding="utf-8") as fh:
             manifest = json.load(fh)
         if not os.path.isfile(os.path.join(path, RESTART_SCRIPT)):
             return None

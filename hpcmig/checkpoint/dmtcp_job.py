@@ -59,10 +59,10 @@ def container_index(host: str) -> int:
 
 
 def newest(directory: str) -> dmtcp.Generation | None:
-    """The newest complete generation of any step of a job_dir."""
+    """The newest complete generation of any step of a job_dir (links are not followed)."""
     try:
         steps = [os.path.join(directory, n) for n in os.listdir(directory)
-                 if n.startswith("step-")]
+                 if n.startswith("step-") and not os.path.islink(os.path.join(directory, n))]
     except OSError:
         return None
     gens = [g for s in steps for g in dmtcp.generations(s)[-1:]]

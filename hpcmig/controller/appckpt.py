@@ -100,6 +100,9 @@ def newest(app: AppDir) -> Newest | None:
     if app.engine == "dmtcp":
         gen = dmtcp_job.newest(path)
         return Newest(gen.number, gen.created) if gen else None
+    with contextlib.suppress(FileNotFoundError):  # root reads it: a FIFO there would block
+        if not stat.S_ISREG(os.lstat(os.path.join(path, store.INDEX)).st_mode):
+            return None
     found = store.latest(path)
     return Newest(found.generation, found.time) if found else None
 

@@ -4,6 +4,7 @@ name, each container's dmtcp_restart command, the newest generation of a job dir
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,19 @@ def test_the_newest_generation_of_any_step(tmp_path: Path) -> None:
     newest = dmtcp_job.newest(str(tmp_path))
     assert newest is not None and (newest.number, newest.created) == (1, 200.0)
     assert newest.hosts == {"hpcmig-7-0-0": (str(tmp_path / "step-1" / "gen-1" / "ckpt_a.dmtcp"),)}
+
+
+def test_links_and_fifos_in_a_users_directory_are_not_followed(tmp_path: Path) -> None:
+    """hpcmigd reads the job's directory as root: a planted link or FIFO counts for nothing
+    (and never blocks the reader)."""
+    hosts = {"hpcmig-7-0-0": ["ckpt_a.dmtcp"]}
+    generation(tmp_path / "elsewhere", 9, 900.0, hosts)
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "step-0").symlink_to(tmp_path / "elsewhere")
+    step = tmp_path / "job" / "step-1"
+    generation(step, 2, 100.0, hosts)
+    (step / "gen-3").mkdir()
+    os.mkfifo(step / "gen-3" / dmtcp.MANIFEST)
+    (step / "gen-4").symlink_to(tmp_path / "elsewhere" / "gen-9")
+    newest = dmtcp_job.newest(str(tmp_path / "job"))
+    assert newest is not None and newest.number == 2

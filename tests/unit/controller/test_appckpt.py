@@ -66,6 +66,13 @@ def test_a_link_or_somebody_elses_directory_is_not_read(tmp_path: Path, users_di
     assert not appckpt.request(appckpt.AppDir(str(link), NOBODY, NOBODY))
 
 
+def test_a_fifo_for_the_index_is_not_read(tmp_path: Path) -> None:
+    d = tmp_path / "hpcmig-ckpt-8"
+    d.mkdir()
+    os.mkfifo(d / store.INDEX)
+    assert appckpt.newest(appckpt.AppDir(str(d), os.getuid(), os.getgid())) is None
+
+
 def test_a_request_is_written_as_the_user(users_dir: Path) -> None:
     assert appckpt.request(appckpt.AppDir(str(users_dir), NOBODY, NOBODY))
     st = (users_dir / store.REQUEST).stat()
