@@ -33,10 +33,12 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from hpcmig import _proc
 from hpcmig.checkpoint import dmtcp
 from hpcmig.checkpoint.base import CheckpointError
+from hpcmig.checkpoint.record import write_private_json
 from hpcmig.errors import HpcmigError
 
 COORDINATOR = "coordinator.json"
@@ -71,10 +73,7 @@ def newest(directory: str) -> dmtcp.Generation | None:
 
 def start(step: str, host: str, prefix: str = "") -> dmtcp.Coordinator:
     coord = dmtcp.start_coordinator(dmtcp.find_dmtcp(prefix), step, host=host)
-    tmp = os.path.join(step, f".{COORDINATOR}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(coord.to_json(), fh)
-    os.replace(tmp, os.path.join(step, COORDINATOR))
+    write_private_json(Path(step, COORDINATOR), coord.to_json())
     return coord
 
 
@@ -102,24 +101,24 @@ def take(step: str, timeout: float, keep: int = dmtcp.KEEP) -> dmtcp.Generation:
 
 
 def restart_plan(tools: dmtcp.DmtcpTools, step: str, coord: dmtcp.Coordinator,
-                 root: int) -> dict[int, list[str]]:
-    """The dmtcp_restart command of every container index that held images of the step's
-    last generation (a job in one container: `root`, the launcher's)."""
+                 root: int) -> tuple[dmtcp.Generation, dict[int, list[str]]]:
+    """The step's last generation, and the dmtcp_restart command of every container index
+    that held images of it (a job in one container: `root`, the launcher's)."""
     argv = dmtcp.restart_argv(tools, step, coord)
     gen = dmtcp.last_generation(step)
     common = argv[:len(argv) - len(gen.images)]
     if not gen.hosts:
-        return {root: argv}
-    return {container_index(h): [*common, *images] for h, images in gen.hosts.items()}
+        return gen, {root: argv}
+    return gen, {container_index(h): [*common, *images] for h, images in gen.hosts.items()}
 
 
 def restart(step: str, host: str, members: dict[int, str], root: int, status: str,
             stdout: str, stderr: str, python: Sequence[str], prefix: str = "") -> dict:
     tools = dmtcp.find_dmtcp(prefix)
-    gen = dmtcp.last_generation(step)
+    dmtcp.last_generation(step)  # nothing to restart from: say so before a coordinator runs
     coord = start(step, host, prefix)
     try:
-        plan = restart_plan(tools, step, coord, root)
+        gen, plan = restart_plan(tools, step, coord, root)
         rsh = os.environ.get("HPCMIG_RSH", "hpcmig-rsh")
         for index, argv in sorted(plan.items()):
             if index not in members:

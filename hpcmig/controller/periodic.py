@@ -248,7 +248,7 @@ class Periodic:
         self.not_ours: dict[tuple[int, int], float] = {}
         self.swept = float("-inf")
         self.started = time.time()  # a node never heard from counts as heard from then
-        self.asked: dict[str, tuple[float, int]] = {}  # app job -> (asked at, newest then)
+        self.asked: dict[str, float] = {}  # app|dmtcp job -> when it was asked (unix time)
 
     def round(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -313,16 +313,15 @@ class Periodic:
         if app is None:
             return  # its `hpcmig run` has not registered the directory yet
         gen = appckpt.newest(app)
-        newest_n = gen.generation if gen else 0
         asked = self.asked.get(jid)
-        if asked is not None and gen is not None and gen.time > asked[0]:
-            self.cost[jid] = max(0.0, gen.time - asked[0])
+        if asked is not None and gen is not None and gen.time > asked:
+            self.cost[jid] = max(0.0, gen.time - asked)
             self.asked.pop(jid)
         if not self._due(vc, now):
             return
         self.last[jid] = now
         if appckpt.request(app):
-            self.asked[jid] = (time.time(), newest_n)
+            self.asked[jid] = time.time()
             log.info("job %s: asked the program for a checkpoint", jid)
 
     def _due(self, vc: VCluster, now: float) -> bool:

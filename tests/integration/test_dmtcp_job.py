@@ -32,11 +32,12 @@ from hpcmig.testbed import cluster
 from hpcmig.testbed.plan import DMTCP_PREFIX_ENV, Plan
 from hpcmig.workloads import batch, ring
 from tests.integration import hpcmigd
-from tests.integration.test_migration import ELEMENTS, wait_for_ranks
+from tests.integration.test_migration import ELEMENTS
 from tests.integration.test_node_loss import (  # noqa: F401 - crashed: a fixture
     INTERVAL,
     crashed,
     story,
+    submit_job,
 )
 from tests.unit.checkpoint.test_dmtcp_restart import need
 
@@ -64,17 +65,6 @@ def ring_script(nodes: int, mpi: str, name: str) -> str:
                  "--seconds", str(SECONDS), "--progress"]],
         mpi=mpi, ntasks=nodes * 2, options={"ckpt": str(INTERVAL), "engine": "dmtcp"},
         job_name=name)
-
-
-def submit(testbed: Plan, slurm: Slurm, job_dir: Path, script: str) -> tuple[int, Path, str]:
-    """Submit; once its ranks run: the job id, its output file and its batch host."""
-    (job_dir / "job.sh").write_text(script)
-    out = job_dir / "job.out"
-    job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=testbed.user,
-                          cwd=str(job_dir))
-    job = slurm.wait(job_id, timeout=60, states={"RUNNING"})
-    wait_for_ranks(testbed, job_id)
-    return job_id, out, job.batch_host
 
 
 def wait_generations(testbed: Plan, slurm: Slurm, job_id: int, out: Path, directory: Path,
@@ -107,8 +97,9 @@ def ended_and_removed(slurm: Slurm, job_id: int, out: Path, directory: Path) -> 
 def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
         testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str],  # noqa: F811
         dmtcp_tools: dmtcp.DmtcpTools, mpi: str) -> None:
-    job_id, out, victim = submit(testbed, slurm, job_dir,
-                                 ring_script(1, mpi, f"dmtcp-crash-{mpi}"))
+    job_id, out, job = submit_job(testbed, slurm, job_dir,
+                                  ring_script(1, mpi, f"dmtcp-crash-{mpi}"))
+    victim = job.batch_host  # its only node
     directory = Path(dmtcp_job.job_dir(str(job_dir), str(job_id)))
     taken = wait_generations(testbed, slurm, job_id, out, directory, 1)[-1]
     assert directory.stat().st_mode & 0o777 == 0o700

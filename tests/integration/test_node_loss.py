@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from hpcmig import _proc
-from hpcmig.slurm import Slurm
+from hpcmig.slurm import JobInfo, Slurm
 from hpcmig.testbed import cluster, faults
 from hpcmig.testbed.plan import Plan
 from hpcmig.workloads import batch, ring
@@ -69,16 +69,24 @@ def submit(testbed: Plan, slurm: Slurm, job_dir: Path, mpi: str, name: str,
     return submit_script(testbed, slurm, job_dir, script)
 
 
-def submit_script(testbed: Plan, slurm: Slurm, job_dir: Path, script: str
-                  ) -> tuple[int, Path, str]:
-    """Submit a 2-node batch script; once its launcher runs: its id, output file and the
-    node that is not its batch host."""
+def submit_job(testbed: Plan, slurm: Slurm, job_dir: Path, script: str
+               ) -> tuple[int, Path, JobInfo]:
+    """Submit a batch script as the testbed's user; once its ranks run: its id, output file
+    and the running job."""
     (job_dir / "job.sh").write_text(script)
     out = job_dir / "job.out"
     job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=testbed.user,
                           cwd=str(job_dir))
     job = slurm.wait(job_id, timeout=60, states={"RUNNING"})
     wait_for_ranks(testbed, job_id)
+    return job_id, out, job
+
+
+def submit_script(testbed: Plan, slurm: Slurm, job_dir: Path, script: str
+                  ) -> tuple[int, Path, str]:
+    """Submit a 2-node batch script; once its launcher runs: its id, output file and the
+    node that is not its batch host."""
+    job_id, out, job = submit_job(testbed, slurm, job_dir, script)
     return job_id, out, next(n for n in job.nodes if n != job.batch_host)
 
 
