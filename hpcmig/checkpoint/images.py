@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - the package depends on it; stay usable
     xxhash = None  # type: ignore[assignment]
 
 from hpcmig.checkpoint import _acl
-from hpcmig.checkpoint.base import CorruptImage
+from hpcmig.checkpoint.base import CheckpointError, CorruptImage
 from hpcmig.errors import UsageError
 
 DEFAULT_ROOT = "/var/spool/hpcmig/ckpt"
@@ -101,8 +101,10 @@ def create(root: str, path: str, uid: int, *, fresh: bool = True) -> str:
     parts = os.path.relpath(path, top).split(os.sep)
     for part in ["", *parts]:
         current = os.path.normpath(os.path.join(current, part))
-        if not os.path.isdir(current):
+        with contextlib.suppress(FileExistsError):  # another node's agent, at the same time
             os.mkdir(current, 0o700)
+        if not os.path.isdir(current) or os.path.islink(current):
+            raise CheckpointError(f"{current} exists and is not a directory")
         os.chown(current, 0, 0)
         _acl.grant_read(current, uid)
     return path

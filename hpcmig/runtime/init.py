@@ -11,9 +11,10 @@ exec children go through `_session.Session`, which switches to the job's uid fir
 
 Image containers (`spec.image`): the runtime has built the root at <state>/<name>/root
 (`hpcmig.runtime.image`). The init does everything that needs the node's files first (users,
-groups, libmunge, the listening socket), then changes directory to <state>/<name> and
-chroots into root/. Its children (every exec) therefore see only the image; the init keeps
-its cwd outside the root, so its log stays `init.log` next to spec.json on the node.
+groups, libmunge, the listening socket), then chroots into root/. Its children (every exec)
+therefore see only the image. Every init's cwd is its container's directory <state>/<name>
+(outside root/, so an image container's log stays `init.log` next to spec.json on the node;
+and never shared, see `_become_init`).
 
 Signals: SIGTERM/SIGINT are forwarded to every process of the container and start the stop
 (SIGKILL to what is left after `stop_grace`, then exit); SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 are
@@ -241,11 +242,12 @@ def _become_init(spec: ContainerSpec, log_path: str, ready_fd: int | None,
     sock_path = spec.env.get(munge.SOCKET_ENV) or munge.socket_path()
     ctx = exec_context(spec, sock_path)
     listener = listen(spec.address, spec.exec_port)
-    if not chroot:
-        os.chdir("/")
-    else:
+    # the container's own directory, never one it shares: CRIU's parasite makes
+    # "proc.crtools" in the cwd of the init it dumps, so two containers dumped at once
+    # (a whole-job checkpoint) with one cwd would collide (mkdir: EEXIST)
+    os.chdir(os.path.dirname(log_path))
+    if chroot:
         munge._load()  # dlopen libmunge before the chroot: the image need not have it
-        os.chdir(os.path.dirname(log_path))
         os.chroot(os.path.join(os.path.dirname(log_path), "root"))
         log_path = os.path.basename(log_path)  # relative to the cwd, which is outside root/
     handler = _AppendPerLine(log_path)

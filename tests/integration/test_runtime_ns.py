@@ -126,6 +126,10 @@ def test_exec_runs_as_the_job_user_in_the_containers_namespaces(cluster: Cluster
     assert int(pid_ns) != me["pid"] and int(uts_ns) != me["uts"]
     assert int(net_ns) == os.stat(cluster.nets["c0"].netns_path).st_ino != me["net"]
     assert int(mnt_ns) == me["mnt"]  # shared mount namespace: what CRIU can dump
+    # each init's cwd is its own directory: CRIU's parasite makes proc.crtools there, so
+    # containers dumped at once (a whole-job checkpoint) must not share it
+    cwds = {os.readlink(f"/proc/{c.init_pid}/cwd") for c in cluster.containers.values()}
+    assert cwds == {os.path.join(cluster.state_dir, c.name) for c in cluster.containers.values()}
 
 
 def test_stdin_stdout_and_exit_code_round_trip(cluster: Cluster) -> None:

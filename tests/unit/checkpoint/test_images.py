@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcmig.checkpoint import CorruptImage, _acl, images, stream
+from hpcmig.checkpoint import CheckpointError, CorruptImage, _acl, images, stream
 from hpcmig.errors import UsageError
 
 
@@ -107,6 +107,31 @@ def test_create_and_seal_give_root_ownership_and_user_read(tmp_path: Path) -> No
         assert not _acl.readers(path)[4321] & _acl.W  # never writable by the user
     assert images.remove_job(root, "42") and not os.path.exists(d)
     assert not images.remove_job(root, "42")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to root needs root")
+def test_create_takes_a_directory_another_agent_made_at_the_same_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two nodes' agents prepare one job's shared tree at once (a whole-job checkpoint):
+    the directory the other made between our look and our mkdir is taken as it is."""
+    root = str(tmp_path / "ckpt")
+    mkdir = os.mkdir
+
+    def racing(path: str, mode: int = 0o777) -> None:
+        if not os.path.exists(path):
+            mkdir(path, 0o700)  # the other agent was first
+        mkdir(path, mode)
+
+    monkeypatch.setattr(os, "mkdir", racing)
+    d = images.image_dir(root, "42", 0, 1)
+    assert images.create(root, d, uid=4321) == d and os.path.isdir(d)
+    assert os.stat(images.job_dir(root, "42")).st_uid == 0
+    monkeypatch.undo()
+    (tmp_path / "elsewhere").mkdir()
+    link = images.image_dir(root, "43", 0, 1)
+    os.symlink(tmp_path / "elsewhere", images.job_dir(root, "43"))
+    with pytest.raises(CheckpointError, match="not a directory"):
+        images.create(root, link, uid=4321)
 
 
 def test_stream_receiver_takes_files_from_its_peer_only(tmp_path: Path) -> None:
