@@ -47,7 +47,7 @@ from hpcmig.controller.journal import Journal  # noqa: E402
 from hpcmig.controller.migration import MigrationSpec, migrate  # noqa: E402
 from hpcmig.vcluster import VCluster  # noqa: E402
 from tests.integration import rt_support as S  # noqa: E402
-from tests.integration.agent_nodes import AgentNodes, agent_nodes  # noqa: E402
+from tests.integration.agent_nodes import AgentNodes, agent_nodes, bench_problem  # noqa: E402
 from tests.integration.conftest import hold_lock  # noqa: E402
 
 B1, B2, B3 = S.BRIDGED
@@ -204,12 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results.json"))
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("run as root (network namespaces, CRIU)", file=sys.stderr)
-        return 2
-    problem = S.criu_problem()
-    if problem:
-        print(f"cannot run: {problem}", file=sys.stderr)
+    if problem := bench_problem():
+        print(problem, file=sys.stderr)
         return 2
     modes = args.modes.split(",")
     result: dict[str, Any] = {

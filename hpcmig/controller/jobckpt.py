@@ -7,23 +7,28 @@ containers at once.
 Checkpoint (`checkpoint_job`): check (nothing undumpable, all running) -> images (prepare
 every directory) -> lock (hold every container's /32 on its node, so no container
 hears from another while the others are dumped: a consistent cut, unacknowledged data stays
-in CRIU's socket queues) -> dump:<i> for each, left stopped -> verify:<i> -> then `resume`
+in CRIU's socket queues) -> dump:all (left stopped) -> verify:all -> then `resume`
 (continue the job: resume + unlock all) or `stop` (kill all, remove their networks, forget
 their routes; the images are the job's checkpoint) -> done. Any failure before `resume`/
 `stop` rolls back: every container resumed and unlocked, the images removed. From `resume`
 /`stop` on, only forward. Images are kept at the end (the caller removes them at job end,
 `images.remove_job`).
 
-Restore (`restore_job`), on any set of nodes: check (no copy there yet) -> verify:<i> ->
-net:<i> (netns with the same address, held) -> route (every node routes every address
-to its container's node) -> restore:<i> -> unlock (point_local all) -> done. Until every
+Restore (`restore_job`), on any set of nodes: check (no copy there yet) -> verify:all ->
+net:all (netns with the same address, held) -> route (every node routes every address
+to its container's node) -> restore:all -> unlock (point_local all) -> done. Until every
 restore has succeeded a failure rolls back: every restored copy killed (confirmed gone),
 networks and routes removed, images kept so the restore can be tried again.
+
+Every step that acts on all containers (`<step>:all`, lock, resume, stop, rollbacks) runs on
+them at once, one thread each, and waits for all: a job's pause is one container's dump and
+verification, not their sum. A step fails if any container's part failed, naming each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,13 +127,18 @@ class _JobMachine(Machine):
     def _names(self) -> list[str]:
         return [name for name, _ in self.forward()]
 
+    def _at(self, step: str) -> int:
+        """Where a journaled step is in `forward`; a journal of an hpcmigd before the steps
+        ran on all containers at once names them per container (`dump:2`)."""
+        name, _, index = step.rpartition(":")
+        return self._names().index(f"{name}:all" if index.isdigit() else step)
+
     def run(self, start: int = 0) -> Outcome:
         return self.run_steps(self.forward()[start:])
 
     def _fail(self, exc: Exception) -> Outcome:
         last = self.last_forward()
-        names = self._names()
-        if last is not None and names.index(last[0]) >= names.index(self.no_return()):
+        if last is not None and self._at(last[0]) >= self._at(self.no_return()):
             self.journal.update_data(self.op_id, stuck_in="forward")
             self.journal.set_state(self.op_id, "stuck", str(exc))
             return self.outcome()
@@ -142,9 +152,8 @@ class _JobMachine(Machine):
         if last is None:
             self.journal.set_state(self.op_id, "rolled_back", "interrupted before any step")
             return self.outcome()
-        names = self._names()
-        reached = names.index(last[0])
-        if reached < names.index(self.no_return()):
+        reached = self._at(last[0])
+        if reached < self._at(self.no_return()):
             return self.rollback(op.error or f"interrupted at step {last[0]}")
         if last[1] == "done":
             return self.outcome() if last[0] == "done" else self.run(reached + 1)
@@ -153,7 +162,7 @@ class _JobMachine(Machine):
     def rollback(self, reason: str) -> Outcome:
         self.journal.set_state(self.op_id, "rolling_back", reason)
         last = self.last_forward()
-        reached = self._names().index(last[0]) if last else -1
+        reached = self._at(last[0]) if last else -1
         try:
             errors = self.undo(self.rollback_actions(reached))
         except Stuck as exc:
@@ -176,16 +185,21 @@ class _JobMachine(Machine):
             raise HpcmigError(f"{p.ref.name} on {p.node} is still {state.value}")
 
 
-def _all(items: tuple[Placement, ...], fn: Callable[[Placement], object]) -> dict[str, Any]:
-    failed = []
-    for p in items:
+def _all(items: tuple[Placement, ...], fn: Callable[[Placement], Any]) -> dict[str, Any]:
+    """fn on every container at once; {index: what fn returned}. HpcmigError naming every
+    container whose part failed, raised once all have ended."""
+    with ThreadPoolExecutor(max_workers=len(items) or 1,
+                            thread_name_prefix="jobckpt") as pool:
+        futures = [(p, pool.submit(fn, p)) for p in items]
+    results, failed = {}, []
+    for p, future in futures:
         try:
-            fn(p)
+            results[str(p.ref.index)] = future.result()
         except HpcmigError as exc:
             failed.append(f"{p.ref.name} on {p.node}: {exc}")
     if failed:
         raise HpcmigError("; ".join(failed))
-    return {}
+    return results
 
 
 class JobCheckpoint(_JobMachine):
@@ -194,8 +208,7 @@ class JobCheckpoint(_JobMachine):
     def forward(self) -> list[tuple[str, Callable[[], dict[str, Any] | None]]]:
         steps: list[tuple[str, Callable[[], dict[str, Any] | None]]] = [
             ("check", self._check), ("images", self._images), ("lock", self._lock)]
-        steps += [(f"dump:{p.ref.index}", self._dumper(p)) for p in self.spec.containers]
-        steps += [(f"verify:{p.ref.index}", self._verifier(p)) for p in self.spec.containers]
+        steps += [("dump:all", self._dump), ("verify:all", self._verify)]
         steps += [(self.spec.then, self._stop if self.spec.then == "stop" else self._resume),
                   ("done", self._finish)]
         return steps
@@ -222,19 +235,18 @@ class JobCheckpoint(_JobMachine):
     def _lock(self) -> dict[str, Any]:
         return _all(self.spec.containers, lambda p: self.ops.hold(p.node, p.ref.address))
 
-    def _dumper(self, p: Placement) -> Callable[[], dict[str, Any]]:
-        def dump() -> dict[str, Any]:
-            stats = self.ops.dump(p.node, p.ref, p.image_dir, None)
-            dumps = {**self.data.get("dumps", {}), str(p.ref.index): stats.to_json()}
-            self.journal.update_data(self.op_id, dumps=dumps)
-            return stats.to_json()
-        return dump
+    def _dump(self) -> dict[str, Any]:
+        dumps = {i: stats.to_json() for i, stats in _all(
+            self.spec.containers, lambda p: self.ops.dump(p.node, p.ref, p.image_dir, None)
+        ).items()}
+        self.journal.update_data(self.op_id, dumps=dumps)
+        return {i: {"image_bytes": d["image_bytes"], "seconds": d["seconds"]}
+                for i, d in dumps.items()}
 
-    def _verifier(self, p: Placement) -> Callable[[], None]:
-        def verify() -> None:
-            stats = DumpStats.from_json(self.data["dumps"][str(p.ref.index)])
-            self.ops.verify_images(p.node, p.image_dir, stats.manifest_sha256)
-        return verify
+    def _verify(self) -> dict[str, Any]:
+        dumps = self.data["dumps"]
+        return _all(self.spec.containers, lambda p: self.ops.verify_images(
+            p.node, p.image_dir, DumpStats.from_json(dumps[str(p.ref.index)]).manifest_sha256))
 
     def _resume(self) -> dict[str, Any]:
         _all(self.spec.containers, lambda p: self.ops.resume(p.node, p.ref))
@@ -284,11 +296,13 @@ class JobRestore(_JobMachine):
     def forward(self) -> list[tuple[str, Callable[[], dict[str, Any] | None]]]:
         c = self.spec.containers
         steps: list[tuple[str, Callable[[], dict[str, Any] | None]]] = [("check", self._check)]
-        steps += [(f"verify:{p.ref.index}", self._verifier(p)) for p in c]
-        steps += [(f"net:{p.ref.index}", self._net(p)) for p in c]
-        steps += [("route", self._route)]
-        steps += [(f"restore:{p.ref.index}", self._restorer(p)) for p in c]
-        steps += [("unlock", self._unlock), ("done", self._finish)]
+        steps += [("verify:all", lambda: _all(c, lambda p: self.ops.verify_images(
+                      p.node, p.image_dir, p.manifest_sha256))),
+                  ("net:all", lambda: _all(c, lambda p: self.ops.create_net(p.node, p.ref))),
+                  ("route", self._route),
+                  ("restore:all", lambda: _all(c, lambda p: {
+                      "pid": self.ops.restore(p.node, p.ref, p.image_dir)})),
+                  ("unlock", self._unlock), ("done", self._finish)]
         return steps
 
     def no_return(self) -> str:
@@ -301,12 +315,6 @@ class JobRestore(_JobMachine):
                 raise HpcmigError(f"{p.node} already has a copy of {p.ref.name}")
         return {}
 
-    def _verifier(self, p: Placement) -> Callable[[], None]:
-        return lambda: self.ops.verify_images(p.node, p.image_dir, p.manifest_sha256)
-
-    def _net(self, p: Placement) -> Callable[[], None]:
-        return lambda: self.ops.create_net(p.node, p.ref)
-
     def _route(self) -> dict[str, Any]:
         for node in self.spec.nodes:
             for p in self.spec.containers:
@@ -314,25 +322,18 @@ class JobRestore(_JobMachine):
                     self.ops.route_via(node, p.ref.address, p.node)
         return {}
 
-    def _restorer(self, p: Placement) -> Callable[[], dict[str, Any]]:
-        def restore() -> dict[str, Any]:
-            return {"pid": self.ops.restore(p.node, p.ref, p.image_dir)}
-        return restore
-
     def _unlock(self) -> dict[str, Any]:
         return _all(self.spec.containers, lambda p: self.ops.point_local(p.node, p.ref))
 
     def rollback_actions(self, reached: int) -> list[Action]:
         names = self._names()
         spec, ops = self.spec, self.ops
-        first_restore = names.index(f"restore:{spec.containers[0].ref.index}")
         actions: list[Action] = []
-        if reached >= first_restore:
+        if reached >= names.index("restore:all"):
             actions.append(("kill", True, lambda: _all(spec.containers, self._kill_confirmed)))
         if reached >= names.index("route"):
             actions.append(("routes", False, lambda: _each_route(spec, ops)))
-        first_net = names.index(f"net:{spec.containers[0].ref.index}")
-        if reached >= first_net:
+        if reached >= names.index("net:all"):
             actions.append(("nets", False, lambda: _all(
                 spec.containers, lambda p: ops.remove_net(p.node, p.ref))))
         return actions

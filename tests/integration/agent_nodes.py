@@ -255,6 +255,14 @@ def agent_nodes(prefix: str = "hpcmig-rt-agents-", tmp: str | None = None
             shutil.rmtree(work, ignore_errors=True)
 
 
+def bench_problem() -> str | None:
+    """Why a benchmark on agent nodes cannot run here (None: it can)."""
+    if os.geteuid() != 0:
+        return "run as root (network namespaces, CRIU)"
+    problem = S.criu_problem()
+    return f"cannot run: {problem}" if problem else None
+
+
 @contextlib.contextmanager
 def criu_agent_nodes() -> Iterator[AgentNodes]:
     """`agent_nodes` for tests that dump containers: skipped with the reason where CRIU

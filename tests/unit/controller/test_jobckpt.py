@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
+from hpcmig.checkpoint.base import DumpStats
 from hpcmig.checkpoint.refs import ContainerRef
+from hpcmig.checkpoint.stream import Stream
 from hpcmig.controller import recovery
 from hpcmig.controller._machine import env_faults
 from hpcmig.controller.jobckpt import (
@@ -54,8 +58,7 @@ def restore_spec(ckpt: dict[str, dict[str, str]]) -> JobSpec:
 
 
 def checkpoint_steps(spec: JobSpec) -> list[str]:
-    return ["check", "images", "lock", *[f"dump:{i}" for i in range(3)],
-            *[f"verify:{i}" for i in range(3)], spec.then, "done"]
+    return ["check", "images", "lock", "dump:all", "verify:all", spec.then, "done"]
 
 
 def test_checkpoint_stop_then_restore_elsewhere(journal: Journal) -> None:
@@ -112,7 +115,7 @@ def test_checkpoint_sigkill_at_every_step(journal: Journal, step: str, point: st
             assert_settled(w, ref, node, [n for n in OLD if n != node])
 
 
-@pytest.mark.parametrize("step", ["dump:1", "verify:2"])
+@pytest.mark.parametrize("step", ["dump:all", "verify:all"])
 def test_checkpoint_failure_resumes_every_container(journal: Journal, step: str) -> None:
     w, ops, spec = setup()
     out = checkpoint_job(journal, ops, spec, fault=env_faults(f"{step}:fail"))
@@ -120,6 +123,77 @@ def test_checkpoint_failure_resumes_every_container(journal: Journal, step: str)
     for node, ref in zip(OLD, REFS, strict=True):
         assert_settled(w, ref, node, [n for n in OLD if n != node])
     assert not w.images
+
+
+class Together(FakeOps):
+    """Dumps and restores that return only once all three containers' have started: a
+    step that ran them one after another would break the barrier (and fail)."""
+
+    def __init__(self, world: World, crash_index: int | None = None) -> None:
+        super().__init__(world)
+        self.barrier = threading.Barrier(3, timeout=5)
+        self.crash_index = crash_index
+
+    def dump(self, node: str, ref: ContainerRef, image_dir: str, stream: Stream | None,
+             postcopy: bool = False) -> DumpStats:
+        self.barrier.wait()
+        if ref.index == self.crash_index:
+            raise Crash(f"hpcmigd SIGKILLed while {ref.name} was dumped")
+        return super().dump(node, ref, image_dir, stream, postcopy)
+
+    def restore(self, node: str, ref: ContainerRef, image_dir: str,
+                lazy_from: tuple[str, int] | None = None) -> int:
+        self.barrier.wait()
+        return super().restore(node, ref, image_dir, lazy_from)
+
+
+def test_containers_are_dumped_and_restored_at_once(journal: Journal) -> None:
+    w, _, spec = setup()
+    ops = Together(w)
+    out = checkpoint_job(journal, ops, spec)
+    assert out.state == "done", out.error
+    back = restore_job(journal, ops, restore_spec(
+        JobCheckpoint(journal, ops, out.op_id).checkpoint()))
+    assert back.state == "done", back.error
+    for node, ref in zip(NEW, REFS, strict=True):
+        assert_settled(w, ref, node, [n for n in NEW if n != node])
+
+
+def test_a_crash_while_some_dumps_are_done_rolls_every_container_back(journal: Journal
+                                                                     ) -> None:
+    w, _, spec = setup()
+    with pytest.raises(Crash):
+        checkpoint_job(journal, Together(w, crash_index=1), spec)
+    assert sum("sha" in i for i in w.images.values()) == 2  # the other two dumps ended
+    assert [o.state for o in recovery.recover(journal, FakeOps(w))] == ["rolled_back"]
+    for node, ref in zip(OLD, REFS, strict=True):
+        assert_settled(w, ref, node, [n for n in OLD if n != node])
+    assert not w.images
+
+
+def test_a_journal_of_per_container_steps_still_recovers(journal: Journal) -> None:
+    """An hpcmigd before the parallel steps journaled `dump:<i>`; one SIGKILLed then, and
+    upgraded, rolls that checkpoint back as it would its own."""
+    w, ops, spec = setup()
+    with pytest.raises(Crash):
+        checkpoint_job(journal, ops, spec, fault=crash_at("dump:all", "before"))
+    [op] = journal.open_operations()
+    for i in range(2):  # what the old order left: dumps 0 and 1 journaled, done
+        journal.step_ended(op.id, journal.step_started(op.id, "forward", f"dump:{i}"), "done")
+    assert [o.state for o in recovery.recover(journal, ops)] == ["rolled_back"]
+    for node, ref in zip(OLD, REFS, strict=True):
+        assert_settled(w, ref, node, [n for n in OLD if n != node])
+    assert not w.images
+
+
+def test_a_failing_dump_names_its_container(journal: Journal) -> None:
+    w, ops, spec = setup()
+    ops.fail("dump", "n2")
+    out = checkpoint_job(journal, ops, spec)
+    assert out.state == "rolled_back"
+    assert REFS[1].name in (out.error or "") and "n2" in (out.error or ""), out.error
+    for node, ref in zip(OLD, REFS, strict=True):
+        assert_settled(w, ref, node, [n for n in OLD if n != node])
 
 
 def test_checkpoint_refused_when_one_container_cannot_be_dumped(journal: Journal) -> None:
@@ -130,8 +204,7 @@ def test_checkpoint_refused_when_one_container_cannot_be_dumped(journal: Journal
     assert not [c for c in w.calls if c.startswith(("hold", "dump"))]
 
 
-RESTORE_STEPS = ["check", *[f"verify:{i}" for i in range(3)], *[f"net:{i}" for i in range(3)],
-                 "route", *[f"restore:{i}" for i in range(3)], "unlock", "done"]
+RESTORE_STEPS = ["check", "verify:all", "net:all", "route", "restore:all", "unlock", "done"]
 
 
 @pytest.mark.parametrize("point", ["before", "after"])
