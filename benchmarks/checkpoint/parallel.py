@@ -8,8 +8,8 @@ migration benchmark), one job of three containers, one per node, built as the pr
 (`hpcmig.controller.jobckpt.checkpoint_job`, `then="resume"`, over `AgentOps`: CRIU, image
 manifests and checksums, journal fsyncs and the RPC round trips included), the two ways
 taking turns run by run: `parallel`, the code as it is, and `serial`, the same steps with
-`jobckpt._all` replaced by a loop over the containers, which is how whole-job steps ran
-before they ran at once. Per run: the job's pause (journal: `lock` started -> `resume`
+`jobckpt.WORKERS = 1` (one container after another, which is how whole-job steps ran
+before they ran at once). Per run: the job's pause (journal: `lock` started -> `resume`
 ended), the `dump:all` and `verify:all` steps, every container's CRIU dump time and image
 bytes. After the runs every holder must still verify its memory.
 
@@ -27,7 +27,6 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,28 +37,12 @@ from hpcmig.checkpoint.criu import criu_binary  # noqa: E402
 from hpcmig.controller import jobckpt  # noqa: E402
 from hpcmig.controller.journal import Journal  # noqa: E402
 from hpcmig.controller.wholejob import checkpoint_spec  # noqa: E402
-from hpcmig.errors import HpcmigError  # noqa: E402
 from hpcmig.vcluster import VCluster  # noqa: E402
 from tests.integration import rt_support as S  # noqa: E402
 from tests.integration.agent_nodes import AgentNodes, agent_nodes, bench_problem  # noqa: E402
 from tests.integration.conftest import hold_lock  # noqa: E402
 
 PY = sys.executable
-PARALLEL = jobckpt._all
-
-
-def serial(items: tuple[jobckpt.Placement, ...], fn: Callable[[jobckpt.Placement], Any]
-           ) -> dict[str, Any]:
-    """The whole-job step as it ran before: one container after another."""
-    results, failed = {}, []
-    for p in items:
-        try:
-            results[str(p.ref.index)] = fn(p)
-        except HpcmigError as exc:
-            failed.append(f"{p.ref.name} on {p.node}: {exc}")
-    if failed:
-        raise HpcmigError("; ".join(failed))
-    return results
 
 
 def check_all(nodes: AgentNodes, vc: VCluster) -> list[str]:
@@ -76,11 +59,11 @@ def check_all(nodes: AgentNodes, vc: VCluster) -> list[str]:
 def one_run(nodes: AgentNodes, journal: Journal, vc: VCluster, way: str, tag: str
             ) -> dict[str, Any]:
     spec = checkpoint_spec(vc, nodes.cfg.checkpoint_dir, then="resume", tag=tag)
-    jobckpt._all = PARALLEL if way == "parallel" else serial
+    jobckpt.WORKERS = None if way == "parallel" else 1
     try:
         out = jobckpt.checkpoint_job(journal, nodes.ops(vc), spec)
     finally:
-        jobckpt._all = PARALLEL
+        jobckpt.WORKERS = None
     if out.state != "done":
         raise RuntimeError(f"{way}: {out.state}: {out.error}")
     steps = {s.name: s for s in journal.steps(out.op_id, "forward")}

@@ -40,6 +40,7 @@ from hpcmig.controller.ops import MigrationOps
 from hpcmig.errors import HpcmigError, UsageError
 
 CHECKPOINT, RESTORE = "checkpoint", "restore"
+WORKERS: int | None = None  # containers acted on at once (None: all; 1: one after another)
 Action = tuple[str, bool, Callable[[], dict[str, Any] | None]]
 
 
@@ -188,7 +189,7 @@ class _JobMachine(Machine):
 def _all(items: tuple[Placement, ...], fn: Callable[[Placement], Any]) -> dict[str, Any]:
     """fn on every container at once; {index: what fn returned}. HpcmigError naming every
     container whose part failed, raised once all have ended."""
-    with ThreadPoolExecutor(max_workers=len(items) or 1,
+    with ThreadPoolExecutor(max_workers=WORKERS or len(items) or 1,
                             thread_name_prefix="jobckpt") as pool:
         futures = [(p, pool.submit(fn, p)) for p in items]
     results, failed = {}, []
