@@ -100,24 +100,25 @@ def take(step: str, timeout: float, keep: int = dmtcp.KEEP) -> dmtcp.Generation:
                               hint="see the job's DMTCP logs in " + step) from None
 
 
-def restart_plan(tools: dmtcp.DmtcpTools, step: str, coord: dmtcp.Coordinator, root: int,
-                 gen: dmtcp.Generation) -> dict[int, list[str]]:
-    """The dmtcp_restart command of every container index that held images of `gen`, the
-    step's last generation (a job in one container: `root`, the launcher's)."""
+def restart_plan(tools: dmtcp.DmtcpTools, step: str, coord: dmtcp.Coordinator,
+                 root: int) -> tuple[dmtcp.Generation, dict[int, list[str]]]:
+    """The step's last generation, and the dmtcp_restart command of every container index
+    that held images of it (a job in one container: `root`, the launcher's)."""
     argv = dmtcp.restart_argv(tools, step, coord)
+    gen = dmtcp.last_generation(step)
     common = argv[:len(argv) - len(gen.images)]
     if not gen.hosts:
-        return {root: argv}
-    return {container_index(h): [*common, *images] for h, images in gen.hosts.items()}
+        return gen, {root: argv}
+    return gen, {container_index(h): [*common, *images] for h, images in gen.hosts.items()}
 
 
 def restart(step: str, host: str, members: dict[int, str], root: int, status: str,
             stdout: str, stderr: str, python: Sequence[str], prefix: str = "") -> dict:
     tools = dmtcp.find_dmtcp(prefix)
-    gen = dmtcp.last_generation(step)  # none: say so before a coordinator runs
+    dmtcp.last_generation(step)  # nothing to restart from: say so before a coordinator runs
     coord = start(step, host, prefix)
     try:
-        plan = restart_plan(tools, step, coord, root, gen)
+        gen, plan = restart_plan(tools, step, coord, root)
         rsh = os.environ.get("HPCMIG_RSH", "hpcmig-rsh")
         for index, argv in sorted(plan.items()):
             if index not in members:

@@ -54,9 +54,8 @@ def test_each_container_restarts_its_own_images(tmp_path: Path) -> None:
     generation(step, 1, 100.0, hosts)
     tools = dmtcp.DmtcpTools("/d/launch", "/d/command", "/d/restart", "/d/coordinator")
     coord = dmtcp.Coordinator(tools, str(step), "10.252.0.1", 7779, 1, 1)
-    gen = dmtcp.last_generation(str(step))
+    gen, plan = dmtcp_job.restart_plan(tools, str(step), coord, root=0)
     assert gen.number == 1
-    plan = dmtcp_job.restart_plan(tools, str(step), coord, root=0, gen=gen)
     assert sorted(plan) == [0, 1]
     assert plan[1][0] == "/d/restart" and "--join-coordinator" in plan[1]
     assert [Path(p).name for p in plan[0] if p.endswith(".dmtcp")] == hosts["hpcmig-7-0-0"]
