@@ -10,7 +10,9 @@ killed one removed (which copies run here); which node hosts which container is 
 controller's to say (`job.members`). An image container's writable layer
 travels inside its dump (`writable.tar`: under the manifest, the image dir's permissions and
 removal); the target rebuilds the root from it before `criu restore`
-(`NsRuntime.prepare_restore`), and killing a copy releases its root's mounts on that node.
+(the runtime's `prepare_restore`), and killing a copy releases its root's mounts on that node.
+Which containers can move is the runtime's to say (`Runtime.movable`): the ns runtime's,
+and the lxc runtime's on the node's root (CRIU then dumps LXC's mount namespace).
 `NodeAgent` owns the records; the engine is `hpcmig.checkpoint`.
 """
 
@@ -35,7 +37,7 @@ from hpcmig.checkpoint.stream import Stream
 from hpcmig.errors import HpcmigError, PermissionDenied
 from hpcmig.network import ContainerNet, container_net
 from hpcmig.runtime import ns
-from hpcmig.runtime.base import Container, ContainerSpec
+from hpcmig.runtime.base import Container, ContainerSpec, Runtime, get_runtime
 from hpcmig.runtime.ns import INIT_MODULE, NsRuntime
 from hpcmig.vcluster import VCluster
 
@@ -79,18 +81,15 @@ def _init(agent: NodeAgent, ref: ContainerRef) -> int | None:
 
 
 def _immovable(container: Container) -> str | None:
-    """Why the container's runtime cannot be dumped (only `ns` can: docs/runtime.md)."""
-    if container.runtime != NsRuntime.name:
-        return (f"containers of the {container.runtime} runtime cannot move or be "
-                "checkpointed yet (only the ns runtime's, with or without a .sif image)")
-    return None
+    """Why the container's runtime cannot be dumped (docs/runtime.md)."""
+    return get_runtime(container.runtime).movable(container.spec)
 
 
-def _runtime(container: Container) -> NsRuntime:
-    """The runtime that dumps and restores containers."""
+def _runtime(container: Container) -> Runtime:
+    """The container's runtime, which prepares its restore and carries its writable layer."""
     if why := _immovable(container):
         raise HpcmigError(f"{container.name}: {why}")
-    return NsRuntime()
+    return get_runtime(container.runtime)
 
 
 def _kill_copy(agent: NodeAgent, r: ContainerRef) -> None:
@@ -103,9 +102,10 @@ def _kill_copy(agent: NodeAgent, r: ContainerRef) -> None:
         c = rec.containers.pop(r.index, None) if rec is not None else None
         if rec is not None and c is not None:
             agent.save(rec)
-    spec = c.spec if c is not None else ns.saved_spec(agent.config.containers_dir, r.name)
-    if spec is not None:
-        NsRuntime().abort_restore(spec)
+    if c is not None:
+        get_runtime(c.runtime).abort_restore(c.spec)
+    elif (spec := ns.saved_spec(agent.config.containers_dir, r.name)) is not None:
+        NsRuntime().abort_restore(spec)  # a restore cut short: its state directory
 
 
 def _image_trees(agent: NodeAgent, r: ContainerRef) -> list[str]:
@@ -178,7 +178,7 @@ def _engine(ref: ContainerRef) -> Iterator[None]:
 @operation("ckpt.refuse_reasons", "job")
 def refuse_reasons(call: Call, job_id: str, ref: dict[str, Any]) -> list[str]:
     """Why the container cannot be dumped, asked before anything is touched: its runtime
-    (only `ns` moves), what CRIU cannot dump."""
+    (`Runtime.movable`), what CRIU cannot dump."""
     r = _ref(ref)
     agent = _agent(call)
     rec = agent.load(str(job_id))

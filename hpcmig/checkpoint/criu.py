@@ -26,7 +26,9 @@ import re
 import shlex
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from hpcmig import _proc, _procfs
 from hpcmig.checkpoint import _sockets, _tree, images, lazy
@@ -56,6 +58,10 @@ DEVICES = (
     ("/dev/kfd", "AMD GPU (KFD) device"),
 )
 _PAGES_WRITTEN = re.compile(r"Memory pages written:\s*(\d+)")
+# a container with a mount namespace of its own (LXC's): the node's mounts in it are external
+# (bound again from the target node), those the container made (proc, its /dev) are dumped
+MOUNT_ARGS = ("--ext-mount-map", "auto", "--enable-external-sharing",
+              "--enable-external-masters")
 
 
 def criu_binary() -> str:
@@ -144,12 +150,21 @@ def dump(container: Container, image_dir: str, *, leave_stopped: bool = True,
                               hint="make it with hpcmig.checkpoint.images.create")
     if any(n.endswith(".img") for n in os.listdir(image_dir)):
         raise CheckpointError(f"{image_dir} already holds a dump", hint="use a fresh directory")
+    own = _tree.ns_link(container.init_pid, "mnt")
+    mntns = own is not None and own != _tree.ns_link("self", "mnt")
+    node_mounts = same_path_mounts(_procfs.mounts(container.init_pid),
+                                   _procfs.mounts()) if mntns else {}
     with open(os.path.join(image_dir, images.CONTAINER_FILE), "w", encoding="utf-8") as fh:
-        json.dump({"container": container.to_json(), "netns_key": netns_key}, fh)
+        json.dump({"container": container.to_json(), "netns_key": netns_key,
+                   "mntns": mntns, "node_mounts": node_mounts}, fh)
     inode = os.stat(container.netns).st_ino
     argv = [criu_binary(), "dump", "-t", str(container.init_pid), "-D", image_dir,
             "-o", "dump.log", "--tcp-established", "--network-lock", "skip",
             "--external", f"net[{inode}]:{netns_key}", "--display-stats"]
+    if mntns:
+        argv += MOUNT_ARGS
+        for key, point in node_mounts.items():
+            argv += ["--external", f"mnt[{point}]:{key}"]
     if leave_stopped:
         argv.append("--leave-stopped")
     if page_server is not None:
@@ -177,13 +192,37 @@ def dump(container: Container, image_dir: str, *, leave_stopped: bool = True,
                      lazy_address=lazy_address, lazy_port=port)
 
 
-def saved_container(image_dir: str) -> tuple[Container, str]:
-    """The Container the dump was taken of, and its netns key (from container.json)."""
+def same_path_mounts(container: list[_procfs.Mount], node: list[_procfs.Mount]
+                     ) -> dict[str, str]:
+    """{key: mount point} of the container's mounts that are the node's own mount at the same
+    point (same filesystem, same root): made external by point, so the target binds its own
+    mount there. CRIU's guess (MOUNT_ARGS) would name the source's backing directory instead
+    (a bind's root), which is another node's on a testbed. Stacked points are left to the
+    guess, and so is /, the restore's --root (pure)."""
+    points = Counter(m.point for m in container)
+    ours = {(m.point, m.dev, m.root) for m in node if m.fstype != "nsfs"}
+    return {f"node{m.id}": m.point for m in container
+            if m.point != "/" and points[m.point] == 1 and (m.point, m.dev, m.root) in ours}
+
+
+def _saved(image_dir: str) -> dict[str, Any]:
+    """container.json as written by `dump`."""
     try:
         with open(os.path.join(image_dir, images.CONTAINER_FILE), encoding="utf-8") as fh:
             data = json.load(fh)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        return data
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{image_dir}: unreadable {images.CONTAINER_FILE}: {exc}") from None
+
+
+def saved_container(image_dir: str) -> tuple[Container, str]:
+    """The Container the dump was taken of, and its netns key (from container.json)."""
+    data = _saved(image_dir)
+    try:
         return Container.from_json(data["container"]), str(data["netns_key"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{image_dir}: unreadable {images.CONTAINER_FILE}: {exc}") from None
 
 
@@ -194,8 +233,9 @@ def restore(image_dir: str, *, netns_path: str, key: str | None = None,
     detached (`-d`); the caller's child subreaper (the agent) becomes its parent.
     lazy_from: a post-copy dump's page server (address, port): a lazy-pages daemon fetches
     the memory from it (`lazy.wait_done` says when it has it all)."""
+    saved = _saved(image_dir)
     if key is None:
-        key = saved_container(image_dir)[1]
+        key = str(saved["netns_key"])
     if not os.path.exists(netns_path):
         raise CheckpointError(f"network namespace {netns_path} does not exist")
     pidfile = os.path.join(image_dir, "restored.pid")
@@ -205,6 +245,11 @@ def restore(image_dir: str, *, netns_path: str, key: str | None = None,
     script = (f"exec 7<{shlex.quote(netns_path)} && exec {shlex.quote(criu)} restore "
               f"-D {shlex.quote(image_dir)} -o restore.log --tcp-established -d "
               f"--pidfile {shlex.quote(pidfile)} --inherit-fd fd[7]:{shlex.quote(key)}")
+    if saved.get("mntns"):  # its mounts from this node's, at the same paths (MOUNT_ARGS)
+        args = [*MOUNT_ARGS, "--root", "/"]
+        for key, point in dict(saved.get("node_mounts") or {}).items():
+            args += ["--external", f"mnt[{key}]:{point}"]
+        script += " " + " ".join(shlex.quote(a) for a in args)
     if lazy_from is None:
         _run("criu restore", ["sh", "-c", script], image_dir, "restore.log", timeout)
     else:

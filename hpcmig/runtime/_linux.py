@@ -17,6 +17,7 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
+MNT_DETACH = 2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -43,6 +44,16 @@ def unshare(flags: int) -> None:
 def set_child_subreaper(on: bool = True) -> None:
     """Orphaned descendants are reparented to us (so we can reap them) instead of PID 1."""
     _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0), "prctl(CHILD_SUBREAPER)")
+
+
+def clear_parent_death_signal() -> None:
+    """No signal when our parent dies (undo a PR_SET_PDEATHSIG the parent set)."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0), "prctl(PDEATHSIG)")
+
+
+def detach_mount(path: str) -> None:
+    """umount2(path, MNT_DETACH): take the mount out of this mount namespace now."""
+    _check(_libc.umount2(os.fsencode(path), MNT_DETACH), f"umount2({path})")
 
 
 def ns_inode(pid: int | str, kind: str) -> int:

@@ -205,6 +205,15 @@ class Runtime(ABC):
         the writable layer from `save_writable`'s archive)."""
         raise NotImplementedError(f"runtime {self.name!r} cannot restore containers")
 
+    def abort_restore(self, spec: ContainerSpec) -> None:
+        """Undo `prepare_restore` (a restore that failed), or release what a killed copy
+        left on this node (mounts, state directory); no process of it may be left."""
+        raise NotImplementedError(f"runtime {self.name!r} cannot restore containers")
+
+    def movable(self, spec: ContainerSpec) -> str | None:
+        """Why CRIU cannot move or checkpoint a container of this spec; None if it can."""
+        return f"containers of the {self.name} runtime cannot move or be checkpointed"
+
     def save_writable(self, container: Container, archive: str) -> bool:
         """Migration source, after the dump: archive the container's writable layer for
         `prepare_restore`; False (nothing written) if the container has none."""

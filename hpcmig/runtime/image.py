@@ -18,7 +18,7 @@ node's mount namespace, so a dump needs no mount described: on the target node,
 `prepare_root` rebuilds the same tree at the same path (plus the writable layer from the
 archive) before `criu restore`. The directory is bind-mounted private onto itself first so
 none of this propagates to other mount namespaces. `release_root` unmounts everything
-under the directory, deepest first. Pure parts (`bind_plan`, `parse_mountinfo`) are unit
+under the directory, deepest first. Pure parts (`bind_plan`) are unit
 tested. It must not start or signal processes.
 """
 
@@ -31,7 +31,7 @@ import shutil
 from dataclasses import dataclass
 
 import hpcmig
-from hpcmig import _proc, mpi
+from hpcmig import _proc, _procfs, mpi
 from hpcmig.auth import munge
 from hpcmig.errors import CommandError, HpcmigError
 from hpcmig.runtime import sif
@@ -112,22 +112,9 @@ def bind_plan(spec: ContainerSpec, lay: Layout, *, home: str | None, munge_dir: 
     return binds
 
 
-def parse_mountinfo(text: str) -> list[tuple[int, str]]:
-    """(mount id, mount point) of each line of /proc/<pid>/mountinfo, escapes decoded."""
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) > 4:
-            point = fields[4].encode().decode("unicode_escape").encode("latin-1").decode()
-            mounts.append((int(fields[0]), point))
-    return mounts
-
-
 def mounts_under(top: str) -> list[str]:
     """Mount points at or below `top` in our mount namespace, to be unmounted in this order."""
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        mounts = parse_mountinfo(fh.read())
-    found = [(mid, point) for mid, point in mounts if _under(point, top)]
+    found = [(m.id, m.point) for m in _procfs.mounts() if _under(m.point, top)]
     # children before parents; among equals (stacked mounts) the newest first
     found.sort(key=lambda m: (m[1].count("/"), m[0]), reverse=True)
     return [point for _, point in found]

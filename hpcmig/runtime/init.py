@@ -19,6 +19,12 @@ and never shared, see `_become_init`).
 Signals: SIGTERM/SIGINT are forwarded to every process of the container and start the stop
 (SIGKILL to what is left after `stop_grace`, then exit); SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 are
 forwarded only. An init of a PID namespace ignores signals it has no handler for, hence these.
+
+Under LXC (`serve`, the host's root), two things LXC leaves would stop CRIU from moving the
+container, so the init undoes them before it serves: LXC's parent-death signal (SIGKILL when
+`lxc-start` goes, which a restored copy would get the moment `criu restore` exits), and the
+node's namespace files (nsfs mounts such as /run/netns/*), which LXC's recursive bind of `/`
+copied into the container's mount namespace and CRIU cannot recreate (docs/runtime.md).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hpcmig import _procfs
 from hpcmig.auth import credential, munge
 from hpcmig.runtime import _linux
 from hpcmig.runtime._session import ExecContext, Session, current_limits
@@ -302,6 +309,15 @@ def launch(spec_path: str) -> int:
     return 0
 
 
+def detach_namespace_files() -> None:
+    """Unmount every nsfs mount of this mount namespace (a namespace of its own: LXC's)."""
+    points = sorted((m.point for m in _procfs.mounts() if m.fstype == "nsfs"),
+                    key=lambda p: p.count("/"), reverse=True)
+    for point in points:
+        with contextlib.suppress(FileNotFoundError):  # under one detached before
+            _linux.detach_mount(point)
+
+
 def serve(spec_path: str) -> int:
     """Be PID 1 of a container another tool made (LXC's `lxc.init.cmd`): its namespaces,
     root and hostname are in place. The runtime waits for the "serving" log line."""
@@ -310,6 +326,9 @@ def serve(spec_path: str) -> int:
     spec.validate()
     log_path = os.path.join(os.path.dirname(os.path.abspath(spec_path)), "init.log")
     try:
+        _linux.clear_parent_death_signal()
+        if spec.image is None:
+            detach_namespace_files()
         _become_init(spec, log_path, None, chroot=False)
     except BaseException as exc:  # noqa: BLE001 - the runtime reads the log
         _AppendPerLine(log_path).emit(logging.makeLogRecord(

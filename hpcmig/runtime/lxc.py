@@ -22,15 +22,18 @@ directory (`-P`) is the runtime's state directory, so a container's files stay i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
 
-from hpcmig import _proc
+from hpcmig import _proc, _procfs
+from hpcmig.auth import munge
 from hpcmig.errors import HpcmigError
-from hpcmig.runtime import image
+from hpcmig.runtime import image, ns
 from hpcmig.runtime.base import Container, ContainerSpec, Runtime, register
 
 INIT_MODULE = "hpcmig.runtime.init"
@@ -49,8 +52,11 @@ def init_argv(spec: ContainerSpec, spec_path_inside: str) -> list[str]:
     return ["/usr/bin/env", "python3", "-m", INIT_MODULE, "serve", spec_path_inside]
 
 
-def lxc_config(spec: ContainerSpec, *, rootfs: str, init: list[str], log_file: str) -> str:
-    """The LXC configuration of one container (pure)."""
+def lxc_config(spec: ContainerSpec, *, rootfs: str, init: list[str], log_file: str,
+               munge_socket: str | None = None) -> str:
+    """The LXC configuration of one container (pure). munge_socket: the node's munged socket,
+    for an init in an image (LXC clears the environment, and the image has no slurm.conf
+    to find a socket that is not the default one in)."""
     if any(" " in word for word in init):
         raise LxcError(f"container {spec.name}: lxc.init.cmd cannot hold spaces: {init}")
     lines = [
@@ -75,6 +81,8 @@ def lxc_config(spec: ContainerSpec, *, rootfs: str, init: list[str], log_file: s
     if spec.image is not None:
         lines += ["lxc.environment = PYTHONPATH=/.hpcmig/python",
                   "lxc.environment = LD_LIBRARY_PATH=/.hpcmig/lib"]
+        if munge_socket:
+            lines.append(f"lxc.environment = {munge.SOCKET_ENV}={munge_socket}")
     for name, (soft, hard) in spec.limits.items():
         lines.append(f"lxc.prlimit.{name.lower()} = {_lim(soft)}:{_lim(hard)}")
     return "\n".join(lines) + "\n"
@@ -112,7 +120,7 @@ class LxcRuntime(Runtime):
         if spec.image is not None:
             image.image_kind(spec.image)
         lay = image.layout(spec)
-        init_dir = f"{lay.base}/init"
+        init_dir = os.path.dirname(_spec_path(spec))
         os.makedirs(init_dir, mode=0o700, exist_ok=True)
         with open(f"{init_dir}/spec.json", "w", encoding="utf-8") as fh:
             json.dump(spec.to_json(), fh)
@@ -126,7 +134,9 @@ class LxcRuntime(Runtime):
                 inside = f"{IMAGE_STATE}/spec.json"
             with open(f"{lay.base}/config", "w", encoding="utf-8") as fh:
                 fh.write(lxc_config(spec, rootfs=rootfs, init=init_argv(spec, inside),
-                                    log_file=f"{lay.base}/lxc.log"))
+                                    log_file=f"{lay.base}/lxc.log",
+                                    munge_socket=spec.env.get(munge.SOCKET_ENV)
+                                    or munge.socket_path()))
             self._lxc("start", spec, "-d", timeout=START_TIMEOUT)
             pid = self._wait_ready(spec, log_path)
         except HpcmigError as exc:
@@ -151,7 +161,12 @@ class LxcRuntime(Runtime):
         raise LxcError(f"no answer within {START_TIMEOUT:g}s")
 
     def is_running(self, container: Container) -> bool:
-        return self._state(container.spec) == "RUNNING"
+        return self._state(container.spec) == "RUNNING" or self._restored(container)
+
+    def _restored(self, container: Container) -> bool:
+        """The container runs without an LXC monitor: CRIU restored it (see `movable`)."""
+        spec = container.spec
+        return spec.image is None and ns.init_alive(container.init_pid, _spec_path(spec))
 
     def stop(self, container: Container, grace: float | None = None) -> None:
         """lxc-stop: SIGTERM to the init (which forwards it and waits `stop_grace`), SIGKILL
@@ -163,9 +178,12 @@ class LxcRuntime(Runtime):
                       timeout=wait + 30)
         if self._state(spec) != "STOPPED":
             raise LxcError(f"container {spec.name} did not stop")
+        if spec.image is None:  # a restored copy has no monitor: stop its init as ns does
+            ns.stop_init(spec.name, container.init_pid, _spec_path(spec), wait)
         self._remove(spec)
 
     def _remove(self, spec: ContainerSpec) -> None:
+        remove_payload_cgroups(spec.name)
         base = image.layout(spec).base
         if spec.image is not None:
             image.release_root(spec)
@@ -174,9 +192,66 @@ class LxcRuntime(Runtime):
         shutil.rmtree(base, ignore_errors=True)
 
     def enter_argv(self, container: Container) -> list[str]:
-        """lxc-attach prefix: a command as root in every namespace of the container."""
+        """lxc-attach prefix: a command as root in every namespace of the container (nsenter
+        into all of them for a restored copy, which has no monitor to attach through)."""
         spec = container.spec
+        if self._restored(container) and self._state(spec) == "STOPPED":
+            return ["nsenter", "-t", str(container.init_pid), "--all", "--root"]
         return ["lxc-attach", "-n", spec.name, "-P", spec.state_dir, "--"]
+
+    # -- moving: CRIU dumps the container's own mount namespace (docs/runtime.md) ------------
+    def movable(self, spec: ContainerSpec) -> str | None:
+        if spec.image is not None:
+            return ("containers of the lxc runtime on an image cannot move or be "
+                    "checkpointed yet (the ns runtime's can, and lxc ones on the node's root)")
+        return None
+
+    def prepare_restore(self, spec: ContainerSpec, writable_archive: str | None = None) -> None:
+        """Migration target, before `criu restore`: the container's directory with its
+        spec.json, where the restored init logs (its argv names it). No LXC monitor: the
+        copy is stopped through its init (`stop`)."""
+        if why := self.movable(spec):
+            raise LxcError(f"container {spec.name}: {why}")
+        spec.validate()
+        path = _spec_path(spec)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump(spec.to_json(), fh)
+        os.replace(path + ".tmp", path)
+
+    def abort_restore(self, spec: ContainerSpec) -> None:
+        self._remove(spec)
+
+    def save_writable(self, container: Container, archive: str) -> bool:
+        if why := self.movable(container.spec):
+            raise LxcError(f"container {container.name}: {why}")
+        return False  # the node's root: nothing of the container's own to carry
+
+
+def remove_payload_cgroups(name: str) -> list[str]:
+    """Remove the container's empty cgroups (LXC's `lxc.payload.<name>[-N]` at the top of
+    each hierarchy): LXC's monitor removes its own, but a copy CRIU restored had none
+    (CRIU made the cgroup again). One that still holds processes stays. Returns those
+    removed."""
+    pattern = re.compile(rf"lxc\.payload\.{re.escape(name)}(-\d+)?")
+    removed = []
+    for mount in _procfs.mounts():
+        if mount.fstype not in ("cgroup", "cgroup2") or not os.path.isdir(mount.point):
+            continue
+        for entry in os.listdir(mount.point):
+            top = os.path.join(mount.point, entry)
+            if not pattern.fullmatch(entry) or not os.path.isdir(top):
+                continue
+            with contextlib.suppress(OSError):  # busy: processes left; gone: LXC's own
+                for dirpath, _dirs, _files in os.walk(top, topdown=False):
+                    os.rmdir(dirpath)
+                removed.append(top)
+    return removed
+
+
+def _spec_path(spec: ContainerSpec) -> str:
+    """Where a host-root container's spec.json is (in the init's argv)."""
+    return f"{image.layout(spec).base}/init/spec.json"
 
 
 def _read(path: str) -> str:

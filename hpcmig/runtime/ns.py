@@ -47,7 +47,7 @@ def _is_init_of(pid: int, spec_path: str) -> bool:
     return INIT_MODULE in argv and spec_path in argv
 
 
-def _alive(pid: int, spec_path: str) -> bool:
+def init_alive(pid: int, spec_path: str) -> bool:
     return _procfs.live_cmdline(pid) is not None and _is_init_of(pid, spec_path)
 
 
@@ -167,6 +167,9 @@ class NsRuntime(Runtime):
         copy may be left (they would lose their root). Idempotent."""
         self._remove_state(spec)
 
+    def movable(self, spec: ContainerSpec) -> str | None:
+        return None
+
     def save_writable(self, container: Container, archive: str) -> bool:
         if container.spec.image is None:
             return False
@@ -174,27 +177,13 @@ class NsRuntime(Runtime):
         return True
 
     def is_running(self, container: Container) -> bool:
-        return _alive(container.init_pid, self._spec_path(container.spec))
+        return init_alive(container.init_pid, self._spec_path(container.spec))
 
     def stop(self, container: Container, grace: float | None = None) -> None:
         """SIGTERM the init (it forwards, waits `stop_grace`, kills the rest), then SIGKILL
         it if it is still there after `grace` + 5 s. Removes the state directory."""
-        spec_path = self._spec_path(container.spec)
-        pid = container.init_pid
         wait = (container.spec.stop_grace if grace is None else grace) + 5.0
-        if _alive(pid, spec_path):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + wait
-            while _alive(pid, spec_path) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _alive(pid, spec_path):
-                os.kill(pid, signal.SIGKILL)  # kills the whole PID namespace
-                deadline = time.monotonic() + 10.0
-                while _alive(pid, spec_path) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            if _alive(pid, spec_path):
-                raise ContainerError(f"container {container.name}: init {pid} survived SIGKILL")
-        reap_child(pid)
+        stop_init(container.name, container.init_pid, self._spec_path(container.spec), wait)
         self._remove_state(container.spec)
 
     def enter_argv(self, container: Container) -> list[str]:
@@ -202,6 +191,25 @@ class NsRuntime(Runtime):
         in an image container, with the image as root (and / as cwd)."""
         argv = ["nsenter", "-t", str(container.init_pid), "--pid", "--uts", "--ipc", "--net"]
         return [*argv, "--root"] if container.spec.image is not None else argv
+
+
+def stop_init(name: str, pid: int, spec_path: str, wait: float) -> None:
+    """SIGTERM a container's init (it forwards, waits its grace, kills the rest), SIGKILL it
+    if it is still there after `wait` s (the kernel then kills its whole PID namespace),
+    reap it. Signals pid only while it is the init of spec_path."""
+    if init_alive(pid, spec_path):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + wait
+        while init_alive(pid, spec_path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if init_alive(pid, spec_path):
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+            while init_alive(pid, spec_path) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        if init_alive(pid, spec_path):
+            raise ContainerError(f"container {name}: init {pid} survived SIGKILL")
+    reap_child(pid)
 
 
 def _tail(path: str, lines: int = 5) -> str:

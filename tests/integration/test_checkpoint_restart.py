@@ -1,11 +1,12 @@
 """Issue 4 acceptance on the real testbed: whole-job checkpoint, stop, restore elsewhere.
 
-A 2-node MPICH job runs two steps: a short ring, then a long one. During the long step
-`hpcmig checkpoint` freezes and dumps both containers and requeues the job held; `hpcmig
-restore --exclude` releases it off one of its old nodes. When Slurm starts it again (same job
-id, a different set of nodes) its first `hpcmig run` restores the containers; the finished
-step is not run again and the running one is reattached: both checksums exact, each printed
-once. After the job, its checkpoint images are gone.
+A 2-node MPICH job (in containers of the ns runtime, or of LXC) runs two steps: a short ring,
+then a long one. During the long step `hpcmig checkpoint` freezes and dumps both containers
+and requeues the job held; `hpcmig restore --exclude` releases it off one of its old nodes.
+When Slurm starts it again (same job id, a different set of nodes) its first `hpcmig run`
+restores the containers; the finished step is not run again and the running one is
+reattached: both checksums exact, each printed once. After the job, its checkpoint images
+are gone.
 """
 
 from __future__ import annotations
@@ -33,13 +34,15 @@ def hpcmig(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.parametrize("runtime", ["ns", "lxc"])
 def test_whole_job_checkpoint_stop_and_restore_on_other_nodes(testbed: Plan, slurm: Slurm,
-                                                              job_dir: Path) -> None:
+                                                              job_dir: Path,
+                                                              runtime: str) -> None:
     ring_args = ["hpcmig.workloads.ring", "--elements", str(ELEMENTS)]
     script = batch.vcluster_script(
         2, [[*ring_args, "--rounds", str(SHORT)],
             [*ring_args, "--rounds", str(LONG), "--seconds", "25", "--memory-mb", "16"]],
-        mpi="mpich", ntasks=4, job_name="ckpt-restart")
+        mpi="mpich", ntasks=4, job_name="ckpt-restart", options={"runtime": runtime})
     (job_dir / "job.sh").write_text(script)
     out = job_dir / "job.out"
     job_id = slurm.submit([f"--output={out}", str(job_dir / "job.sh")], user=testbed.user,

@@ -113,18 +113,3 @@ def test_drain_moves_the_job_off_and_leaves_the_node_drained_and_empty(
         assert not (testbed.base / "ckpt" / str(job_id)).exists()
     finally:
         slurm.resume("node2")
-
-
-def test_an_lxc_container_is_refused_before_anything_is_touched(
-        testbed: Plan, slurm: Slurm, job_dir: Path) -> None:
-    """LXC containers cannot move yet: `migrate` says so and the job never pauses (the
-    refusal comes before the network lock and the freeze)."""
-    job_id, out = submit_ring(testbed, slurm, job_dir, "mig-lxc", options={"runtime": "lxc"})
-    report = hpcmigd.call("migrate", job_id=str(job_id), source="node2", target=None,
-                          transport="shared")
-    [row] = report.rows
-    assert not report.ok and row["result"] == "refused", report.to_json()
-    assert "lxc runtime cannot move" in row["detail"], row
-    assert row["pause"] is None, row  # never locked, never frozen
-    assert hpcmigd.host_of(job_id, 1) == "node2"
-    finish(slurm, job_id, out)

@@ -65,7 +65,8 @@ def test_a_sif_jobs_container_moves_live_and_leaves_nothing(
         assert host_of(job_id, 1) == target
         # the source released the image root; the target rebuilt it, writable layer included
         assert mounts(testbed, source, base) == []
-        assert in_node(testbed, source, "ls", "-A", CONTAINERS) == ""
+        left = in_node(testbed, source, "ls", "-A", CONTAINERS)
+        assert left == "", in_node(testbed, source, "find", CONTAINERS, "-ls")
         assert {f"{base}/image", f"{base}/root"} <= set(mounts(testbed, target, base))
         assert in_node(testbed, target, "cat", f"{base}/root/tmp/marker") == "before the move\n"
         assert not list((testbed.base / "ckpt" / str(job_id)).rglob("*.img"))

@@ -105,3 +105,21 @@ def test_failed_criu_command_raises_with_the_log_tail(tmp_path: Path,
         criu_engine.restore(str(images), netns_path=str(netns), key="k")
     assert info.value.returncode == 7
     assert "boom" in info.value.log_tail and "stderr line" in info.value.log_tail
+
+
+def test_a_containers_own_mount_namespace_keeps_the_nodes_mounts_by_path() -> None:
+    from hpcmig._procfs import Mount
+    node = [Mount(1, "/", "ext4", "254:0", "/"),
+            Mount(2, "/run/hpcmig", "ext4", "254:0", "/tb/node2/run-hpcmig"),
+            Mount(3, "/tmp", "ext4", "254:0", "/tb/node2/tmp"),
+            Mount(4, "/dev/shm", "tmpfs", "0:23", "/"),
+            Mount(5, "/dev/shm", "tmpfs", "0:27", "/"),
+            Mount(6, "/run/netns/x", "nsfs", "0:4", "net:[1]")]
+    container = [Mount(31, "/", "ext4", "254:0", "/"),
+                 Mount(32, "/run/hpcmig", "ext4", "254:0", "/tb/node2/run-hpcmig"),
+                 Mount(33, "/tmp", "ext4", "254:0", "/tb/node1/tmp"),  # not the node's
+                 Mount(34, "/dev/shm", "tmpfs", "0:23", "/"),  # stacked: CRIU's guess
+                 Mount(35, "/dev/shm", "tmpfs", "0:27", "/"),
+                 Mount(36, "/proc", "proc", "0:53", "/"),  # the container's own
+                 Mount(37, "/run/netns/x", "nsfs", "0:4", "net:[1]")]
+    assert criu_engine.same_path_mounts(container, node) == {"node32": "/run/hpcmig"}

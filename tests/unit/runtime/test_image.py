@@ -62,11 +62,15 @@ def test_image_must_be_absolute_and_binds_need_an_image() -> None:
     assert ContainerSpec.from_json(spec.to_json()) == spec
 
 
-def test_parse_mountinfo_decodes_escapes() -> None:
+def test_parse_mountinfo_decodes_escapes_and_reads_the_type() -> None:
+    from hpcmig import _procfs
     text = ("36 35 98:0 /mnt1 /mnt/with\\040space rw - ext3 /dev/root rw\n"
-            "37 36 0:5 / /run/hpcmig/containers/c/root rw - overlay o rw\n")
-    assert image.parse_mountinfo(text) == [(36, "/mnt/with space"),
-                                           (37, "/run/hpcmig/containers/c/root")]
+            "37 36 0:5 / /run/hpcmig/containers/c/root rw shared:3 master:2 - overlay o rw\n"
+            "258 255 0:4 net:[4026532382] /run/netns/a rw shared:29 - nsfs nsfs rw\n")
+    assert _procfs.parse_mountinfo(text) == [
+        (36, "/mnt/with space", "ext3", "98:0", "/mnt1"),
+        (37, "/run/hpcmig/containers/c/root", "overlay", "0:5", "/"),
+        (258, "/run/netns/a", "nsfs", "0:4", "net:[4026532382]")]
 
 
 def test_safe_target_refuses_symlinks_in_the_image(tmp_path: object) -> None:

@@ -44,12 +44,36 @@ def test_host_root_config() -> None:
 def test_image_config_runs_the_images_python_with_hpcmig_bound() -> None:
     spec = _spec(image="/img/app.sif")
     conf = _conf(lxc_config(spec, rootfs="/r", init=init_argv(spec, "/.hpcmig/state/spec.json"),
-                            log_file="/s/lxc.log"))
+                            log_file="/s/lxc.log", munge_socket="/run/tb/munge.socket"))
     assert dict(conf)["lxc.init.cmd"].startswith("/usr/bin/env python3 -m hpcmig.runtime.init")
     assert ("lxc.environment", "PYTHONPATH=/.hpcmig/python") in conf
+    assert ("lxc.environment", "HPCMIG_MUNGE_SOCKET=/run/tb/munge.socket") in conf
     assert ("lxc.rootfs.path", "dir:/r") in conf
 
 
 def test_spaces_in_the_init_command_are_refused() -> None:
     with pytest.raises(LxcError, match="spaces"):
         lxc_config(_spec(), rootfs="/", init=["/a b/python"], log_file="/l")
+
+
+def test_lxc_containers_on_the_nodes_root_move_image_ones_are_refused() -> None:
+    rt = LxcRuntime()
+    assert rt.movable(_spec()) is None
+    why = rt.movable(_spec(image="/images/app.sif"))
+    assert why is not None and "image" in why
+    assert get_runtime("ns").movable(_spec(image="/images/app.sif")) is None
+
+
+def test_prepare_restore_writes_the_spec_the_restored_init_names(tmp_path: object) -> None:
+    import json
+    import os
+    spec = _spec(state_dir=str(tmp_path))
+    LxcRuntime().prepare_restore(spec)
+    path = os.path.join(str(tmp_path), spec.name, "init", "spec.json")
+    with open(path, encoding="utf-8") as fh:
+        assert ContainerSpec.from_json(json.load(fh)) == spec
+    assert init_argv(spec, path)[-1] == path  # what `start` gives the init
+    LxcRuntime().abort_restore(spec)
+    assert not os.path.exists(os.path.join(str(tmp_path), spec.name))
+    with pytest.raises(LxcError, match="image"):
+        LxcRuntime().prepare_restore(_spec(state_dir=str(tmp_path), image="/i.sif"))
