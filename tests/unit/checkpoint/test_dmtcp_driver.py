@@ -140,7 +140,8 @@ def test_launch_argv_wraps_the_launcher_and_sets_what_each_mpi_needs(
     env = {"PATH": "/usr/bin", "UCX_TLS": "all"}
     argv, out = dmtcp.launch_argv(coordinator, ["mpiexec.mpich", "-n", "2", "./ring"], env,
                                   "mpich")
-    assert argv == [coordinator.tools.launch, "--join-coordinator", "--coord-host",
+    assert argv == [*dmtcp.NO_RANDOMIZE, coordinator.tools.launch,
+                    "--join-coordinator", "--coord-host",
                     "127.0.0.1", "--coord-port", "7779", "--ckptdir", coordinator.current,
                     "--tmpdir", os.path.join(coordinator.ckpt_dir, "tmp"), "--no-gzip",
                     "--quiet", "mpiexec.mpich", "-n", "2", "./ring"]
@@ -192,7 +193,8 @@ def test_checkpoints_are_published_as_generations_and_two_are_kept(
 
     restart = dmtcp.Coordinator(coordinator.tools, ckpt, "10.0.0.1", 4000, 1, 1)
     argv = dmtcp.restart_argv(coordinator.tools, ckpt, restart)
-    assert argv == [coordinator.tools.restart, "--join-coordinator", "--coord-host",
+    assert argv == [*dmtcp.NO_RANDOMIZE, coordinator.tools.restart, "--join-coordinator",
+                    "--coord-host",
                     "10.0.0.1", "--coord-port", "4000", "--ckptdir",
                     os.path.join(ckpt, "current"), "--tmpdir", os.path.join(ckpt, "tmp"),
                     "--quiet", *last.images]

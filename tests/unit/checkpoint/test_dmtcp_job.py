@@ -57,7 +57,7 @@ def test_each_container_restarts_its_own_images(tmp_path: Path) -> None:
     gen, plan = dmtcp_job.restart_plan(tools, str(step), coord, root=0)
     assert gen.number == 1
     assert sorted(plan) == [0, 1]
-    assert plan[1][0] == "/d/restart" and "--join-coordinator" in plan[1]
+    assert plan[1][2] == "/d/restart" and "--join-coordinator" in plan[1]
     assert [Path(p).name for p in plan[0] if p.endswith(".dmtcp")] == hosts["hpcmig-7-0-0"]
     assert [Path(p).name for p in plan[1] if p.endswith(".dmtcp")] == hosts["hpcmig-7-0-1"]
     assert (step / dmtcp.CURRENT).resolve() == (step / "gen-1").resolve()
