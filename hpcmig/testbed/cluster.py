@@ -384,17 +384,10 @@ def down(progress: Progress = _quiet) -> None:
     require_root()
     plan = plan_for(MAX_NODES)  # every name the testbed may have used
     state = load_state(plan)
-    # the nodes' namespaces, and their containers' netns (`<container>.<node>`): an LXC
-    # container restored by CRIU has its own mount namespace and no monitor on the node
-    containers = [Path("/run/netns", name) for name in host.netns_list()
-                  for node in plan.nodes if name.endswith(f".{node.name}")]
-    inodes = [
-        inode
-        for path in [*(p for node in plan.nodes
-                       for p in (plan.netns_path(node), plan.mnt_ns(node))), *containers]
-        if host.mounted(path) and (inode := host.ns_inode(path)) is not None
-    ]
-    ns_pids = daemons.pids_in_namespaces(inodes)
+    # the nodes' namespaces and their containers' netns: a CRIU-restored LXC copy has a
+    # mount namespace of its own and no monitor on the node
+    ns_pids = daemons.pids_in_namespaces(
+        [i for node in plan.nodes for i in faults.node_namespaces(plan, node)])
     recorded = state.all_procs() if state else []
     # Strays whose command line names the testbed's tree (a lost state file, an old run).
     ns_pids += daemons.pids_matching(str(plan.base))

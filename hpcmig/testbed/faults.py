@@ -138,11 +138,15 @@ def heal(plan: Plan, node: Node) -> None:
 def node_pids(plan: Plan, node: Node) -> list[int]:
     """Every process that belongs to node: in its network or mount namespace, or in one of
     its containers' network namespaces."""
+    return daemons.pids_in_namespaces(node_namespaces(plan, node))
+
+
+def node_namespaces(plan: Plan, node: Node) -> list[int]:
+    """Inodes of node's network and mount namespaces and of its containers' netns."""
     inodes = [i for p in (plan.netns_path(node), plan.mnt_ns(node))
               if (i := _inode(p)) is not None]
-    inodes += [i for name in container_netns(node)
-               if (i := _inode(Path("/run/netns") / name)) is not None]
-    return daemons.pids_in_namespaces(inodes)
+    return inodes + [i for name in container_netns(node)
+                     if (i := _inode(Path("/run/netns") / name)) is not None]
 
 
 def link_argv(plan: Plan, node: Node, netns: str, *args: str) -> list[str]:
