@@ -61,10 +61,11 @@ CURRENT = "current"
 SESSION = "session"
 TMP = "tmp"  # DMTCP's --tmpdir: its logs and pid maps, per job, not in /tmp
 MANIFEST = "GENERATION.json"
-# the job runs and restarts without address space randomization (util-linux's setarch):
-# DMTCP 4.2.0's mtcp_restart puts the program break back with brk() from its own, and with
-# both breaks randomized a restarted rank sometimes segfaulted in malloc on its heap
-# (SEGV_ACCERR; the Open MPI crash test failed 3 of 4 runs one day, 2 of 5 another)
+# dmtcp_restart runs without address space randomization (util-linux's setarch): DMTCP
+# 4.2.0's mtcp_restart puts the program break back with brk() from its own, and with its
+# break at random a restarted rank sometimes segfaulted in malloc on its heap (SEGV_ACCERR;
+# the Open MPI crash test failed 3 of 4 runs one day, 2 of 5 another). Not the launch:
+# MPICH's C ring then segfaulted at once under dmtcp_launch.
 NO_RANDOMIZE = ("setarch", "--addr-no-randomize")
 RESTART_SCRIPT = "dmtcp_restart_script.sh"  # DMTCP's symlink, made after its script
 
@@ -316,8 +317,7 @@ def launch_argv(coordinator: Coordinator, argv: Sequence[str], env: Mapping[str,
         out.update(MPI_ENV[flavour(mpi).name])
         if mpi == "openmpi":  # per job (DMTCP gives every job the same pids) and kept
             out["OMPI_MCA_orte_tmpdir_base"] = os.path.join(coordinator.ckpt_dir, SESSION)
-    wrapped = [*NO_RANDOMIZE, coordinator.tools.launch, "--join-coordinator",
-               *coordinator.address(),
+    wrapped = [coordinator.tools.launch, "--join-coordinator", *coordinator.address(),
                "--ckptdir", coordinator.current, "--tmpdir", coordinator.tmpdir,
                "--gzip" if gzip else "--no-gzip", "--quiet", *argv]
     return wrapped, out

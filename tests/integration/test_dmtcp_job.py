@@ -9,7 +9,7 @@ generation (`dmtcp_restart` in the new container), prints the exact checksum onc
 at most one interval of rounds; its DMTCP directory (0700, images 0600) is gone once it ended.
 
 A restarted rank used to segfault at random (MPICH 4 runs of 7, Open MPI 1 of 4 on a bad day):
-DMTCP's program break and ASLR; the job now runs without randomization (docs/checkpoint.md).
+DMTCP's program break and ASLR; its restart now runs without randomization (docs/checkpoint.md).
 Not tested because it does not work (`hpcmig run`
 refuses it): a job across containers cannot be restarted with DMTCP 4.2.0 (it restores a TCP
 connection through a socket it publishes as 0.0.0.0:<port>, which from another host is that

@@ -140,7 +140,7 @@ def test_launch_argv_wraps_the_launcher_and_sets_what_each_mpi_needs(
     env = {"PATH": "/usr/bin", "UCX_TLS": "all"}
     argv, out = dmtcp.launch_argv(coordinator, ["mpiexec.mpich", "-n", "2", "./ring"], env,
                                   "mpich")
-    assert argv == [*dmtcp.NO_RANDOMIZE, coordinator.tools.launch,
+    assert argv == [coordinator.tools.launch,
                     "--join-coordinator", "--coord-host",
                     "127.0.0.1", "--coord-port", "7779", "--ckptdir", coordinator.current,
                     "--tmpdir", os.path.join(coordinator.ckpt_dir, "tmp"), "--no-gzip",
