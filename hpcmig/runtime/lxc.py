@@ -18,6 +18,12 @@ hpcmig bound on /.hpcmig). LXC adds its own mount namespace, /proc of the contai
 namespace, a read-only /sys and a private /dev with a tmpfs /dev/shm. The LXC state
 directory (`-P`) is the runtime's state directory, so a container's files stay in
 <state_dir>/<name>/ (config, lxc.log, init/spec.json, init/init.log).
+
+Moving (`movable`): a container on the node's root moves and is checkpointed by CRIU, which
+dumps LXC's mount namespace (hpcmig.checkpoint.criu); the copy CRIU restores has no LXC
+monitor, so `is_running`, `stop` and `enter_argv` also work through its init, and its
+`lxc.payload` cgroup goes with it (docs/runtime.md, "Moving and checkpointing LXC
+containers"). A container on an image does not move yet.
 """
 
 from __future__ import annotations
