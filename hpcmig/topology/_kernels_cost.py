@@ -42,11 +42,7 @@ def hop_bytes(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndar
     """sum over CSR entries (i, j) of w[i, j] * hops(node_of[i], node_of[j])."""
     total = 0.0
     for i in prange(len(xadj) - 1):
-        a = node_of[i]
-        for e in range(xadj[i], xadj[i + 1]):
-            b = node_of[adj[e]]
-            if a != b:
-                total += w[e] * node_distance(a, b, groups, half, coords, ring)
+        total += _rank_cost(i, node_of[i], xadj, adj, w, node_of, groups, half, coords, ring)
     return total
 
 
