@@ -43,7 +43,7 @@ from hpcmig.checkpoint.base import (
 )
 from hpcmig.errors import CommandError, HpcmigError
 from hpcmig.runtime.base import Container, ContainerSpec
-from hpcmig.runtime.ns import INIT_MODULE, reap_child
+from hpcmig.runtime.ns import INIT_MODULE, reap_child, write_spec
 
 DEFAULT_KEY = "extnet"
 DUMP_TIMEOUT = 900.0
@@ -274,13 +274,9 @@ def restore_container(image_dir: str, *, netns_path: str,
     exists on this node first; returns the moved Container."""
     old, key = saved_container(image_dir)
     spec = ContainerSpec.from_json({**old.spec.to_json(), "netns": netns_path})
-    box = os.path.join(spec.state_dir, spec.name)
-    os.makedirs(box, mode=0o700, exist_ok=True)
-    spec_path = os.path.join(box, "spec.json")
+    spec_path = os.path.join(spec.state_dir, spec.name, "spec.json")
     if not os.path.exists(spec_path):
-        with open(spec_path + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump(spec.to_json(), fh)
-        os.replace(spec_path + ".tmp", spec_path)
+        write_spec(spec, spec_path)
     pid = restore(image_dir, netns_path=netns_path, key=key, lazy_from=lazy_from)
     return Container(name=old.name, runtime=old.runtime, init_pid=pid, netns=netns_path,
                      address=old.address, exec_port=old.exec_port, log_path=old.log_path,

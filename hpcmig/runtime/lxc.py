@@ -29,7 +29,6 @@ containers"). A container on an image does not move yet.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -126,10 +125,8 @@ class LxcRuntime(Runtime):
         if spec.image is not None:
             image.image_kind(spec.image)
         lay = image.layout(spec)
+        ns.write_spec(spec, _spec_path(spec))
         init_dir = os.path.dirname(_spec_path(spec))
-        os.makedirs(init_dir, mode=0o700, exist_ok=True)
-        with open(f"{init_dir}/spec.json", "w", encoding="utf-8") as fh:
-            json.dump(spec.to_json(), fh)
         log_path = f"{init_dir}/init.log"
         try:
             if spec.image is None:
@@ -219,11 +216,7 @@ class LxcRuntime(Runtime):
         if why := self.movable(spec):
             raise LxcError(f"container {spec.name}: {why}")
         spec.validate()
-        path = _spec_path(spec)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump(spec.to_json(), fh)
-        os.replace(path + ".tmp", path)
+        ns.write_spec(spec, _spec_path(spec))
 
     def abort_restore(self, spec: ContainerSpec) -> None:
         self._remove(spec)

@@ -128,12 +128,7 @@ class NsRuntime(Runtime):
         return Container.from_json(json.loads(result.stdout))
 
     def _write_state(self, spec: ContainerSpec) -> None:
-        spec_path = self._spec_path(spec)
-        os.makedirs(os.path.dirname(spec_path), mode=0o700, exist_ok=True)
-        tmp = spec_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(spec.to_json(), fh)
-        os.replace(tmp, spec_path)
+        write_spec(spec, self._spec_path(spec))
 
     def _remove_state(self, spec: ContainerSpec) -> None:
         """Unmount the image root (if any), then remove the state directory; never removes
@@ -191,6 +186,14 @@ class NsRuntime(Runtime):
         in an image container, with the image as root (and / as cwd)."""
         argv = ["nsenter", "-t", str(container.init_pid), "--pid", "--uts", "--ipc", "--net"]
         return [*argv, "--root"] if container.spec.image is not None else argv
+
+
+def write_spec(spec: ContainerSpec, path: str) -> None:
+    """spec.json at path, atomically (its directory made, private to root)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(spec.to_json(), fh)
+    os.replace(path + ".tmp", path)
 
 
 def stop_init(name: str, pid: int, spec_path: str, wait: float) -> None:
