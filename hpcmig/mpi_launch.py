@@ -8,8 +8,11 @@ Ranks go to containers in blocks (rank r on container r // ppn) unless a
 per-rank placement is given (`hpcmig run --map`): then each run of consecutive ranks in one
 container is one entry of MPICH's hostfile (`ADDR:K` lines, a container named again later gets
 one more Hydra proxy: Hydra numbers ranks in entry order and merges nothing; its `-host` is
-global only) and one MPMD segment of Open MPI's command line (`-np K --host ADDR:T PROG : ...`,
-T the container's total ranks, since a segment's `--host` sets the node's slots). Slurm's
+global only); Open MPI 4 (ORTE) gets one MPMD segment per run (`-np K --host ADDR:T PROG : ...`,
+T the container's total ranks, since a segment's `--host` sets the node's slots); Open MPI 5
+(PRRTE) gets a hostfile of one line per rank and `--map-by seq`, since PRRTE ranks MPMD
+segments by node, not in segment order, and adds up a node's slots from every `--host`, so
+it refused such a command line ("not enough slots") on Debian 13. Slurm's
 variables are removed from the launcher's environment: inside the containers MPI must not
 believe it runs under Slurm (it would try srun/PMI from the batch step).
 """
@@ -48,11 +51,14 @@ def block_slots(n: int, containers: int, ppn: int | None) -> list[int]:
 
 
 def hostfile(flavour: Flavour, addresses: Sequence[str], slots: Sequence[int],
-             placement: Sequence[str] | None = None) -> str:
-    """Hostfile in the launcher's own format; containers with no rank are left out. MPICH
-    with a `placement`: one entry per run of consecutive ranks in one container."""
+             placement: Sequence[str] | None = None, *, prrte: bool = False) -> str:
+    """Hostfile in the launcher's own format; containers with no rank are left out. With a
+    `placement`: MPICH one entry per run of consecutive ranks in one container, PRRTE
+    (`prrte`, Open MPI 5) one line per rank, for its sequential mapper."""
     if placement is not None and flavour.name == "mpich":
         return "".join(f"{addr}:{k}\n" for addr, k in segments(placement))
+    if placement is not None and prrte:
+        return "".join(f"{addr}\n" for addr in placement)
     lines = []
     for addr, k in zip(addresses, slots, strict=True):
         if k:
@@ -118,6 +124,8 @@ def launcher_argv(flavour: Flavour, *, rsh: str, hostfile_path: str, n: int,
     head = [flavour.mpiexec, *openmpi_rsh_options(rsh, prrte), "--hostfile", hostfile_path]
     if placement is None:
         return [*head, "-np", str(n), *forwarded, *program]
+    if prrte:  # rank r on the hostfile's line r
+        return [*head, "--map-by", "seq", "-np", str(n), *forwarded, *program]
     total = Counter(placement)
     apps = [["-np", str(k), "--host", f"{host}:{total[host]}", *program]
             for host, k in segments(placement)]

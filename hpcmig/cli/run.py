@@ -145,9 +145,10 @@ def run(args: argparse.Namespace) -> int:
     placement = _placement(args, cfg, job_id, n, members, slots) if args.map else None
     if placement is not None:
         slots = mpi_launch.placed_slots([m.address for m in members], placement)
+    prrte = flavour.name == "openmpi" and mpi.openmpi_on_prrte()
     hostfile = run_dir / "hostfile"
     hostfile.write_text(mpi_launch.hostfile(flavour, [m.address for m in members], slots,
-                                            placement))
+                                            placement, prrte=prrte))
     venv_bin = os.path.dirname(sys.executable)
     env = mpi_launch.launch_env(os.environ, flavour.environment("eth0"))
     env["PATH"] = f"{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}"
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     argv = mpi_launch.launcher_argv(
         flavour, rsh=rsh, hostfile_path=str(hostfile), n=n,
         env_names=[k for k in env if k not in ("HOME", "USER", "LOGNAME")], program=program,
-        prrte=flavour.name == "openmpi" and mpi.openmpi_on_prrte(), placement=placement)
+        prrte=prrte, placement=placement)
     out, err = _regular_file(1), _regular_file(2)
     common: dict[str, Any] = {"env": env, "cwd": os.getcwd(), "munge_socket": munge}
     step = None

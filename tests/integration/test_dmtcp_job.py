@@ -40,7 +40,7 @@ from tests.integration.test_node_loss import (  # noqa: F401 - crashed: a fixtur
     story,
     submit_job,
 )
-from tests.unit.checkpoint.test_dmtcp_restart import need
+from tests.unit.checkpoint.test_dmtcp_restart import need, need_mpi_under_dmtcp
 
 pytestmark = pytest.mark.integration
 ROUNDS, SECONDS = 60, 30.0  # a round every 0.5 s, as in test_node_loss, for half as long
@@ -49,6 +49,7 @@ ROUNDS, SECONDS = 60, 30.0  # a round every 0.5 s, as in test_node_loss, for hal
 @pytest.fixture
 def dmtcp_tools() -> dmtcp.DmtcpTools:
     """DMTCP as the testbed's hpcmig.toml names it ($HPCMIG_DMTCP_PREFIX, else PATH)."""
+    need_mpi_under_dmtcp()  # every test here runs MPI under it
     try:
         return dmtcp.find_dmtcp(os.environ.get(DMTCP_PREFIX_ENV, ""))
     except MissingDependency as exc:

@@ -72,6 +72,15 @@ def test_a_placement_becomes_one_segment_per_run_of_ranks() -> None:
     assert ompi[ompi.index("/h") + 1:] == ["-x", "E", "-np", "1", "--host", "A:2", "p", ":",
                                            "-np", "2", "--host", "B:2", "p", ":",
                                            "-np", "1", "--host", "A:2", "p"]
+    # Open MPI 5 (PRRTE): one hostfile line per rank and its sequential mapper (PRRTE ranks
+    # MPMD segments by node and refused the segments above: "not enough slots")
+    assert mpi_launch.hostfile(flavour("openmpi"), ["A", "B"], [2, 2], placement,
+                               prrte=True) == "A\nB\nB\nA\n"
+    prte = mpi_launch.launcher_argv(flavour("openmpi"), rsh="/r", hostfile_path="/h", n=4,
+                                    env_names=["E"], program=["p"], prrte=True,
+                                    placement=placement)
+    assert prte[prte.index("/h") + 1:] == ["--map-by", "seq", "-np", "4", "-x", "E", "p"]
+    assert "--host" not in prte
     with pytest.raises(UsageError, match="lists 4 ranks, not 5"):
         mpi_launch.launcher_argv(flavour("mpich"), rsh="/r", hostfile_path="/h", n=5,
                                  env_names=[], program=["p"], placement=placement)
