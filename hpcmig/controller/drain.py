@@ -88,7 +88,19 @@ def run(svc: Service, op_id: int, plans: list[JobPlan] | None = None) -> Report:
     transport, timeout = op.spec["transport"], float(op.spec["timeout"])
     mode = op.spec.get("mode")
     report = Report("drain", f"{node}: hpcmig containers", MOVE_COLUMNS)
+    if op.data.get("drain_set") and not svc.slurm.node(node).drained:
+        # an earlier life set DRAIN and somebody resumed the node since: a drain replayed
+        # now would act on a stale reason (a fault healed meanwhile) and move jobs that
+        # came to the node after the resume
+        note = f"{node} was resumed while this drain ran: the drain is withdrawn"
+        report.say(note)
+        svc.decide(f"{node}: drain withdrawn (resumed since it began)", node=node)
+        with svc.journal() as journal:
+            journal.set_state(op_id, "done", note)
+        return report
     info = svc.slurm.drain(node, f"hpcmig: {reason}")
+    with svc.journal() as journal:
+        journal.update_data(op_id, drain_set=True)
     svc.decide(f"{node}: DRAIN set ({info.reason})", node=node)
     if info.reason and not info.reason_is_ours:
         report.say(f"{node} keeps the reason {info.reason!r} somebody else set")
@@ -164,6 +176,10 @@ def _wait_drained(svc: Service, report: Report, node: str, timeout: float) -> No
     deadline = time.monotonic() + timeout
     info = svc.slurm.node(node)
     while not (info.state in ("idle", "down") and info.drained):
+        if not info.drained:
+            report.fail(f"{node} was resumed while the drain waited for it to empty: the "
+                        "drain is withdrawn")
+            return
         if time.monotonic() > deadline:
             report.fail(f"{node} is still {info.state}+{'+'.join(sorted(info.flags))} "
                         f"after {timeout:g} s: a job without hpcmig still runs there")

@@ -3,8 +3,9 @@
 A 3-node job with `--comment=hpcmig:spares=1,runtime=lxc` runs the ring (MPICH) in LXC
 containers on the node's root, node1 (the batch host) and node2, node3 free. Container 1
 moves node2 -> node3 (shared images: LXC's container, CRIU dumps its mount namespace), then
-back node3 -> node2 (streamed images: a copy CRIU restored, without an LXC monitor), and the
-ring prints the exact checksum. The copy on node3 sees node3's own mounts at the node's paths
+back node3 -> node2 (streamed images: a copy CRIU restored, without an LXC monitor); then
+`hpcmig drain node2` moves it to node3 again and leaves node2 drained and out of the job, and
+the ring prints the exact checksum. The copy on node3 sees node3's own mounts at the node's paths
 (its /run/hpcmig is node3's, not the source's backing directory). When the job has ended,
 nothing of it is left: no init, no state directory, no LXC cgroup, no netns, no image.
 An LXC container on a `.sif` image cannot move yet: refused before anything is touched.
@@ -51,7 +52,7 @@ def payload_cgroups(job_id: int) -> list[str]:
 
 def test_an_lxc_jobs_container_moves_live_and_leaves_nothing(
         testbed: Plan, slurm: Slurm, job_dir: Path) -> None:
-    job_id, out = submit_ring(testbed, slurm, job_dir, "mig-lxc", seconds=25,
+    job_id, out = submit_ring(testbed, slurm, job_dir, "mig-lxc", seconds=35,
                               options={"runtime": "lxc"})
     name = f"hpcmig-{job_id}-0-1"
     assert host_of(job_id, 1) == "node2"
@@ -70,8 +71,19 @@ def test_an_lxc_jobs_container_moves_live_and_leaves_nothing(
         assert roots["/run/hpcmig"].endswith(f"/{target}/run-hpcmig"), roots
         assert [m.point for m in table if m.fstype == "nsfs"] == []
         assert not list((testbed.base / "ckpt" / str(job_id)).rglob("*.img"))
-    assert slurm.job(job_id).state == "RUNNING", "the job ended before both moves: lengthen it"
-    finish(slurm, job_id, out)
+    try:
+        done = subprocess.run(["hpcmig", "drain", "node2", "--reason", "lxc"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert host_of(job_id, 1) == "node3"
+        init_of(testbed, "node3", name)
+        assert in_node(testbed, "node2", "ls", "-A", CONTAINERS) == ""
+        assert "node2" not in slurm.job(job_id).nodes
+        assert "DRAIN" in slurm.node("node2").flags
+        assert slurm.job(job_id).state == "RUNNING", "the job ended before the drain: lengthen it"
+        finish(slurm, job_id, out)
+    finally:
+        slurm.resume("node2")
 
     slurm_wait_idle(slurm, testbed)
     for node in testbed.nodes:

@@ -278,3 +278,53 @@ def test_who_may_call_which_verb(op: str, args: dict[str, Any], uid: int,
     else:
         with pytest.raises(PermissionDenied):
             authorize(operation, who, args, Ctx())
+
+
+def test_a_drain_interrupted_after_drain_was_set_is_withdrawn_when_the_node_was_resumed(
+        env: Env) -> None:
+    """hpcmigd died while a drain ran (health's, with a fault since healed); the admin
+    resumed the node and a job came to it. The new hpcmigd's recovery must not drain it again
+    and move that job (seen on Debian 13: a stale temperature drain moved a new job)."""
+    svc, world, slurm, ref = env
+    with svc.journal() as journal:
+        op_id = journal.begin("drain", "", {"node": "n2", "reason": "temperature: 105 C",
+                                            "transport": "shared", "timeout": 5})
+        journal.update_data(op_id, drain_set=True)  # what the first life recorded
+    # the node was resumed since (no DRAIN flag)
+    report = svc.run_drain(op_id)
+    assert report.ok and any("drain is withdrawn" in line for line in report.lines)
+    assert not [c for c in slurm.calls if c[0] == "drain"] and world.calls == []
+    assert_settled(world, ref, "n2", ["n1", "n3"])
+    with svc.journal() as journal:
+        assert journal.get(op_id).state == "done" and journal.open_operations() == []
+    assert any("drain withdrawn" in d["what"] for d in svc.decisions)
+
+
+def test_a_drain_interrupted_before_drain_was_set_runs_again(env: Env) -> None:
+    svc, world, slurm, ref = env
+    with svc.journal() as journal:
+        op_id = journal.begin("drain", "", {"node": "n2", "reason": "disk",
+                                            "transport": "shared", "timeout": 5})
+    report = svc.run_drain(op_id)
+    assert report.ok and ("drain", "n2", "hpcmig: disk") in slurm.calls
+    assert_settled(world, ref, "n3", ["n1", "n2"])
+    with svc.journal() as journal:
+        assert journal.get(op_id).data["drain_set"] is True
+
+
+def test_a_drain_waiting_for_a_foreign_job_stops_when_the_node_is_resumed(env: Env) -> None:
+    """A job without hpcmig keeps the node busy; the admin resumes it: the drain ends
+    (failed, withdrawn) instead of waiting out its timeout and leaving an open operation."""
+    svc, world, slurm, ref = env
+    real_drain = slurm.drain
+
+    def drain_then_resume(name: str, reason: str) -> NodeInfo:
+        info = real_drain(name, reason)
+        slurm.nodes_[name] = replace(info, flags=frozenset())  # RESUME right after
+        return info
+
+    slurm.drain = drain_then_resume  # type: ignore[method-assign]
+    report = svc.drain("n2", "disk", timeout=60)
+    assert not report.ok and any("drain is withdrawn" in line for line in report.lines)
+    with svc.journal() as journal:
+        assert journal.open_operations() == []
