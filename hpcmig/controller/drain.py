@@ -19,7 +19,7 @@ from hpcmig.controller._machine import Outcome
 from hpcmig.controller.evacuate import JobPlan, Move, plan_drain
 from hpcmig.controller.migration import check_mode, check_transport
 from hpcmig.controller.report import Report
-from hpcmig.errors import HpcmigError, UsageError
+from hpcmig.errors import HpcmigError, SlurmError, UsageError
 from hpcmig.hostlist import compress
 from hpcmig.vcluster import VCluster
 
@@ -98,7 +98,12 @@ def run(svc: Service, op_id: int, plans: list[JobPlan] | None = None) -> Report:
         with svc.journal() as journal:
             journal.set_state(op_id, "done", note)
         return report
-    info = svc.slurm.drain(node, f"hpcmig: {reason}")
+    try:
+        info = svc.slurm.drain(node, f"hpcmig: {reason}")
+    except SlurmError as exc:  # refused (a reason somebody else set): nothing was done, and
+        with svc.journal() as journal:  # a recovery must not carry it out later
+            journal.set_state(op_id, "refused", str(exc))
+        raise
     with svc.journal() as journal:
         journal.update_data(op_id, drain_set=True)
     svc.decide(f"{node}: DRAIN set ({info.reason})", node=node)

@@ -20,7 +20,7 @@ from hpcmig.controller import daemon, evacuate, status
 from hpcmig.controller.ops import MigrationOps
 from hpcmig.controller.report import Report
 from hpcmig.controller.service import Service
-from hpcmig.errors import PermissionDenied, UsageError
+from hpcmig.errors import PermissionDenied, SlurmError, UsageError
 from hpcmig.health.rules import Health
 from hpcmig.slurm import JobInfo
 from hpcmig.slurm.parse import NodeInfo
@@ -328,3 +328,28 @@ def test_a_drain_waiting_for_a_foreign_job_stops_when_the_node_is_resumed(env: E
     assert not report.ok and any("drain is withdrawn" in line for line in report.lines)
     with svc.journal() as journal:
         assert journal.open_operations() == []
+
+
+def test_a_drain_slurm_refuses_ends_refused_and_recovery_never_carries_it_out(
+        env: Env) -> None:
+    """A reason somebody else set: Slurm's drain is refused. The journaled drain must end
+    there; left open, the next hpcmigd's recovery drained the node later (on Debian 13, after
+    the admin had resumed it and a new job had come to it) and moved that job."""
+    svc, world, slurm, ref = env
+    slurm.nodes_["n2"] = replace(slurm.nodes_["n2"], reason="admin: bios update",
+                                 reason_user="root")
+
+    def refuse(name: str, reason: str) -> NodeInfo:
+        from hpcmig.slurm.reasons import drain_update
+        drain_update(slurm.nodes_[name], reason)  # raises: a foreign reason, not drained
+        raise AssertionError("not refused")
+
+    slurm.drain = refuse  # type: ignore[method-assign]
+    with pytest.raises(SlurmError, match="will not overwrite"):
+        svc.drain("n2", "temperature", timeout=5)
+    with svc.journal() as journal:
+        assert journal.open_operations() == []
+        [op] = journal.operations(kind="drain")
+        assert op.state == "refused" and "bios update" in (op.error or "")
+    assert world.calls == []
+    assert_settled(world, ref, "n2", ["n1", "n3"])
