@@ -49,7 +49,7 @@ from typing import Any, NoReturn
 from hpcmig import _proc
 from hpcmig.checkpoint.base import CheckpointError, DumpStats, Engine, register
 from hpcmig.errors import CommandError, MissingDependency, UsageError
-from hpcmig.mpi import flavour
+from hpcmig.mpi import PREFIX, flavour
 from hpcmig.runtime.base import Container
 
 NOT_FOUND = ("DMTCP not found on PATH or at dmtcp_prefix; "
@@ -60,6 +60,8 @@ KEEP = 2  # complete generations kept
 CURRENT = "current"
 SESSION = "session"
 TMP = "tmp"  # DMTCP's --tmpdir: its logs and pid maps, per job, not in /tmp
+# hpcmig's DMTCP plugin (native/dmtcp_multihost.c): what a job across hosts needs of DMTCP 4.2.0
+PLUGIN = os.path.join(PREFIX, "lib", "libhpcmig-dmtcp.so")
 MANIFEST = "GENERATION.json"
 # dmtcp_restart runs without address space randomization (util-linux's setarch): DMTCP
 # 4.2.0's mtcp_restart puts the program break back with brk() from its own, and with its
@@ -305,11 +307,12 @@ def start_coordinator(tools: DmtcpTools, ckpt_dir: str, port: int = 0,
 
 
 def launch_argv(coordinator: Coordinator, argv: Sequence[str], env: Mapping[str, str],
-                mpi: str | None = None, *, gzip: bool = False
+                mpi: str | None = None, *, gzip: bool = False, plugin: str | None = None
                 ) -> tuple[list[str], dict[str, str]]:
     """The job's launcher command (mpiexec ...) under dmtcp_launch, and its environment:
     `env` plus what the MPI flavour `mpi` (mpich|openmpi; None: not MPI) needs under DMTCP.
-    Images are not compressed unless `gzip`: about 3x larger, checkpoints about 2x faster."""
+    Images are not compressed unless `gzip`: about 3x larger, checkpoints about 2x faster.
+    `plugin`: a DMTCP plugin every process loads (DMTCP passes it on across hosts)."""
     if not argv:
         raise UsageError("dmtcp: nothing to launch")
     out = dict(env)
@@ -319,7 +322,8 @@ def launch_argv(coordinator: Coordinator, argv: Sequence[str], env: Mapping[str,
             out["OMPI_MCA_orte_tmpdir_base"] = os.path.join(coordinator.ckpt_dir, SESSION)
     wrapped = [coordinator.tools.launch, "--join-coordinator", *coordinator.address(),
                "--ckptdir", coordinator.current, "--tmpdir", coordinator.tmpdir,
-               "--gzip" if gzip else "--no-gzip", "--quiet", *argv]
+               "--gzip" if gzip else "--no-gzip", "--quiet",
+               *(["--with-plugin", plugin] if plugin else []), *argv]
     return wrapped, out
 
 

@@ -103,7 +103,8 @@ class Step:
         env["PATH"] = f"{os.path.dirname(self.tools.launch)}:{env.get('PATH', '')}"
         # hpcmig-rsh gives these to the commands it runs (DMTCP's and Open MPI's daemons)
         env["HPCMIG_RSH_ENV"] = ",".join(dmtcp.MPI_ENV[mpi])
-        return dmtcp.launch_argv(coord, argv, env, mpi)
+        return dmtcp.launch_argv(coord, argv, env, mpi,
+                                 plugin=dmtcp.PLUGIN if os.path.exists(dmtcp.PLUGIN) else None)
 
     def restart(self, members: list[Any], run_dir: Path, out: str, err: str) -> None:
         """Every container's processes back from the step's last generation, the launcher's

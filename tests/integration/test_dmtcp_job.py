@@ -7,13 +7,14 @@ A ring in one container, MPICH and Open MPI: `testbed fail NODE --crash` SIGKILL
 command from anybody the job is requeued (same id) on another node, restarts from the last
 generation (`dmtcp_restart` in the new container), prints the exact checksum once and redoes
 at most one interval of rounds; its DMTCP directory (0700, images 0600) is gone once it ended.
+Every process of the job loads hpcmig's DMTCP plugin (native/dmtcp_multihost.c) when it is
+installed, as `hpcmig run` loads it.
 
 A restarted rank used to segfault at random (MPICH 4 runs of 7, Open MPI 1 of 4 on a bad day):
 DMTCP's program break and ASLR; its restart now runs without randomization (docs/checkpoint.md).
-Not tested because it does not work (`hpcmig run`
-refuses it): a job across containers cannot be restarted with DMTCP 4.2.0 (it restores a TCP
-connection through a socket it publishes as 0.0.0.0:<port>, which from another host is that
-host's own loopback), and its checkpoints' drains hang in most runs.
+Not tested because it does not work (`hpcmig run` refuses it): a job across containers. With
+the plugin its checkpoints complete, but DMTCP 4.2.0's ssh plugin does not reconnect the
+hosts when it restarts (docs/checkpoint.md, "DMTCP").
 """
 
 from __future__ import annotations
@@ -80,6 +81,22 @@ def wait_generations(testbed: Plan, slurm: Slurm, job_id: int, out: Path, direct
     return steps(directory)
 
 
+def loaded_plugin() -> list[int]:
+    """The job's ranks (this testbed runs one job at a time) that have hpcmig's DMTCP plugin
+    mapped."""
+    ranks = [p for p in Path("/proc").glob("[0-9]*")
+             if _read(p / "cmdline").split(b"\0")[1:3] == [b"-m", b"hpcmig.workloads.ring"]]
+    assert ranks, "no rank of the job is running"
+    return [int(p.name) for p in ranks if dmtcp.PLUGIN.encode() in _read(p / "maps")]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 def ended_and_removed(slurm: Slurm, job_id: int, out: Path, directory: Path) -> str:
     """The job completed with the exact checksum once; its DMTCP directory is gone."""
     job = slurm.wait(job_id, timeout=240, states={"COMPLETED", "FAILED", "CANCELLED"})
@@ -104,6 +121,7 @@ def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
     victim = job.batch_host  # its only node
     directory = Path(dmtcp_job.job_dir(str(job_dir), str(job_id)))
     taken = wait_generations(testbed, slurm, job_id, out, directory, 1)[-1]
+    assert len(loaded_plugin()) == 2, f"both ranks load {dmtcp.PLUGIN} (bootstrap installs it)"
     assert directory.stat().st_mode & 0o777 == 0o700
     assert taken.images and all(os.stat(p).st_mode & 0o777 == 0o600 for p in taken.images)
     time.sleep(max(0.0, taken.created + INTERVAL / 2 - time.time()))

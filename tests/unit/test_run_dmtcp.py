@@ -43,6 +43,30 @@ def test_a_job_across_containers_or_in_an_image_is_refused(tmp_path: Path, prefi
     assert not Path(dmtcp_job.job_dir(str(tmp_path), "42")).exists()
 
 
+@pytest.mark.parametrize("installed", [True, False])
+def test_the_launcher_loads_hpcmigs_dmtcp_plugin_when_it_is_installed(
+        tmp_path: Path, prefix: str, monkeypatch: Any, installed: bool) -> None:
+    monkeypatch.chdir(tmp_path)
+    plugin = tmp_path / "lib" / "libhpcmig-dmtcp.so"
+    if installed:
+        plugin.parent.mkdir()
+        plugin.write_bytes(b"")
+    monkeypatch.setattr(dmtcp, "PLUGIN", str(plugin))
+    s = step(tmp_path, prefix)
+    coord = dmtcp.Coordinator(s.tools, str(s.step), "10.252.0.1", 7779, 1, 1)
+    monkeypatch.setattr(dmtcp.Coordinator, "from_json", staticmethod(lambda _: coord))
+    monkeypatch.setattr(Step, "_in_head", lambda self, *a, **k: {})
+    rsh = str(tmp_path / "hpcmig-rsh")
+    argv, _ = s.launch(["mpiexec", "-launcher-exec", rsh, "ring"], {"PATH": "/usr/bin"},
+                       "mpich", rsh)
+    assert argv[0] == s.tools.launch
+    assert argv[-3:] == ["-launcher-exec", str(s.job_dir / "bin" / "rsh"), "ring"]
+    if installed:
+        assert argv[argv.index("--with-plugin") + 1] == str(plugin)
+    else:
+        assert "--with-plugin" not in argv
+
+
 def test_the_step_directory_is_private_and_an_ended_step_keeps_only_its_exit_code(
         tmp_path: Path, prefix: str, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)

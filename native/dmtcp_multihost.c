@@ -1,0 +1,130 @@
+/*
+ * libhpcmig-dmtcp.so: a DMTCP plugin (dmtcp_launch --with-plugin) that lets DMTCP 4.2.0
+ * checkpoint and restart a job whose processes run on more than one host. hpcmig run loads it
+ * for engine=dmtcp. Two defects of DMTCP's socket plugin, measured on the testbed:
+ *
+ * 1. The checkpoint hangs ("Still draining socket... perhaps remote host is not running under
+ *    DMTCP?"). After draining its sockets a process waits only for the processes of its own
+ *    host ("Socket::Drain" is a local barrier since upstream commit 391d33b3), then sends its
+ *    handshake on every connection. A peer on another host that has not yet seen the drain
+ *    cookie receives cookie and handshake together, never finds the cookie at the end of its
+ *    buffer and waits for ever. Here that barrier is global again, as it was before 391d33b3:
+ *    no handshake is sent before every process of the job has drained.
+ * 2. The restart fails ("failed to restore connection ... Connection refused"). A restarted
+ *    process publishes the address of its restore socket as 0.0.0.0:<port>, and 0.0.0.0 is,
+ *    for a process on another host, its own loopback. Here the published address is the
+ *    process's own (the address it reaches the coordinator from: in hpcmig, its container's
+ *    /32).
+ *
+ * DMTCP preloads the libraries of --with-plugin before its own, so the definitions here come
+ * first for the calls DMTCP's IPC plugin makes through its PLT; each passes on to DMTCP's own
+ * definition. The second interposes dmtcp::kvdb::set, a C++ function of libdmtcp.so: its
+ * strings are libstdc++'s (C++11 ABI) with DMTCP's allocator; only the characters of the value
+ * are rewritten in place (same length), nothing is allocated.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* DMTCP's plugin API (dmtcp.h), weak: the library loads (and does nothing) outside DMTCP */
+void dmtcp_global_barrier(const char *barrier) __attribute__((weak));
+void *dmtcp_dlsym(void *handle, const char *symbol) __attribute__((weak));
+void dmtcp_get_local_ip_addr(struct in_addr *in) __attribute__((weak));
+
+static void *next_definition(const char *symbol)
+{
+  return dmtcp_dlsym ? dmtcp_dlsym(RTLD_NEXT, symbol) : dlsym(RTLD_NEXT, symbol);
+}
+
+EXPORT void dmtcp_local_barrier(const char *barrier)
+{
+  static void (*next)(const char *);
+
+  if (strcmp(barrier, "Socket::Drain") == 0 && dmtcp_global_barrier) {
+    dmtcp_global_barrier(barrier);
+    return;
+  }
+  if (!next)
+    next = (void (*)(const char *))next_definition("dmtcp_local_barrier");
+  next(barrier);
+}
+
+/* libstdc++'s std::basic_string (C++11 ABI): the data pointer, then the length */
+struct cxx_string {
+  char *data;
+  size_t length;
+};
+
+/* dmtcp::kvdb::KVDBResponse dmtcp::kvdb::set(string const &db, string const &key,
+ *                                            string const &value, string *old) */
+#define KVDB_SET "_ZN5dmtcp4kvdb3setERKNSt7__cxx1112basic_stringIcSt11char_traitsIcENS_" \
+                 "10DmtcpAllocIcEEEES9_S9_PS7_"
+typedef int (*kvdb_set_fn)(const struct cxx_string *, const struct cxx_string *,
+                           const struct cxx_string *, struct cxx_string *);
+EXPORT int hpcmig_kvdb_set(const struct cxx_string *, const struct cxx_string *,
+                           const struct cxx_string *, struct cxx_string *) __asm__(KVDB_SET);
+
+static const char RESTORE_DB[] = "/plugin/socket/rst"; /* connectionrewirer.cpp */
+/* DMTCP's base64 (include/base64.h): the URL alphabet, '.' pads; decoding accepts +/ too */
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+#define ENCODED_SOCKADDR_IN 24 /* 16 bytes: 5 groups of 3, then 1 byte and 2 pads */
+
+static int b64_value(char c)
+{
+  if (c == '+')
+    return 62;
+  if (c == '/')
+    return 63;
+  const char *p = c ? strchr(B64, c) : NULL;
+  return p ? (int)(p - B64) : -1;
+}
+
+/* The restore address `value` (base64 of a sockaddr_in) with 0.0.0.0 replaced by ours. */
+static void publish_own_address(char *value)
+{
+  unsigned char raw[18];
+  for (int g = 0; g < 6; g++) {
+    uint32_t word = 0;
+    for (int i = 0; i < 4; i++) {
+      char c = value[4 * g + i];
+      int v = (g == 5 && i >= 2) ? 0 : b64_value(c);
+      if (v < 0)
+        return;  /* not what DMTCP 4.2.0 publishes: leave it alone */
+      word = (word << 6) | (uint32_t)v;
+    }
+    raw[3 * g] = (unsigned char)(word >> 16);
+    raw[3 * g + 1] = (unsigned char)(word >> 8);
+    raw[3 * g + 2] = (unsigned char)word;
+  }
+  struct sockaddr_in addr;
+  memcpy(&addr, raw, sizeof addr);
+  if (addr.sin_family != AF_INET || addr.sin_addr.s_addr != htonl(INADDR_ANY))
+    return;
+  dmtcp_get_local_ip_addr(&addr.sin_addr);
+  memcpy(raw, &addr, sizeof addr);
+  for (int g = 0; g < 5; g++) {  /* the address lies in groups 1-2; the last byte is kept */
+    uint32_t word = ((uint32_t)raw[3 * g] << 16) | ((uint32_t)raw[3 * g + 1] << 8) |
+                    raw[3 * g + 2];
+    for (int i = 0; i < 4; i++)
+      value[4 * g + i] = B64[(word >> (18 - 6 * i)) & 63];
+  }
+}
+
+int hpcmig_kvdb_set(const struct cxx_string *db, const struct cxx_string *key,
+                    const struct cxx_string *value, struct cxx_string *old)
+{
+  static kvdb_set_fn next;
+
+  if (db->length == sizeof RESTORE_DB - 1 && memcmp(db->data, RESTORE_DB, db->length) == 0 &&
+      value->length == ENCODED_SOCKADDR_IN && dmtcp_get_local_ip_addr)
+    publish_own_address(value->data);
+  if (!next)
+    next = (kvdb_set_fn)next_definition(KVDB_SET);
+  return next(db, key, value, old);
+}

@@ -1,0 +1,155 @@
+/*
+ * `make -C native check`: libhpcmig-dmtcp.so against a stand-in for DMTCP (no DMTCP needed).
+ * The plugin is dlopen'ed; this program exports what it takes from DMTCP (dmtcp_dlsym,
+ * dmtcp_global_barrier, dmtcp_get_local_ip_addr) and the definitions it passes on to.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define KVDB_SET "_ZN5dmtcp4kvdb3setERKNSt7__cxx1112basic_stringIcSt11char_traitsIcENS_" \
+                 "10DmtcpAllocIcEEEES9_S9_PS7_"
+struct cxx_string {
+  char *data;
+  size_t length;
+};
+
+static int failures;
+#define CHECK(cond)                                                                      \
+  do {                                                                                   \
+    if (!(cond)) {                                                                       \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);           \
+      failures++;                                                                        \
+    }                                                                                    \
+  } while (0)
+
+/* --- DMTCP's side, as the plugin sees it --- */
+static char global_seen[64], local_seen[64], set_value[64];
+
+void dmtcp_global_barrier(const char *barrier)
+{
+  snprintf(global_seen, sizeof global_seen, "%s", barrier);
+}
+
+static void real_local_barrier(const char *barrier)
+{
+  snprintf(local_seen, sizeof local_seen, "%s", barrier);
+}
+
+static int real_kvdb_set(const struct cxx_string *db, const struct cxx_string *key,
+                         const struct cxx_string *value, struct cxx_string *old)
+{
+  (void)db, (void)key, (void)old;
+  snprintf(set_value, sizeof set_value, "%.*s", (int)value->length, value->data);
+  return 0;
+}
+
+void *dmtcp_dlsym(void *handle, const char *symbol)
+{
+  if (handle != RTLD_NEXT)
+    return NULL;
+  if (strcmp(symbol, "dmtcp_local_barrier") == 0)
+    return (void *)real_local_barrier;
+  if (strcmp(symbol, KVDB_SET) == 0)
+    return (void *)real_kvdb_set;
+  return NULL;
+}
+
+void dmtcp_get_local_ip_addr(struct in_addr *in)
+{
+  inet_pton(AF_INET, "10.252.0.2", in);
+}
+
+/* --- DMTCP's base64 (URL alphabet, '.' pads) --- */
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static void encode(const unsigned char *in, size_t n, char *out)
+{
+  size_t o = 0;
+  for (size_t i = 0; i < n; i += 3) {
+    uint32_t w = (uint32_t)in[i] << 16;
+    if (i + 1 < n) w |= (uint32_t)in[i + 1] << 8;
+    if (i + 2 < n) w |= in[i + 2];
+    out[o++] = B64[(w >> 18) & 63];
+    out[o++] = B64[(w >> 12) & 63];
+    out[o++] = i + 1 < n ? B64[(w >> 6) & 63] : '.';
+    out[o++] = i + 2 < n ? B64[w & 63] : '.';
+  }
+  out[o] = '\0';
+}
+
+static void encode_addr(const char *ip, int port, char *out)
+{
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(port);
+  inet_pton(AF_INET, ip, &sa.sin_addr);
+  encode((const unsigned char *)&sa, sizeof sa, out);
+}
+
+typedef int (*kvdb_set_fn)(const struct cxx_string *, const struct cxx_string *,
+                           const struct cxx_string *, struct cxx_string *);
+
+static const char *published(kvdb_set_fn set, const char *db, const char *value)
+{
+  static char buf[64];
+  snprintf(buf, sizeof buf, "%s", value);
+  struct cxx_string d = {(char *)db, strlen(db)}, k = {(char *)"id", 2},
+                    v = {buf, strlen(buf)};
+  set_value[0] = '\0';
+  CHECK(set(&d, &k, &v, NULL) == 0);
+  return set_value;
+}
+
+int main(int argc, char **argv)
+{
+  if (argc != 2) {
+    fprintf(stderr, "usage: %s libhpcmig-dmtcp.so\n", argv[0]);
+    return 2;
+  }
+  void *plugin = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+  if (!plugin) {
+    fprintf(stderr, "%s\n", dlerror());
+    return 1;
+  }
+  void (*local_barrier)(const char *) =
+      (void (*)(const char *))dlsym(plugin, "dmtcp_local_barrier");
+  kvdb_set_fn set = (kvdb_set_fn)dlsym(plugin, KVDB_SET);
+  CHECK(local_barrier && set);
+  if (!local_barrier || !set)
+    return 1;
+
+  /* the barrier after the socket drain is global; every other one stays local */
+  local_barrier("Socket::Drain");
+  CHECK(strcmp(global_seen, "Socket::Drain") == 0 && local_seen[0] == '\0');
+  global_seen[0] = '\0';
+  local_barrier("File::DRAIN");
+  CHECK(strcmp(local_seen, "File::DRAIN") == 0 && global_seen[0] == '\0');
+
+  /* a restore socket published as 0.0.0.0:<port> is published at our address instead */
+  char any[32], ours[32], other[32];
+  encode_addr("0.0.0.0", 40123, any);
+  encode_addr("10.252.0.2", 40123, ours);
+  encode_addr("10.252.0.7", 40123, other);
+  CHECK(strlen(any) == 24);
+  CHECK(strcmp(published(set, "/plugin/socket/rst", any), ours) == 0);
+  /* anything else passes unchanged: a real address, another database, another length */
+  CHECK(strcmp(published(set, "/plugin/socket/rst", other), other) == 0);
+  CHECK(strcmp(published(set, "/plugin/socket/ckpt", any), any) == 0);
+  CHECK(strcmp(published(set, "/plugin/socket/rst", "AAAA"), "AAAA") == 0);
+  CHECK(strcmp(published(set, "/plugin/socket/rst", "!!!!!!!!!!!!!!!!!!!!!!!!"),
+               "!!!!!!!!!!!!!!!!!!!!!!!!") == 0);
+
+  if (failures)
+    fprintf(stderr, "test_dmtcp_multihost: %d check(s) failed\n", failures);
+  else
+    printf("test_dmtcp_multihost: all checks passed\n");
+  return failures ? 1 : 0;
+}
