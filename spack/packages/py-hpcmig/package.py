@@ -9,8 +9,9 @@
 # There is no published source yet: build from a checkout, e.g. with the environment at the
 # top of the repository (its `develop:` section points here), or
 #   spack repo add spack && spack develop --path . py-hpcmig@=0.1.0 && spack install py-hpcmig
-# The SPANK plugin is not built here: build it against the site's Slurm with
-#   make -C slurm-plugins/spank install PREFIX=<prefix>   (docs/admin.md)
+# The SPANK plugin and the native libraries are not built here: build them with
+#   make -C slurm-plugins/spank install PREFIX=<prefix>   (against the site's Slurm)
+#   make -C native install PREFIX=<prefix>                (docs/admin.md)
 
 from spack.package import *
 
@@ -22,7 +23,7 @@ class PyHpcmig(PythonPackage):
 
     version("0.1.0")
 
-    variant("dmtcp", default=False, description="DMTCP as a checkpoint engine (planned)")
+    variant("dmtcp", default=False, description="DMTCP as a checkpoint engine (engine=dmtcp, experimental)")
 
     depends_on("python@3.11:", type=("build", "run"))
     depends_on("py-setuptools@77:", type="build")
