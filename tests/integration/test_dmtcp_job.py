@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcmig import _procfs
 from hpcmig.checkpoint import dmtcp, dmtcp_job
 from hpcmig.errors import MissingDependency
 from hpcmig.slurm import Slurm
@@ -84,17 +85,17 @@ def wait_generations(testbed: Plan, slurm: Slurm, job_id: int, out: Path, direct
 def loaded_plugin() -> list[int]:
     """The job's ranks (this testbed runs one job at a time) that have hpcmig's DMTCP plugin
     mapped."""
-    ranks = [p for p in Path("/proc").glob("[0-9]*")
-             if _read(p / "cmdline").split(b"\0")[1:3] == [b"-m", b"hpcmig.workloads.ring"]]
+    ranks = [int(p.name) for p in Path("/proc").glob("[0-9]*")
+             if _procfs.argv(int(p.name))[1:3] == ["-m", "hpcmig.workloads.ring"]]
     assert ranks, "no rank of the job is running"
-    return [int(p.name) for p in ranks if dmtcp.PLUGIN.encode() in _read(p / "maps")]
+    return [pid for pid in ranks if dmtcp.PLUGIN in _maps(pid)]
 
 
-def _read(path: Path) -> bytes:
+def _maps(pid: int) -> str:
     try:
-        return path.read_bytes()
-    except OSError:
-        return b""
+        return Path(f"/proc/{pid}/maps").read_text(errors="replace")
+    except OSError:  # the rank ended meanwhile
+        return ""
 
 
 def ended_and_removed(slurm: Slurm, job_id: int, out: Path, directory: Path) -> str:
