@@ -1,7 +1,7 @@
 /*
  * libhpcmig-dmtcp.so: a DMTCP plugin (dmtcp_launch --with-plugin) that lets DMTCP 4.2.0
  * checkpoint and restart a job whose processes run on more than one host. hpcmig run loads it
- * for engine=dmtcp. Two defects of DMTCP's socket plugin, measured on the testbed:
+ * for engine=dmtcp. Three defects of DMTCP's IPC plugins, measured on the testbed:
  *
  * 1. The checkpoint hangs ("Still draining socket... perhaps remote host is not running under
  *    DMTCP?"). After draining its sockets a process waits only for the processes of its own
@@ -16,6 +16,16 @@
  *    process's own (the address it reaches the coordinator from: in hpcmig, its container's
  *    /32).
  *
+ * 3. The restart never ends. DMTCP's ssh plugin reconnects a restored dmtcp_sshd by forking,
+ *    from the restored dmtcp_ssh, `dmtcp_nocheckpoint rsh <host> dmtcp_sshd --listenAddr ..`.
+ *    DMTCP's fork wrapper first registers the child with the coordinator, which does not answer
+ *    while the computation restarts (4.2.0 has its pass-through for this case commented out):
+ *    dmtcp_ssh waits for ever, and so does the dmtcp_sshd waiting for its streams. Here a fork
+ *    made while DMTCP is not running user code (its checkpoint and restart hooks) is glibc's
+ *    _Fork (no atfork handlers); the child, which only execs a program not under DMTCP, makes
+ *    its dup2 and execvp as system calls of its own (DMTCP wraps syscall(), dup3 and execve)
+ *    and execs with the user's own LD_PRELOAD.
+ *
  * DMTCP preloads the libraries of --with-plugin before its own, so the definitions here come
  * first for the calls DMTCP's IPC plugin makes through its PLT; each passes on to DMTCP's own
  * definition. The second interposes dmtcp::kvdb::set, a C++ function of libdmtcp.so: its
@@ -25,10 +35,15 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -36,6 +51,7 @@
 void dmtcp_global_barrier(const char *barrier) __attribute__((weak));
 void *dmtcp_dlsym(void *handle, const char *symbol) __attribute__((weak));
 void dmtcp_get_local_ip_addr(struct in_addr *in) __attribute__((weak));
+int dmtcp_is_running_state(void) __attribute__((weak));
 
 static void *next_definition(const char *symbol)
 {
@@ -127,4 +143,114 @@ int hpcmig_kvdb_set(const struct cxx_string *db, const struct cxx_string *key,
   if (!next)
     next = (kvdb_set_fn)next_definition(KVDB_SET);
   return next(db, key, value, old);
+}
+
+/* --- 3. fork during DMTCP's hooks --- */
+static int plain_child; /* this process is the child of such a fork: no DMTCP until exec */
+
+/* A system call that DMTCP does not see: DMTCP wraps syscall(), dup3() and execve() of libc.
+ * Returns -errno on failure, as the kernel does. */
+static long plain_syscall(long number, long a, long b, long c)
+{
+#if defined(__x86_64__)
+  long ret;
+  __asm__ volatile("syscall" : "=a"(ret) : "a"(number), "D"(a), "S"(b), "d"(c)
+                   : "rcx", "r11", "memory");
+  return ret;
+#elif defined(__aarch64__)
+  register long x8 __asm__("x8") = number;
+  register long x0 __asm__("x0") = a;
+  register long x1 __asm__("x1") = b;
+  register long x2 __asm__("x2") = c;
+  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2) : "memory");
+  return x0;
+#else
+#error "plain_syscall: add this architecture"
+#endif
+}
+
+/* glibc >= 2.34: fork without the atfork handlers (DMTCP's register the child with the
+ * coordinator) and without DMTCP's fork wrapper; glibc still resets its own state */
+pid_t _Fork(void) __attribute__((weak));
+
+EXPORT pid_t fork(void)
+{
+  static pid_t (*next)(void);
+
+  if (_Fork && dmtcp_is_running_state && !dmtcp_is_running_state()) {
+    pid_t pid = _Fork();
+    if (pid == 0)
+      plain_child = 1;
+    return pid;
+  }
+  if (!next)
+    next = (pid_t (*)(void))next_definition("fork");
+  return next();
+}
+
+EXPORT int dup2(int oldfd, int newfd)
+{
+  static int (*next)(int, int);
+
+  if (plain_child) {
+    long ret = oldfd == newfd ? plain_syscall(SYS_fcntl, oldfd, F_GETFD, 0)
+                              : plain_syscall(SYS_dup3, oldfd, newfd, 0);
+    return ret < 0 ? -1 : newfd;
+  }
+  if (!next)
+    next = (int (*)(int, int))next_definition("dup2");
+  return next(oldfd, newfd);
+}
+
+#define ORIG_PRELOAD "DMTCP_ORIG_LD_PRELOAD=" /* the user's own LD_PRELOAD (constants.h) */
+#define MAX_ENV 4096
+static char *plain_env[MAX_ENV + 2];
+static char plain_preload[4096], plain_path[4096];
+
+/* environ with LD_PRELOAD set back to the user's own (static storage: no malloc here) */
+static char **environment_without_dmtcp(void)
+{
+  extern char **environ;
+  size_t n = 0;
+  const char *orig = NULL;
+
+  for (char **e = environ; *e; e++)
+    if (strncmp(*e, ORIG_PRELOAD, sizeof ORIG_PRELOAD - 1) == 0)
+      orig = *e + sizeof ORIG_PRELOAD - 1;
+  for (char **e = environ; *e && n < MAX_ENV; e++)
+    if (strncmp(*e, "LD_PRELOAD=", 11) != 0)
+      plain_env[n++] = *e;
+  if (orig && *orig && strlen(orig) + 12 <= sizeof plain_preload) {
+    strcpy(plain_preload, "LD_PRELOAD=");
+    strcat(plain_preload, orig);
+    plain_env[n++] = plain_preload;
+  }
+  plain_env[n] = NULL;
+  return plain_env;
+}
+
+EXPORT int execvp(const char *file, char *const argv[])
+{
+  static int (*next)(const char *, char *const[]);
+
+  if (!plain_child) {
+    if (!next)
+      next = (int (*)(const char *, char *const[]))next_definition("execvp");
+    return next(file, argv);
+  }
+  char **envp = environment_without_dmtcp();
+  if (strchr(file, '/'))
+    return (int)plain_syscall(SYS_execve, (long)file, (long)argv, (long)envp);
+  const char *path = getenv("PATH");
+  for (const char *p = path ? path : "/usr/bin:/bin"; *p;) {
+    size_t len = strcspn(p, ":");
+    if (len + strlen(file) + 2 <= sizeof plain_path) {
+      memcpy(plain_path, p, len);
+      plain_path[len] = '/';
+      strcpy(plain_path + len + 1, file);
+      plain_syscall(SYS_execve, (long)plain_path, (long)argv, (long)envp);
+    }
+    p += len + (p[len] == ':');
+  }
+  return -1;
 }

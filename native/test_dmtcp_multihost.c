@@ -1,7 +1,8 @@
 /*
  * `make -C native check`: libhpcmig-dmtcp.so against a stand-in for DMTCP (no DMTCP needed).
  * The plugin is dlopen'ed; this program exports what it takes from DMTCP (dmtcp_dlsym,
- * dmtcp_global_barrier, dmtcp_get_local_ip_addr) and the definitions it passes on to.
+ * dmtcp_global_barrier, dmtcp_get_local_ip_addr, dmtcp_is_running_state) and the definitions
+ * it passes on to.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -12,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define KVDB_SET "_ZN5dmtcp4kvdb3setERKNSt7__cxx1112basic_stringIcSt11char_traitsIcENS_" \
                  "10DmtcpAllocIcEEEES9_S9_PS7_"
@@ -50,6 +53,33 @@ static int real_kvdb_set(const struct cxx_string *db, const struct cxx_string *k
   return 0;
 }
 
+/* DMTCP's state and its fork, dup2 and execvp wrappers: a wrapper called where the plugin
+ * must not call one ends the process with 3 */
+static int running = 1, wrapped_forks;
+
+int dmtcp_is_running_state(void)
+{
+  return running;
+}
+
+static pid_t wrapper_fork(void)
+{
+  wrapped_forks++;
+  return -1;
+}
+
+static int wrapper_dup2(int oldfd, int newfd)
+{
+  (void)oldfd, (void)newfd;
+  _exit(3);
+}
+
+static int wrapper_execvp(const char *file, char *const argv[])
+{
+  (void)file, (void)argv;
+  _exit(3);
+}
+
 void *dmtcp_dlsym(void *handle, const char *symbol)
 {
   if (handle != RTLD_NEXT)
@@ -58,6 +88,12 @@ void *dmtcp_dlsym(void *handle, const char *symbol)
     return (void *)real_local_barrier;
   if (strcmp(symbol, KVDB_SET) == 0)
     return (void *)real_kvdb_set;
+  if (strcmp(symbol, "fork") == 0)
+    return (void *)wrapper_fork;
+  if (strcmp(symbol, "dup2") == 0)
+    return (void *)wrapper_dup2;
+  if (strcmp(symbol, "execvp") == 0)
+    return (void *)wrapper_execvp;
   return NULL;
 }
 
@@ -146,6 +182,49 @@ int main(int argc, char **argv)
   CHECK(strcmp(published(set, "/plugin/socket/rst", "AAAA"), "AAAA") == 0);
   CHECK(strcmp(published(set, "/plugin/socket/rst", "!!!!!!!!!!!!!!!!!!!!!!!!"),
                "!!!!!!!!!!!!!!!!!!!!!!!!") == 0);
+
+  /* a fork while DMTCP runs user code is DMTCP's; one in its hooks is a plain fork whose
+   * child dups and execs without DMTCP, with the user's own LD_PRELOAD */
+  pid_t (*fork_)(void) = (pid_t (*)(void))dlsym(plugin, "fork");
+  int (*dup2_)(int, int) = (int (*)(int, int))dlsym(plugin, "dup2");
+  int (*execvp_)(const char *, char *const[]) =
+      (int (*)(const char *, char *const[]))dlsym(plugin, "execvp");
+  CHECK(fork_ && dup2_ && execvp_);
+  if (!fork_ || !dup2_ || !execvp_)
+    return 1;
+  CHECK(fork_() == -1 && wrapped_forks == 1);
+  setenv("LD_PRELOAD", "/dmtcp/lib/libdmtcp.so", 1);
+  setenv("DMTCP_ORIG_LD_PRELOAD", "libc.so.6", 1);
+  int out[2];
+  CHECK(pipe(out) == 0);
+  running = 0;
+  pid_t child = fork_();
+  if (child == 0) {
+    close(out[0]);
+    dup2_(out[1], STDOUT_FILENO);
+    char *const argv[] = {(char *)"sh", (char *)"-c", (char *)"printf %s \"$LD_PRELOAD\"",
+                          NULL};
+    execvp_("sh", argv);
+    _exit(4);
+  }
+  running = 1;
+  close(out[1]);
+  char got[128] = {0};
+  ssize_t n, len = 0;
+  while ((n = read(out[0], got + len, sizeof got - 1 - (size_t)len)) > 0)
+    len += n;
+  int status = 0;
+  CHECK(child > 0 && waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0 && wrapped_forks == 1);
+  CHECK(strcmp(got, "libc.so.6") == 0);
+  /* outside such a child, dup2 is DMTCP's (its stand-in ends the process with 3) */
+  child = fork();
+  if (child == 0) {
+    dup2_(STDERR_FILENO, STDERR_FILENO);
+    _exit(0);
+  }
+  CHECK(child > 0 && waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 3);
 
   if (failures)
     fprintf(stderr, "test_dmtcp_multihost: %d check(s) failed\n", failures);

@@ -18,6 +18,10 @@ the job's other containers are reached from there with hpcmig-rsh, as MPI does):
         `dmtcp_restart` of the images its old copy (same index, same address) held, each
         detached under hpcmig.runtime.launch (container ROOT's, the launcher's, records the
         step's exit code in DIR; the others in DIR/c<I>); returns once every process runs.
+        The restored processes write to a pipe that `cat` appends to F: DMTCP gives a
+        restored process whose stderr was a pipe a new open of dmtcp_restart's stderr, with
+        the pipe's flags (no O_APPEND), at the file's end of that moment, so on a file its
+        messages overwrote what the job wrote after them.
 
 Each prints one JSON line; a failure is one line on stderr and exit 1. The images' host
 names are the containers' names (`hpcmig-<job>-<run>-<index>`), which is how a generation's
@@ -45,6 +49,9 @@ COORDINATOR = "coordinator.json"
 MARK = ".hpcmig-dmtcp"  # in a job_dir: what hpcmigd checks before it removes one
 REQUEST = "request"  # in a job_dir: hpcmigd asks the running step for a generation
 RESTART_TIMEOUT = 180.0
+# dmtcp_restart's output through a pipe (see restart above); its exit code (the restored
+# launcher's, in the root container) stands
+THROUGH_PIPE = ["bash", "-c", 'set -o pipefail; "$@" 2>&1 | cat', "dmtcp_restart"]
 _HOST = re.compile(r"^hpcmig-\d+-\d+-(\d+)$")
 
 
@@ -126,7 +133,7 @@ def restart(step: str, host: str, members: dict[int, str], root: int, status: st
                                       f"{index}, which this job no longer has")
             where = status if index == root else os.path.join(status, f"c{index}")
             launch = [*python, "-m", "hpcmig.runtime.launch", "--status", where,
-                      "--stdout", stdout, "--stderr", stderr, "--", *argv]
+                      "--stdout", stdout, "--stderr", stderr, "--", *THROUGH_PIPE, *argv]
             if members[index] == host:
                 _proc.run(launch, timeout=60)
             else:

@@ -5,14 +5,17 @@ Design note: the job's checkpoints live in `hpcmig-dmtcp-<job>/step-<k>` in the 
 working directory (hpcmig.checkpoint.dmtcp_job), the k-th `hpcmig run` of the script being
 step k in every run of it. A fresh step starts its coordinator in the batch host's container,
 wraps the MPI launcher in `dmtcp_launch` and hands the launcher hpcmig-rsh under the name
-`rsh` (DMTCP follows a job across hosts only through a program called ssh or rsh: it runs
-`dmtcp_sshd` under DMTCP on the other side and, after a restart, reconnects it by the peer's
-address). `hpcmig run` registers the job directory with hpcmigd, which asks for a generation
-(the `request` file, as the job's user) at the job's interval and counts the generations for
-a restart (controller/appckpt.py); `tick` takes the asked-for checkpoint while the step runs.
-After hpcmigd requeued the job, the step restarts from its last generation when it has one,
-and a step that had ended returns its recorded exit code. Images hold the job's memory: the
-directory is the user's, 0700, and hpcmigd removes it when the job ends.
+`rsh`, also first on the launcher's PATH (DMTCP follows a job across hosts only through a
+program called ssh or rsh: it runs `dmtcp_sshd` under DMTCP on the other side and, after a
+restart, reconnects it with `rsh <peer's address> dmtcp_sshd --listenAddr ...`). A job across
+containers needs hpcmig's DMTCP plugin (native/dmtcp_multihost.c), which every process of
+the job loads: without it DMTCP 4.2.0 hangs there. `hpcmig run` registers the job directory
+with hpcmigd, which asks for a generation (the `request` file, as the job's user) at the
+job's interval and counts the generations for a restart (controller/appckpt.py); `tick`
+takes the asked-for checkpoint while the step runs. After hpcmigd requeued the job, the step
+restarts from its last generation when it has one, and a step that had ended returns its
+recorded exit code. Images hold the job's memory: the directory is the user's, 0700, and
+hpcmigd removes it when the job ends.
 """
 
 from __future__ import annotations
@@ -41,13 +44,16 @@ class Step:
         if vc.image:
             raise UsageError("engine=dmtcp runs on the node's own root, not in a .sif image",
                              hint="use engine=criu (the default) with image=")
-        if len(vc.members) > 1:
+        if len(vc.members) > 1 and not os.path.exists(dmtcp.PLUGIN):
             raise UsageError(
-                f"engine=dmtcp runs a job in one container, not {len(vc.members)}: DMTCP "
-                "4.2.0 cannot restart a job across hosts (docs/checkpoint.md, \"DMTCP\")",
-                hint="use engine=criu (the default) or engine=app, or ask for one node")
+                f"engine=dmtcp across {len(vc.members)} containers needs hpcmig's DMTCP plugin "
+                f"{dmtcp.PLUGIN}, which is not installed: without it DMTCP 4.2.0 hangs "
+                "checkpointing and restarting a job across hosts (docs/checkpoint.md, "
+                "\"DMTCP\")",
+                hint="install it (make -C native install, as the bootstrap does), or use "
+                     "engine=criu (the default) or engine=app, or ask for one node")
         self.cfg, self.vc, self.head, self.python = cfg, vc, head, python
-        self.common = common
+        self.common, self.run_dir = common, run_dir
         self.tools = dmtcp.find_dmtcp(cfg.dmtcp_prefix)
         self.job_dir = Path(dmtcp_job.job_dir(os.getcwd(), vc.job_id))
         self.step = self.job_dir / f"step-{run_dir.name.rsplit('-', 1)[1]}"
@@ -100,7 +106,8 @@ class Step:
             "start", "--host", self.head.address, "--prefix", self.cfg.dmtcp_prefix))
         (self.step / LAUNCH).write_text(json.dumps({"index": self.head.index}))
         env = dict(env)
-        env["PATH"] = f"{os.path.dirname(self.tools.launch)}:{env.get('PATH', '')}"
+        # DMTCP's tools, and `rsh` for the ssh plugin's reconnection after a restart
+        env["PATH"] = f"{link.parent}:{os.path.dirname(self.tools.launch)}:{env.get('PATH', '')}"
         # hpcmig-rsh gives these to the commands it runs (DMTCP's and Open MPI's daemons)
         env["HPCMIG_RSH_ENV"] = ",".join(dmtcp.MPI_ENV[mpi])
         return dmtcp.launch_argv(coord, argv, env, mpi,
@@ -131,7 +138,9 @@ class Step:
                   f"({gen['processes']} processes, {gen['image_bytes'] / 2**20:.0f} MiB, "
                   f"{gen['seconds']:.1f} s)", file=sys.stderr, flush=True)
         except HpcmigError as exc:
-            print(f"hpcmig run: DMTCP checkpoint failed: {exc}", file=sys.stderr, flush=True)
+            if not (self.run_dir / "exit.json").exists():  # else: the step ended meanwhile
+                print(f"hpcmig run: DMTCP checkpoint failed: {exc}", file=sys.stderr,
+                      flush=True)
         finally:
             request.unlink(missing_ok=True)
 

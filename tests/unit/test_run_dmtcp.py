@@ -33,14 +33,21 @@ def step(tmp_path: Path, prefix: str, members: int = 1, image: str | None = None
     return Step(cfg, vc, tmp_path / "run-0-3", head, ["python3"], {})
 
 
-def test_a_job_across_containers_or_in_an_image_is_refused(tmp_path: Path, prefix: str,
-                                                           monkeypatch: Any) -> None:
+def test_a_job_in_an_image_or_across_containers_without_the_plugin_is_refused(
+        tmp_path: Path, prefix: str, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UsageError, match="one container, not 2"):
+    plugin = tmp_path / "lib" / "libhpcmig-dmtcp.so"
+    monkeypatch.setattr(dmtcp, "PLUGIN", str(plugin))
+    with pytest.raises(UsageError, match="across 2 containers needs hpcmig's DMTCP plugin") \
+            as refused:
         step(tmp_path, prefix, members=2)
+    assert "make -C native install" in str(refused.value.hint)
     with pytest.raises(UsageError, match="not in a .sif image"):
         step(tmp_path, prefix, image="/images/app.sif")
     assert not Path(dmtcp_job.job_dir(str(tmp_path), "42")).exists()
+    plugin.parent.mkdir()
+    plugin.write_bytes(b"")
+    assert step(tmp_path, prefix, members=2).step.is_dir()
 
 
 @pytest.mark.parametrize("installed", [True, False])
@@ -57,9 +64,11 @@ def test_the_launcher_loads_hpcmigs_dmtcp_plugin_when_it_is_installed(
     monkeypatch.setattr(dmtcp.Coordinator, "from_json", staticmethod(lambda _: coord))
     monkeypatch.setattr(Step, "_in_head", lambda self, *a, **k: {})
     rsh = str(tmp_path / "hpcmig-rsh")
-    argv, _ = s.launch(["mpiexec", "-launcher-exec", rsh, "ring"], {"PATH": "/usr/bin"},
-                       "mpich", rsh)
+    argv, env = s.launch(["mpiexec", "-launcher-exec", rsh, "ring"], {"PATH": "/usr/bin"},
+                         "mpich", rsh)
     assert argv[0] == s.tools.launch
+    # DMTCP's ssh plugin reconnects the hosts after a restart with `rsh` from PATH
+    assert env["PATH"].split(":")[:2] == [str(s.job_dir / "bin"), str(Path(prefix) / "bin")]
     assert argv[-3:] == ["-launcher-exec", str(s.job_dir / "bin" / "rsh"), "ring"]
     if installed:
         assert argv[argv.index("--with-plugin") + 1] == str(plugin)

@@ -1,10 +1,12 @@
 """engine=dmtcp's job side without DMTCP: the restart script's hosts, the container of a host
-name, each container's dmtcp_restart command, the newest generation of a job directory."""
+name, each container's dmtcp_restart command and its output, the newest generation of a job
+directory."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,17 @@ def test_links_and_fifos_in_a_users_directory_are_not_followed(tmp_path: Path) -
     (step / "gen-4").symlink_to(tmp_path / "elsewhere" / "gen-9")
     newest = dmtcp_job.newest(str(tmp_path / "job"))
     assert newest is not None and newest.number == 2
+
+
+def test_a_restart_writes_through_a_pipe_and_keeps_its_exit_code(tmp_path: Path) -> None:
+    """Restored processes get a pipe, not the job's output file (DMTCP reopens a file at a
+    stale offset and overwrote the job's output); what they write still reaches the file."""
+    out = tmp_path / "job.out"
+    out.write_text("before\n")
+    with open(out, "a", encoding="utf-8") as fh:
+        done = subprocess.run([*dmtcp_job.THROUGH_PIPE, "sh", "-c",
+                               'readlink /proc/self/fd/2; echo restored >&2; exit 7'],
+                              stdout=fh, stderr=fh, timeout=30)
+    assert done.returncode == 7
+    lines = out.read_text().splitlines()
+    assert lines[0] == "before" and lines[1].startswith("pipe:") and lines[2] == "restored"
