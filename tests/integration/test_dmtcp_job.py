@@ -3,16 +3,18 @@ DMTCP (`engine=dmtcp,ckpt=10`), hpcmigd asks for a generation every 10 s and the
 run` takes it through the job's coordinator; a node dies without warning and the job comes
 back by itself from its last generation.
 
-A ring across two containers (two nodes), MPICH and Open MPI: `testbed fail NODE --crash`
-SIGKILLs the batch host; with no command from anybody the job is requeued (same id) on the
-two nodes left, restarts from the last generation (`dmtcp_restart` in each new container,
-DMTCP's ssh plugin reconnecting the hosts), prints the exact checksum once, every round's
-line once at least, and redoes at most one interval of rounds; its DMTCP directory (0700,
-images 0600) is gone once it ended. Every rank loads hpcmig's DMTCP plugin
-(native/dmtcp_multihost.c), which a job across containers needs.
+A ring in one container, MPICH and Open MPI: `testbed fail NODE --crash` SIGKILLs its node;
+with no command from anybody the job is requeued (same id) on another node, restarts from the
+last generation (`dmtcp_restart` in the new container), prints the exact checksum once, every
+round's line once at least, and redoes at most one interval of rounds; its DMTCP directory
+(0700, images 0600) is gone once it ended. Every rank loads hpcmig's DMTCP plugin
+(native/dmtcp_multihost.c), as `hpcmig run` loads it when it is installed.
 
 A restarted rank used to segfault at random (MPICH 4 runs of 7, Open MPI 1 of 4 on a bad day):
 DMTCP's program break and ASLR; its restart now runs without randomization (docs/checkpoint.md).
+Not tested because `hpcmig run` refuses it: a job across containers. With the plugin it
+restarted, but in 3 runs of 16 the job then failed or hung, and no checkpoint completed after
+such a restart (docs/checkpoint.md, "DMTCP").
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pytest
 
 from hpcmig import _procfs
 from hpcmig.checkpoint import dmtcp, dmtcp_job
-from hpcmig.errors import MissingDependency
+from hpcmig.errors import MissingDependency, SlurmError
 from hpcmig.slurm import Slurm
 from hpcmig.testbed import cluster
 from hpcmig.testbed.plan import DMTCP_PREFIX_ENV, Plan
@@ -96,9 +98,15 @@ def _maps(pid: int) -> str:
         return ""
 
 
-def ended_and_removed(slurm: Slurm, job_id: int, out: Path, directory: Path) -> str:
+def ended_and_removed(testbed: Plan, slurm: Slurm, job_id: int, out: Path,
+                      directory: Path) -> str:
     """The job completed with the exact checksum once; its DMTCP directory is gone."""
-    job = slurm.wait(job_id, timeout=240, states={"COMPLETED", "FAILED", "CANCELLED"})
+    try:
+        job = slurm.wait(job_id, timeout=240, states={"COMPLETED", "FAILED", "CANCELLED"})
+    except SlurmError as exc:
+        logs = sorted(directory.glob("step-*/coordinator.log"))
+        raise AssertionError(f"{exc}\n{out.read_text()}\n{story(testbed, job_id)}\n"
+                             + "".join(p.read_text()[-4000:] for p in logs)) from None
     text = out.read_text()
     assert job.state == "COMPLETED", f"{job}\n{text}"
     ranks = 2 * len(job.nodes)
@@ -116,11 +124,11 @@ def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
         testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str],  # noqa: F811
         dmtcp_tools: dmtcp.DmtcpTools, mpi: str) -> None:
     job_id, out, job = submit_job(testbed, slurm, job_dir,
-                                  ring_script(2, mpi, f"dmtcp-crash-{mpi}"))
-    victim = job.batch_host  # where the launcher and DMTCP's coordinator run
+                                  ring_script(1, mpi, f"dmtcp-crash-{mpi}"))
+    victim = job.batch_host  # its only node
     directory = Path(dmtcp_job.job_dir(str(job_dir), str(job_id)))
     taken = wait_generations(testbed, slurm, job_id, out, directory, 1)[-1]
-    assert len(loaded_plugin()) == 4, f"every rank loads {dmtcp.PLUGIN} (bootstrap installs it)"
+    assert len(loaded_plugin()) == 2, f"both ranks load {dmtcp.PLUGIN} (bootstrap installs it)"
     assert directory.stat().st_mode & 0o777 == 0o700
     assert taken.images and all(os.stat(p).st_mode & 0o777 == 0o600 for p in taken.images)
     time.sleep(max(0.0, taken.created + INTERVAL / 2 - time.time()))
@@ -128,7 +136,7 @@ def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
     crash_at = time.time()
     print("\n" + cluster.fail(victim, "crash"))
 
-    text = ended_and_removed(slurm, job_id, out, directory)
+    text = ended_and_removed(testbed, slurm, job_id, out, directory)
     job = slurm.job(job_id)
     assert job.restart_count == 1 and victim not in job.nodes, job
     assert text.count("restarted from DMTCP checkpoint generation") == 1, text

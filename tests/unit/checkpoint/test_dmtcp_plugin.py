@@ -1,7 +1,7 @@
 """hpcmig's DMTCP plugin (native/dmtcp_multihost.c) without DMTCP: its C check against a
 stand-in for DMTCP, and the only symbols it exports (the ones it interposes). On the testbed,
-tests/integration/test_dmtcp_job.py runs a DMTCP job across two containers, which needs it,
-and checks that every rank loads it."""
+tests/integration/test_dmtcp_job.py checks that every rank of a DMTCP job loads it (a job in
+one container: jobs across containers are still refused, docs/checkpoint.md)."""
 
 from __future__ import annotations
 
