@@ -28,7 +28,7 @@
  *
  * DMTCP preloads the libraries of --with-plugin before its own, so the definitions here come
  * first for the calls DMTCP's IPC plugin makes through its PLT; each passes on to DMTCP's own
- * definition. The second interposes dmtcp::kvdb::set, a C++ function of libdmtcp.so: its
+ * definition, except a fork made in DMTCP's hooks and its child's dup2 and execvp (3.). The second interposes dmtcp::kvdb::set, a C++ function of libdmtcp.so: its
  * strings are libstdc++'s (C++11 ABI) with DMTCP's allocator; only the characters of the value
  * are rewritten in place (same length), nothing is allocated.
  */

@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from hpcmig.agent.rpc import AgentClient
     from hpcmig.errors import HpcmigError, PermissionDenied, UsageError
     from hpcmig.runtime import client
+    from hpcmig.runtime.launch import EXIT as LAUNCHER_EXIT
     from hpcmig.vcluster import VCluster
 
     program = args.program[1:] if args.program[:1] == ["--"] else args.program
@@ -131,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
         before = run_dir.parent / run_dir.name.replace(f"run-{incarnation}-",
                                                        f"run-{vc.restart}-", 1)
-        if (before / "exit.json").exists():
-            code = int(json.loads((before / "exit.json").read_text())["exit_code"])
+        if (before / LAUNCHER_EXIT).exists():
+            code = int(json.loads((before / LAUNCHER_EXIT).read_text())["exit_code"])
             print(f"hpcmig run: this step ended before the checkpoint (exit {code})",
                   file=sys.stderr, flush=True)
             return code
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             if out is None:
                 raise UsageError("a restarted engine=dmtcp step writes to the job's output "
                                  "file", hint="run the batch script with sbatch --output")
-            step.restart(members, run_dir, out, err or out)
+            step.restart(members, out, err or out)
             return _ended(step, _after(cfg, vc, job_id, _wait(
                 run_dir, head.address, common, grace=HEARTBEAT_TIMEOUT, tick=step.tick)))
         argv, env = step.launch(argv, env, flavour.name, rsh)
@@ -317,6 +318,7 @@ def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.
     launcher's last beat is as old as its checkpoint); `tick`: called every round."""
     from hpcmig.errors import HpcmigError
     from hpcmig.runtime import client
+    from hpcmig.runtime.launch import EXIT as LAUNCHER_EXIT
 
     beats_from = time.time() + grace
     stopping: list[int] = []
@@ -325,7 +327,7 @@ def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.
     sent: float | None = None
     try:
         while True:
-            result = run_dir / "exit.json"
+            result = run_dir / LAUNCHER_EXIT
             if result.exists():
                 return int(json.loads(result.read_text())["exit_code"])
             if stopping and sent is None:

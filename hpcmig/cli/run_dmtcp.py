@@ -31,6 +31,7 @@ from typing import Any
 from hpcmig.checkpoint import dmtcp, dmtcp_job
 from hpcmig.errors import HpcmigError, UsageError
 from hpcmig.runtime import client
+from hpcmig.runtime.launch import EXIT as LAUNCHER_EXIT
 
 LAUNCH = "launch.json"  # in a step: the container the launcher ran in, and its index
 EXIT = "exit.json"  # in a step that ended: its exit code
@@ -111,11 +112,11 @@ class Step:
         return dmtcp.launch_argv(coord, argv, env, mpi,
                                  plugin=dmtcp.PLUGIN if os.path.exists(dmtcp.PLUGIN) else None)
 
-    def restart(self, members: list[Any], run_dir: Path, out: str, err: str) -> None:
+    def restart(self, members: list[Any], out: str, err: str) -> None:
         """Every container's processes back from the step's last generation, the launcher's
-        recording the step's end in run_dir (as a fresh launch would)."""
+        recording the step's end in the run directory (as a fresh launch would)."""
         root = int(json.loads((self.step / LAUNCH).read_text())["index"])
-        args = ["--host", self.head.address, "--root", str(root), "--status", str(run_dir),
+        args = ["--host", self.head.address, "--root", str(root), "--status", str(self.run_dir),
                 "--stdout", out, "--stderr", err, "--prefix", self.cfg.dmtcp_prefix]
         for m in members:
             args += ["--member", f"{m.index}={m.address}"]
@@ -136,7 +137,7 @@ class Step:
                   f"({gen['processes']} processes, {gen['image_bytes'] / 2**20:.0f} MiB, "
                   f"{gen['seconds']:.1f} s)", file=sys.stderr, flush=True)
         except HpcmigError as exc:
-            if not (self.run_dir / "exit.json").exists():  # else: the step ended meanwhile
+            if not (self.run_dir / LAUNCHER_EXIT).exists():  # else: the step ended meanwhile
                 print(f"hpcmig run: DMTCP checkpoint failed: {exc}", file=sys.stderr,
                       flush=True)
         finally:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 HEARTBEAT_SECONDS = 2.0
+EXIT = "exit.json"  # in the status directory, once the launcher ended: its exit code
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = supervise(command, args.status, args.stdout, args.stderr)
     finally:
-        write_atomic(args.status / "exit.json",
+        write_atomic(args.status / EXIT,
                      json.dumps({"exit_code": code, "time": time.time()}))
     os._exit(0)
 
