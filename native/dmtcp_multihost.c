@@ -1,7 +1,7 @@
 /*
  * libhpcmig-dmtcp.so: a DMTCP plugin (dmtcp_launch --with-plugin) that lets DMTCP 4.2.0
  * checkpoint and restart a job whose processes run on more than one host. hpcmig run loads it
- * for engine=dmtcp. Three defects of DMTCP's IPC plugins, measured on the testbed:
+ * for engine=dmtcp. Five defects of DMTCP 4.2.0, measured on the testbed:
  *
  * 1. The checkpoint hangs ("Still draining socket... perhaps remote host is not running under
  *    DMTCP?"). After draining its sockets a process waits only for the processes of its own
@@ -26,9 +26,28 @@
  *    its dup2 and execvp as system calls of its own (DMTCP wraps syscall(), dup3 and execve)
  *    and execs with the user's own LD_PRELOAD.
  *
+ * 4. After a restart, checkpoints overwrite the generation the job was restarted from. A
+ *    restarted process takes as its checkpoint directory the real path of the directory it
+ *    was restarted with (ProcessInfo::restart reads it back from an open descriptor), so a
+ *    symbolic link given to dmtcp_launch --ckptdir (hpcmig's `current`, pointed at each new
+ *    generation in turn) is resolved once and for all. Here every checkpoint goes to the
+ *    directory the job was launched with ($DMTCP_CHECKPOINT_DIR, which dmtcp_launch sets and
+ *    a restored process keeps in its environment), as it did before the restart.
+ *
+ * 5. A job across hosts sometimes never ends. dmtcp_ssh's SIGCHLD handler calls exit() when
+ *    its rsh ends (`dmtcp_ssh.cpp`, signal_handler); measured on the testbed, the signal came
+ *    while dmtcp_ssh was inside free() with the malloc lock held, the handler's exit handlers
+ *    called free() and waited for that lock for ever (a hung dmtcp_ssh, a zombie proxy, an
+ *    mpiexec that never returns). Here exit() called from a SIGCHLD handler of dmtcp_ssh
+ *    (SIGCHLD blocked, as it is while its handler runs) ends the process at once, with the
+ *    same status, as _exit() would; everywhere else exit() is the C library's.
+ *
  * DMTCP preloads the libraries of --with-plugin before its own, so the definitions here come
  * first for the calls DMTCP's IPC plugin makes through its PLT; each passes on to DMTCP's own
- * definition, except a fork made in DMTCP's hooks and its child's dup2 and execvp (3.). The second interposes dmtcp::kvdb::set, a C++ function of libdmtcp.so: its
+ * definition, except a fork made in DMTCP's hooks and its child's dup2 and execvp (3.) and
+ * dmtcp_ssh's exit from its SIGCHLD handler (5.). The event hook (4.) registers as any DMTCP
+ * plugin's does (DMTCP_DECL_PLUGIN), before DMTCP's own plugins, so it runs first before a
+ * checkpoint. 2. interposes dmtcp::kvdb::set, a C++ function of libdmtcp.so: its
  * strings are libstdc++'s (C++11 ABI) with DMTCP's allocator; only the characters of the value
  * are rewritten in place (same length), nothing is allocated.
  */
@@ -52,6 +71,8 @@ void dmtcp_global_barrier(const char *barrier) __attribute__((weak));
 void *dmtcp_dlsym(void *handle, const char *symbol) __attribute__((weak));
 void dmtcp_get_local_ip_addr(struct in_addr *in) __attribute__((weak));
 int dmtcp_is_running_state(void) __attribute__((weak));
+const char *dmtcp_get_ckpt_dir(void) __attribute__((weak));
+int dmtcp_set_ckpt_dir(const char *dir) __attribute__((weak));
 
 static void *next_definition(const char *symbol)
 {
@@ -150,11 +171,12 @@ static int plain_child; /* this process is the child of such a fork: no DMTCP un
 
 /* A system call that DMTCP does not see: DMTCP wraps syscall(), dup3() and execve() of libc.
  * Returns -errno on failure, as the kernel does. */
-static long plain_syscall(long number, long a, long b, long c)
+static long plain_syscall4(long number, long a, long b, long c, long d)
 {
 #if defined(__x86_64__)
   long ret;
-  __asm__ volatile("syscall" : "=a"(ret) : "a"(number), "D"(a), "S"(b), "d"(c)
+  register long r10 __asm__("r10") = d;
+  __asm__ volatile("syscall" : "=a"(ret) : "a"(number), "D"(a), "S"(b), "d"(c), "r"(r10)
                    : "rcx", "r11", "memory");
   return ret;
 #elif defined(__aarch64__)
@@ -162,11 +184,17 @@ static long plain_syscall(long number, long a, long b, long c)
   register long x0 __asm__("x0") = a;
   register long x1 __asm__("x1") = b;
   register long x2 __asm__("x2") = c;
-  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2) : "memory");
+  register long x3 __asm__("x3") = d;
+  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory");
   return x0;
 #else
 #error "plain_syscall: add this architecture"
 #endif
+}
+
+static long plain_syscall(long number, long a, long b, long c)
+{
+  return plain_syscall4(number, a, b, c, 0);
 }
 
 /* glibc >= 2.34: fork without the atfork handlers (DMTCP's register the child with the
@@ -253,4 +281,66 @@ EXPORT int execvp(const char *file, char *const argv[])
     p += len + (p[len] == ':');
   }
   return -1;
+}
+
+/* --- 4. the checkpoint directory after a restart --- */
+#define CHECKPOINT_DIR_ENV "DMTCP_CHECKPOINT_DIR" /* constants.h, set by dmtcp_launch */
+enum { EVENT_PRECHECKPOINT = 16 };                /* DmtcpEvent_t of DMTCP 4.2.0 */
+
+struct plugin_descriptor { /* DmtcpPluginDescriptor_t, plugin API "3" */
+  const char *api_version, *dmtcp_version, *name, *author, *email, *description;
+  void (*event_hook)(int event, void *data);
+};
+void dmtcp_register_plugin(struct plugin_descriptor descriptor) __attribute__((weak));
+
+/* Before DMTCP writes anything of a checkpoint (this plugin registers first, so its
+ * pre-checkpoint hook runs before DMTCP's own), point it back at the launch directory. */
+static void event_hook(int event, void *data)
+{
+  (void)data;
+  if (event != EVENT_PRECHECKPOINT || !dmtcp_get_ckpt_dir || !dmtcp_set_ckpt_dir)
+    return;
+  const char *launched = getenv(CHECKPOINT_DIR_ENV), *now = dmtcp_get_ckpt_dir();
+  if (launched && *launched && (!now || strcmp(now, launched) != 0))
+    dmtcp_set_ckpt_dir(launched);
+}
+
+EXPORT void dmtcp_initialize_plugin(void)
+{
+  static const struct plugin_descriptor descriptor = {
+      "3", "4.2.0", "hpcmig", "hpcmig", "", "DMTCP across hosts (libhpcmig-dmtcp.so)",
+      event_hook};
+  void (*next)(void);
+
+  if (dmtcp_register_plugin)
+    dmtcp_register_plugin(descriptor);
+  next = (void (*)(void))next_definition("dmtcp_initialize_plugin");
+  if (next)
+    next();
+}
+
+/* --- 5. dmtcp_ssh's exit from its SIGCHLD handler --- */
+extern char *program_invocation_short_name; /* glibc */
+
+static int in_sigchld_handler(void)
+{
+  uint64_t blocked = 0; /* the kernel's sigset: 64 bits on Linux */
+  if (plain_syscall4(SYS_rt_sigprocmask, SIG_BLOCK, 0, (long)&blocked, sizeof blocked) < 0)
+    return 0;
+  return (blocked >> (SIGCHLD - 1)) & 1;
+}
+
+EXPORT void exit(int status)
+{
+  static void (*next)(int);
+
+  if (program_invocation_short_name &&
+      strcmp(program_invocation_short_name, "dmtcp_ssh") == 0 && in_sigchld_handler())
+    plain_syscall(SYS_exit_group, status, 0, 0);
+  if (!next)
+    next = (void (*)(int))next_definition("exit");
+  if (next)
+    next(status);
+  plain_syscall(SYS_exit_group, status, 0, 0);
+  __builtin_unreachable();
 }

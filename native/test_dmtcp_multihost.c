@@ -1,17 +1,20 @@
 /*
  * `make -C native check`: libhpcmig-dmtcp.so against a stand-in for DMTCP (no DMTCP needed).
  * The plugin is dlopen'ed; this program exports what it takes from DMTCP (dmtcp_dlsym,
- * dmtcp_global_barrier, dmtcp_get_local_ip_addr, dmtcp_is_running_state) and the definitions
- * it passes on to.
+ * dmtcp_global_barrier, dmtcp_get_local_ip_addr, dmtcp_is_running_state,
+ * dmtcp_register_plugin, dmtcp_get_ckpt_dir, dmtcp_set_ckpt_dir) and the definitions it
+ * passes on to.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -80,6 +83,36 @@ static int wrapper_execvp(const char *file, char *const argv[])
   _exit(3);
 }
 
+/* DMTCP's plugin registry and checkpoint directory */
+struct plugin_descriptor {
+  const char *api_version, *dmtcp_version, *name, *author, *email, *description;
+  void (*event_hook)(int event, void *data);
+};
+static struct plugin_descriptor registered;
+static int next_initialized;
+static char ckpt_dir[256];
+
+void dmtcp_register_plugin(struct plugin_descriptor descriptor)
+{
+  registered = descriptor;
+}
+
+static void next_initialize_plugin(void)
+{
+  next_initialized = registered.event_hook != NULL;  /* called after the registration */
+}
+
+const char *dmtcp_get_ckpt_dir(void)
+{
+  return ckpt_dir;
+}
+
+int dmtcp_set_ckpt_dir(const char *dir)
+{
+  snprintf(ckpt_dir, sizeof ckpt_dir, "%s", dir);
+  return 1;
+}
+
 void *dmtcp_dlsym(void *handle, const char *symbol)
 {
   if (handle != RTLD_NEXT)
@@ -94,6 +127,10 @@ void *dmtcp_dlsym(void *handle, const char *symbol)
     return (void *)wrapper_dup2;
   if (strcmp(symbol, "execvp") == 0)
     return (void *)wrapper_execvp;
+  if (strcmp(symbol, "dmtcp_initialize_plugin") == 0)
+    return (void *)next_initialize_plugin;
+  if (strcmp(symbol, "exit") == 0)
+    return (void *)exit;
   return NULL;
 }
 
@@ -142,6 +179,43 @@ static const char *published(kvdb_set_fn set, const char *db, const char *value)
   set_value[0] = '\0';
   CHECK(set(&d, &k, &v, NULL) == 0);
   return set_value;
+}
+
+/* dmtcp_ssh's SIGCHLD handler: reap the child, exit with its status (dmtcp_ssh.cpp) */
+static void (*plugin_exit)(int);
+
+static void sigchld_handler(int sig)
+{
+  (void)sig;
+  wait(NULL);
+  plugin_exit(7);
+}
+
+static void exit_handler(void)
+{
+  _exit(9);  /* the exit handlers ran: the process ends with 9 */
+}
+
+/* The exit status of a process named `name` whose child ends (exit from the SIGCHLD
+ * handler, 7), or that calls exit(7) itself; 9 when the exit handlers ran. */
+static int exit_status(const char *name, int from_handler)
+{
+  pid_t pid = fork();
+  if (pid == 0) {
+    program_invocation_short_name = (char *)name;
+    atexit(exit_handler);
+    if (!from_handler)
+      plugin_exit(7);
+    signal(SIGCHLD, sigchld_handler);
+    if (fork() == 0)
+      _exit(0);
+    for (;;)
+      pause();
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+    return -1;
+  return WEXITSTATUS(status);
 }
 
 int main(int argc, char **argv)
@@ -225,6 +299,40 @@ int main(int argc, char **argv)
   }
   CHECK(child > 0 && waitpid(child, &status, 0) == child);
   CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 3);
+
+  /* the plugin registers its event hook, then lets the next plugin register; before a
+   * checkpoint it points DMTCP back at the launch directory, which a restart had resolved */
+  void (*initialize)(void) = (void (*)(void))dlsym(plugin, "dmtcp_initialize_plugin");
+  CHECK(initialize);
+  if (!initialize)
+    return 1;
+  initialize();
+  CHECK(registered.event_hook && next_initialized);
+  CHECK(registered.api_version && strcmp(registered.api_version, "3") == 0);
+  if (!registered.event_hook)
+    return 1;
+  enum { PRECHECKPOINT = 16, RESUME = 17, RESTART = 18 };
+  setenv("DMTCP_CHECKPOINT_DIR", "/job/current", 1);
+  dmtcp_set_ckpt_dir("/job/gen-1");
+  registered.event_hook(RESTART, NULL);
+  registered.event_hook(RESUME, NULL);
+  CHECK(strcmp(ckpt_dir, "/job/gen-1") == 0);
+  registered.event_hook(PRECHECKPOINT, NULL);
+  CHECK(strcmp(ckpt_dir, "/job/current") == 0);
+  unsetenv("DMTCP_CHECKPOINT_DIR");  /* not launched by dmtcp_launch: left alone */
+  dmtcp_set_ckpt_dir("/elsewhere");
+  registered.event_hook(PRECHECKPOINT, NULL);
+  CHECK(strcmp(ckpt_dir, "/elsewhere") == 0);
+
+  /* exit from dmtcp_ssh's SIGCHLD handler ends it at once, with the status it gave; exit
+   * anywhere else runs the exit handlers */
+  plugin_exit = (void (*)(int))dlsym(plugin, "exit");
+  CHECK(plugin_exit);
+  if (!plugin_exit)
+    return 1;
+  CHECK(exit_status("dmtcp_ssh", 1) == 7);
+  CHECK(exit_status("dmtcp_ssh", 0) == 9);
+  CHECK(exit_status("python3", 1) == 9);
 
   if (failures)
     fprintf(stderr, "test_dmtcp_multihost: %d check(s) failed\n", failures);

@@ -27,7 +27,10 @@ DMTCP's restart script and every image it names are written, then renames the di
 gen-<n> (the atomic publication) and keeps the newest two. A crash at any moment leaves the
 previous generation whole. DMTCP stores the absolute path of its saved file copies inside
 the images, which is why processes write through `current` and `restart_argv` points
-`current` back at the generation it restarts. dmtcp_command --bcheckpoint does not block in
+`current` back at the generation it restarts. A restarted process takes the real path of the
+directory it was restarted from as its own (DMTCP 4.2.0), so without hpcmig's plugin (PLUGIN,
+which points it back at `current` before every checkpoint) its next checkpoint would be
+written over the generation it restarted from. dmtcp_command --bcheckpoint does not block in
 DMTCP 4.2.0, hence the wait on the files.
 """
 
@@ -60,7 +63,8 @@ KEEP = 2  # complete generations kept
 CURRENT = "current"
 SESSION = "session"
 TMP = "tmp"  # DMTCP's --tmpdir: its logs and pid maps, per job, not in /tmp
-# hpcmig's DMTCP plugin (native/dmtcp_multihost.c): what a job across hosts needs of DMTCP 4.2.0
+# hpcmig's DMTCP plugin (native/dmtcp_multihost.c): what a job needs of DMTCP 4.2.0 across hosts
+# and after a restart
 PLUGIN = os.path.join(PREFIX, "lib", "libhpcmig-dmtcp.so")
 MANIFEST = "GENERATION.json"
 # dmtcp_restart runs without address space randomization (util-linux's setarch): DMTCP
@@ -539,7 +543,8 @@ def checkpoint(coordinator: Coordinator, timeout: float = 300.0, *,
 def restart_argv(tools: DmtcpTools, ckpt_dir: str, coordinator: Coordinator) -> list[str]:
     """dmtcp_restart of the last complete generation, joining `coordinator` (a new one).
     Also points `<ckpt_dir>/current` at that generation: DMTCP reads its saved file copies
-    through it, and the restarted job's next checkpoints go there too."""
+    through it, and the restarted job's next checkpoints go through it too when the job loads
+    PLUGIN (else into that generation's own directory)."""
     ckpt_dir = os.path.abspath(ckpt_dir)
     if os.path.abspath(coordinator.ckpt_dir) != ckpt_dir:
         raise UsageError(f"dmtcp: the coordinator serves {coordinator.ckpt_dir}, "

@@ -8,8 +8,9 @@ the MPI launcher in `dmtcp_launch` and hands the launcher hpcmig-rsh under the n
 first on the launcher's PATH (DMTCP follows a job across hosts only through a program called
 ssh or rsh: it runs `dmtcp_sshd` under DMTCP on the other side and, after a restart, reconnects
 it with `rsh <peer's address> dmtcp_sshd --listenAddr ...`). Every process of the job loads
-hpcmig's DMTCP plugin (native/dmtcp_multihost.c) when it is installed; a job across containers
-needs it, and is still refused (its restarts are not reliable yet). `hpcmig run` registers the
+hpcmig's DMTCP plugin (native/dmtcp_multihost.c), without which DMTCP 4.2.0 hangs across hosts
+and a restarted job checkpoints over its own restart point: a job is refused without it. `hpcmig
+run` registers the
 job directory with hpcmigd, which asks for a generation (the `request` file, as the job's user)
 at the job's interval and counts the generations for a restart (controller/appckpt.py); `tick`
 takes the asked-for checkpoint while the step runs. After hpcmigd requeued the job, the step
@@ -45,12 +46,14 @@ class Step:
         if vc.image:
             raise UsageError("engine=dmtcp runs on the node's own root, not in a .sif image",
                              hint="use engine=criu (the default) with image=")
-        if len(vc.members) > 1:
+        if not os.path.exists(dmtcp.PLUGIN):
             raise UsageError(
-                f"engine=dmtcp runs a job in one container, not {len(vc.members)}: after a "
-                "restart across hosts DMTCP 4.2.0 takes no further checkpoint, and 3 such "
-                "restarts of 16 failed (docs/checkpoint.md, \"DMTCP\")",
-                hint="use engine=criu (the default) or engine=app, or ask for one node")
+                f"engine=dmtcp needs hpcmig's DMTCP plugin {dmtcp.PLUGIN}, which is not "
+                "installed: without it DMTCP 4.2.0 writes a restarted job's next checkpoint over "
+                "the generation it restarted from, and hangs checkpointing or restarting a job "
+                "across hosts (docs/checkpoint.md, \"DMTCP\")",
+                hint="install it (make -C native install, as the bootstrap does), or use "
+                     "engine=criu (the default) or engine=app")
         self.cfg, self.vc, self.head, self.python = cfg, vc, head, python
         self.common, self.run_dir = common, run_dir
         self.tools = dmtcp.find_dmtcp(cfg.dmtcp_prefix)
@@ -109,8 +112,7 @@ class Step:
         env["PATH"] = f"{link.parent}:{os.path.dirname(self.tools.launch)}:{env.get('PATH', '')}"
         # hpcmig-rsh gives these to the commands it runs (DMTCP's and Open MPI's daemons)
         env["HPCMIG_RSH_ENV"] = ",".join(dmtcp.MPI_ENV[mpi])
-        return dmtcp.launch_argv(coord, argv, env, mpi,
-                                 plugin=dmtcp.PLUGIN if os.path.exists(dmtcp.PLUGIN) else None)
+        return dmtcp.launch_argv(coord, argv, env, mpi, plugin=dmtcp.PLUGIN)
 
     def restart(self, members: list[Any], out: str, err: str) -> None:
         """Every container's processes back from the step's last generation, the launcher's

@@ -3,18 +3,17 @@ DMTCP (`engine=dmtcp,ckpt=10`), hpcmigd asks for a generation every 10 s and the
 run` takes it through the job's coordinator; a node dies without warning and the job comes
 back by itself from its last generation.
 
-A ring in one container, MPICH and Open MPI: `testbed fail NODE --crash` SIGKILLs its node;
-with no command from anybody the job is requeued (same id) on another node, restarts from the
-last generation (`dmtcp_restart` in the new container), prints the exact checksum once, every
-round's line once at least, and redoes at most one interval of rounds; its DMTCP directory
-(0700, images 0600) is gone once it ended. Every rank loads hpcmig's DMTCP plugin
-(native/dmtcp_multihost.c), as `hpcmig run` loads it when it is installed.
+A ring across two containers (4 ranks), MPICH and Open MPI: `testbed fail NODE --crash`
+SIGKILLs one of its nodes (with MPICH the other node, with Open MPI the batch host, where the
+launcher and the coordinator run); with no command from anybody the job is requeued (same id)
+on the nodes left, restarts from the last generation (`dmtcp_restart` in each new container),
+prints the exact checksum once, every round's line once at least, redoes at most one interval
+of rounds, and takes new generations after the restart; its DMTCP directory (0700, images
+0600) is gone once it ended. Every rank loads hpcmig's DMTCP plugin (native/dmtcp_multihost.c),
+without which `hpcmig run` refuses engine=dmtcp.
 
 A restarted rank used to segfault at random (MPICH 4 runs of 7, Open MPI 1 of 4 on a bad day):
 DMTCP's program break and ASLR; its restart now runs without randomization (docs/checkpoint.md).
-Not tested because `hpcmig run` refuses it: a job across containers. With the plugin it
-restarted, but in 3 runs of 16 the job then failed or hung, and no checkpoint completed after
-such a restart (docs/checkpoint.md, "DMTCP").
 """
 
 from __future__ import annotations
@@ -71,24 +70,49 @@ def ring_script(nodes: int, mpi: str, name: str) -> str:
         job_name=name)
 
 
+def dmtcp_story(directory: Path) -> str:
+    """The coordinators' logs (their last lines) and where each process under DMTCP waits."""
+    logs = [f"--- {p}\n" + p.read_text(errors="replace").replace("dmtcp> ", "")[-3000:]
+            for p in sorted(directory.glob("step-*/coordinator.log"))]
+    waits = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            name = (proc / "comm").read_text().strip()
+            if name.startswith(("DMTCP:", "dmtcp_", "python3", "hydra", "mpiexec", "orted")):
+                tasks = [f"{(t / 'comm').read_text().strip()}:{(t / 'wchan').read_text()}"
+                         for t in (proc / "task").iterdir()]
+                waits.append(f"{proc.name} {name} {' '.join(tasks)}")
+        except OSError:  # ended meanwhile
+            continue
+    return "\n".join(logs + ["--- processes (pid comm thread:wchan...)"] + waits)
+
+
 def wait_generations(testbed: Plan, slurm: Slurm, job_id: int, out: Path, directory: Path,
                      count: int) -> list[dmtcp.Generation]:
     deadline = time.monotonic() + (count + 2) * INTERVAL
     while max((g.number for g in steps(directory)), default=0) < count:
         assert time.monotonic() < deadline, f"fewer than {count} DMTCP generations\n" \
-            f"{out.read_text()}\n{story(testbed, job_id)}"
+            f"{out.read_text()}\n{story(testbed, job_id)}\n{dmtcp_story(directory)}"
         assert slurm.job(job_id).state == "RUNNING", out.read_text()
         time.sleep(0.3)
     return steps(directory)
 
 
-def loaded_plugin() -> list[int]:
-    """The job's ranks (this testbed runs one job at a time) that have hpcmig's DMTCP plugin
-    mapped."""
+def loaded_plugin(job_dir: Path) -> list[int]:
+    """The job's ranks (the ring's processes working in `job_dir`) that have hpcmig's DMTCP
+    plugin mapped."""
     ranks = [int(p.name) for p in Path("/proc").glob("[0-9]*")
-             if _procfs.argv(int(p.name))[1:3] == ["-m", "hpcmig.workloads.ring"]]
+             if _procfs.argv(int(p.name))[1:3] == ["-m", "hpcmig.workloads.ring"]
+             and _cwd(int(p.name)) == str(job_dir)]
     assert ranks, "no rank of the job is running"
     return [pid for pid in ranks if dmtcp.PLUGIN in _maps(pid)]
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:  # the rank ended meanwhile
+        return ""
 
 
 def _maps(pid: int) -> str:
@@ -104,9 +128,8 @@ def ended_and_removed(testbed: Plan, slurm: Slurm, job_id: int, out: Path,
     try:
         job = slurm.wait(job_id, timeout=240, states={"COMPLETED", "FAILED", "CANCELLED"})
     except SlurmError as exc:
-        logs = sorted(directory.glob("step-*/coordinator.log"))
         raise AssertionError(f"{exc}\n{out.read_text()}\n{story(testbed, job_id)}\n"
-                             + "".join(p.read_text()[-4000:] for p in logs)) from None
+                             f"{dmtcp_story(directory)}") from None
     text = out.read_text()
     assert job.state == "COMPLETED", f"{job}\n{text}"
     ranks = 2 * len(job.nodes)
@@ -119,16 +142,18 @@ def ended_and_removed(testbed: Plan, slurm: Slurm, job_id: int, out: Path,
     return text
 
 
-@pytest.mark.parametrize("mpi", ["mpich", "openmpi"])
+@pytest.mark.parametrize(("mpi", "lost"), [("mpich", "other"), ("openmpi", "batch")])
 def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
         testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str],  # noqa: F811
-        dmtcp_tools: dmtcp.DmtcpTools, mpi: str) -> None:
+        dmtcp_tools: dmtcp.DmtcpTools, mpi: str, lost: str) -> None:
     job_id, out, job = submit_job(testbed, slurm, job_dir,
-                                  ring_script(1, mpi, f"dmtcp-crash-{mpi}"))
-    victim = job.batch_host  # its only node
+                                  ring_script(2, mpi, f"dmtcp-crash-{mpi}"))
+    victim = job.batch_host if lost == "batch" else \
+        next(n for n in job.nodes if n != job.batch_host)
     directory = Path(dmtcp_job.job_dir(str(job_dir), str(job_id)))
     taken = wait_generations(testbed, slurm, job_id, out, directory, 1)[-1]
-    assert len(loaded_plugin()) == 2, f"both ranks load {dmtcp.PLUGIN} (bootstrap installs it)"
+    assert len(loaded_plugin(job_dir)) == 4, \
+        f"all 4 ranks load {dmtcp.PLUGIN} (bootstrap installs it)"
     assert directory.stat().st_mode & 0o777 == 0o700
     assert taken.images and all(os.stat(p).st_mode & 0o777 == 0o600 for p in taken.images)
     time.sleep(max(0.0, taken.created + INTERVAL / 2 - time.time()))
@@ -140,6 +165,9 @@ def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
     job = slurm.job(job_id)
     assert job.restart_count == 1 and victim not in job.nodes, job
     assert text.count("restarted from DMTCP checkpoint generation") == 1, text
+    after = text.split("restarted from DMTCP checkpoint generation", 1)[1]
+    assert re.search(r"DMTCP checkpoint generation (\d+) \(", after), \
+        f"hpcmigd asks every {INTERVAL} s: a generation is published after the restart\n{text}"
     done = Counter(int(n) for n in re.findall(r"^ring: round (\d+) of", text, re.M))
     assert sorted(done) == list(range(1, ROUNDS + 1)), f"every round ran\n{text}"
     redone = [n for n, c in done.items() if c > 1]

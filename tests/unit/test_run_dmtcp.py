@@ -33,25 +33,35 @@ def step(tmp_path: Path, prefix: str, members: int = 1, image: str | None = None
     return Step(cfg, vc, tmp_path / "run-0-3", head, ["python3"], {})
 
 
-def test_a_job_across_containers_or_in_an_image_is_refused(tmp_path: Path, prefix: str,
-                                                           monkeypatch: Any) -> None:
+@pytest.fixture(autouse=True)
+def plugin(tmp_path: Path, monkeypatch: Any) -> Path:
+    """hpcmig's DMTCP plugin, installed (an empty file: it is never loaded here)."""
+    path = tmp_path / "lib" / "libhpcmig-dmtcp.so"
+    path.parent.mkdir()
+    path.write_bytes(b"")
+    monkeypatch.setattr(dmtcp, "PLUGIN", str(path))
+    return path
+
+
+def test_a_job_in_an_image_or_without_the_plugin_is_refused(
+        tmp_path: Path, prefix: str, plugin: Path, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UsageError, match="one container, not 2"):
-        step(tmp_path, prefix, members=2)
     with pytest.raises(UsageError, match="not in a .sif image"):
         step(tmp_path, prefix, image="/images/app.sif")
+    plugin.unlink()
+    for members in (1, 2):
+        with pytest.raises(UsageError, match="needs hpcmig's DMTCP plugin") as refused:
+            step(tmp_path, prefix, members=members)
+        assert "over the generation it restarted from" in str(refused.value)
+        assert "make -C native install" in str(refused.value.hint)
     assert not Path(dmtcp_job.job_dir(str(tmp_path), "42")).exists()
+    plugin.write_bytes(b"")
+    assert step(tmp_path, prefix, members=2).step.is_dir()
 
 
-@pytest.mark.parametrize("installed", [True, False])
-def test_the_launcher_loads_hpcmigs_dmtcp_plugin_when_it_is_installed(
-        tmp_path: Path, prefix: str, monkeypatch: Any, installed: bool) -> None:
+def test_the_launcher_loads_hpcmigs_dmtcp_plugin_and_finds_rsh_first_on_path(
+        tmp_path: Path, prefix: str, plugin: Path, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)
-    plugin = tmp_path / "lib" / "libhpcmig-dmtcp.so"
-    if installed:
-        plugin.parent.mkdir()
-        plugin.write_bytes(b"")
-    monkeypatch.setattr(dmtcp, "PLUGIN", str(plugin))
     s = step(tmp_path, prefix)
     coord = dmtcp.Coordinator(s.tools, str(s.step), "10.252.0.1", 7779, 1, 1)
     monkeypatch.setattr(dmtcp.Coordinator, "from_json", staticmethod(lambda _: coord))
@@ -63,10 +73,7 @@ def test_the_launcher_loads_hpcmigs_dmtcp_plugin_when_it_is_installed(
     # DMTCP's ssh plugin reconnects the hosts after a restart with `rsh` from PATH
     assert env["PATH"].split(":")[:2] == [str(s.job_dir / "bin"), str(Path(prefix) / "bin")]
     assert argv[-3:] == ["-launcher-exec", str(s.job_dir / "bin" / "rsh"), "ring"]
-    if installed:
-        assert argv[argv.index("--with-plugin") + 1] == str(plugin)
-    else:
-        assert "--with-plugin" not in argv
+    assert argv[argv.index("--with-plugin") + 1] == str(plugin)
 
 
 def test_the_step_directory_is_private_and_an_ended_step_keeps_only_its_exit_code(

@@ -1,7 +1,7 @@
 """hpcmig's DMTCP plugin (native/dmtcp_multihost.c) without DMTCP: its C check against a
 stand-in for DMTCP, and the only symbols it exports (the ones it interposes). On the testbed,
-tests/integration/test_dmtcp_job.py checks that every rank of a DMTCP job loads it (a job in
-one container: jobs across containers are still refused, docs/checkpoint.md)."""
+tests/integration/test_dmtcp_job.py checks that every rank of a DMTCP job across two
+containers loads it, and that the job restarts and checkpoints again after a node crash."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("cc", "make", "nm")), reason="needs cc, make and nm")
 
 
-def test_the_drain_barrier_is_global_restore_sockets_are_ours_and_hook_forks_are_plain(
+def test_the_plugins_five_fixes_against_a_stand_in_for_dmtcp(
         tmp_path: Path) -> None:
     done = subprocess.run(["make", "-s", "-C", str(NATIVE), f"BUILD={tmp_path}", "check"],
                           capture_output=True, text=True, timeout=120)
@@ -28,4 +28,5 @@ def test_the_drain_barrier_is_global_restore_sockets_are_ours_and_hook_forks_are
     nm = subprocess.run(["nm", "-D", "--defined-only", str(tmp_path / "libhpcmig-dmtcp.so")],
                         capture_output=True, text=True, check=True).stdout
     assert {line.split()[-1] for line in nm.splitlines() if line.strip()} == \
-        {"dmtcp_local_barrier", KVDB_SET, "fork", "dup2", "execvp"}
+        {"dmtcp_local_barrier", KVDB_SET, "fork", "dup2", "execvp", "dmtcp_initialize_plugin",
+         "exit"}
