@@ -9,14 +9,13 @@ first on the launcher's PATH (DMTCP follows a job across hosts only through a pr
 ssh or rsh: it runs `dmtcp_sshd` under DMTCP on the other side and, after a restart, reconnects
 it with `rsh <peer's address> dmtcp_sshd --listenAddr ...`). Every process of the job loads
 hpcmig's DMTCP plugin (native/dmtcp_multihost.c), without which DMTCP 4.2.0 hangs across hosts
-and a restarted job checkpoints over its own restart point: a job is refused without it. `hpcmig
-run` registers the
-job directory with hpcmigd, which asks for a generation (the `request` file, as the job's user)
-at the job's interval and counts the generations for a restart (controller/appckpt.py); `tick`
-takes the asked-for checkpoint while the step runs. After hpcmigd requeued the job, the step
-restarts from its last generation when it has one, and a step that had ended returns its
-recorded exit code. Images hold the job's memory: the directory is the user's, 0700, and
-hpcmigd removes it when the job ends.
+and a restarted job checkpoints over its own restart point: a job is refused without it.
+`hpcmig run` registers the job directory with hpcmigd, which asks for a generation (the
+`request` file, as the job's user) at the job's interval and counts the generations for a
+restart (controller/appckpt.py); `tick` takes the asked-for checkpoint while the step runs.
+After hpcmigd requeued the job, the step restarts from its last generation when it has one,
+and a step that had ended returns its recorded exit code. Images hold the job's memory: the
+directory is the user's, 0700, and hpcmigd removes it when the job ends.
 """
 
 from __future__ import annotations
