@@ -190,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
                                  "file", hint="run the batch script with sbatch --output")
             step.restart(members, out, err or out)
             return _ended(step, _after(cfg, vc, job_id, _wait(
-                run_dir, head.address, common, grace=HEARTBEAT_TIMEOUT, tick=step.tick)))
+                run_dir, head.address, common, grace=HEARTBEAT_TIMEOUT, tick=step.tick,
+                on_stop=step.stopped)))
         argv, env = step.launch(argv, env, flavour.name, rsh)
         common["env"] = env
     print(f"hpcmig run: {n} rank(s) of {flavour.name} in {len(members)} container(s) "
@@ -206,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
         raise HpcmigError(f"could not start {flavour.mpiexec} in {head.address}: "
                           f"{res.stderr.decode(errors='replace').strip()}")
     return _ended(step, _after(cfg, vc, job_id, _wait(
-        run_dir, head.address, common, tick=step.tick if step else None)))
+        run_dir, head.address, common, tick=step.tick if step else None,
+        on_stop=step.stopped if step else None)))
 
 
 def _ended(step: Any, code: int) -> int:
@@ -313,9 +315,11 @@ def _ask_restart(controller: Any, job_id: str) -> Any:
 
 
 def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.0,
-          tick: Callable[[], None] | None = None) -> int:
+          tick: Callable[[], None] | None = None,
+          on_stop: Callable[[int], None] | None = None) -> int:
     """The launcher's exit code; `grace`: seconds before a stale heartbeat counts (a restored
-    launcher's last beat is as old as its checkpoint); `tick`: called every round."""
+    launcher's last beat is as old as its checkpoint); `tick`: called every round; `on_stop`:
+    told the signal that stopped the step (Slurm cancelling or requeueing the job)."""
     from hpcmig.errors import HpcmigError
     from hpcmig.runtime import client
     from hpcmig.runtime.launch import EXIT as LAUNCHER_EXIT
@@ -332,6 +336,8 @@ def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.
                 return int(json.loads(result.read_text())["exit_code"])
             if stopping and sent is None:
                 sent = time.monotonic()
+                if on_stop is not None:
+                    on_stop(stopping[0])
                 if (run_dir / "pid").exists():
                     pid = (run_dir / "pid").read_text().strip()
                     with contextlib.suppress(HpcmigError):

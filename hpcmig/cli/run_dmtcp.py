@@ -14,8 +14,10 @@ and a restarted job checkpoints over its own restart point: a job is refused wit
 `request` file, as the job's user) at the job's interval and counts the generations for a
 restart (controller/appckpt.py); `tick` takes the asked-for checkpoint while the step runs.
 After hpcmigd requeued the job, the step restarts from its last generation when it has one,
-and a step that had ended returns its recorded exit code. Images hold the job's memory: the
-directory is the user's, 0700, and hpcmigd removes it when the job ends.
+and a step that had ended returns its recorded exit code. A step stopped by a signal (Slurm
+requeueing or cancelling the job) records no end and keeps its generations: a requeued job
+restarts from them. Images hold the job's memory: the directory is the user's, 0700, and
+hpcmigd removes it when the job ends.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Step:
                 hint="install it (make -C native install, as the bootstrap does), or use "
                      "engine=criu (the default) or engine=app")
         self.cfg, self.vc, self.head, self.python = cfg, vc, head, python
+        self.signal: int | None = None  # the signal that stopped the step, if one did
         self.common, self.run_dir = common, run_dir
         self.tools = dmtcp.find_dmtcp(cfg.dmtcp_prefix)
         self.job_dir = Path(dmtcp_job.job_dir(os.getcwd(), vc.job_id))
@@ -144,8 +147,16 @@ class Step:
         finally:
             request.unlink(missing_ok=True)
 
+    def stopped(self, signal: int) -> None:
+        self.signal = signal
+
     def end(self, code: int) -> None:
-        """The step ended: its exit code stays (a rerun of the job skips it); its images go."""
+        """The step ended: its exit code stays (a rerun of the job skips it); its images go.
+        Not when a signal stopped it: a requeued job restarts it from them."""
+        if self.signal is not None:
+            print(f"hpcmig run: the step was stopped (signal {self.signal}); its DMTCP "
+                  "checkpoints stay for a restart of the job", file=sys.stderr, flush=True)
+            return
         (self.step / EXIT).write_text(json.dumps({"exit_code": code}))
         for gen in self.step.glob("gen-*"):  # complete or not: they hold the job's memory
             shutil.rmtree(gen, ignore_errors=True)

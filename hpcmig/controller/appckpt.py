@@ -15,6 +15,8 @@ loads its newest generation by itself (`Checkpointer.restarted()`).
 engine=dmtcp the same way: its `hpcmig run` registers the job's DMTCP directory
 (hpcmig.checkpoint.dmtcp_job: one checkpoint directory per step), takes a generation when
 the `request` file appears there, and restarts the step from its last one after a requeue.
+`take` asks and waits for the generation: `hpcmig checkpoint` and a drain of an engine=dmtcp
+job checkpoint it this way (through its coordinator, never CRIU; controller/wholejob.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import json
 import os
 import stat
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,12 +35,15 @@ from hpcmig import _proc
 from hpcmig.checkpoint import dmtcp_job
 from hpcmig.checkpoint.record import write_private_json
 from hpcmig.ckpt import store
-from hpcmig.errors import CommandError, UsageError
+from hpcmig.errors import CommandError, HpcmigError, UsageError
 
 SUBDIR = "app-ckpt"
 
 
 ENGINES = ("app", "dmtcp")
+# how long `take` waits for the asked-for generation: the job's `hpcmig run` gives a DMTCP
+# checkpoint up to 600 s (checkpoint.dmtcp_job.take) before it ends the job
+TAKE_TIMEOUT = 660.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,36 @@ def request(app: AppDir) -> bool:
     _as_user(app, [sys.executable, "-c", "import sys; from hpcmig.ckpt import store; "
                    "store.request(sys.argv[1])", app.directory])
     return True
+
+
+def take(app: AppDir, running: Callable[[], str | None], timeout: float = TAKE_TIMEOUT,
+         poll: float = 0.5) -> Newest:
+    """Ask the job for a generation and wait until one newer than its newest is complete.
+    `running()` says why to stop waiting (the job no longer runs), else None."""
+    before = newest(app)
+    if not request(app):
+        raise HpcmigError(f"job checkpoint directory {app.directory} is missing or is not "
+                          "the job user's own directory",
+                          hint="the job's `hpcmig run` creates and registers it")
+    deadline = time.monotonic() + timeout
+    while True:
+        gen = newest(app)
+        if gen is not None and (before is None or gen.time > before.time):
+            return gen
+        gone = running()
+        if gone is None and time.monotonic() < deadline:
+            time.sleep(poll)
+            continue
+        with contextlib.suppress(CommandError):  # not left to trigger one later
+            _as_user(app, ["rm", "-f", "--", os.path.join(app.directory, _request_name(app))])
+        raise HpcmigError(f"no new {app.engine} checkpoint generation in {app.directory}: "
+                          + (gone or f"none complete {timeout:g} s after asking"),
+                          hint="a job takes it only while one of its `hpcmig run` steps runs; "
+                               "see the job's output")
+
+
+def _request_name(app: AppDir) -> str:
+    return dmtcp_job.REQUEST if app.engine == "dmtcp" else store.REQUEST
 
 
 def remove(state_dir: str, job_id: str) -> bool:

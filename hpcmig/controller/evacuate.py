@@ -5,7 +5,8 @@ its own job, in the order Slurm listed them, that is not drained or down), or sa
 there is none; `plan_drain` decides per job whether its containers move live or the whole
 job goes through the fallback (checkpoint, requeue without the node, restore on the new
 allocation): a job whose batch step runs on the node (Slurm keeps the batch step there, so
-the node could never leave the job) or that has no free spare. `hpcmig drain --dry-run` and
+the node could never leave the job), that has no free spare, or that runs under DMTCP
+(engine=dmtcp: CRIU does not touch it). `hpcmig drain --dry-run` and
 the drain itself print and run the same plan (hpcmig.controller.service). Mechanism for
 Slurm's view: a job keeps `spares=N` nodes of its allocation free of containers; a
 container moves to a spare of its own job, so no job process ever runs on a node Slurm does
@@ -81,6 +82,9 @@ def plan_drain(jobs: Sequence[tuple[VCluster, str]], node: str,
         elif node == batch_host:
             plans.append(JobPlan(vc, batch_host, (), f"{node} runs the job's batch step "
                                  "(a spare node of the job), which Slurm cannot move"))
+        elif vc.engine == "dmtcp" and vc.on_node(node):
+            plans.append(JobPlan(vc, batch_host, (), "engine=dmtcp: the job moves by a DMTCP "
+                                 "checkpoint and a restart, not live"))
         elif any(m.target is None for m in moves):
             plans.append(JobPlan(vc, batch_host, (), next(m.reason for m in moves
                                                           if m.target is None)))

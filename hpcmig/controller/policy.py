@@ -151,6 +151,8 @@ class Watcher:
             if now - self._balanced.get(job_id, 0.0) < self.policy.balance_seconds:
                 continue
             vc = VCluster.from_json(data)
+            if vc.engine == "dmtcp":
+                continue  # its containers do not move live (Service.migrate_one)
             for m in vc.members:
                 hist = self.health.nodes.get(m.node)
                 if hist is None or not hist.overloaded(self.policy, now):

@@ -188,6 +188,11 @@ class Service:
         post-copy needs userfaultfd on the target and the source's page server."""
         if move.target is None:
             raise UsageError(f"container {move.index} of job {vc.job_id}: {move.reason}")
+        if vc.engine == "dmtcp":
+            raise UsageError(f"job {vc.job_id} runs under DMTCP (engine=dmtcp), whose "
+                             "containers CRIU does not move live",
+                             hint=f"hpcmig drain {move.source} moves it by a DMTCP checkpoint "
+                                  f"and a restart; hpcmig checkpoint {vc.job_id} stops it")
         mode = check_mode(mode or self.cfg.migration_mode)
         outcome = self._move_once(vc, move, transport, mode == "postcopy")
         if mode == "postcopy" and outcome.state == "rolled_back" and \

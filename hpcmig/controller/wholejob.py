@@ -14,7 +14,11 @@ node runs its batch step) does all of it at once (`requeue_without`): checkpoint
 held, exclude the node, release; the drain's journal entry lists the jobs it requeued, so a
 drain restarted after a crash finishes the release exactly once. The record is root's
 (images hold process memory); the epilog removes it with the images when the job ends.
-Functions take the service (`svc`) for Slurm, the journal, the agents and the job lock.
+An engine=dmtcp job is never dumped by CRIU: its checkpoint is a DMTCP generation the job's
+coordinator takes when hpcmigd asks (appckpt.take), and its requeued run restarts from it in
+`hpcmig run` (cli/run_dmtcp.py); checkpoint, restore and the drain's requeue otherwise run as
+for any job. Functions take the service (`svc`) for Slurm, the journal, the agents and the
+job lock.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from hpcmig.checkpoint import images
 from hpcmig.checkpoint.record import RestartRecord, pending, save
 from hpcmig.checkpoint.refs import ContainerRef
+from hpcmig.controller import appckpt
 from hpcmig.controller.jobckpt import JobSpec, Placement, checkpoint_job, restore_job
 from hpcmig.controller.journal import Journal
 from hpcmig.controller.ops import MigrationOps
@@ -112,9 +117,64 @@ def _stop_and_requeue(svc: Service, vc: VCluster) -> RestartRecord:
     return rec
 
 
+def _dmtcp_generation(svc: Service, vc: VCluster) -> tuple[appckpt.AppDir, appckpt.Newest]:
+    """A new DMTCP generation of the running job, taken by its coordinator (the caller holds
+    the job lock)."""
+    app = appckpt.load(svc.cfg.state_dir, vc.job_id)
+    if app is None or app.engine != "dmtcp":
+        raise HpcmigError(f"job {vc.job_id} runs under DMTCP but no `hpcmig run` of it has "
+                          "registered its checkpoint directory with hpcmigd (yet)",
+                          hint="it does when its first step starts; try again then")
+
+    def running() -> str | None:
+        state = svc.job(vc.job_id).state
+        return None if state == "RUNNING" else f"the job is {state}"
+
+    svc.progress(f"job {vc.job_id}: asking its DMTCP coordinator for a checkpoint")
+    try:
+        gen = appckpt.take(app, running)
+    except HpcmigError:
+        svc.metrics.checkpoints.labels(result="failed").inc()
+        raise
+    svc.metrics.checkpoints.labels(result="done").inc()
+    return app, gen
+
+
+def _dmtcp_stop_and_requeue(svc: Service, vc: VCluster) -> tuple[appckpt.AppDir,
+                                                                  appckpt.Newest]:
+    """A DMTCP generation, then the job requeued held: its next run restarts from it."""
+    with svc.job_lock(vc.job_id):
+        app, gen = _dmtcp_generation(svc, vc)
+        svc.slurm.requeue(int(vc.job_id), hold=True)
+    svc.decide(f"job {vc.job_id}: DMTCP checkpoint generation {gen.generation}; requeued "
+               "held", job=vc.job_id)
+    return app, gen
+
+
+def _dmtcp_checkpoint(svc: Service, vc: VCluster, resume: bool) -> Report:
+    if resume:
+        with svc.job_lock(vc.job_id):
+            app, gen = _dmtcp_generation(svc, vc)
+    else:
+        app, gen = _dmtcp_stop_and_requeue(svc, vc)
+    report = Report("checkpoint", f"job {vc.job_id}", ("job", "engine", "generation",
+                                                       "images"))
+    report.add(job=vc.job_id, engine="dmtcp", generation=gen.generation,
+               images=app.directory)
+    report.data = {"job_id": vc.job_id, "stopped": not resume, "images": app.directory,
+                   "engine": "dmtcp", "generation": gen.generation}
+    report.say(f"job {vc.job_id}: DMTCP checkpoint generation {gen.generation} ("
+               f"{len(vc.members)} containers, {app.directory}); "
+               + ("it keeps running" if resume else
+                  f"stopped and requeued held: hpcmig restore {vc.job_id} [--exclude NODES]"))
+    return report
+
+
 def checkpoint(svc: Service, job_id: str, resume: bool = False) -> Report:
     job = svc.job(job_id)
     vc = svc.vcluster(str(job.job_id), job)
+    if vc.engine == "dmtcp":
+        return _dmtcp_checkpoint(svc, vc, resume)
     report = Report("checkpoint", f"job {vc.job_id}", ("job", "container", "node", "images"))
     try:
         if resume:
@@ -191,13 +251,17 @@ def requeue_without(svc: Service, op_id: int, plan: JobPlan, node: str
     vc = plan.vc
     rows: list[dict[str, Any]] = []
     try:
-        _stop_and_requeue(svc, vc)
+        if vc.engine == "dmtcp":
+            how = f"DMTCP checkpoint generation {_dmtcp_stop_and_requeue(svc, vc)[1].generation}"
+        else:
+            _stop_and_requeue(svc, vc)
+            how = "checkpointed whole"
         with svc.journal() as journal:
             done = journal.get(op_id).data.get("requeued", [])
             journal.update_data(op_id, requeued=sorted({*done, vc.job_id}))
         finish_requeue(svc, vc.job_id, {node})
-        result, detail = "requeued", (f"{plan.whole}: checkpointed whole, requeued without "
-                                      f"{node}; it restores on its new nodes")
+        result, detail = "requeued", (f"{plan.whole}: {how}, requeued without {node}; it "
+                                      "restores on its new nodes")
         svc.metrics.evacuations.labels(how="requeue", result="done").inc()
     except HpcmigError as exc:
         result, detail = "failed", f"{plan.whole}; whole-job checkpoint failed: {exc}"
@@ -211,7 +275,9 @@ def requeue_without(svc: Service, op_id: int, plan: JobPlan, node: str
 def restore(svc: Service, job_id: str, exclude: str = "") -> Report:
     job = svc.job(job_id)
     jid = str(job.job_id)
-    if pending(svc.cfg.checkpoint_dir, jid) is None:
+    app = appckpt.load(svc.cfg.state_dir, jid)
+    dmtcp_gen = appckpt.newest(app) if app is not None and app.engine == "dmtcp" else None
+    if pending(svc.cfg.checkpoint_dir, jid) is None and dmtcp_gen is None:
         raise UsageError(f"job {jid} has no checkpoint waiting to be restored",
                          hint=f"make one with: hpcmig checkpoint {jid}")
     if _pending_job(svc, jid).state != "PENDING":

@@ -12,12 +12,17 @@ of rounds, and takes new generations after the restart; its DMTCP directory (070
 0600) is gone once it ended. Every rank loads hpcmig's DMTCP plugin (native/dmtcp_multihost.c),
 without which `hpcmig run` refuses engine=dmtcp.
 
+Without `ckpt=`, `hpcmig checkpoint --resume` and a drain of a node of such a job go through
+its coordinator as well (never CRIU): the drained job restarts from the drain's generation on
+the nodes left.
+
 A restarted rank used to segfault at random (MPICH 4 runs of 7, Open MPI 1 of 4 on a bad day):
 DMTCP's program break and ASLR; its restart now runs without randomization (docs/checkpoint.md).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -26,14 +31,17 @@ from pathlib import Path
 
 import pytest
 
-from hpcmig import _procfs
+from hpcmig import _procfs, config
 from hpcmig.checkpoint import dmtcp, dmtcp_job
+from hpcmig.controller.jobckpt import CHECKPOINT
+from hpcmig.controller.journal import Journal
 from hpcmig.errors import MissingDependency, SlurmError
 from hpcmig.slurm import Slurm
 from hpcmig.testbed import cluster
 from hpcmig.testbed.plan import DMTCP_PREFIX_ENV, Plan
 from hpcmig.workloads import batch, ring
 from tests.integration import hpcmigd
+from tests.integration.test_controller import drained, hpcmig
 from tests.integration.test_migration import ELEMENTS
 from tests.integration.test_node_loss import (  # noqa: F401 - crashed: a fixture
     INTERVAL,
@@ -62,11 +70,12 @@ def steps(directory: Path) -> list[dmtcp.Generation]:
     return [g for s in sorted(directory.glob("step-*")) for g in dmtcp.generations(str(s))]
 
 
-def ring_script(nodes: int, mpi: str, name: str) -> str:
+def ring_script(nodes: int, mpi: str, name: str, ckpt: bool = True) -> str:
     return batch.vcluster_script(
         nodes, [["hpcmig.workloads.ring", "--elements", str(ELEMENTS), "--rounds", str(ROUNDS),
                  "--seconds", str(SECONDS), "--progress"]],
-        mpi=mpi, ntasks=nodes * 2, options={"ckpt": str(INTERVAL), "engine": "dmtcp"},
+        mpi=mpi, ntasks=nodes * 2,
+        options={"engine": "dmtcp", **({"ckpt": str(INTERVAL)} if ckpt else {})},
         job_name=name)
 
 
@@ -179,3 +188,47 @@ def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
     assert slurm.node(victim).reason.startswith("hpcmig: node lost"), slurm.node(victim)
     decided = [d["what"] for d in hpcmigd.status()["decisions"]]
     assert any(f"job {job_id}: {victim} lost" in d for d in decided), decided
+
+
+def test_a_dmtcp_job_checkpoints_on_request_and_leaves_a_drained_node_through_dmtcp(
+        testbed: Plan, slurm: Slurm, job_dir: Path, dmtcp_tools: dmtcp.DmtcpTools) -> None:
+    """Deliverable 3's other two ways in: `hpcmig checkpoint --resume` and a drain of a node
+    of an engine=dmtcp job (no ckpt=: no periodic generation) go through the job's
+    coordinator, never CRIU; the drained job restarts from the drain's generation elsewhere."""
+    job_id, out, job = submit_job(testbed, slurm, job_dir,
+                                  ring_script(2, "mpich", "dmtcp-drain", ckpt=False))
+    victim = next(n for n in job.nodes if n != job.batch_host)
+    directory = Path(dmtcp_job.job_dir(str(job_dir), str(job_id)))
+    try:
+        asked = hpcmig("checkpoint", str(job_id), "--resume", "--json")
+        assert asked.returncode == 0, asked.stdout + asked.stderr + dmtcp_story(directory)
+        data = json.loads(asked.stdout)["data"]
+        assert (data["engine"], data["generation"], data["stopped"]) == ("dmtcp", 1, False)
+        assert slurm.job(job_id).state == "RUNNING"
+        assert [g.number for g in steps(directory)] == [1]
+        t0 = time.monotonic()
+        done = hpcmig("drain", victim, "--reason", "test", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr + dmtcp_story(directory)
+        rows = json.loads(done.stdout)["rows"]
+        assert {r["result"] for r in rows} == {"requeued"}, rows
+        assert all("engine=dmtcp" in r["detail"] and "DMTCP checkpoint generation 2"
+                   in r["detail"] for r in rows), rows
+        assert drained(slurm, victim)
+        t_drain = time.monotonic() - t0
+        text = ended_and_removed(testbed, slurm, job_id, out, directory)
+        job = slurm.job(job_id)
+        assert job.restart_count == 1 and victim not in job.nodes, job
+        assert text.count("restarted from DMTCP checkpoint generation 2 ") == 1, text
+        done_rounds = Counter(int(n) for n in re.findall(r"^ring: round (\d+) of", text, re.M))
+        assert sorted(done_rounds) == list(range(1, ROUNDS + 1)), f"every round ran\n{text}"
+        state = config.load().state_dir
+        with Journal(os.path.join(state, "controller.db")) as journal:
+            assert journal.operations(kind=CHECKPOINT, job_id=str(job_id)) == [], \
+                "CRIU checkpointed an engine=dmtcp job"
+        decided = [d["what"] for d in hpcmigd.status()["decisions"]]
+        assert f"job {job_id}: DMTCP checkpoint generation 2; requeued held" in decided
+        print(f"\ndmtcp drain of {victim}: drain done in {t_drain:.0f} s; job back on "
+              f"{','.join(job.nodes)}, done {time.monotonic() - t0:.0f} s after the drain "
+              "began")
+    finally:
+        slurm.resume(victim)

@@ -90,3 +90,17 @@ def test_the_step_directory_is_private_and_an_ended_step_keeps_only_its_exit_cod
     s.tick()  # hpcmigd asked for nothing: no checkpoint is taken
     s.end(3)
     assert s.ended() == 3 and not gen.exists()
+
+
+def test_a_step_stopped_by_a_signal_keeps_its_generations_and_records_no_end(
+        tmp_path: Path, prefix: str, monkeypatch: Any) -> None:
+    """Slurm requeueing the job (after `hpcmig checkpoint` or a drain) stops the step with
+    SIGTERM: its next run restarts from the generation, so the step must not end over it."""
+    monkeypatch.chdir(tmp_path)
+    s = step(tmp_path, prefix)
+    gen = s.step / "gen-1"
+    gen.mkdir()
+    (gen / "ckpt_a.dmtcp").write_bytes(b"x")
+    s.stopped(15)
+    s.end(143)
+    assert s.ended() is None and gen.exists()

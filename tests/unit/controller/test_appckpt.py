@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 from hpcmig.checkpoint import dmtcp, dmtcp_job
 from hpcmig.ckpt import store
 from hpcmig.controller import appckpt
-from hpcmig.errors import UsageError
+from hpcmig.errors import HpcmigError, UsageError
 
 NOBODY = 65534
 
@@ -135,3 +137,53 @@ def test_a_dmtcp_directory_without_its_mark_is_not_removed(
     (dmtcp_dir / dmtcp_job.MARK).unlink()
     appckpt.register(state, "7", appckpt.AppDir(str(dmtcp_dir), NOBODY, NOBODY, "dmtcp"))
     assert not appckpt.remove(state, "7") and dmtcp_dir.exists()
+
+
+def publish(step: Path, number: int, created: float, uid: int = NOBODY) -> None:
+    """A complete DMTCP generation, as the job's step publishes it (as the job's user)."""
+    tmp = step / f"gen-{number}.tmp"
+    tmp.mkdir()
+    (tmp / dmtcp.RESTART_SCRIPT).write_text("# Number of processes in the computation = 1\n")
+    (tmp / "ckpt_b.dmtcp").write_bytes(b"y" * 5)
+    (tmp / dmtcp.MANIFEST).write_text(json.dumps(
+        {"number": number, "images": {"ckpt_b.dmtcp": 5}, "image_bytes": 5, "seconds": 1.0,
+         "created": created}))
+    for p in [tmp, *tmp.iterdir()]:
+        os.chown(p, uid, uid)
+    tmp.rename(step / f"gen-{number}")
+
+
+def test_take_asks_a_dmtcp_job_and_waits_for_a_newer_generation(
+        tmp_path: Path, dmtcp_dir: Path) -> None:
+    app = appckpt.AppDir(str(dmtcp_dir), NOBODY, NOBODY, "dmtcp")
+    request = dmtcp_dir / dmtcp_job.REQUEST
+
+    def the_step() -> None:  # what the job's `hpcmig run` does when hpcmigd asks
+        deadline = time.monotonic() + 10
+        while not request.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        publish(dmtcp_dir / "step-1", 1, time.time())
+        request.unlink()
+
+    worker = threading.Thread(target=the_step)
+    worker.start()
+    gen = appckpt.take(app, lambda: None, timeout=10, poll=0.05)
+    worker.join()
+    # the new step's generation 1 is newer than step 0's generation 3
+    assert gen.generation == 1 and gen.time > 1000.0
+
+
+def test_take_gives_up_when_the_job_stops_and_leaves_no_request(
+        tmp_path: Path, dmtcp_dir: Path) -> None:
+    app = appckpt.AppDir(str(dmtcp_dir), NOBODY, NOBODY, "dmtcp")
+    answers = iter([None, None, "the job is COMPLETING"])
+    with pytest.raises(HpcmigError, match="the job is COMPLETING") as failed:
+        appckpt.take(app, lambda: next(answers), timeout=10, poll=0.01)
+    assert "hpcmig run" in str(failed.value.hint)
+    assert not (dmtcp_dir / dmtcp_job.REQUEST).exists()  # no checkpoint later by surprise
+    with pytest.raises(HpcmigError, match="none complete 0.05 s after asking"):
+        appckpt.take(app, lambda: None, timeout=0.05, poll=0.01)
+    gone = appckpt.AppDir(str(tmp_path / "nowhere"), NOBODY, NOBODY, "dmtcp")
+    with pytest.raises(HpcmigError, match="missing"):
+        appckpt.take(gone, lambda: None, timeout=1)

@@ -193,6 +193,23 @@ def test_plan_drain_sends_batch_hosts_and_jobs_without_spares_through_the_fallba
     assert "no spare node left" in p.whole  # the only spare is drained too
 
 
+def test_a_dmtcp_job_leaves_a_node_by_checkpoint_and_restart_never_live(env: Env) -> None:
+    """engine=dmtcp: CRIU never touches it; a drain requeues it from a DMTCP checkpoint."""
+    svc, world, slurm, _ = env
+    svc.planned = replace(svc.planned, engine="dmtcp")
+    [p] = evacuate.plan_drain([(svc.planned, "n1")], "n2")
+    assert p.whole.startswith("engine=dmtcp: the job moves by a DMTCP checkpoint") and \
+        not p.moves
+    [p] = evacuate.plan_drain([(svc.planned, "n1")], "n3")  # only a spare: released as ever
+    assert not p.whole and not p.moves
+    with pytest.raises(UsageError, match="runs under DMTCP") as refused:
+        svc.migrate("7", "n2")
+    assert "hpcmig drain n2" in str(refused.value.hint)
+    dry = svc.drain("n2", dry_run=True)
+    assert [r["result"] for r in dry.rows] == ["would requeue the job"], dry.rows
+    assert world.calls == [] and slurm.calls == []
+
+
 def test_bad_job_ids_are_usage_errors(env: Env) -> None:
     svc, *_ = env
     for bad in ("abc", "-1", "1.5", ""):

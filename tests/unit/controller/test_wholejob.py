@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -11,8 +12,10 @@ import pytest
 
 from hpcmig import vcluster
 from hpcmig.checkpoint import record
+from hpcmig.config import Config
+from hpcmig.controller import appckpt
 from hpcmig.controller import wholejob as restart
-from hpcmig.errors import HpcmigError
+from hpcmig.errors import HpcmigError, UsageError
 
 
 def make(nodes: list[str], restart_count: int = 0) -> vcluster.VCluster:
@@ -106,3 +109,27 @@ def test_a_job_that_runs_again_already_is_left_alone(monkeypatch: pytest.MonkeyP
     svc = _Requeued(["PENDING", "RUNNING"], clock)  # released by an earlier hpcmigd meanwhile
     assert restart.finish_requeue(svc, "42", {"node2"}) == []  # type: ignore[arg-type]
     assert svc.calls == []
+
+
+def test_restore_releases_a_dmtcp_job_held_after_its_generation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hpcmig checkpoint` of an engine=dmtcp job leaves no restart record (its next run
+    restarts from the DMTCP generation): `hpcmig restore` must release it all the same, and
+    refuse while the job has no complete generation."""
+    from tests.unit.controller.test_appckpt import publish
+
+    clock = [0.0]
+    monkeypatch.setattr(restart.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    svc = _Requeued(["PENDING"], clock)
+    svc.cfg = Config(state_dir=str(tmp_path / "state"),  # type: ignore[attr-defined]
+                     checkpoint_dir=str(tmp_path / "ckpt"))
+    directory = tmp_path / "hpcmig-dmtcp-42"
+    (directory / "step-1").mkdir(parents=True)
+    appckpt.register(svc.cfg.state_dir, "42", appckpt.AppDir(  # type: ignore[attr-defined]
+        str(directory), os.getuid(), os.getgid(), "dmtcp"))
+    with pytest.raises(UsageError, match="no checkpoint waiting"):
+        restart.restore(svc, "42", "node2")  # type: ignore[arg-type]
+    publish(directory / "step-1", 1, 1000.0, uid=os.getuid())
+    report = restart.restore(svc, "42", "node2")  # type: ignore[arg-type]
+    assert [c[0] for c in svc.calls] == ["exclude", "release"]
+    assert report.rows == [{"job": "42", "excluded": ["node2"]}]
