@@ -20,9 +20,10 @@ the lost nodes DOWN (`hpcmig: node lost: ...`, so Slurm ends the job there at on
 them and releases the job: its next allocation restores the generation like any whole-job
 checkpoint (wholejob). `generations.json` says `restarting` until the release, so a hpcmigd
 killed in between finishes the release exactly once when it starts again. A job without
-`ckpt=` keeps Slurm's own behaviour. Every SWEEP_SECONDS the round also removes the
-checkpoint directories of jobs that ended or that Slurm forgot (`sweep`): the epilog removes
-a job's images when it ends, but a job cancelled while held after a checkpoint runs none.
+`ckpt=` keeps Slurm's own behaviour. Every SWEEP_SECONDS, and in the round that first sees a
+job ended, the round also removes the checkpoint directories of jobs that ended or that Slurm
+forgot (`sweep`): the epilog removes a job's images when it ends, but a job cancelled while
+held after a checkpoint runs none, and a job's own (engine=app|dmtcp) are the sweep's.
 """
 
 from __future__ import annotations
@@ -247,15 +248,18 @@ class Periodic:
         # s later (a job seen before its prologs asked the agents is not yet known to them)
         self.not_ours: dict[tuple[int, int], float] = {}
         self.swept = float("-inf")
+        self.ended: set[int] = set()  # the jobs Slurm listed as ended in the last round
         self.started = time.time()  # a node never heard from counts as heard from then
         self.asked: dict[str, float] = {}  # app|dmtcp job -> when it was asked (unix time)
 
     def round(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         jobs = self.svc.slurm.jobs()
-        if now - self.swept >= SWEEP_SECONDS:
+        ended = {j.job_id for j in jobs if j.state in TERMINAL}
+        if now - self.swept >= SWEEP_SECONDS or ended - self.ended:
             self.swept = now
             sweep(self.svc, jobs)
+        self.ended = ended
         for job in jobs:
             try:
                 self._job(job, now)

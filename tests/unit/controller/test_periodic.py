@@ -58,6 +58,32 @@ def test_the_checkpoints_of_ended_or_forgotten_jobs_are_the_ones_swept() -> None
     assert periodic.ended_jobs(names, states) == ["3", "4", "5"]
 
 
+def test_the_round_that_first_sees_a_job_ended_sweeps_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's own checkpoints (its memory) go as soon as hpcmigd sees it ended, not up to
+    SWEEP_SECONDS later; otherwise the sweep stays every SWEEP_SECONDS."""
+    from types import SimpleNamespace
+
+    from hpcmig.slurm import JobInfo
+
+    listed = [JobInfo(job_id=9, name="j", user="u", state="RUNNING", nodes=("a",))]
+    svc = SimpleNamespace(slurm=SimpleNamespace(jobs=lambda: list(listed)))
+    swept: list[float] = []
+    clock = periodic.Periodic(svc)  # type: ignore[arg-type]
+    monkeypatch.setattr(periodic, "sweep", lambda _svc, _jobs: swept.append(now))
+    monkeypatch.setattr(clock, "_job", lambda job, now: None)
+    for now in (100.0, 101.0, 102.0):
+        clock.round(now)
+    assert swept == [100.0]  # the first round, then not every second
+    listed[0] = JobInfo(job_id=9, name="j", user="u", state="COMPLETED", nodes=("a",))
+    for now in (103.0, 104.0):
+        clock.round(now)
+    assert swept == [100.0, 103.0]  # at once, once
+    for now in (102.0 + periodic.SWEEP_SECONDS, 103.0 + periodic.SWEEP_SECONDS):
+        clock.round(now)
+    assert swept == [100.0, 103.0, 103.0 + periodic.SWEEP_SECONDS]
+
+
 class _Svc:
     """Just enough of the service for Periodic._job: a job its agents learn of late."""
 
