@@ -15,9 +15,10 @@ and a restarted job checkpoints over its own restart point: a job is refused wit
 restart (controller/appckpt.py); `tick` takes the asked-for checkpoint while the step runs.
 After hpcmigd requeued the job, the step restarts from its last generation when it has one,
 and a step that had ended returns its recorded exit code. A step stopped by a signal (Slurm
-requeueing or cancelling the job) records no end and keeps its generations: a requeued job
-restarts from them. Images hold the job's memory: the directory is the user's, 0700, and
-hpcmigd removes it when the job ends.
+requeueing or cancelling the job), or whose job Slurm requeued meanwhile (its launcher failed
+with a lost node while hpcmigd requeued it), records no end and keeps its generations: the
+requeued job restarts from them. Images hold the job's memory: the directory is the user's,
+0700, and hpcmigd removes it when the job ends.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from hpcmig.checkpoint import dmtcp, dmtcp_job
 from hpcmig.errors import HpcmigError, UsageError
 from hpcmig.runtime import client
 from hpcmig.runtime.launch import EXIT as LAUNCHER_EXIT
+from hpcmig.slurm import Slurm
 
 LAUNCH = "launch.json"  # in a step: the container the launcher ran in, and its index
 EXIT = "exit.json"  # in a step that ended: its exit code
@@ -150,12 +152,25 @@ class Step:
     def stopped(self, signal: int) -> None:
         self.signal = signal
 
+    def requeued(self) -> str | None:
+        """Why this run of the job is over for Slurm (requeued since it began), if it is."""
+        run = int(self.run_dir.name.split("-")[1])
+        try:
+            job = Slurm().job(int(self.vc.job_id))
+        except HpcmigError:
+            return None  # cannot tell: the step's end stands
+        if job.restart_count != run or job.state != "RUNNING":
+            return f"ended after its job was requeued (now {job.state}, run {job.restart_count})"
+        return None
+
     def end(self, code: int) -> None:
         """The step ended: its exit code stays (a rerun of the job skips it); its images go.
         Not when a signal stopped it: a requeued job restarts it from them."""
-        if self.signal is not None:
-            print(f"hpcmig run: the step was stopped (signal {self.signal}); its DMTCP "
-                  "checkpoints stay for a restart of the job", file=sys.stderr, flush=True)
+        why = f"was stopped (signal {self.signal})" if self.signal is not None else \
+            self.requeued()
+        if why:
+            print(f"hpcmig run: the step {why}; its DMTCP checkpoints stay for a restart of "
+                  "the job", file=sys.stderr, flush=True)
             return
         (self.step / EXIT).write_text(json.dumps({"exit_code": code}))
         for gen in self.step.glob("gen-*"):  # complete or not: they hold the job's memory

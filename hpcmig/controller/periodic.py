@@ -157,11 +157,12 @@ def restart_lost(svc: Service, job_id: str) -> dict[str, Any]:
             return _release(svc, jid, data)  # begun by another caller or an earlier hpcmigd
         with svc.journal() as journal:
             stored = journal.members(jid)
-        if stored is None or job.state != "RUNNING":
-            return {"restarted": False, "why": f"the job is {job.state.lower()}"}
-        if stored[0] != job.restart_count:
+        if stored is not None and stored[0] != job.restart_count:
+            # (the run that asks was requeued already, by this restart that ended meanwhile)
             return {"restarted": True, "why": "restarted already", "lost": [],
                     "generation": None}
+        if stored is None or job.state != "RUNNING":
+            return {"restarted": False, "why": f"the job is {job.state.lower()}"}
         vc = VCluster.from_json(stored[1])
         gen = newest(svc, vc, data)
         if gen is None:

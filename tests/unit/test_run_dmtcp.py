@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from hpcmig.checkpoint import dmtcp, dmtcp_job
+from hpcmig.cli import run_dmtcp
 from hpcmig.cli.run_dmtcp import Step
 from hpcmig.errors import UsageError
+from hpcmig.slurm import JobInfo
 
 
 @pytest.fixture
@@ -31,6 +33,21 @@ def step(tmp_path: Path, prefix: str, members: int = 1, image: str | None = None
     cfg = SimpleNamespace(dmtcp_prefix=prefix)
     head = SimpleNamespace(address="10.252.0.1", index=0)
     return Step(cfg, vc, tmp_path / "run-0-3", head, ["python3"], {})
+
+
+class _Slurm:
+    """What Slurm says of job 42: running, run `restart` (the steps here are of run 0)."""
+
+    state, restart = "RUNNING", 0
+
+    def job(self, job_id: int) -> JobInfo:
+        return JobInfo(job_id, "j", "u", self.state, ("n1",), restart_count=self.restart)
+
+
+@pytest.fixture(autouse=True)
+def slurm(monkeypatch: Any) -> type[_Slurm]:
+    monkeypatch.setattr(run_dmtcp, "Slurm", _Slurm)
+    return _Slurm
 
 
 @pytest.fixture(autouse=True)
@@ -103,4 +120,20 @@ def test_a_step_stopped_by_a_signal_keeps_its_generations_and_records_no_end(
     (gen / "ckpt_a.dmtcp").write_bytes(b"x")
     s.stopped(15)
     s.end(143)
+    assert s.ended() is None and gen.exists()
+
+
+@pytest.mark.parametrize(("state", "restart"), [("PENDING", 1), ("RUNNING", 1)])
+def test_a_step_whose_job_slurm_requeued_meanwhile_keeps_its_generations(
+        tmp_path: Path, prefix: str, monkeypatch: Any, slurm: type[_Slurm], state: str,
+        restart: int) -> None:
+    """Seen with a 3-node Open MPI job: a node crashed during DMTCP's refill, the launcher
+    failed (exit 99) while hpcmigd requeued the job; the step recorded exit 99 and removed its
+    generation, so the requeued job skipped the step and ended FAILED."""
+    monkeypatch.chdir(tmp_path)
+    s = step(tmp_path, prefix)
+    gen = s.step / "gen-1"
+    gen.mkdir()
+    slurm.state, slurm.restart = state, restart
+    s.end(99)
     assert s.ended() is None and gen.exists()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpcmig.controller import periodic
+from hpcmig.controller.journal import Journal
 
 
 def test_seconds_are_taken_as_asked() -> None:
@@ -144,3 +145,22 @@ def test_a_node_never_heard_from_since_hpcmigd_started_is_checked_for_loss(
     svc.heartbeats["a"] = clock.started + 10**6  # a speaks, b never did
     clock._job(job, now=1.0)
     assert asked == ["9"]
+
+
+def test_a_run_requeued_already_is_told_so_not_that_nothing_restarts(
+        tmp_path: Path, journal: Journal) -> None:
+    """Seen with a 3-node Open MPI engine=dmtcp job: its launcher failed while hpcmigd
+    restarted the job (heartbeats stopped), and asked afterwards; the job was pending by then
+    and the answer was "no restart: the job is pending", although it restarted."""
+    import contextlib
+
+    from hpcmig.slurm import JobInfo
+
+    svc = _CkptSvc(tmp_path)
+    journal.set_members("9", 0, svc.vcluster("9", None).to_json())  # type: ignore[attr-defined]
+    svc.job = lambda jid: JobInfo(job_id=9, name="j", user="u", state="PENDING",  # type: ignore[attr-defined]
+                                  nodes=(), restart_count=1)
+    svc.job_lock = lambda jid: contextlib.nullcontext(True)  # type: ignore[attr-defined]
+    svc.journal = lambda: contextlib.nullcontext(journal)  # type: ignore[attr-defined]
+    answer = periodic.restart_lost(svc, "9")  # type: ignore[arg-type]
+    assert answer["restarted"] and answer["why"] == "restarted already", answer
