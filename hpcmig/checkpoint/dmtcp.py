@@ -498,10 +498,13 @@ def _prune(ckpt_dir: str, keep: int) -> None:
 
 
 def checkpoint(coordinator: Coordinator, timeout: float = 300.0, *,
-               keep: int = KEEP) -> Generation:
+               keep: int = KEEP, hosts: int | None = None) -> Generation:
     """Checkpoint every process connected to the coordinator into a new generation (the
     job runs on). Raises CheckpointError when the checkpoint cannot complete (coordinator or
-    job gone, timeout); the newest complete generation is then still the previous one."""
+    job gone, timeout) or, given the number of `hosts` the job runs on, holds the processes
+    of fewer (a host was lost: its processes left the computation, and a restart from such
+    a generation would wait for them for ever); the newest complete generation is then still
+    the previous one."""
     if keep < 1:
         raise UsageError("dmtcp: keep at least one generation")
     ckpt_dir = coordinator.ckpt_dir
@@ -535,9 +538,24 @@ def checkpoint(coordinator: Coordinator, timeout: float = 300.0, *,
                 if coordinator.status().peers == 0:
                     raise CheckpointError("the job ended during the checkpoint")
             time.sleep(_POLL)
+        if hosts is not None:
+            _check_hosts(work, number, hosts)
         gen = _publish(ckpt_dir, number, work, names, time.monotonic() - t0)
         _prune(ckpt_dir, keep)
         return gen
+
+
+def _check_hosts(work: str, number: int, hosts: int) -> None:
+    """The checkpoint in `work` spans `hosts` hosts, or it is dropped."""
+    with open(os.path.join(work, RESTART_SCRIPT), encoding="utf-8") as fh:
+        found = parse_worker_hosts(fh.read())
+    if max(1, len(found)) < hosts:
+        shutil.rmtree(work, ignore_errors=True)
+        raise CheckpointError(f"dmtcp checkpoint {number} holds the processes of "
+                              f"{max(1, len(found))} of the job's {hosts} hosts "
+                              f"({', '.join(sorted(found)) or 'one'}): a host was lost, so it "
+                              "is not published", hint="the job restarts from the generation "
+                                                       "before, if a node of it was lost")
 
 
 def restart_argv(tools: DmtcpTools, ckpt_dir: str, coordinator: Coordinator) -> list[str]:

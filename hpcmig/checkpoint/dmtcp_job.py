@@ -92,13 +92,15 @@ def coordinator(step: str) -> dmtcp.Coordinator:
         raise CheckpointError(f"no DMTCP coordinator recorded in {step}: {exc}") from None
 
 
-def take(step: str, timeout: float, keep: int = dmtcp.KEEP) -> dmtcp.Generation:
-    """One generation of the running step. DMTCP suspends the job for a checkpoint and has
-    no way to call one off: one that does not complete within `timeout` ends the job (its
-    coordinator stopped, its processes die with it) rather than leave it suspended."""
+def take(step: str, timeout: float, keep: int = dmtcp.KEEP,
+         hosts: int | None = None) -> dmtcp.Generation:
+    """One generation of the running step, spanning `hosts` containers (dmtcp.checkpoint).
+    DMTCP suspends the job for a checkpoint and has no way to call one off: one that does not
+    complete within `timeout` ends the job (its coordinator stopped, its processes die with
+    it) rather than leave it suspended."""
     coord = coordinator(step)
     try:
-        return dmtcp.checkpoint(coord, timeout, keep=keep)
+        return dmtcp.checkpoint(coord, timeout, keep=keep, hosts=hosts)
     except CheckpointError as exc:
         if "not complete after" not in str(exc):
             raise
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("step")
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--keep", type=int, default=dmtcp.KEEP)
+    p.add_argument("--hosts", type=int, default=None,
+                   help="containers the job runs in: a checkpoint of fewer is dropped")
     p = sub.add_parser("restart")
     p.add_argument("step")
     p.add_argument("--host", required=True)
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "start":
             out: dict = start(args.step, args.host, args.prefix).to_json()
         elif args.verb == "checkpoint":
-            gen = take(args.step, args.timeout, args.keep)
+            gen = take(args.step, args.timeout, args.keep, args.hosts)
             out = {"generation": gen.number, "seconds": round(gen.seconds, 3),
                    "image_bytes": gen.image_bytes, "processes": len(gen.images)}
         else:

@@ -32,7 +32,7 @@ if [ ! -z "$DMTCP_RESTART_DIR" ]; then
 """
 
 # A dmtcp_command: --status answers from $FAKE_PEERS; --bcheckpoint writes two images and a
-# restart script into $FAKE_CKPTDIR (FAKE_MODE=crash: half an image, then the coordinator
+# restart script into $FAKE_CKPTDIR, naming the hosts of $FAKE_HOSTS (FAKE_MODE=crash: half an image, then the coordinator
 # $FAKE_COORD_PID dies; FAKE_MODE=hang: half an image, nothing more).
 FAKE_COMMAND = r"""#!/bin/sh
 for a in "$@"; do last="$a"; done
@@ -51,6 +51,10 @@ case "$last" in
   s="$d/dmtcp_restart_script_c.sh"
   echo '# Number of processes in the computation = 2' > "$s"
   echo "given_ckpt_files=\" $d/ckpt_a_1.dmtcp $d/ckpt_b_2.dmtcp\"" >> "$s"
+  if [ -n "$FAKE_HOSTS" ]; then  # image a on the first host, b on the second (if any)
+    set -- $FAKE_HOSTS; printf "worker_ckpts='\n :: %s :bg: $d/ckpt_a_1.dmtcp\n" "$1" >> "$s"
+    [ -n "$2" ] && printf " :: %s :bg: $d/ckpt_b_2.dmtcp\n" "$2" >> "$s"; echo "'" >> "$s"
+  fi
   ln -s dmtcp_restart_script_c.sh "$d/dmtcp_restart_script.sh";;
 esac
 """
@@ -215,6 +219,26 @@ def test_a_crash_during_a_checkpoint_leaves_the_previous_generation(
     restart = dmtcp.Coordinator(coordinator.tools, ckpt, "127.0.0.1", 4000, 1, 1)
     assert dmtcp.restart_argv(coordinator.tools, ckpt, restart)[-1:] == [first.images[-1]]
     assert os.readlink(os.path.join(ckpt, "current")) == "gen-1"
+
+
+def test_a_checkpoint_without_every_host_of_the_job_is_dropped(
+        coordinator: dmtcp.Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in a 3-container Open MPI job: a node crashed, the job's launcher had not yet
+    ended it, and the next checkpoint held the 6 processes of the 2 containers left; the job
+    restarted from it and waited for the lost processes until it failed."""
+    ckpt = coordinator.ckpt_dir
+    monkeypatch.setenv("FAKE_HOSTS", "hpcmig-7-0-0 hpcmig-7-0-1")
+    first = dmtcp.checkpoint(coordinator, timeout=10, hosts=2)
+    assert sorted(first.hosts) == ["hpcmig-7-0-0", "hpcmig-7-0-1"]
+    monkeypatch.setenv("FAKE_HOSTS", "hpcmig-7-0-0")  # container 1's processes are gone
+    with pytest.raises(CheckpointError, match="1 of the job's 2 hosts"):
+        dmtcp.checkpoint(coordinator, timeout=10, hosts=2)
+    assert dmtcp.generations(ckpt) == [first]
+    assert not os.path.exists(os.path.join(ckpt, "gen-2.tmp"))  # its images dropped
+    monkeypatch.setenv("FAKE_HOSTS", "")  # one host: the script names none
+    with pytest.raises(CheckpointError, match="1 of the job's 2 hosts"):
+        dmtcp.checkpoint(coordinator, timeout=10, hosts=2)
+    assert dmtcp.checkpoint(coordinator, timeout=10, hosts=1).number == 2
 
 
 def test_a_checkpoint_that_never_completes_times_out(coordinator: dmtcp.Coordinator,
