@@ -3,7 +3,7 @@
 Design note: hpcmig's DMTCP driver (hpcmig.checkpoint.dmtcp: a coordinator per job, the
 launcher wrapped in dmtcp_launch, generations published atomically) runs the same MPICH ring
 with the same arguments and rank count as the CRIU side, but on the host over loopback, not in
-containers across testbed nodes: `hpcmig run` does not launch under DMTCP yet. Kinds:
+containers across testbed nodes (written before `hpcmig run` launched under DMTCP). Kinds:
 - `plain`: mpiexec alone, with the MPI settings DMTCP needs (the baseline of this side);
 - `launched`: under dmtcp_launch, no checkpoint (what DMTCP's interposition costs);
 - `periodic`: under dmtcp_launch, a checkpoint every INTERVAL s while it runs;

@@ -42,13 +42,18 @@ def crashed(testbed: Plan, slurm: Slurm) -> Iterator[list[str]]:
     nodes: list[str] = []
     yield nodes
     for name in nodes:
-        cluster.heal(name)
-        deadline = time.monotonic() + 60
-        while "NOT_RESPONDING" in slurm.node(name).flags and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if slurm.node(name).state == "down" or slurm.node(name).drained:
-            slurm.resume(name)
+        revive(slurm, name)
     hpcmigd.ensure_running()
+
+
+def revive(slurm: Slurm, name: str) -> None:
+    """A crashed node started again and returned to service."""
+    cluster.heal(name)
+    deadline = time.monotonic() + 60
+    while "NOT_RESPONDING" in slurm.node(name).flags and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if slurm.node(name).state == "down" or slurm.node(name).drained:
+        slurm.resume(name)
 
 
 def generations(plan: Plan, job_id: int) -> list[dict]:
