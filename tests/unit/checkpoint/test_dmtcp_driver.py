@@ -32,8 +32,9 @@ if [ ! -z "$DMTCP_RESTART_DIR" ]; then
 """
 
 # A dmtcp_command: --status answers from $FAKE_PEERS; --bcheckpoint writes two images and a
-# restart script into $FAKE_CKPTDIR, naming the hosts of $FAKE_HOSTS (FAKE_MODE=crash: half an image, then the coordinator
-# $FAKE_COORD_PID dies; FAKE_MODE=hang: half an image, nothing more).
+# restart script into $FAKE_CKPTDIR, naming the hosts of $FAKE_HOSTS (FAKE_MODE=crash: half
+# an image, then the coordinator $FAKE_COORD_PID dies; FAKE_MODE=hang: half an image, nothing
+# more).
 FAKE_COMMAND = r"""#!/bin/sh
 for a in "$@"; do last="$a"; done
 case "$last" in
