@@ -549,10 +549,11 @@ def _check_hosts(work: str, number: int, hosts: int) -> None:
     """The checkpoint in `work` spans `hosts` hosts, or it is dropped."""
     with open(os.path.join(work, RESTART_SCRIPT), encoding="utf-8") as fh:
         found = parse_worker_hosts(fh.read())
-    if max(1, len(found)) < hosts:
+    spans = max(1, len(found))  # a script of a job on one host names none
+    if spans < hosts:
         shutil.rmtree(work, ignore_errors=True)
         raise CheckpointError(f"dmtcp checkpoint {number} holds the processes of "
-                              f"{max(1, len(found))} of the job's {hosts} hosts "
+                              f"{spans} of the job's {hosts} hosts "
                               f"({', '.join(sorted(found)) or 'one'}): a host was lost, so it "
                               "is not published", hint="the job restarts from the generation "
                                                        "before, if a node of it was lost")

@@ -252,7 +252,8 @@ def requeue_without(svc: Service, op_id: int, plan: JobPlan, node: str
     rows: list[dict[str, Any]] = []
     try:
         if vc.engine == "dmtcp":
-            how = f"DMTCP checkpoint generation {_dmtcp_stop_and_requeue(svc, vc)[1].generation}"
+            _, gen = _dmtcp_stop_and_requeue(svc, vc)
+            how = f"DMTCP checkpoint generation {gen.generation}"
         else:
             _stop_and_requeue(svc, vc)
             how = "checkpointed whole"
@@ -272,12 +273,16 @@ def requeue_without(svc: Service, op_id: int, plan: JobPlan, node: str
     return rows
 
 
+def _dmtcp_generation_held(svc: Service, jid: str) -> bool:
+    """An engine=dmtcp job with a complete generation (it restarts from it when released)."""
+    app = appckpt.load(svc.cfg.state_dir, jid)
+    return app is not None and app.engine == "dmtcp" and appckpt.newest(app) is not None
+
+
 def restore(svc: Service, job_id: str, exclude: str = "") -> Report:
     job = svc.job(job_id)
     jid = str(job.job_id)
-    app = appckpt.load(svc.cfg.state_dir, jid)
-    dmtcp_gen = appckpt.newest(app) if app is not None and app.engine == "dmtcp" else None
-    if pending(svc.cfg.checkpoint_dir, jid) is None and dmtcp_gen is None:
+    if pending(svc.cfg.checkpoint_dir, jid) is None and not _dmtcp_generation_held(svc, jid):
         raise UsageError(f"job {jid} has no checkpoint waiting to be restored",
                          hint=f"make one with: hpcmig checkpoint {jid}")
     if _pending_job(svc, jid).state != "PENDING":
