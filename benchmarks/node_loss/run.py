@@ -29,7 +29,6 @@ import re
 import shutil
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ from tests.integration.test_node_loss import (  # noqa: E402
     SECONDS,
     generations,
     revive,
+    rounds_done,
     submit_job,
 )
 
@@ -118,7 +118,7 @@ def lost_seconds(engine: str, text: str, taken: dict[str, Any]) -> float:
         return steps_lost / per * INTERVAL
     want = f"ring: PASS checksum={ring.expected(RANKS, ELEMENTS, ROUNDS)} "
     assert text.count(want) == 1, "the exact checksum once"
-    done = Counter(int(n) for n in re.findall(r"^ring: round (\d+) of", text, re.M))
+    done = rounds_done(text)
     assert sorted(done) == list(range(1, ROUNDS + 1)), "every round ran"
     return sum(1 for c in done.values() if c > 1) * SECONDS / ROUNDS
 

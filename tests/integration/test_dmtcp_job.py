@@ -26,7 +26,6 @@ import json
 import os
 import re
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -46,6 +45,7 @@ from tests.integration.test_migration import ELEMENTS
 from tests.integration.test_node_loss import (  # noqa: F401 - crashed: a fixture
     INTERVAL,
     crashed,
+    rounds_done,
     story,
     submit_job,
 )
@@ -177,7 +177,7 @@ def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
     after = text.split("restarted from DMTCP checkpoint generation", 1)[1]
     assert re.search(r"DMTCP checkpoint generation (\d+) \(", after), \
         f"hpcmigd asks every {INTERVAL} s: a generation is published after the restart\n{text}"
-    done = Counter(int(n) for n in re.findall(r"^ring: round (\d+) of", text, re.M))
+    done = rounds_done(text)
     assert sorted(done) == list(range(1, ROUNDS + 1)), f"every round ran\n{text}"
     redone = [n for n, c in done.items() if c > 1]
     lost = len(redone) * SECONDS / ROUNDS
@@ -219,7 +219,7 @@ def test_a_dmtcp_job_checkpoints_on_request_and_leaves_a_drained_node_through_dm
         job = slurm.job(job_id)
         assert job.restart_count == 1 and victim not in job.nodes, job
         assert text.count("restarted from DMTCP checkpoint generation 2 ") == 1, text
-        done_rounds = Counter(int(n) for n in re.findall(r"^ring: round (\d+) of", text, re.M))
+        done_rounds = rounds_done(text)
         assert sorted(done_rounds) == list(range(1, ROUNDS + 1)), f"every round ran\n{text}"
         state = config.load().state_dir
         with Journal(os.path.join(state, "controller.db")) as journal:

@@ -131,6 +131,11 @@ def story(plan: Plan, job_id: int) -> str:
     return "\n".join(parts)
 
 
+def rounds_done(text: str) -> Counter[int]:
+    """How many times the ring printed each round (`--progress`): twice is lost work."""
+    return Counter(int(n) for n in re.findall(r"^ring: round (\d+) of", text, re.M))
+
+
 def finished_once(testbed: Plan, slurm: Slurm, job_id: int, out: Path, victim: str) -> list[int]:
     """The job completed once, off the dead node, with the exact checksum; its images are
     gone. Returns the rounds it did twice (its lost work)."""
@@ -141,7 +146,7 @@ def finished_once(testbed: Plan, slurm: Slurm, job_id: int, out: Path, victim: s
     want = f"ring: PASS checksum={ring.expected(4, ELEMENTS, ROUNDS)} "
     assert text.count(want) == 1, text
     assert text.count("restored from the checkpoint") == 1, text
-    done = Counter(int(n) for n in re.findall(r"^ring: round (\d+) of", text, re.M))
+    done = rounds_done(text)
     assert sorted(done) == list(range(1, ROUNDS + 1)), "every round ran"
     assert slurm.node(victim).reason.startswith("hpcmig: node lost"), slurm.node(victim)
     ckpt = testbed.base / "ckpt" / str(job_id)
