@@ -209,7 +209,7 @@ def hold(call: Call, job_id: str, address: str) -> str:
     """The network lock: packets to the address wait here (hpcmig.network.hold); the answer
     says whether they are held or, where this node cannot, dropped ("blackhole")."""
     _check_address(_agent(call), job_id, address)
-    return _agent(call).net.hold(address, quiet=True)
+    return _agent(call).net.hold(address)
 
 
 @operation("ckpt.point_local", "job")
@@ -343,7 +343,8 @@ def dump(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
     with _engine(r):
         stats = criu.dump(container, image_dir,
                           page_server=(s.address, s.page_port) if s else None, extra=extra,
-                          lazy_address=lazy_address)
+                          lazy_address=lazy_address,
+                          on_freeze=agent.net.quiet_command(r.address))
     return stats.to_json()
 
 

@@ -27,11 +27,11 @@ import shlex
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hpcmig import _proc, _procfs
-from hpcmig.checkpoint import _sockets, _tree, images, lazy
+from hpcmig.checkpoint import _action, _sockets, _tree, images, lazy
 from hpcmig.checkpoint.base import (
     CheckpointError,
     DumpStats,
@@ -109,9 +109,10 @@ def refuse_reasons(init_pid: int, proc: str = "/proc") -> list[str]:
     return reasons
 
 
-def _run(what: str, argv: list[str], image_dir: str, log: str, timeout: float) -> str:
+def _run(what: str, argv: list[str], image_dir: str, log: str, timeout: float,
+         env: Mapping[str, str] | None = None) -> str:
     try:
-        result = _proc.run(argv, check=False, timeout=timeout)
+        result = _proc.run(argv, check=False, timeout=timeout, env=env)
     except CommandError:  # timed out: _proc killed the process group
         raise EngineError(what, argv, None, log_tail(os.path.join(image_dir, log)),
                           hint=f"timed out after {timeout:g} s") from None
@@ -127,7 +128,8 @@ def _run(what: str, argv: list[str], image_dir: str, log: str, timeout: float) -
 def dump(container: Container, image_dir: str, *, leave_stopped: bool = True,
          page_server: tuple[str, int] | None = None, netns_key: str = DEFAULT_KEY,
          timeout: float = DUMP_TIMEOUT, extra: Callable[[str], object] | None = None,
-         lazy_address: str | None = None) -> DumpStats:
+         lazy_address: str | None = None, on_freeze: Sequence[str] | None = None
+         ) -> DumpStats:
     """Dump the container into image_dir (made by `images.create`), the netns external.
 
     leave_stopped: the tree stays stopped after the dump (the migration default), else CRIU
@@ -136,7 +138,9 @@ def dump(container: Container, image_dir: str, *, leave_stopped: bool = True,
     before the manifest: more files of the dump (an image container's writable layer), so
     they are checksummed, sealed, sent and removed with it. lazy_address: post-copy
     (hpcmig.checkpoint.lazy): the private memory stays behind, served from a page server on
-    that address of this node; the call returns while it serves (stats.lazy_port). Writes
+    that address of this node; the call returns while it serves (stats.lazy_port).
+    on_freeze: a command run as soon as CRIU has frozen the tree, before it dumps anything
+    (hpcmig.checkpoint._action; the migration's lock quiets the container there). Writes
     container.json and the manifest, seals the directory for the container's user, returns
     the stats."""
     if lazy_address is not None and (page_server is not None or not leave_stopped):
@@ -170,11 +174,16 @@ def dump(container: Container, image_dir: str, *, leave_stopped: bool = True,
     if page_server is not None:
         argv += ["--page-server", "--address", str(page_server[0]),
                  "--port", str(int(page_server[1]))]
+    env = None
+    if on_freeze is not None:
+        scripts = os.path.dirname(container.spec.state_dir.rstrip("/")) or "/"
+        argv += ["--action-script", _action.script(scripts)]
+        env = _action.env(on_freeze)
     t0 = time.perf_counter()
     if lazy_address is None:
-        out, port = _run("criu dump", argv, image_dir, "dump.log", timeout), 0
+        out, port = _run("criu dump", argv, image_dir, "dump.log", timeout, env), 0
     else:
-        out, port = "", lazy.start_dump(argv, image_dir, lazy_address)
+        out, port = "", lazy.start_dump(argv, image_dir, lazy_address, env)
     seconds = time.perf_counter() - t0
     if extra is not None:
         extra(image_dir)

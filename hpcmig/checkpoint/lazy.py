@@ -36,6 +36,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 
 from hpcmig.checkpoint import _tree
 from hpcmig.checkpoint.base import CheckpointError, EngineError, log_tail
@@ -67,7 +68,8 @@ def _forget(image_dir: str) -> None:
         _children.pop(os.path.realpath(image_dir), None)
 
 
-def _start(argv: list[str], image_dir: str, log: str, what: str) -> subprocess.Popen[bytes]:
+def _start(argv: list[str], image_dir: str, log: str, what: str,
+           env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Run a CRIU command with `--status-fd`; return once it says it is ready (it goes on
     working). Raise EngineError with its log if it ends first."""
     rfd, wfd = os.pipe()
@@ -75,7 +77,8 @@ def _start(argv: list[str], image_dir: str, log: str, what: str) -> subprocess.P
     try:
         proc = subprocess.Popen([*argv, "--status-fd", str(wfd)], pass_fds=(wfd,),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True)
+                                stderr=err, start_new_session=True,
+                                env=dict(env) if env is not None else None)
     except OSError as exc:
         os.close(rfd)
         os.close(wfd)
@@ -102,7 +105,8 @@ def _start(argv: list[str], image_dir: str, log: str, what: str) -> subprocess.P
                       hint=f"full log: {os.path.join(image_dir, log)}")
 
 
-def start_dump(argv: list[str], image_dir: str, address: str) -> int:
+def start_dump(argv: list[str], image_dir: str, address: str,
+               env: Mapping[str, str] | None = None) -> int:
     """On the source: `argv` (a `criu dump ... --leave-stopped`) plus the lazy options on a
     free port of `address`; returns that port once everything but the lazy memory is in
     image_dir. The state file lets `cancel` find the page server after an agent restart."""
@@ -110,7 +114,7 @@ def start_dump(argv: list[str], image_dir: str, address: str) -> int:
         s.bind((address, 0))
         port = int(s.getsockname()[1])
     proc = _start([*argv, "--lazy-pages", "--address", address, "--port", str(port)],
-                  image_dir, "dump.log", "criu dump --lazy-pages")
+                  image_dir, "dump.log", "criu dump --lazy-pages", env)
     tmp = os.path.join(image_dir, STATE_FILE + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump({"address": address, "port": port, "pid": proc.pid}, fh)

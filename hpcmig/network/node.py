@@ -158,19 +158,12 @@ class NodeNet:
         self.run_all([*holding.remove_plan(address), *plan.unroute_plan(address)],
                      tolerate_gone=True)
 
-    def hold(self, address: IPv4Address | str, quiet: bool = False) -> str:
+    def hold(self, address: IPv4Address | str) -> str:
         """Migration network lock: packets to the address wait on this node, without an
         answer, until `point_local` or `route_via` lets them go (hpcmig.network.hold).
         Where the hold cannot be made they are dropped instead (blackhole), and the peers
-        retransmit. Returns which: "hold" or "blackhole".
-
-        quiet=True (the copy that is about to be dumped): its host veth goes down too, so
-        nothing it sends leaves any more. A stopped copy's kernel still retransmits, with
-        TCP timestamps that run on while the dump freezes the restored copy's: a peer that
-        heard those rejected the restored copy's answers (PAWS) until its clock caught up,
-        about a second (measured with a capture on the nodes). `point_local` brings it up."""
-        if quiet:
-            self.run_all(plan.quiet_plan(address), tolerate_gone=True)
+        retransmit. Returns which: "hold" or "blackhole". What the container sends still
+        leaves until the dump has frozen it (`quiet_command`)."""
         if self._has_link(holding.devices(address)[0]):  # a leftover pair
             self.run_all(holding.remove_plan(address), tolerate_gone=True)
         try:
@@ -182,6 +175,18 @@ class NodeNet:
                         exc)
             self.run_all(plan.blackhole_plan(address))
             return "blackhole"
+
+    def quiet_command(self, address: IPv4Address | str) -> list[str]:
+        """The command that makes the copy at address quiet, its host veth down
+        (`plan.quiet_plan`; `point_local` brings it up): CRIU runs it once it has frozen the
+        copy it dumps (`criu.dump(on_freeze=)`). Then, the stopped copy's kernel cannot
+        retransmit with TCP timestamps that run on while the restored copy's stay where the
+        dump froze them (a peer that heard those rejected the restored copy's answers, PAWS,
+        for about a second). Not earlier: an answer the copy wrote between the lock and the
+        freeze would never leave, and its restored socket resends it only after its first
+        retransmission timeout, 1 s (both seen with a capture on the nodes)."""
+        [step] = plan.quiet_plan(address)
+        return [*self._prefix(), *step]
 
     def _release(self, address: IPv4Address | str, drain: float = 1.0) -> None:
         """Let packets held for the address take its current route; remove the hold."""

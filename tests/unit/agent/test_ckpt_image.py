@@ -20,11 +20,12 @@ from hpcmig.agent import ckpt
 from hpcmig.agent.node import JobRecord, NodeAgent
 from hpcmig.agent.server import Call
 from hpcmig.auth import Identity
-from hpcmig.checkpoint import criu, images
+from hpcmig.checkpoint import _action, criu, images
 from hpcmig.checkpoint.base import EngineError
 from hpcmig.checkpoint.refs import ContainerRef
 from hpcmig.config import Config
 from hpcmig.errors import HpcmigError
+from hpcmig.network.plan import container_net
 from hpcmig.runtime import image
 from hpcmig.runtime.base import Container, ContainerSpec
 from hpcmig.vcluster import Member, VCluster
@@ -90,8 +91,9 @@ def image_dir(agent: NodeAgent) -> str:
 
 
 def dump(agent: NodeAgent, c: Container, monkeypatch: pytest.MonkeyPatch,
-         tmp_path: Path) -> tuple[str, str]:
-    """The agent's dump of c (on its record) with a fake CRIU; (image dir, manifest sha)."""
+         tmp_path: Path, ran: list[Any] | None = None) -> tuple[str, str]:
+    """The agent's dump of c (on its record) with a fake CRIU; (image dir, manifest sha).
+    ran: gets CRIU's (argv, environment)."""
     netns = tmp_path / "netns"
     netns.touch()
     c = Container(**{**c.__dict__, "netns": str(netns)})
@@ -100,7 +102,10 @@ def dump(agent: NodeAgent, c: Container, monkeypatch: pytest.MonkeyPatch,
     rec.containers[REF.index] = c
     agent.save(rec)
 
-    def fake_criu(what: str, argv: list[str], d: str, log: str, timeout: float) -> str:
+    def fake_criu(what: str, argv: list[str], d: str, log: str, timeout: float,
+                  env: dict[str, str] | None = None) -> str:
+        if ran is not None:
+            ran.append((argv, env))
         Path(d, "core-1.img").write_bytes(b"core")
         return "Memory pages written: 0\n"
 
@@ -122,6 +127,19 @@ def test_the_writable_layer_is_part_of_the_dump(
     Path(d, ckpt.WRITABLE).write_bytes(b"tampered")
     with pytest.raises(HpcmigError, match="writable.tar"):
         images.verify(d, sha)
+
+
+def test_the_dump_quiets_the_container_once_criu_has_frozen_it(
+        agent: NodeAgent, effects: list, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """Its host veth goes down from CRIU's network-lock action (hpcmig.checkpoint._action),
+    not at the lock: an answer written before the freeze still leaves."""
+    ran: list[Any] = []
+    dump(agent, container(spec(agent)), monkeypatch, tmp_path, ran)
+    [(argv, env)] = ran
+    script = argv[argv.index("--action-script") + 1]
+    assert os.stat(script).st_mode & 0o777 == 0o700
+    assert env[_action.ENV] == f"ip link set {container_net(REF.address).host_veth} down"
 
 
 def test_a_host_root_container_dumps_no_writable_layer(
