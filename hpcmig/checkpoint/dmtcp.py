@@ -16,7 +16,8 @@ A job's checkpoint directory (0700; images 0600: they hold the job's memory):
 
     current -> gen-<n>.tmp | gen-<n>   the --ckptdir every DMTCP process writes through
     gen-<n>/       one complete generation: ckpt_*.dmtcp, their ckpt_*_files/ (copies of
-                   files DMTCP saved), dmtcp_restart_script*.sh, GENERATION.json
+                   files DMTCP saved), dmtcp_restart_script*.sh, session.tar (session/ at
+                   the checkpoint, put back for a restart), GENERATION.json
     gen-<n>.tmp/   a checkpoint in progress, or one a crash interrupted (never restarted)
     session/       Open MPI's session directory (orte_tmpdir_base), kept with the job
     tmp/           DMTCP's --tmpdir (its logs and pid maps), kept with the job
@@ -50,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
 from hpcmig import _proc
+from hpcmig.checkpoint import _session
 from hpcmig.checkpoint.base import CheckpointError, DumpStats, Engine, register
 from hpcmig.errors import CommandError, MissingDependency, UsageError
 from hpcmig.mpi import PREFIX, flavour
@@ -540,6 +542,7 @@ def checkpoint(coordinator: Coordinator, timeout: float = 300.0, *,
             time.sleep(_POLL)
         if hosts is not None:
             _check_hosts(work, number, hosts)
+        _session.save(os.path.join(ckpt_dir, SESSION), work)
         gen = _publish(ckpt_dir, number, work, names, time.monotonic() - t0)
         _prune(ckpt_dir, keep)
         return gen
@@ -561,7 +564,8 @@ def _check_hosts(work: str, number: int, hosts: int) -> None:
 
 def restart_argv(tools: DmtcpTools, ckpt_dir: str, coordinator: Coordinator) -> list[str]:
     """dmtcp_restart of the last complete generation, joining `coordinator` (a new one).
-    Also points `<ckpt_dir>/current` at that generation: DMTCP reads its saved file copies
+    Puts Open MPI's session directory back as it was at that generation (_session), and
+    points `<ckpt_dir>/current` at that generation: DMTCP reads its saved file copies
     through it, and the restarted job's next checkpoints go through it too when the job loads
     PLUGIN (else into that generation's own directory)."""
     ckpt_dir = os.path.abspath(ckpt_dir)
@@ -571,6 +575,7 @@ def restart_argv(tools: DmtcpTools, ckpt_dir: str, coordinator: Coordinator) -> 
     with _locked(ckpt_dir):
         gen = last_generation(ckpt_dir)
         _point_current(ckpt_dir, os.path.basename(gen.path))
+        _session.put_back(os.path.join(ckpt_dir, SESSION), gen.path)
     return [*NO_RANDOMIZE, tools.restart, "--join-coordinator", *coordinator.address(),
             "--ckptdir",
             os.path.join(ckpt_dir, CURRENT), "--tmpdir", coordinator.tmpdir, "--quiet",

@@ -4,11 +4,15 @@ run` takes it through the job's coordinator; a node dies without warning and the
 back by itself from its last generation.
 
 A ring across two containers (4 ranks), MPICH and Open MPI: `testbed fail NODE --crash`
-SIGKILLs one of its nodes (with MPICH the other node, with Open MPI the batch host, where the
-launcher and the coordinator run); with no command from anybody the job is requeued (same id)
-on the nodes left, restarts from the last generation (`dmtcp_restart` in each new container),
-prints the exact checksum once, every round's line once at least, redoes at most one interval
-of rounds, and takes new generations after the restart; its DMTCP directory (0700, images
+SIGKILLs one of its nodes. With MPICH it is the batch host, where the launcher and the
+coordinator run, between two checkpoints. With Open MPI it is the other node, during a
+checkpoint: that checkpoint is dropped (it lacks the lost host's processes) and the
+launcher, which outlived the node, cleaned up Open MPI's session directory, which the restart
+puts back from the generation (hpcmig.checkpoint._session). With no command from anybody
+the job is requeued (same id) on the nodes left, restarts from the last complete generation
+(`dmtcp_restart` in each new container), prints the exact checksum once, every round's line
+once at least, redoes at most one interval of rounds (two when the crash fell in a
+checkpoint), and takes new generations after the restart; its DMTCP directory (0700, images
 0600) is gone once it ended. Every rank loads hpcmig's DMTCP plugin (native/dmtcp_multihost.c),
 without which `hpcmig run` refuses engine=dmtcp.
 
@@ -40,6 +44,7 @@ from hpcmig.testbed import cluster
 from hpcmig.testbed.plan import DMTCP_PREFIX_ENV, Plan
 from hpcmig.workloads import batch, ring
 from tests.integration import hpcmigd
+from tests.integration import rt_support as S
 from tests.integration.test_controller import drained, hpcmig
 from tests.integration.test_migration import ELEMENTS
 from tests.integration.test_node_loss import (  # noqa: F401 - crashed: a fixture
@@ -151,10 +156,11 @@ def ended_and_removed(testbed: Plan, slurm: Slurm, job_id: int, out: Path,
     return text
 
 
-@pytest.mark.parametrize(("mpi", "lost"), [("mpich", "other"), ("openmpi", "batch")])
+@pytest.mark.parametrize(("mpi", "lost", "when"), [("mpich", "batch", "between"),
+                                                   ("openmpi", "other", "during")])
 def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
         testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str],  # noqa: F811
-        dmtcp_tools: dmtcp.DmtcpTools, mpi: str, lost: str) -> None:
+        dmtcp_tools: dmtcp.DmtcpTools, mpi: str, lost: str, when: str) -> None:
     job_id, out, job = submit_job(testbed, slurm, job_dir,
                                   ring_script(2, mpi, f"dmtcp-crash-{mpi}"))
     victim = job.batch_host if lost == "batch" else \
@@ -165,7 +171,14 @@ def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
         f"all 4 ranks load {dmtcp.PLUGIN} (bootstrap installs it)"
     assert directory.stat().st_mode & 0o777 == 0o700
     assert taken.images and all(os.stat(p).st_mode & 0o777 == 0o600 for p in taken.images)
-    time.sleep(max(0.0, taken.created + INTERVAL / 2 - time.time()))
+    if when == "between":
+        time.sleep(max(0.0, taken.created + INTERVAL / 2 - time.time()))
+    else:  # into the next checkpoint (about 4 s): its directory is there, not yet published
+        following = f"step-*/gen-{taken.number + 1}.tmp"
+        assert S.wait_for(lambda: any(directory.glob(following)), INTERVAL + 10), \
+            f"no checkpoint {taken.number + 1} began"
+        time.sleep(1.0)
+        assert any(directory.glob(following)), f"checkpoint {taken.number + 1} took < 1 s"
     crashed.append(victim)
     crash_at = time.time()
     print("\n" + cluster.fail(victim, "crash"))
@@ -174,6 +187,10 @@ def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
     job = slurm.job(job_id)
     assert job.restart_count == 1 and victim not in job.nodes, job
     assert text.count("restarted from DMTCP checkpoint generation") == 1, text
+    assert f"restarted from DMTCP checkpoint generation {taken.number} (" in text, text
+    before = text.split("restarted from DMTCP checkpoint generation", 1)[0]
+    assert f"DMTCP checkpoint generation {taken.number + 1} (" not in before, \
+        f"the checkpoint the crash fell in was not published\n{text}"
     after = text.split("restarted from DMTCP checkpoint generation", 1)[1]
     assert re.search(r"DMTCP checkpoint generation (\d+) \(", after), \
         f"hpcmigd asks every {INTERVAL} s: a generation is published after the restart\n{text}"
@@ -184,7 +201,7 @@ def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
     print(f"dmtcp {mpi}: node {victim} crashed {crash_at - taken.created:.1f} s after "
           f"generation {taken.number} ({taken.seconds:.2f} s, {taken.image_bytes / 2**20:.0f} "
           f"MiB); {len(redone)} rounds done again = {lost:.1f} s of work lost")
-    assert lost <= INTERVAL + 2, redone
+    assert lost <= INTERVAL * (1 if when == "between" else 2) + 2, redone
     assert slurm.node(victim).reason.startswith("hpcmig: node lost"), slurm.node(victim)
     decided = [d["what"] for d in hpcmigd.status()["decisions"]]
     assert any(f"job {job_id}: {victim} lost" in d for d in decided), decided

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import stat
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hpcmig import _proc, config
-from hpcmig.checkpoint import CheckpointError, dmtcp, get_engine
+from hpcmig.checkpoint import CheckpointError, _session, dmtcp, get_engine
 from hpcmig.errors import MissingDependency, UsageError
 
 SCRIPT = """#!/bin/bash
@@ -187,8 +188,9 @@ def test_checkpoints_are_published_as_generations_and_two_are_kept(
     last = gens[-1]
     assert os.readlink(os.path.join(ckpt, "current")) == "gen-3"
     assert [os.path.basename(p) for p in last.images] == ["ckpt_a_1.dmtcp", "ckpt_b_2.dmtcp"]
-    assert last.image_bytes == 3000 + 2 + os.path.getsize(
-        os.path.join(last.path, "dmtcp_restart_script_c.sh"))
+    assert last.image_bytes == 3000 + 2 + sum(os.path.getsize(os.path.join(last.path, n))
+                                              for n in ("dmtcp_restart_script_c.sh",
+                                                        _session.ARCHIVE))
     assert mode(ckpt) == 0o700 and mode(last.path) == 0o700
     assert all(mode(p) == 0o600 for p in last.images)
     assert mode(os.path.join(last.path, "ckpt_a_1_files")) == 0o700
@@ -206,6 +208,25 @@ def test_checkpoints_are_published_as_generations_and_two_are_kept(
     other = dmtcp.Coordinator(coordinator.tools, "/elsewhere", "h", 1, 1, 1)
     with pytest.raises(UsageError, match="serves"):
         dmtcp.restart_argv(coordinator.tools, ckpt, other)
+
+
+def test_a_restart_puts_the_session_directory_back_as_it_was_at_its_generation(
+        coordinator: dmtcp.Coordinator) -> None:
+    """A launcher that outlived a lost node removed its job's files from Open MPI's session
+    directory; the restarted one needs them (hpcmig.checkpoint._session)."""
+    ckpt = coordinator.ckpt_dir
+    session = Path(ckpt, dmtcp.SESSION)
+    job = session / "ompi.hpcmig-1-0-1.1001" / "pid.40000" / "1"
+    job.mkdir(parents=True)
+    (job / "vader_segment.hpcmig-1-0-1.0").write_bytes(b"shm" * 100)
+    dmtcp.checkpoint(coordinator, timeout=10)
+    shutil.rmtree(session / "ompi.hpcmig-1-0-1.1001")  # the launcher's clean-up
+    (session / "after").write_text("written after the generation")
+    restart = dmtcp.Coordinator(coordinator.tools, ckpt, "10.0.0.1", 4000, 1, 1)
+    dmtcp.restart_argv(coordinator.tools, ckpt, restart)
+    assert (job / "vader_segment.hpcmig-1-0-1.0").read_bytes() == b"shm" * 100
+    assert not (session / "after").exists()
+    assert mode(str(session)) == 0o700
 
 
 def test_a_crash_during_a_checkpoint_leaves_the_previous_generation(
