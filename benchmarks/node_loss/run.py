@@ -64,20 +64,20 @@ CASES = {"criu-mpich": ("criu", "mpich"), "criu-openmpi": ("criu", "openmpi"),
 HEAT_STEPS = 8000
 
 
-def script(case: str, job_dir: Path) -> str:
+def script(case: str, job_dir: Path, interval: int = INTERVAL) -> str:
     engine, mpi = CASES[case]
     if engine == "app":  # the worked example as it is, on 3 nodes, a 10 s interval
         shutil.copy(HEAT, job_dir / HEAT.name)
         text = HEAT.with_suffix(".sh").read_text()
         for old, new in (("--nodes=2", f"--nodes={NODES}"),
                          ("--ntasks=4", f"--ntasks={RANKS}"),
-                         ("ckpt=30", f"ckpt={INTERVAL}"),
+                         ("ckpt=30", f"ckpt={interval}"),
                          ("--steps 20000", f"--steps {HEAT_STEPS}"),
                          ("/opt/hpcmig/venv/bin/python", sys.executable)):
             assert old in text, f"{HEAT.with_suffix('.sh')} no longer says {old}"
             text = text.replace(old, new)
         return text
-    options = {"ckpt": str(INTERVAL), **({"engine": "dmtcp"} if engine == "dmtcp" else {})}
+    options = {"ckpt": str(interval), **({"engine": "dmtcp"} if engine == "dmtcp" else {})}
     return batch.vcluster_script(
         NODES, [["hpcmig.workloads.ring", "--elements", str(ELEMENTS), "--rounds", str(ROUNDS),
                  "--seconds", str(SECONDS), "--progress"]],
@@ -108,14 +108,14 @@ def checkpoints_of(engine: str, plan: Plan, job_id: int, job_dir: Path) -> Path:
     return job_dir / f"hpcmig-ckpt-{job_id}"
 
 
-def lost_seconds(engine: str, text: str, taken: dict[str, Any]) -> float:
+def lost_seconds(engine: str, text: str, taken: dict[str, Any], interval: int) -> float:
     """The work the job did twice, in seconds of its progress, after checking its result."""
     if engine == "app":
         passed = re.findall(rf"^heat: PASS checksum=\w+ expected=\w+ ranks={RANKS} ", text, re.M)
         assert len(passed) == 1, "the exact checksum once"
         steps_lost = int(re.search(r"^lost work: (\d+) steps", text, re.M).group(1))  # type: ignore[union-attr]
         per = taken["steps_per_interval"]
-        return steps_lost / per * INTERVAL
+        return steps_lost / per * interval
     want = f"ring: PASS checksum={ring.expected(RANKS, ELEMENTS, ROUNDS)} "
     assert text.count(want) == 1, "the exact checksum once"
     done = rounds_done(text)
@@ -123,23 +123,24 @@ def lost_seconds(engine: str, text: str, taken: dict[str, Any]) -> float:
     return sum(1 for c in done.values() if c > 1) * SECONDS / ROUNDS
 
 
-def run_case(case: str, plan: Plan, slurm: Slurm, home: Path, rep: int) -> dict[str, Any]:
+def run_case(case: str, plan: Plan, slurm: Slurm, home: Path, rep: int,
+             interval: int = INTERVAL) -> dict[str, Any]:
     engine, mpi = CASES[case]
     job_dir = home / f"{case}-{rep}"  # its own output file
     job_dir.mkdir(mode=0o755, exist_ok=True)
     shutil.chown(job_dir, plan.user, plan.user)
-    job_id, out, job = submit_job(plan, slurm, job_dir, script(case, job_dir))
+    job_id, out, job = submit_job(plan, slurm, job_dir, script(case, job_dir, interval))
     victim = [n for n in job.nodes if n != job.batch_host][-1]
     result: dict[str, Any] = {"case": case, "run": rep, "engine": engine, "mpi": mpi,
                               "job_id": job_id,
                               "nodes": list(job.nodes), "victim": victim}
-    deadline = time.monotonic() + 4 * INTERVAL
+    deadline = time.monotonic() + 4 * interval
     want = 2 if engine == "app" else 1  # the app's lost work is measured per interval
     while (taken := newest(engine, plan, job_id, job_dir)) is None or taken["n"] < want:
-        assert time.monotonic() < deadline, f"no generation in {4 * INTERVAL} s"
+        assert time.monotonic() < deadline, f"no generation in {4 * interval} s"
         assert slurm.job(job_id).state == "RUNNING", "the job ended before a generation"
         time.sleep(0.3)
-    time.sleep(max(0.0, taken["time"] + INTERVAL / 2 - time.time()))
+    time.sleep(max(0.0, taken["time"] + interval / 2 - time.time()))
     crash_at = time.time()
     print(cluster.fail(victim, "crash"), flush=True)
     try:
@@ -159,8 +160,8 @@ def run_case(case: str, plan: Plan, slurm: Slurm, home: Path, rep: int) -> dict[
                    "nodes_after": list(ended.nodes), "restarts": ended.restart_count}
         assert ended.state == "COMPLETED", f"the job ended {ended.state}\n{text[-3000:]}"
         assert ended.restart_count == 1 and victim not in ended.nodes, ended
-        result["lost_seconds"] = round(lost_seconds(engine, text, taken), 1)
-        assert result["lost_seconds"] <= INTERVAL + 2, "more than one interval of work lost"
+        result["lost_seconds"] = round(lost_seconds(engine, text, taken, interval), 1)
+        assert result["lost_seconds"] <= interval + 2, "more than one interval of work lost"
         assert slurm.node(victim).reason.startswith("hpcmig: node lost"), slurm.node(victim)
         left = checkpoints_of(engine, plan, job_id, job_dir)
         deadline = time.monotonic() + 60
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--repeat", type=int, default=1, help="runs of every case")
     parser.add_argument("--out", type=Path, help="write the results (JSON) here")
+    parser.add_argument("--interval", type=int, default=INTERVAL,
+                        help=f"ckpt= of the jobs, s (default {INTERVAL}); the crash comes "
+                             "half an interval after a generation")
     args = parser.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
@@ -197,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat):
             for case in cases:
                 settle(slurm, timeout=120)
-                runs.append(run_case(case, plan, slurm, home, rep))
+                runs.append(run_case(case, plan, slurm, home, rep, args.interval))
                 print(json.dumps(runs[-1]), flush=True)
     doc = {"when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.node(),
            "cpus": os.cpu_count(), "job_nodes": NODES, "testbed_nodes": TESTBED,
-           "interval": INTERVAL, "runs": runs}
+           "interval": args.interval, "runs": runs}
     if args.out:
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
     failed = [r["case"] for r in runs if not r["ok"]]
