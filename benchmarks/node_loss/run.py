@@ -124,13 +124,14 @@ def lost_seconds(engine: str, text: str, taken: dict[str, Any], interval: int) -
 
 
 def run_case(case: str, plan: Plan, slurm: Slurm, home: Path, rep: int,
-             interval: int = INTERVAL) -> dict[str, Any]:
+             interval: int = INTERVAL, victim_is_batch: bool = False) -> dict[str, Any]:
     engine, mpi = CASES[case]
     job_dir = home / f"{case}-{rep}"  # its own output file
     job_dir.mkdir(mode=0o755, exist_ok=True)
     shutil.chown(job_dir, plan.user, plan.user)
     job_id, out, job = submit_job(plan, slurm, job_dir, script(case, job_dir, interval))
-    victim = [n for n in job.nodes if n != job.batch_host][-1]
+    victim = job.batch_host if victim_is_batch else \
+        [n for n in job.nodes if n != job.batch_host][-1]
     result: dict[str, Any] = {"case": case, "run": rep, "engine": engine, "mpi": mpi,
                               "job_id": job_id,
                               "nodes": list(job.nodes), "victim": victim}
@@ -186,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=int, default=INTERVAL,
                         help=f"ckpt= of the jobs, s (default {INTERVAL}); the crash comes "
                              "half an interval after a generation")
+    parser.add_argument("--crash", choices=("other", "batch"), default="other",
+                        help="the node crashed: the job's last node that is not its batch "
+                             "host (default), or its batch host (launcher, coordinator)")
     args = parser.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
@@ -201,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat):
             for case in cases:
                 settle(slurm, timeout=120)
-                runs.append(run_case(case, plan, slurm, home, rep, args.interval))
+                runs.append(run_case(case, plan, slurm, home, rep, args.interval,
+                                     args.crash == "batch"))
                 print(json.dumps(runs[-1]), flush=True)
     doc = {"when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.node(),
            "cpus": os.cpu_count(), "job_nodes": NODES, "testbed_nodes": TESTBED,
-           "interval": args.interval, "runs": runs}
+           "interval": args.interval, "crash": args.crash, "runs": runs}
     if args.out:
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
     failed = [r["case"] for r in runs if not r["ok"]]
