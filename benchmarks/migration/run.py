@@ -46,6 +46,7 @@ from hpcmig.controller._machine import Outcome  # noqa: E402
 from hpcmig.controller.journal import Journal  # noqa: E402
 from hpcmig.controller.migration import MigrationSpec, migrate  # noqa: E402
 from hpcmig.vcluster import VCluster  # noqa: E402
+from hpcmig.workloads import holder  # noqa: E402
 from tests.integration import rt_support as S  # noqa: E402
 from tests.integration.agent_nodes import AgentNodes, agent_nodes, bench_problem  # noqa: E402
 from tests.integration.conftest import hold_lock  # noqa: E402
@@ -163,12 +164,9 @@ class Bench:
         unlock_t = next(s.ended for s in steps if s.name == "unlock")
         self.wait_pings(progress, self.pings(progress) + 20, 60)
         peer_gap = 0.0  # the longest wait that began before the unlock
-        if gaps.exists():
-            for line in gaps.read_text().split("\n"):
-                if line.strip():
-                    end, gap = (float(x) for x in line.split())
-                    if lock_t - 0.5 <= end - gap <= (unlock_t or end) and end >= lock_t:
-                        peer_gap = max(peer_gap, gap)
+        for end, gap in holder.read_gaps(str(gaps)):
+            if lock_t - 0.5 <= end - gap <= (unlock_t or end) and end >= lock_t:
+                peer_gap = max(peer_gap, gap)
         dump = out.data["dump"]
         assert out.pause is not None
         total = sum(out.steps.values())

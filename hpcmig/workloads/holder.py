@@ -85,6 +85,17 @@ def _note(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
+def read_gaps(path: str) -> list[tuple[float, float]]:
+    """The client's `--gaps` log: (wall-clock end, seconds) of every gap over 50 ms; [] if
+    it wrote none."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [(float(end), float(gap)) for end, gap in (ln.split() for ln in fh
+                                                                if ln.strip())]
+    except FileNotFoundError:
+        return []
+
+
 def client(host: str, port: int, progress: str, interval: float,
            gaps: str | None = None) -> int:
     pings, gap = 0, 0.0

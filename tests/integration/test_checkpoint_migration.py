@@ -37,6 +37,7 @@ from hpcmig.controller.journal import Journal
 from hpcmig.controller.migration import FORWARD, MigrationSpec, migrate
 from hpcmig.network import NodeNet
 from hpcmig.vcluster import VCluster
+from hpcmig.workloads import holder
 from tests.integration import rt_support as S
 from tests.integration.agent_nodes import AgentNodes, criu_agent_nodes
 
@@ -103,11 +104,8 @@ class Env:
 
     def longest_wait(self, since: float) -> float:
         """The peer's longest wait for an answer that came after `since` (wall clock), s."""
-        with contextlib.suppress(FileNotFoundError):
-            lines = (self.peer_dir / "gaps").read_text().split("\n")
-            return max((float(g) for end, g in (ln.split() for ln in lines if ln.strip())
-                        if float(end) > since), default=0.0)
-        return 0.0
+        return max((gap for end, gap in holder.read_gaps(str(self.peer_dir / "gaps"))
+                    if end > since), default=0.0)
 
 
 @pytest.fixture(scope="module")

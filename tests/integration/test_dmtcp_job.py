@@ -188,10 +188,9 @@ def test_a_crashed_node_restarts_a_dmtcp_job_from_its_last_generation(
     assert job.restart_count == 1 and victim not in job.nodes, job
     assert text.count("restarted from DMTCP checkpoint generation") == 1, text
     assert f"restarted from DMTCP checkpoint generation {taken.number} (" in text, text
-    before = text.split("restarted from DMTCP checkpoint generation", 1)[0]
+    before, _, after = text.partition("restarted from DMTCP checkpoint generation")
     assert f"DMTCP checkpoint generation {taken.number + 1} (" not in before, \
         f"the checkpoint the crash fell in was not published\n{text}"
-    after = text.split("restarted from DMTCP checkpoint generation", 1)[1]
     assert re.search(r"DMTCP checkpoint generation (\d+) \(", after), \
         f"hpcmigd asks every {INTERVAL} s: a generation is published after the restart\n{text}"
     done = rounds_done(text)
