@@ -80,14 +80,20 @@ RESTART_SCRIPT = "dmtcp_restart_script.sh"  # DMTCP's symlink, made after its sc
 # What each MPI needs under DMTCP 4.2.0 (Debian 12's MPICH 4.0 ch4:ucx, Open MPI 4.1); set
 # over the job's own values. MPICH: without UCX_TLS UCX uses SysV shm (DMTCP's svipc plugin
 # aborts in MPI_Init); without UCX_MEM_MMAP_HOOK_MODE MPI_Init deadlocks in DMTCP's dlsym;
-# without HWLOC_COMPONENTS hwloc opens a block device DMTCP cannot checkpoint.
+# without HWLOC_COMPONENTS hwloc opens a block device DMTCP cannot checkpoint. Open MPI:
+# orte_leave_session_attached keeps each orted under the rsh that started it (DMTCP's
+# dmtcp_ssh/dmtcp_sshd pair, checkpointed with the job) instead of --daemonize; a job with
+# two or more daemonized orteds did not restart (both left 5 s into the restart, 5 of 5 runs).
 MPI_ENV: dict[str, dict[str, str]] = {
     "mpich": {"UCX_TLS": "tcp,self", "UCX_MEM_MMAP_HOOK_MODE": "none",
               "HWLOC_COMPONENTS": "-linuxio"},
     "openmpi": {"HWLOC_COMPONENTS": "-linuxio", "OMPI_MCA_btl": "self,tcp",
                 "OMPI_MCA_pml": "ob1", "UCX_TLS": "tcp,self",
-                "UCX_MEM_MMAP_HOOK_MODE": "none"},
+                "UCX_MEM_MMAP_HOOK_MODE": "none", "OMPI_MCA_orte_leave_session_attached": "1"},
 }
+# Open MPI's rsh launcher starts this many daemons at once (its default) and, with the
+# sessions left attached, refuses a job with more: launch_argv raises it to the job's hosts
+OMPI_CONCURRENT = 128
 
 _GEN = re.compile(r"^gen-(\d+)(\.tmp)?$")
 _IMAGE = re.compile(r"/[^\s\"']*/(ckpt_[^\s\"'/]+\.dmtcp)(?=[\s\"'])")
@@ -313,12 +319,13 @@ def start_coordinator(tools: DmtcpTools, ckpt_dir: str, port: int = 0,
 
 
 def launch_argv(coordinator: Coordinator, argv: Sequence[str], env: Mapping[str, str],
-                mpi: str | None = None, *, gzip: bool = False, plugin: str | None = None
-                ) -> tuple[list[str], dict[str, str]]:
+                mpi: str | None = None, *, gzip: bool = False, plugin: str | None = None,
+                hosts: int = 1) -> tuple[list[str], dict[str, str]]:
     """The job's launcher command (mpiexec ...) under dmtcp_launch, and its environment:
-    `env` plus what the MPI flavour `mpi` (mpich|openmpi; None: not MPI) needs under DMTCP.
-    Images are not compressed unless `gzip`: about 3x larger, checkpoints about 2x faster.
-    `plugin`: a DMTCP plugin every process loads (DMTCP passes it on across hosts)."""
+    `env` plus what the MPI flavour `mpi` (mpich|openmpi; None: not MPI) needs under DMTCP,
+    for a job on `hosts` hosts. Images are not compressed unless `gzip`: about 3x larger,
+    checkpoints about 2x faster. `plugin`: a DMTCP plugin every process loads (DMTCP passes
+    it on across hosts)."""
     if not argv:
         raise UsageError("dmtcp: nothing to launch")
     out = dict(env)
@@ -326,6 +333,8 @@ def launch_argv(coordinator: Coordinator, argv: Sequence[str], env: Mapping[str,
         out.update(MPI_ENV[flavour(mpi).name])
         if mpi == "openmpi":  # per job (DMTCP gives every job the same pids) and kept
             out["OMPI_MCA_orte_tmpdir_base"] = os.path.join(coordinator.ckpt_dir, SESSION)
+            if hosts > OMPI_CONCURRENT:
+                out["OMPI_MCA_plm_rsh_num_concurrent"] = str(hosts)
     wrapped = [coordinator.tools.launch, "--join-coordinator", *coordinator.address(),
                "--ckptdir", coordinator.current, "--tmpdir", coordinator.tmpdir,
                "--gzip" if gzip else "--no-gzip", "--quiet",

@@ -117,7 +117,7 @@ class Step:
         env["PATH"] = f"{link.parent}:{os.path.dirname(self.tools.launch)}:{env.get('PATH', '')}"
         # hpcmig-rsh gives these to the commands it runs (DMTCP's and Open MPI's daemons)
         env["HPCMIG_RSH_ENV"] = ",".join(dmtcp.MPI_ENV[mpi])
-        return dmtcp.launch_argv(coord, argv, env, mpi, plugin=dmtcp.PLUGIN)
+        return dmtcp.launch_argv(coord, argv, env, mpi, plugin=dmtcp.PLUGIN, hosts=self.hosts)
 
     def restart(self, members: list[Any], out: str, err: str) -> None:
         """Every container's processes back from the step's last generation, the launcher's

@@ -16,6 +16,9 @@ checkpoint), and takes new generations after the restart; its DMTCP directory (0
 0600) is gone once it ended. Every rank loads hpcmig's DMTCP plugin (native/dmtcp_multihost.c),
 without which `hpcmig run` refuses engine=dmtcp.
 
+A 3-container Open MPI job (two `orted` daemons), checkpointed on request and requeued by
+the admin, restarts from that generation on all three containers and completes once.
+
 Without `ckpt=`, `hpcmig checkpoint --resume` and a drain of a node of such a job go through
 its coordinator as well (never CRIU): the drained job restarts from the drain's generation on
 the nodes left.
@@ -248,3 +251,35 @@ def test_a_dmtcp_job_checkpoints_on_request_and_leaves_a_drained_node_through_dm
               "began")
     finally:
         slurm.resume(victim)
+
+
+def test_a_requeued_three_container_open_mpi_job_restarts_with_both_its_daemons(
+        testbed: Plan, slurm: Slurm, job_dir: Path, dmtcp_tools: dmtcp.DmtcpTools) -> None:
+    """A 3-container Open MPI job (the launcher and two `orted` daemons) under DMTCP, requeued
+    by the admin (`scontrol requeue`) after `hpcmig checkpoint` took a generation late in the
+    run: it restarts from that generation on all three containers and completes exactly once.
+    Daemonized orteds (Open MPI's default with no tree spawn) left 5 s into every restart of
+    such a job; hpcmig keeps them attached to DMTCP's ssh pair (dmtcp.MPI_ENV)."""
+    job_id, out, job = submit_job(testbed, slurm, job_dir,
+                                  ring_script(3, "openmpi", "dmtcp-requeue", ckpt=False))
+    assert len(job.nodes) == 3, job
+    directory = Path(dmtcp_job.job_dir(str(job_dir), str(job_id)))
+    late = ROUNDS * 2 // 3  # less left to run after the restart
+    assert S.wait_for(lambda: late in rounds_done(out.read_text()), SECONDS + 30), \
+        out.read_text()
+    asked = hpcmig("checkpoint", str(job_id), "--resume", "--json")
+    assert asked.returncode == 0, asked.stdout + asked.stderr + dmtcp_story(directory)
+    gen = steps(directory)[-1]
+    assert gen.number == 1 and len(gen.hosts) == 3, gen.hosts
+    slurm.requeue(job_id)
+    t0 = time.monotonic()
+    text = ended_and_removed(testbed, slurm, job_id, out, directory)
+    assert slurm.job(job_id).restart_count == 1
+    assert re.search(r"restarted from DMTCP checkpoint generation 1 \(\d+ processes in 3 "
+                     r"container\(s\)", text), text
+    assert text.count("restarted from DMTCP checkpoint generation") == 1, text
+    done = rounds_done(text)
+    assert sorted(done) == list(range(1, ROUNDS + 1)), f"every round ran\n{text}"
+    print(f"\ndmtcp openmpi, 3 containers: generation 1 ({gen.seconds:.1f} s, "
+          f"{gen.image_bytes / 2**20:.0f} MiB), requeued; completed {time.monotonic() - t0:.0f} "
+          f"s later, {sum(1 for c in done.values() if c > 1)} rounds done again")

@@ -159,6 +159,13 @@ def test_launch_argv_wraps_the_launcher_and_sets_what_each_mpi_needs(
     assert "--gzip" in argv
     assert out["OMPI_MCA_pml"] == "ob1" and out["OMPI_MCA_btl"] == "self,tcp"
     assert out["OMPI_MCA_orte_tmpdir_base"] == os.path.join(coordinator.ckpt_dir, "session")
+    # the orteds stay under DMTCP's ssh pair (no --daemonize), and a job on more hosts than
+    # Open MPI starts daemons at once is not refused for it
+    assert out["OMPI_MCA_orte_leave_session_attached"] == "1"
+    assert "OMPI_MCA_plm_rsh_num_concurrent" not in out
+    out = dmtcp.launch_argv(coordinator, ["mpiexec.openmpi", "./ring"], {}, "openmpi",
+                            hosts=dmtcp.OMPI_CONCURRENT + 1)[1]
+    assert out["OMPI_MCA_plm_rsh_num_concurrent"] == str(dmtcp.OMPI_CONCURRENT + 1)
     assert dmtcp.launch_argv(coordinator, ["./serial"], {"A": "1"})[1] == {"A": "1"}
     with pytest.raises(UsageError, match="unknown MPI"):
         dmtcp.launch_argv(coordinator, ["x"], {}, "mvapich")
