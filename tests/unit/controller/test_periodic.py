@@ -164,3 +164,38 @@ def test_a_run_requeued_already_is_told_so_not_that_nothing_restarts(
     svc.journal = lambda: contextlib.nullcontext(journal)  # type: ignore[attr-defined]
     answer = periodic.restart_lost(svc, "9")  # type: ignore[arg-type]
     assert answer["restarted"] and answer["why"] == "restarted already", answer
+
+
+def test_a_dmtcp_or_app_job_is_asked_an_interval_after_its_last_generation_was_complete(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not an interval after the last ask: a checkpoint that suspends the job for 7 s of a
+    10 s interval would leave it 3 s of work per interval."""
+    import time
+
+    from hpcmig.controller import appckpt
+
+    svc = _CkptSvc(tmp_path)
+    vc = svc.vcluster("9", None)
+    newest: list[appckpt.Newest] = []
+    asks: list[float] = []
+    monkeypatch.setattr(appckpt, "load", lambda _state, _jid: object())
+    monkeypatch.setattr(appckpt, "newest", lambda _app: newest[-1] if newest else None)
+    monkeypatch.setattr(appckpt, "request", lambda _app: asks.append(time.time()) or True)
+    clock = periodic.Periodic(svc)  # type: ignore[arg-type]
+    clock._app(vc, now=100.0)  # type: ignore[arg-type]  (first seen: the interval starts)
+    clock._app(vc, now=109.0)  # type: ignore[arg-type]
+    assert asks == []
+    clock._app(vc, now=110.0)  # type: ignore[arg-type]
+    assert len(asks) == 1
+    clock._app(vc, now=117.0)  # type: ignore[arg-type]
+    assert len(asks) == 1
+    newest.append(appckpt.Newest(1, asks[0] + 7.0))  # complete 7 s after the ask, just now
+    monkeypatch.setattr(time, "time", lambda: asks[0] + 7.0)
+    clock._app(vc, now=117.0)  # type: ignore[arg-type]
+    assert clock.cost["9"] == pytest.approx(7.0)
+    clock._app(vc, now=126.0)  # type: ignore[arg-type]  (16 s after the ask, 9 s after it)
+    assert len(asks) == 1
+    clock._app(vc, now=127.0)  # type: ignore[arg-type]
+    assert len(asks) == 2
+    clock._app(vc, now=137.0)  # type: ignore[arg-type]  (never answered: asked again)
+    assert len(asks) == 3
