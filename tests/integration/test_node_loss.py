@@ -157,7 +157,9 @@ def finished_once(testbed: Plan, slurm: Slurm, job_id: int, out: Path, victim: s
     return [n for n, c in done.items() if c > 1]
 
 
-@pytest.mark.parametrize("mpi", ["mpich", "openmpi"])
+# MPICH: test_hpcmigd_killed_during_a_restart_restores_the_job_exactly_once crashes an MPICH
+# job's node half an interval after a generation and checks the same (twice, CI's time)
+@pytest.mark.parametrize("mpi", ["openmpi"])
 def test_a_crashed_node_restarts_the_job_from_its_last_checkpoint(
         testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str], mpi: str) -> None:
     job_id, out, victim = submit(testbed, slurm, job_dir, mpi, f"node-loss-{mpi}")
@@ -219,7 +221,8 @@ def test_hpcmigd_killed_during_a_restart_restores_the_job_exactly_once(
     or after requeueing the job held); started again, it finishes that restart once."""
     hpcmigd.restart(f"{step}:kill-after")
     job_id, out, victim = submit(testbed, slurm, job_dir, "mpich", f"kill-{step}")
-    crash_mid_interval(victim, first_generation(testbed, job_id), crashed)
+    taken = first_generation(testbed, job_id)
+    crash_at = crash_mid_interval(victim, taken, crashed)
     deadline = time.monotonic() + 60
     while hpcmigd.alive():
         assert time.monotonic() < deadline, f"hpcmigd never reached {step}"
@@ -230,4 +233,10 @@ def test_hpcmigd_killed_during_a_restart_restores_the_job_exactly_once(
     # node until the restart sets it DOWN)
     assert state in (("RUNNING",) if step == "restart-record" else ("PENDING", "COMPLETING"))
     hpcmigd.restart()
-    finished_once(testbed, slurm, job_id, out, victim)
+    redone = finished_once(testbed, slurm, job_id, out, victim)
+    lost = len(redone) * SECONDS / ROUNDS
+    print(f"node {victim} crashed {crash_at - taken['time']:.1f} s after generation "
+          f"{taken['n']}; {lost:.1f} s of work lost")
+    assert lost <= INTERVAL + 2, redone  # at most one interval (plus the dump's own pause)
+    decided = [d["what"] for d in hpcmigd.status()["decisions"]]
+    assert any(f"job {job_id}: {victim} lost" in d for d in decided), decided
