@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from hpcmig.checkpoint import dmtcp, dmtcp_job  # noqa: E402
-from hpcmig.errors import MissingDependency  # noqa: E402
+from hpcmig.errors import MissingDependency, SlurmError  # noqa: E402
 from hpcmig.slurm import Slurm  # noqa: E402
 from hpcmig.slurm.adapter import TERMINAL  # noqa: E402
 from hpcmig.testbed import cluster  # noqa: E402
@@ -170,9 +170,11 @@ def run_case(case: str, plan: Plan, slurm: Slurm, home: Path, rep: int,
             time.sleep(0.5)
         assert not left.exists(), f"{left} left behind"
         result["ok"] = True
-    except AssertionError as exc:
+    except (AssertionError, SlurmError) as exc:  # (SlurmError: not ended in time)
         result |= {"ok": False, "error": str(exc)[:2000],
                    "output_tail": out.read_text(errors="replace")[-3000:]}
+        if slurm.job(job_id).state not in TERMINAL:
+            slurm.cancel(job_id)  # the next run needs the nodes
     finally:
         revive(slurm, victim)
     return result
