@@ -3,10 +3,11 @@
 Design note: private, arrays and scalars only, no validation (see `_kernels.py` for the
 conventions). Input matrices are CSR with sorted, unique column indices per row (what
 `comm.as_csr` returns). `symmetrize` turns the traffic matrix C into the undirected rank graph
-C + C^T (no diagonal, no zero entries) in O(entries): one pass when C is symmetric (stencils,
-all-to-all), a counting-sort transpose otherwise; scipy's `C + C.T` costs seconds at 33
-million entries. `near_fraction` tells whether the rank numbering follows the communication
-(most partners close in rank), which the mapper uses to coarsen in rank order.
+C + C^T (no diagonal, no zero entries) in O(entries): a parallel check and a parallel copy
+when C is symmetric (stencils, all-to-all), a counting-sort transpose otherwise; scipy's
+`C + C.T` costs seconds at 33 million entries. `near_fraction` tells whether the rank
+numbering follows the communication (most partners close in rank), which the mapper uses to
+coarsen in rank order.
 `beyond_heaviest` gives the heaviest-partner lower bound of `bounds.py` for several group
 sizes in one parallel pass (a row is sorted only when it has more partners than a group
 keeps; scipy's lexsort of all entries took seconds at 33 million).
@@ -55,59 +56,105 @@ def _merge_row(i: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
 
 
 @njit(cache=True)
-def _symmetric(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray) -> bool:
-    """C == C^T exactly? One pass: row j's entries above the diagonal are met in order."""
+def _first_at_least(indices: np.ndarray, lo: int, hi: int, col: int) -> int:
+    """First entry of the sorted row indices[lo:hi] with column >= col (hi if none)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if indices[mid] < col:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, parallel=True)
+def _symmetric_drops(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, chunks: int
+                     ) -> tuple[bool, np.ndarray]:
+    """(C == C^T exactly?, entries of each row on the diagonal or zero).
+
+    Rows go in `chunks` parallel blocks. A block walks its rows in order; entry (i, j) below
+    the diagonal must be the next unmet entry of row j at or after the block's first row
+    (`cur`, found by binary search), with the same value; at the end every entry (j, i) of
+    the block's rows i above the diagonal must have been met. The answer does not depend on
+    `chunks`. The drop counts are complete only for a symmetric C.
+    """
     n = len(indptr) - 1
-    cur = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        e = indptr[i]
-        while e < indptr[i + 1] and indices[e] <= i:
-            e += 1
-        cur[i] = e
-    for i in range(n):
-        for e in range(indptr[i], indptr[i + 1]):
-            j = indices[e]
-            if j >= i:
+    drops = np.zeros(n, dtype=np.int64)
+    ok = np.ones(chunks, dtype=np.bool_)
+    for t in prange(chunks):
+        r0 = n * t // chunks
+        r1 = n * (t + 1) // chunks
+        cur = np.empty(r1, dtype=np.int64)  # rows j < r1 meet this block's rows
+        for j in range(r1):
+            cur[j] = _first_at_least(indices, indptr[j], indptr[j + 1], max(r0, j + 1))
+        good = True
+        for i in range(r0, r1):
+            d = 0
+            for e in range(indptr[i], indptr[i + 1]):
+                j = indices[e]
+                if j == i or data[e] == 0.0:
+                    d += 1
+                if j < i:
+                    k = cur[j]
+                    if k >= indptr[j + 1] or indices[k] != i or data[k] != data[e]:
+                        good = False
+                        break
+                    cur[j] = k + 1
+            drops[i] = d
+            if not good:
                 break
-            k = cur[j]
-            if k >= indptr[j + 1] or indices[k] != i or data[k] != data[e]:
-                return False
-            cur[j] = k + 1
-    done = True  # every entry above the diagonal was met from below
-    for i in range(n):
-        done = done and cur[i] == indptr[i + 1]
-    return done
+        if good:
+            for j in range(r1):
+                if cur[j] != _first_at_least(indices, indptr[j], indptr[j + 1], max(r1, j + 1)):
+                    good = False
+                    break
+        ok[t] = good
+    return bool(ok.all()), drops
+
+
+@njit(cache=True, parallel=True)
+def _doubled_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, xadj: np.ndarray,
+                  adj: np.ndarray, w: np.ndarray) -> None:
+    """Row by row in parallel: C's entries off the diagonal and non-zero, weights doubled."""
+    for i in prange(len(indptr) - 1):
+        k = xadj[i]
+        for e in range(indptr[i], indptr[i + 1]):
+            if indices[e] != i and data[e] != 0.0:
+                adj[k] = indices[e]
+                w[k] = 2.0 * data[e]
+                k += 1
+
+
+@njit(cache=True, parallel=True)
+def _doubled(data: np.ndarray) -> np.ndarray:
+    w = np.empty(len(data), dtype=np.float64)
+    for e in prange(len(data)):
+        w[e] = 2.0 * data[e]
+    return w
 
 
 @njit(cache=True)
-def symmetrize(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
+def symmetrize(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, chunks: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CSR (xadj, adj, w) of C + C^T without diagonal and zero entries.
 
-    A symmetric C (the usual case) costs one pass and keeps its index arrays when it has no
-    diagonal or zero entries; otherwise C^T is built by a counting sort and merged row by row.
+    A symmetric C (the usual case) costs two parallel passes (check, copy) and keeps its
+    index arrays when it has no diagonal or zero entries; otherwise C^T is built by a
+    counting sort and merged row by row. `chunks`: blocks of rows checked in parallel (the
+    number of threads; the result does not depend on it).
     """
     n = len(indptr) - 1
     nnz = indptr[n]
-    if _symmetric(indptr, indices, data):
-        drop = 0
-        for i in range(n):
-            for e in range(indptr[i], indptr[i + 1]):
-                if indices[e] == i or data[e] == 0.0:
-                    drop += 1
-        if drop == 0:
-            return indptr, indices, 2.0 * data
+    sym, drops = _symmetric_drops(indptr, indices, data, max(1, chunks))
+    if sym:
+        if drops.sum() == 0:
+            return indptr, indices, _doubled(data)
         xadj = np.zeros(n + 1, dtype=np.int64)
-        adj = np.empty(nnz - drop, dtype=np.int64)
-        w = np.empty(nnz - drop, dtype=np.float64)
-        k = 0
         for i in range(n):
-            for e in range(indptr[i], indptr[i + 1]):
-                if indices[e] != i and data[e] != 0.0:
-                    adj[k] = indices[e]
-                    w[k] = 2.0 * data[e]
-                    k += 1
-            xadj[i + 1] = k
+            xadj[i + 1] = xadj[i] + (indptr[i + 1] - indptr[i]) - drops[i]
+        adj = np.empty(xadj[n], dtype=np.int64)
+        w = np.empty(xadj[n], dtype=np.float64)
+        _doubled_rows(indptr, indices, data, xadj, adj, w)
         return xadj, adj, w
     tptr = np.zeros(n + 1, dtype=np.int64)
     for e in range(nnz):

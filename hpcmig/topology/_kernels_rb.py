@@ -39,6 +39,13 @@ from hpcmig.topology._kernels import (  # noqa: E402
     heavy_edge_matching,
     objective,
 )
+from hpcmig.topology._kernels_task import (  # noqa: E402
+    _apply_task,
+    _centroid,
+    _extract,
+    _finish,
+    range_position,
+)
 
 DENSE_TRIES = 16  # coarsest graphs with more entries per vertex get one initial try
 INIT_PASSES = 6  # FM passes after each initial bisection of the coarsest graph
@@ -273,127 +280,6 @@ def _run_jobs(bx: np.ndarray, ba: np.ndarray, be: np.ndarray, bw: np.ndarray, bb
 
 
 @njit(cache=True)
-def _centroid(ccum: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
-    """Mean torus coordinates of the nodes at positions lo..hi-1 of the order, into out."""
-    for d in range(ccum.shape[1]):
-        out[d] = (ccum[hi, d] - ccum[lo, d]) / (hi - lo)
-
-
-@njit(cache=True)
-def _extract(perm: np.ndarray, start: int, end: int, lev: int, x: np.ndarray, a: np.ndarray,
-             e: np.ndarray, anc: np.ndarray, base: int, mark: np.ndarray, lid: np.ndarray,
-             stamp: int, clus: np.ndarray, rl: np.ndarray, bx: np.ndarray, ba: np.ndarray,
-             be: np.ndarray, bw: np.ndarray, bb: np.ndarray, v0: int, xo: int, e0: int,
-             vlo: np.ndarray, vhi: np.ndarray, ccum: np.ndarray, csum: np.ndarray,
-             hw: np.ndarray, ring: np.ndarray, lo: int, mid: int, hi: int) -> tuple[int, int]:
-    """The task's subgraph at level `lev` into the buffers; returns (vertices, entries).
-
-    A vertex is a level-`lev` cluster holding some of the task's ranks, weighted by how many
-    (`rl[i]` = local vertex of the rank at perm[i]); clusters are told apart from others by
-    `mark[base + c] == stamp`. On a torus, edges to clusters outside the task become `bias`
-    towards the nearer half: the cluster's position is the mean centroid of its ranks' node
-    ranges (`csum`, level >= 1) or the rank's own range (level 0).
-    """
-    ns = 0
-    for i in range(start, end):
-        c = anc[lev, perm[i]]
-        f = base + c
-        if mark[f] != stamp:
-            mark[f] = stamp
-            lid[f] = ns
-            clus[ns] = c
-            bw[v0 + ns] = 0.0
-            ns += 1
-        rl[i] = lid[f]
-        bw[v0 + lid[f]] += 1.0
-    dims = len(ring)
-    c_left = np.empty(dims)
-    c_right = np.empty(dims)
-    _centroid(ccum, lo, mid, c_left)
-    _centroid(ccum, mid, hi, c_right)
-    k = e0
-    bx[xo] = 0
-    for i in range(ns):
-        c = clus[i]
-        bias = 0.0
-        for q in range(x[c], x[c + 1]):
-            u = a[q]
-            if mark[base + u] == stamp:
-                ba[k] = lid[base + u]
-                be[k] = e[q]
-                k += 1
-            elif dims > 0:  # pull towards the nearer half: d(right, u) - d(left, u)
-                if lev == 0:
-                    p0 = ccum[vlo[u]]
-                    p1 = ccum[vhi[u]]
-                    scale = 1.0 / (vhi[u] - vlo[u])
-                else:
-                    p0 = csum[base + u - len(perm)]
-                    p1 = p0
-                    scale = 1.0 / hw[u]
-                diff = 0.0
-                for d in range(dims):
-                    pu = (p1[d] - p0[d]) * scale if lev == 0 else p0[d] * scale
-                    xr = abs(c_right[d] - pu)
-                    xl = abs(c_left[d] - pu)
-                    diff += min(xr, ring[d] - xr) - min(xl, ring[d] - xl)
-                bias += e[q] * diff
-        bb[v0 + i] = bias
-        bx[xo + i + 1] = k - e0
-    return ns, k - e0
-
-
-@njit(cache=True)
-def _finish(side: np.ndarray, x: np.ndarray, a: np.ndarray, e: np.ndarray, w: np.ndarray,
-            b: np.ndarray, target0: float, rl: np.ndarray, start: int, end: int,
-            sides: np.ndarray) -> None:
-    """Rank sides of a task from its vertices' sides, with side 0 holding exactly target0.
-
-    A bisection of clusters (level >= 1) can miss the target by a few ranks: the heavy side
-    then gives up whole clusters, best gain first, and splits one cluster if still needed.
-    """
-    ns = len(x) - 1
-    w0 = 0.0
-    for v in range(ns):
-        if side[v] == 0:
-            w0 += w[v]
-    split = -1
-    need = 0
-    s = 0
-    if abs(w0 - target0) > 0.5:
-        s = 0 if w0 > target0 else 1
-        need = int(round(abs(w0 - target0)))
-        gain = np.zeros(ns)
-        for v in range(ns):
-            if side[v] == s:
-                g = b[v] if s == 1 else -b[v]
-                for q in range(x[v], x[v + 1]):
-                    g += e[q] if side[a[q]] != s else -e[q]
-                gain[v] = g
-        # in order of gain (first vertex on ties), move whole vertices that fit; need only
-        # shrinks, so the best one that fits now is the next one of that order that fits
-        while need > 0:
-            best = -1
-            for v in range(ns):
-                if side[v] == s and w[v] <= need and (best == -1 or gain[v] > gain[best]):
-                    best = v
-            if best == -1:
-                break
-            side[best] = 1 - s
-            need -= int(w[best])
-        if need > 0:  # every vertex left on side s is heavier than need: split the best
-            for v in range(ns):
-                if side[v] == s and (split == -1 or gain[v] > gain[split]):
-                    split = v
-    for i in range(start, end):
-        c = rl[i]
-        sides[i] = side[c]
-        if c == split and need > 0:
-            sides[i] = 1 - s
-            need -= 1
-
-
-@njit(cache=True)
 def _child_level(ranks: int, parent: int, avgw: np.ndarray, min_coarse: int) -> int:
     """Coarsest level, not above the parent's, where `ranks` make >= min_coarse clusters."""
     for lev in range(parent, 0, -1):
@@ -448,9 +334,14 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: n
         for f in range(nflat - n):
             for d in range(dims):
                 csum[f, d] = hv[f] * c0[d]
+    ihv = np.ones(max(nflat - n, 1), dtype=np.float64)  # 1 / ranks of each cluster
+    for f in range(nflat - n):
+        ihv[f] = 1.0 / hv[f]
     perm = np.arange(n)
-    vlo = np.zeros(n, dtype=np.int64)
-    vhi = np.full(n, m, dtype=np.int64)
+    rlo = np.zeros(n, dtype=np.int64)  # start of each rank's node range
+    lpos = np.zeros((m, dims), dtype=np.float64)  # torus: centroid of the range from there
+    if dims > 0:
+        range_position(ccum, 0, m, lpos[0])
     pos = np.full(n, -1, dtype=np.int64)
     sides = np.zeros(n, dtype=np.int8)
     rl = np.zeros(n, dtype=np.int64)
@@ -458,8 +349,10 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: n
     bx = np.zeros(n + m + 2, dtype=np.int64)  # a task's xadj: its vertices + 1, tasks <= m
     bw = np.zeros(n + 1, dtype=np.float64)
     bb = np.zeros(n + 1, dtype=np.float64)
-    ba = np.zeros(len(adj) + 1, dtype=np.int64)
-    be = np.zeros(len(adj) + 1, dtype=np.float64)
+    # a level's subgraphs, grown as needed: every rank's entries (zeroed) would cost 0.5 GB
+    # of page faults on a dense graph, whose tasks only keep their internal entries
+    ba = np.empty(n + 1, dtype=np.int64)
+    be = np.empty(n + 1, dtype=np.float64)
     base = seed % (_MOD - 1)
     stamp = 0
     qs = np.zeros(1, dtype=np.int64)
@@ -469,6 +362,7 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: n
     qv = np.full(1, _child_level(n, nlev - 1, avgw, min_coarse), dtype=np.int64)
     while len(qs) > 0:
         nt = len(qs)
+        top = qv.max()  # coarsest level any task bisects at, from now on
         mids = np.full(nt, -1, dtype=np.int64)
         for t in range(nt):
             if qh[t] - ql[t] > 1 and qe[t] > qs[t]:
@@ -499,7 +393,8 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: n
                     sides[qs[t]:qe[t]] = 0 if n_left == ns else 1
                     continue
                 lev = qv[t]
-                x, a, e, hw = _level(lev, xadj, adj, ew, hx, ha, he, hv, vofs, eofs, ones)
+                x, a, e, _ = _level(lev, xadj, adj, ew, hx, ha, he, hv, vofs, eofs, ones)
+                ihw = ones if lev == 0 else ihv[vofs[lev - 1]:vofs[lev]]
                 fbase = 0 if lev == 0 else n + vofs[lev - 1]
                 room = 0
                 for i in range(qs[t], qe[t]):
@@ -512,7 +407,7 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: n
                 stamp += 1
                 nv, ne = _extract(perm, qs[t], qe[t], lev, x, a, e, anc, fbase, mark, lid,
                                   stamp, clus, rl, bx, ba, be, bw, bb, tv[k], tv[k] + k,
-                                  te[k], vlo, vhi, ccum, csum, hw, ring, lo, mid, hi)
+                                  te[k], rlo, lpos, ccum, csum, ihw, ring, lo, mid, hi)
                 stamp += 1
                 tv[k + 1] = tv[k] + nv
                 te[k + 1] = te[k] + ne
@@ -573,54 +468,11 @@ def recursive_bisection(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, hx: n
                         ttarget[k], rl, qs[tord[b0 + k]], qe[tord[b0 + k]], sides)
             for k in range(b1 - b0):
                 t = tord[b0 + k]
-                _apply_task(perm, sides, vlo, vhi, qs[t], qe[t], ql[t], mids[t], qh[t], ccum,
-                            anc, vofs, csum, n)
+                _apply_task(perm, sides, rlo, lpos, qs[t], qe[t], ql[t], mids[t], qh[t], ccum,
+                            anc, vofs, csum, top)
         nxt = _next_level(perm, sides, pos, qs, qe, ql, qh, mids, qv, avgw, min_coarse)
         qs, qe, ql, qh, qv = nxt[0], nxt[1], nxt[2], nxt[3], nxt[4]
     return pos
-
-
-@njit(cache=True)
-def _apply_task(perm: np.ndarray, sides: np.ndarray, vlo: np.ndarray, vhi: np.ndarray,
-                start: int, end: int, lo: int, mid: int, hi: int, ccum: np.ndarray,
-                anc: np.ndarray, vofs: np.ndarray, csum: np.ndarray, n: int) -> None:
-    """Order a bisected task's ranks side 0 first and narrow their node ranges.
-
-    On a torus with a hierarchy, the clusters' centroid sums (`csum`) follow their ranks.
-    """
-    if mid < 0:
-        return
-    tmp = perm[start:end].copy()
-    side = sides[start:end].copy()
-    a = start
-    for i in range(end - start):
-        if side[i] == 0:
-            perm[a] = tmp[i]
-            a += 1
-    b = a
-    for i in range(end - start):
-        if side[i] == 1:
-            perm[b] = tmp[i]
-            b += 1
-    dims = ccum.shape[1]
-    nlev = anc.shape[0]
-    if dims > 0 and nlev > 1:
-        old = np.empty(dims)
-        d0 = np.empty(dims)
-        d1 = np.empty(dims)
-        _centroid(ccum, lo, hi, old)
-        _centroid(ccum, lo, mid, d0)
-        _centroid(ccum, mid, hi, d1)
-        for k in range(start, end):
-            v = perm[k]
-            for lev in range(1, nlev):
-                f = vofs[lev - 1] + anc[lev, v]
-                for d in range(dims):
-                    csum[f, d] += (d0[d] if k < a else d1[d]) - old[d]
-    for k in range(start, end):
-        vlo[perm[k]] = lo if k < a else mid
-        vhi[perm[k]] = mid if k < a else hi
-        sides[k] = 0 if k < a else 1
 
 
 @njit(cache=True)

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from hpcmig.topology.comm import as_csr
-from hpcmig.topology.metrics import _csr_int64, slot_array
+from hpcmig.topology.metrics import _rank_graph_arrays, slot_array
 from hpcmig.topology.model import Topology
 from hpcmig.topology.spectrum import smallest_eigenvalues
 
@@ -85,10 +85,8 @@ def spectral_bound(eig: np.ndarray, n: int, group_slots: int) -> float:
 
 def rank_graph_of(comm: npt.ArrayLike | sp.sparray | sp.spmatrix) -> sp.csr_array:
     """The symmetric rank graph C + C^T by the mapper's numba pass (scipy's costs seconds)."""
-    from hpcmig.topology import _kernels_graph
-
     c = as_csr(comm)
-    xadj, adj, w = _kernels_graph.symmetrize(*_csr_int64(c))
+    xadj, adj, w = _rank_graph_arrays(c)
     return sp.csr_array((w, adj, xadj), shape=c.shape)
 
 

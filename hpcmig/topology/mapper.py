@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from hpcmig.topology.comm import as_csr
 from hpcmig.topology.metrics import (
-    _csr_int64,
+    _rank_graph_arrays,
     _topo_arrays,
     block_placement,
     check_fits,
@@ -98,7 +98,7 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     n = c.shape[0]
     caps = slot_array(topology, slots)
     check_fits(n, topology, caps)
-    xadj, adj, w = _kernels_graph.symmetrize(*_csr_int64(c))
+    xadj, adj, w = _rank_graph_arrays(c)
     graph = sp.csr_array((w, adj, xadj), shape=(n, n))
     dense = len(adj) > DENSE_DEGREE * n
     local = _kernels_graph.near_fraction(xadj, adj, LOCAL_RADIUS * np.sqrt(n)) >= 0.5
@@ -125,8 +125,19 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     _kernels_cost.swap_refine(xadj, adj, w, node_of, caps, groups, half, coords, ring,
                               REFINE_PASSES, seed, SWAP_CANDIDATES)
     block = block_placement(n, topology, caps)
-    ours = 0.5 * _kernels_cost.hop_bytes(xadj, adj, w, node_of, groups, half, coords, ring)
-    base = 0.5 * _kernels_cost.hop_bytes(xadj, adj, w, block, groups, half, coords, ring)
+
+    def cost(where: IntArray) -> float:
+        """Hop-bytes of a placement, on the coarsest level whose clusters it keeps whole."""
+        lev = _kernels_cost.whole_level(anc, where) if dense else 0
+        if lev == 0:
+            return 0.5 * _kernels_cost.hop_bytes(xadj, adj, w, where, groups, half, coords,
+                                                 ring)
+        x, a, e, cw = _kernels_rb._level(lev, xadj, adj, w, hx, ha, he, hv, vofs, eofs, hv)
+        on = _kernels_cost.cluster_nodes(anc[lev], where, len(cw))
+        return 0.5 * _kernels_cost.hop_bytes(x, a, e, on, groups, half, coords, ring)
+
+    ours = cost(node_of)
+    base = cost(block)
     if ours <= base:
         return Mapping(topology, node_of, ours, base, "recursive-bisection", graph)
     refined = block.copy()
@@ -134,8 +145,7 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
                                      REFINE_PASSES, seed, SWAP_CANDIDATES)
     if gain <= 0.0:
         return Mapping(topology, block, base, base, "block", graph)
-    refined_hb = 0.5 * _kernels_cost.hop_bytes(xadj, adj, w, refined, groups, half, coords,
-                                               ring)
+    refined_hb = cost(refined)
     if refined_hb > base:
         return Mapping(topology, block, base, base, "block", graph)
     return Mapping(topology, refined, refined_hb, base, "block", graph)

@@ -91,6 +91,15 @@ def _csr_int64(c: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             c.data)
 
 
+def _rank_graph_arrays(c: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR arrays (xadj, adj, w) of the rank graph C + C^T of a validated `c` (numba pass)."""
+    from numba import get_num_threads
+
+    from hpcmig.topology import _kernels_graph
+
+    return _kernels_graph.symmetrize(*_csr_int64(c), get_num_threads())
+
+
 def hop_bytes(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,
               node_of: npt.ArrayLike) -> float:
     """sum over rank pairs of bytes(i -> j) * hops(node of i, node of j)."""

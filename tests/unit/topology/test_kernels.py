@@ -222,38 +222,6 @@ def test_split_point_matches_reference(seed: int) -> None:
             assert got == ref.split_point(keys.tolist(), capcum.tolist(), lo, hi)
 
 
-def test_apply_task_and_next_level_match_reference() -> None:
-    rng = np.random.default_rng(3)
-    perm = rng.permutation(10).astype(np.int64)
-    sides = rng.integers(0, 2, 10).astype(np.int8)
-    want = ref.level_order(perm.tolist(), sides.tolist(), 2, 9)
-    n0 = int((sides[2:9] == 0).sum())
-    vlo, vhi = np.zeros(10, dtype=np.int64), np.full(10, 4, dtype=np.int64)
-    ccum = np.zeros((5, 1))
-    ccum[1:, 0] = np.cumsum([0.0, 1.0, 2.0, 3.0])  # torus coordinates 0..3 along the order
-    anc = np.stack([np.arange(10), np.arange(10) // 2]).astype(np.int64)  # pairs at level 1
-    vofs = np.array([0, 5], dtype=np.int64)
-    csum = np.full((5, 1), 2 * 1.5)  # every pair starts at the centroid of nodes 0..3
-    _kernels_rb._apply_task(perm, sides, vlo, vhi, 2, 9, 0, 2, 4, ccum, anc, vofs, csum, 10)
-    assert perm[2:9].tolist() == want
-    assert vlo[want].tolist() == [0] * n0 + [2] * (7 - n0)
-    assert vhi[want].tolist() == [2] * n0 + [4] * (7 - n0)
-    cen = {0: 1.5, 1: 0.5, 2: 2.5}  # whole range, left half, right half
-    where = {v: 1 if v in want[:n0] else 2 if v in want else 0 for v in range(10)}
-    for c in range(5):
-        assert csum[c, 0] == pytest.approx(cen[where[2 * c]] + cen[where[2 * c + 1]])
-    pos = np.full(10, -1, dtype=np.int64)
-    qs, qe, ql, qh = (np.array([0, 2]), np.array([2, 9]), np.array([0, 0]), np.array([1, 4]))
-    qv = np.array([0, 1], dtype=np.int64)
-    avgw = np.array([1.0, 2.0])
-    nxt = _kernels_rb._next_level(perm, sides, pos, qs, qe, ql, qh, np.array([-1, 2]), qv, avgw,
-                                  3)
-    # children keep level 1 while they have >= 3 clusters of 2 ranks, else go to level 0
-    levels = [1 if size >= 6 else 0 for size in (n0, 7 - n0)]
-    assert nxt.tolist() == [[2, 2 + n0], [2 + n0, 9], [0, 2], [2, 4], levels]
-    assert pos[perm[:2]].tolist() == [0, 0]
-
-
 def test_parallel_jobs_are_independent_runs(small_graph: sp.csr_array) -> None:
     # two tasks (the graph twice, with and without bias) with 3 runs each: every job must
     # equal its run made alone, on the run's own random stream
@@ -305,8 +273,8 @@ def _matrix(n: int, seed: int, symmetric: bool, diagonal: bool, zeros: bool) -> 
 @pytest.mark.parametrize(("diagonal", "zeros"), [(False, False), (True, False), (False, True)])
 def test_symmetrize_matches_reference(symmetric: bool, diagonal: bool, zeros: bool) -> None:
     csr = _matrix(11, 4, symmetric, diagonal, zeros)
-    xadj, adj, w = _kernels_graph.symmetrize(*csr_arrays_raw(csr))
-    assert _kernels_graph._symmetric(*csr_arrays_raw(csr)) == (
+    xadj, adj, w = _kernels_graph.symmetrize(*csr_arrays_raw(csr), 2)
+    assert _kernels_graph._symmetric_drops(*csr_arrays_raw(csr), 3)[0] == (
         np.array_equal(csr.toarray(), csr.toarray().T))
     want = ref.symmetrize(csr.toarray().tolist())
     assert ref.dense(xadj, adj, w) == want
@@ -315,6 +283,31 @@ def test_symmetrize_matches_reference(symmetric: bool, diagonal: bool, zeros: bo
         row = adj[xadj[i]:xadj[i + 1]]
         assert row.tolist() == sorted(set(row.tolist())) and i not in row.tolist()
     assert np.all(w != 0)
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3, 20])
+def test_symmetric_check_and_drops_match_reference(chunks: int) -> None:
+    # chunks of rows checked apart (more chunks than rows too) must give one answer
+    for seed in range(6):
+        for symmetric, diagonal, zeros in ((True, True, False), (True, False, True),
+                                           (False, False, False)):
+            csr = _matrix(11, seed, symmetric, diagonal, zeros)
+            dense = csr.toarray()
+            sym, drops = _kernels_graph._symmetric_drops(*csr_arrays_raw(csr), chunks)
+            assert sym == np.array_equal(dense, dense.T)
+            if sym:
+                want = [sum(1 for k in range(csr.indptr[i], csr.indptr[i + 1])
+                            if csr.indices[k] == i or csr.data[k] == 0.0) for i in range(11)]
+                assert drops.tolist() == want
+    # one mirrored value off, in the last row / one entry without its mirror
+    csr = _matrix(11, 1, True, False, False)
+    for change in ("value", "missing"):
+        bad = csr.copy()
+        if change == "value":
+            bad.data[-1] += 1.0
+        else:
+            bad = sp.csr_array(bad.toarray() + np.eye(11, k=10) * 3.0)
+        assert not _kernels_graph._symmetric_drops(*csr_arrays_raw(bad), chunks)[0]
 
 
 def csr_arrays_raw(csr: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -363,80 +356,3 @@ def test_build_hierarchy_keeps_no_level_when_pairing_does_not_shrink_the_graph()
     dropped = _kernels_rb.build_hierarchy(xadj, adj, ew, 7, 3, 10, False, ratio - 0.01)
     assert len(dropped[4]) == 1 and dropped[6].shape == (1, 30)
     assert dropped[6][0].tolist() == list(range(30))
-
-
-@pytest.mark.parametrize("target0", [3, 5, 7, 10])
-def test_finish_matches_reference(target0: int) -> None:
-    g = random_graph(6, 0.6, 2)
-    xadj, adj, ew = csr_arrays(g)
-    weight = np.array([3.0, 1.0, 2.0, 4.0, 1.0, 2.0])  # 13 ranks in 6 clusters
-    bias = np.array([0.5, -1.0, 0.0, 2.0, -0.5, 1.0])
-    side = np.array([0, 1, 0, 0, 1, 1], dtype=np.int8)  # side 0 holds 9 ranks
-    local = np.repeat(np.arange(6), weight.astype(int))
-    rl = np.random.default_rng(1).permutation(local)  # the local vertex of each rank
-    sides = np.full(13, 9, dtype=np.int8)
-    _kernels_rb._finish(side.copy(), xadj, adj, ew, weight, bias, float(target0), rl, 0, 13,
-                        sides)
-    want = ref.finish(side.tolist(), ref.dense(xadj, adj, ew), weight.tolist(), bias.tolist(),
-                      target0, rl.tolist())
-    assert sides.tolist() == want
-    assert int((sides == 0).sum()) == target0
-
-
-@pytest.mark.parametrize("lev", [0, 1])
-def test_extract_matches_reference(lev: int) -> None:
-    # 12 ranks on a ring of 4 torus nodes; the task holds 6 of them, bisected between nodes
-    # 0..1 and 2..3; other ranks sit on single nodes (level 0) or are clusters (level 1)
-    n = 12
-    g = random_graph(n, 0.4, 8)
-    xadj, adj, ew = csr_arrays(g)
-    if lev == 0:
-        anc = np.arange(n, dtype=np.int64).reshape(1, n)
-        x, a, e, hw = xadj, adj, ew, np.ones(n)
-    else:
-        pairs = np.arange(n) // 2
-        anc = np.stack([np.arange(n), pairs]).astype(np.int64)
-        quot = sp.csr_array(np.array(ref.quotient(ref.dense(xadj, adj, ew), pairs.tolist())))
-        x, a, e = csr_arrays(quot)
-        hw = np.full(6, 2.0)
-    perm = np.array([5, 0, 9, 4, 1, 8, 2, 3, 6, 7, 10, 11], dtype=np.int64)
-    start, end = 0, 6 if lev == 0 else 4  # level 1: ranks 0, 1, 4, 5 (pairs 0 and 2)
-    if lev == 1:
-        perm = np.array([5, 0, 4, 1, 9, 8, 2, 3, 6, 7, 10, 11], dtype=np.int64)
-    ring = np.array([4.0])
-    ccum = np.zeros((5, 1))
-    ccum[1:, 0] = np.cumsum([0.0, 1.0, 2.0, 3.0])
-    vlo = np.array([r % 4 for r in range(n)], dtype=np.int64)
-    vhi = vlo + 1
-    csum = np.array([[ccum[vhi[2 * c], 0] - ccum[vlo[2 * c], 0]
-                      + ccum[vhi[2 * c + 1], 0] - ccum[vlo[2 * c + 1], 0]] for c in range(6)])
-    base = 0 if lev == 0 else n
-    size = n + 6
-    mark, lid = np.full(size, -1, dtype=np.int64), np.zeros(size, dtype=np.int64)
-    clus, rl = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-    bx, ba, be = np.zeros(n + 1, dtype=np.int64), np.zeros(len(a)), np.zeros(len(a))
-    ba = ba.astype(np.int64)
-    bw, bb = np.zeros(n), np.zeros(n)
-    nv, ne = _kernels_rb._extract(perm, start, end, lev, x, a, e, anc, base, mark, lid, 1,
-                                  clus, rl, bx, ba, be, bw, bb, 0, 0, 0, vlo, vhi, ccum, csum,
-                                  hw, ring, 0, 2, 4)
-    members = [int(anc[lev, perm[i]]) for i in range(start, end)]
-    verts = list(dict.fromkeys(members))  # first appearance
-    assert nv == len(verts) and rl[start:end].tolist() == [verts.index(c) for c in members]
-    assert bw[:nv].tolist() == [float(members.count(c)) for c in verts]
-    full = ref.dense(x, a, e)
-    assert ref.dense(bx[:nv + 1], ba[:ne], be[:ne]) == [[full[c][u] for u in verts]
-                                                         for c in verts]
-
-    def where(u: int) -> float:  # position of a vertex outside the task
-        if lev == 0:
-            return float(vlo[u])
-        return float(csum[u, 0] / 2)
-
-    def d(p: float, q: float) -> float:
-        return min(abs(p - q), 4 - abs(p - q))
-
-    for i, c in enumerate(verts):
-        want = sum(full[c][u] * (d(2.5, where(u)) - d(0.5, where(u)))
-                   for u in range(len(full)) if u not in verts and full[c][u])
-        assert bb[i] == pytest.approx(want)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hpcmig.topology import _kernels_cost, _kernels_graph
+from hpcmig.topology import _kernels_cost, _kernels_graph, _kernels_rb
 from hpcmig.topology.generate import dragonfly, fat_tree, torus
 from hpcmig.topology.metrics import uplink_ids
 from hpcmig.topology.model import Topology
@@ -81,3 +81,41 @@ def test_beyond_heaviest_keeps_ties_and_skips_short_rows() -> None:
     xadj, _, ew = csr_arrays(mat)
     got = _kernels_graph.beyond_heaviest(xadj, ew, np.array([1, 2], dtype=np.int64))
     np.testing.assert_allclose(got, [5 + 1, 1])
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_hop_bytes_on_whole_clusters_equal_those_on_ranks(seq: bool) -> None:
+    # 32 ranks, 4 per node of a 2x2x2 fat-tree: placements keeping the hierarchy's clusters
+    # of some level whole are measured on that level's graph, and give the same hop-bytes
+    g = random_graph(32, 0.4, 3)
+    xadj, adj, ew = csr_arrays(g)
+    hx, ha, he, hv, vofs, eofs, anc = _kernels_rb.build_hierarchy(xadj, adj, ew, 5, 4, 10, seq,
+                                                                  1.0)
+    assert anc.shape[0] >= 3
+    topo = fat_tree([2, 2, 2])
+    arrays = (np.ascontiguousarray(topo.groups), np.ascontiguousarray(topo.half),
+              np.ascontiguousarray(topo.coords), np.ascontiguousarray(topo.ring))
+    dist = [[ref.distance(topo.groups, topo.half, topo.coords, topo.ring, a, b)
+             for b in range(topo.n_nodes)] for a in range(topo.n_nodes)]
+    rng = np.random.default_rng(0)
+    for lev in range(anc.shape[0]):
+        nc = int(anc[lev].max()) + 1
+        for _ in range(3):  # clusters of `lev` on random nodes (whole by construction)
+            node_of = rng.integers(0, topo.n_nodes, nc)[anc[lev]]
+            got_lev = _kernels_cost.whole_level(anc, node_of)
+            assert got_lev >= lev
+            whole = [len({int(node_of[v]) for v in range(32) if anc[got_lev, v] == c}) == 1
+                     for c in range(int(anc[got_lev].max()) + 1)]
+            assert all(whole)
+            if got_lev + 1 < anc.shape[0]:  # the next level up is not whole
+                up = anc[got_lev + 1]
+                assert any(len({int(node_of[v]) for v in range(32) if up[v] == c}) > 1
+                           for c in range(int(up.max()) + 1))
+            want = ref.hop_bytes(ref.dense(xadj, adj, ew), node_of.tolist(), dist)
+            if got_lev == 0:
+                x, a, e, on = xadj, adj, ew, node_of
+            else:
+                x, a, e, cw = _kernels_rb._level(got_lev, xadj, adj, ew, hx, ha, he, hv, vofs,
+                                                 eofs, hv)
+                on = _kernels_cost.cluster_nodes(anc[got_lev], node_of, len(cw))
+            assert _kernels_cost.hop_bytes(x, a, e, on, *arrays) == pytest.approx(want)

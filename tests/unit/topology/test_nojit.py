@@ -54,7 +54,8 @@ def _env() -> dict[str, str]:
 def test_kernel_tests_pass_without_jit() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(HERE / "test_kernels.py"), str(HERE / "test_kernels_metrics.py")],
+         str(HERE / "test_kernels.py"), str(HERE / "test_kernels_metrics.py"),
+         str(HERE / "test_kernels_task.py")],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
