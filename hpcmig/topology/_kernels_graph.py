@@ -5,9 +5,9 @@ conventions). Input matrices are CSR with sorted, unique column indices per row 
 `comm.as_csr` returns). `symmetrize` turns the traffic matrix C into the undirected rank graph
 C + C^T (no diagonal, no zero entries) in O(entries): a parallel check and a parallel copy
 when C is symmetric (stencils, all-to-all), a counting-sort transpose otherwise; scipy's
-`C + C.T` costs seconds at 33 million entries. `near_fraction` tells whether the rank
-numbering follows the communication (most partners close in rank), which the mapper uses to
-coarsen in rank order.
+`C + C.T` costs seconds at 33 million entries. It also counts the entries between ranks
+close in rank (the symmetric case in the check's pass), which tells the mapper whether the
+rank numbering follows the communication and matching may go in rank order.
 `beyond_heaviest` gives the heaviest-partner lower bound of `bounds.py` for several group
 sizes in one parallel pass (a row is sorted only when it has more partners than a group
 keeps; scipy's lexsort of all entries took seconds at 33 million).
@@ -68,18 +68,21 @@ def _first_at_least(indices: np.ndarray, lo: int, hi: int, col: int) -> int:
 
 
 @njit(cache=True, parallel=True)
-def _symmetric_drops(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, chunks: int
-                     ) -> tuple[bool, np.ndarray]:
-    """(C == C^T exactly?, entries of each row on the diagonal or zero).
+def _symmetric_drops(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, chunks: int,
+                     radius: float) -> tuple[bool, np.ndarray, int]:
+    """(C == C^T exactly?, entries of each row on the diagonal or zero, entries kept near).
+
+    Kept entries are off the diagonal and non-zero; near ones have |i - j| <= radius.
 
     Rows go in `chunks` parallel blocks. A block walks its rows in order; entry (i, j) below
     the diagonal must be the next unmet entry of row j at or after the block's first row
     (`cur`, found by binary search), with the same value; at the end every entry (j, i) of
     the block's rows i above the diagonal must have been met. The answer does not depend on
-    `chunks`. The drop counts are complete only for a symmetric C.
+    `chunks`. The counts are complete only for a symmetric C.
     """
     n = len(indptr) - 1
     drops = np.zeros(n, dtype=np.int64)
+    near = np.zeros(n, dtype=np.int64)
     ok = np.ones(chunks, dtype=np.bool_)
     for t in prange(chunks):
         r0 = n * t // chunks
@@ -90,10 +93,13 @@ def _symmetric_drops(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
         good = True
         for i in range(r0, r1):
             d = 0
+            close = 0
             for e in range(indptr[i], indptr[i + 1]):
                 j = indices[e]
                 if j == i or data[e] == 0.0:
                     d += 1
+                elif abs(j - i) <= radius:
+                    close += 1
                 if j < i:
                     k = cur[j]
                     if k >= indptr[j + 1] or indices[k] != i or data[k] != data[e]:
@@ -101,6 +107,7 @@ def _symmetric_drops(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
                         break
                     cur[j] = k + 1
             drops[i] = d
+            near[i] = close
             if not good:
                 break
         if good:
@@ -109,7 +116,7 @@ def _symmetric_drops(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
                     good = False
                     break
         ok[t] = good
-    return bool(ok.all()), drops
+    return bool(ok.all()), drops, int(near.sum())
 
 
 @njit(cache=True, parallel=True)
@@ -134,9 +141,10 @@ def _doubled(data: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
-def symmetrize(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, chunks: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR (xadj, adj, w) of C + C^T without diagonal and zero entries.
+def symmetrize(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, chunks: int,
+               radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """CSR (xadj, adj, w) of C + C^T without diagonal and zero entries, and how many of its
+    entries (i, j) have |i - j| <= radius (does the rank numbering follow locality?).
 
     A symmetric C (the usual case) costs two parallel passes (check, copy) and keeps its
     index arrays when it has no diagonal or zero entries; otherwise C^T is built by a
@@ -145,17 +153,17 @@ def symmetrize(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, chunks
     """
     n = len(indptr) - 1
     nnz = indptr[n]
-    sym, drops = _symmetric_drops(indptr, indices, data, max(1, chunks))
+    sym, drops, near = _symmetric_drops(indptr, indices, data, max(1, chunks), radius)
     if sym:
         if drops.sum() == 0:
-            return indptr, indices, _doubled(data)
+            return indptr, indices, _doubled(data), near
         xadj = np.zeros(n + 1, dtype=np.int64)
         for i in range(n):
             xadj[i + 1] = xadj[i] + (indptr[i + 1] - indptr[i]) - drops[i]
         adj = np.empty(xadj[n], dtype=np.int64)
         w = np.empty(xadj[n], dtype=np.float64)
         _doubled_rows(indptr, indices, data, xadj, adj, w)
-        return xadj, adj, w
+        return xadj, adj, w, near
     tptr = np.zeros(n + 1, dtype=np.int64)
     for e in range(nnz):
         tptr[indices[e] + 1] += 1
@@ -181,18 +189,18 @@ def symmetrize(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, chunks
     w = np.empty(xadj[n], dtype=np.float64)
     for i in range(n):
         _merge_row(i, indptr, indices, data, tptr, tind, tdat, adj, w, xadj[i], True)
-    return xadj, adj, w
+    return xadj, adj, w, _near_count(xadj, adj, radius)
 
 
 @njit(cache=True)
-def near_fraction(xadj: np.ndarray, adj: np.ndarray, radius: float) -> float:
-    """Fraction of entries (i, j) with |i - j| <= radius (rank numbering follows locality?)."""
+def _near_count(xadj: np.ndarray, adj: np.ndarray, radius: float) -> int:
+    """Entries (i, j) with |i - j| <= radius."""
     near = 0
     for i in range(len(xadj) - 1):
         for e in range(xadj[i], xadj[i + 1]):
             if abs(adj[e] - i) <= radius:
                 near += 1
-    return near / max(len(adj), 1)
+    return near
 
 
 @njit(cache=True, parallel=True)

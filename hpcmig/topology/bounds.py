@@ -86,7 +86,7 @@ def spectral_bound(eig: np.ndarray, n: int, group_slots: int) -> float:
 def rank_graph_of(comm: npt.ArrayLike | sp.sparray | sp.spmatrix) -> sp.csr_array:
     """The symmetric rank graph C + C^T by the mapper's numba pass (scipy's costs seconds)."""
     c = as_csr(comm)
-    xadj, adj, w = _rank_graph_arrays(c)
+    xadj, adj, w, _ = _rank_graph_arrays(c)
     return sp.csr_array((w, adj, xadj), shape=c.shape)
 
 

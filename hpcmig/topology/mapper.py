@@ -92,16 +92,16 @@ def bisection_runs(n: int, nnz: int, tree: bool = True) -> int:
 def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,
               slots: int | npt.ArrayLike, seed: int = 0) -> Mapping:
     """Place the ranks of traffic matrix `comm` on `topology` with `slots` per node."""
-    from hpcmig.topology import _kernels_cost, _kernels_graph, _kernels_rb
+    from hpcmig.topology import _kernels_cost, _kernels_rb
 
     c = as_csr(comm)
     n = c.shape[0]
     caps = slot_array(topology, slots)
     check_fits(n, topology, caps)
-    xadj, adj, w = _rank_graph_arrays(c)
+    xadj, adj, w, near = _rank_graph_arrays(c, LOCAL_RADIUS * np.sqrt(n))
     graph = sp.csr_array((w, adj, xadj), shape=(n, n))
     dense = len(adj) > DENSE_DEGREE * n
-    local = _kernels_graph.near_fraction(xadj, adj, LOCAL_RADIUS * np.sqrt(n)) >= 0.5
+    local = near / max(len(adj), 1) >= 0.5
     if dense:
         hx, ha, he, hv, vofs, eofs, anc = _kernels_rb.build_hierarchy(
             xadj, adj, w, seed, MIN_COARSE, MAX_LEVELS, local, FIRST_SHRINK)

@@ -91,13 +91,15 @@ def _csr_int64(c: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             c.data)
 
 
-def _rank_graph_arrays(c: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR arrays (xadj, adj, w) of the rank graph C + C^T of a validated `c` (numba pass)."""
+def _rank_graph_arrays(c: sp.csr_array, radius: float = 0.0
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """CSR arrays (xadj, adj, w) of the rank graph C + C^T of a validated `c` (numba pass),
+    and how many of its entries (i, j) have |i - j| <= radius."""
     from numba import get_num_threads
 
     from hpcmig.topology import _kernels_graph
 
-    return _kernels_graph.symmetrize(*_csr_int64(c), get_num_threads())
+    return _kernels_graph.symmetrize(*_csr_int64(c), get_num_threads(), radius)
 
 
 def hop_bytes(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,

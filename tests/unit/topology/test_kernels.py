@@ -271,13 +271,16 @@ def _matrix(n: int, seed: int, symmetric: bool, diagonal: bool, zeros: bool) -> 
 
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize(("diagonal", "zeros"), [(False, False), (True, False), (False, True)])
-def test_symmetrize_matches_reference(symmetric: bool, diagonal: bool, zeros: bool) -> None:
+@pytest.mark.parametrize("radius", [0.5, 2.0, 6.0])
+def test_symmetrize_matches_reference(symmetric: bool, diagonal: bool, zeros: bool,
+                                      radius: float) -> None:
     csr = _matrix(11, 4, symmetric, diagonal, zeros)
-    xadj, adj, w = _kernels_graph.symmetrize(*csr_arrays_raw(csr), 2)
-    assert _kernels_graph._symmetric_drops(*csr_arrays_raw(csr), 3)[0] == (
+    xadj, adj, w, near = _kernels_graph.symmetrize(*csr_arrays_raw(csr), 2, radius)
+    assert _kernels_graph._symmetric_drops(*csr_arrays_raw(csr), 3, radius)[0] == (
         np.array_equal(csr.toarray(), csr.toarray().T))
     want = ref.symmetrize(csr.toarray().tolist())
     assert ref.dense(xadj, adj, w) == want
+    assert near / len(adj) == pytest.approx(ref.near_fraction(want, radius))
     # sorted rows, no zero entries, nothing on the diagonal
     for i in range(11):
         row = adj[xadj[i]:xadj[i + 1]]
@@ -293,7 +296,7 @@ def test_symmetric_check_and_drops_match_reference(chunks: int) -> None:
                                            (False, False, False)):
             csr = _matrix(11, seed, symmetric, diagonal, zeros)
             dense = csr.toarray()
-            sym, drops = _kernels_graph._symmetric_drops(*csr_arrays_raw(csr), chunks)
+            sym, drops, _ = _kernels_graph._symmetric_drops(*csr_arrays_raw(csr), chunks, 2.0)
             assert sym == np.array_equal(dense, dense.T)
             if sym:
                 want = [sum(1 for k in range(csr.indptr[i], csr.indptr[i + 1])
@@ -307,19 +310,12 @@ def test_symmetric_check_and_drops_match_reference(chunks: int) -> None:
             bad.data[-1] += 1.0
         else:
             bad = sp.csr_array(bad.toarray() + np.eye(11, k=10) * 3.0)
-        assert not _kernels_graph._symmetric_drops(*csr_arrays_raw(bad), chunks)[0]
+        assert not _kernels_graph._symmetric_drops(*csr_arrays_raw(bad), chunks, 2.0)[0]
 
 
 def csr_arrays_raw(csr: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CSR arrays as they are, explicit zeros and diagonal included."""
     return csr.indptr.astype(np.int64), csr.indices.astype(np.int64), csr.data
-
-
-@pytest.mark.parametrize("radius", [0.5, 2.0, 6.0])
-def test_near_fraction_matches_reference(small_graph: sp.csr_array, radius: float) -> None:
-    xadj, adj, ew = csr_arrays(small_graph)
-    got = _kernels_graph.near_fraction(xadj, adj, radius)
-    assert got == pytest.approx(ref.near_fraction(ref.dense(xadj, adj, ew), radius))
 
 
 @pytest.mark.parametrize("seq", [False, True])
