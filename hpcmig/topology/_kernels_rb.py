@@ -34,6 +34,7 @@ from hpcmig.topology._kernels import (  # noqa: E402
     _rand,
     contract,
     contract_into,
+    contract_parallel,
     fm_refine,
     grow_bisection,
     heavy_edge_matching,
@@ -49,6 +50,7 @@ from hpcmig.topology._kernels_task import (  # noqa: E402
 
 DENSE_TRIES = 16  # coarsest graphs with more entries per vertex get one initial try
 INIT_PASSES = 6  # FM passes after each initial bisection of the coarsest graph
+PARALLEL_CONTRACT = 1_000_000  # levels with this many entries are contracted on all cores
 
 
 @njit(cache=True)
@@ -186,8 +188,8 @@ def _grow_f(a: np.ndarray, need: int) -> np.ndarray:
 
 @njit(cache=True)
 def build_hierarchy(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, seed: int,
-                    min_vertices: int, max_levels: int, seq: bool, first_shrink: float
-                    ) -> tuple[np.ndarray, ...]:
+                    min_vertices: int, max_levels: int, seq: bool, first_shrink: float,
+                    chunks: int = 1) -> tuple[np.ndarray, ...]:
     """Coarsen the whole rank graph once by heavy-edge matching: levels 1..L.
 
     Returns (hx, ha, he, hv, vofs, eofs, anc). Level l >= 1 is the CSR graph
@@ -199,6 +201,8 @@ def build_hierarchy(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, seed: int
     level is kept when the first one still has more than `first_shrink` of the entries: the
     pairs then cut across the structure (all-to-all in rows and columns with ranks numbered
     at random pairs row with column partners), and clusters fixed once would spoil every cut.
+    Levels of PARALLEL_CONTRACT entries or more are contracted by `chunks` parallel blocks
+    (the same levels for any number).
     """
     n = len(xadj) - 1
     state = np.array([seed % (_MOD - 1) + 1], dtype=np.int64)
@@ -225,8 +229,13 @@ def build_hierarchy(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, seed: int
         hv = _grow_f(hv, v0 + nl)
         ha = _grow_i(ha, e0 + len(ca))
         he = _grow_f(he, e0 + len(ca))
-        nc, ne = contract_into(cx, ca, ce, cv, match, cmap, hx[v0 + levels:v0 + levels + nl + 1],
-                               ha[e0:e0 + len(ca)], he[e0:e0 + len(ca)], hv[v0:v0 + nl], mark)
+        cxo = hx[v0 + levels:v0 + levels + nl + 1]
+        if chunks > 1 and len(ca) >= PARALLEL_CONTRACT:
+            nc, ne = contract_parallel(cx, ca, ce, cv, match, cmap, cxo, ha[e0:e0 + len(ca)],
+                                       he[e0:e0 + len(ca)], hv[v0:v0 + nl], chunks)
+        else:
+            nc, ne = contract_into(cx, ca, ce, cv, match, cmap, cxo, ha[e0:e0 + len(ca)],
+                                   he[e0:e0 + len(ca)], hv[v0:v0 + nl], mark)
         if nc > 0.9 * nl or (levels == 0 and ne > first_shrink * len(adj)):
             break
         vofs[levels + 1] = v0 + nc

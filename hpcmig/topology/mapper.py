@@ -92,6 +92,8 @@ def bisection_runs(n: int, nnz: int, tree: bool = True) -> int:
 def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,
               slots: int | npt.ArrayLike, seed: int = 0) -> Mapping:
     """Place the ranks of traffic matrix `comm` on `topology` with `slots` per node."""
+    from numba import get_num_threads
+
     from hpcmig.topology import _kernels_cost, _kernels_rb
 
     c = as_csr(comm)
@@ -104,7 +106,8 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     local = near / max(len(adj), 1) >= 0.5
     if dense:
         hx, ha, he, hv, vofs, eofs, anc = _kernels_rb.build_hierarchy(
-            xadj, adj, w, seed, MIN_COARSE, MAX_LEVELS, local, FIRST_SHRINK)
+            xadj, adj, w, seed, MIN_COARSE, MAX_LEVELS, local, FIRST_SHRINK,
+            get_num_threads())
     else:  # no coarse levels: every bisection starts from the ranks
         hx, ha, he, hv = (np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64),
                           np.zeros(1), np.zeros(1))

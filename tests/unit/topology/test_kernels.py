@@ -52,6 +52,34 @@ def test_contract_matches_reference(small_graph: sp.csr_array) -> None:
     np.testing.assert_allclose(cbias, want_bias)
 
 
+@pytest.mark.parametrize("chunks", [1, 2, 3, 50])
+def test_contract_parallel_equals_contract_into(chunks: int) -> None:
+    # blocks of coarse vertices contracted apart give the same arrays, entry order included
+    for seed, visit_seq in ((0, True), (1, False), (2, True)):
+        g = random_graph(40, 0.3, seed)
+        xadj, adj, ew = csr_arrays(g)
+        n = len(xadj) - 1
+        vw = np.arange(1.0, n + 1.0)
+        visit = np.arange(n) if visit_seq else np.random.default_rng(seed).permutation(n)
+        match = _kernels.heavy_edge_matching(xadj, adj, ew, vw, 1e9, visit)
+        outs = []
+        for parallel in (False, True):
+            cmap, cx = np.empty(n, dtype=np.int64), np.empty(n + 1, dtype=np.int64)
+            ca, ce = np.empty(len(adj), dtype=np.int64), np.empty(len(adj))
+            cvw = np.empty(n)
+            if parallel:
+                nc, ne = _kernels.contract_parallel(xadj, adj, ew, vw, match, cmap, cx, ca, ce,
+                                                    cvw, chunks)
+            else:
+                nc, ne = _kernels.contract_into(xadj, adj, ew, vw, match, cmap, cx, ca, ce, cvw,
+                                                np.empty(n, dtype=np.int64))
+            outs.append((cmap.tolist(), cx[:nc + 1].tolist(), ca[:ne].tolist(),
+                         ce[:ne].tolist(), cvw[:nc].tolist()))
+        assert outs[0] == outs[1]
+        rmap, rmat, rvw = ref.contract(ref.dense(xadj, adj, ew), vw.tolist(), match.tolist())
+        assert outs[1][0] == rmap and outs[1][4] == rvw
+
+
 def test_objective_matches_reference(small_graph: sp.csr_array) -> None:
     xadj, adj, ew = csr_arrays(small_graph)
     n = len(xadj) - 1
