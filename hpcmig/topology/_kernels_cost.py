@@ -274,10 +274,56 @@ def _route(a: int, b: int, t: float, loads: np.ndarray, groups: np.ndarray,
                 cur[k] = (cur[k] + 1) % ring[k]
 
 
+@njit(cache=True, parallel=True)
+def _node_partners(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+                   node_of: np.ndarray, first: np.ndarray, ranks: np.ndarray, chunks: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every node's traffic summed per partner node, by `chunks` blocks of nodes in parallel.
+
+    Returns (base, count, partner, acc): node a's partners are partner[base[a] : base[a] +
+    count[a]] in order of first appearance over its ranks' entries, with the bytes acc. A
+    block writes from its own upper bound of pairs (entries, or nodes x (m - 1)), so only
+    the pairs written touch memory.
+    """
+    m = len(first) - 1
+    seg = np.zeros(chunks + 1, dtype=np.int64)
+    for t in range(chunks):
+        a0 = m * t // chunks
+        a1 = m * (t + 1) // chunks
+        ent = 0
+        for r in range(first[a0], first[a1]):
+            ent += indptr[ranks[r] + 1] - indptr[ranks[r]]
+        seg[t + 1] = seg[t] + min(ent, (a1 - a0) * max(m - 1, 0))
+    partner = np.empty(seg[chunks], dtype=np.int64)
+    acc = np.empty(seg[chunks], dtype=np.float64)
+    base = np.zeros(m, dtype=np.int64)
+    count = np.zeros(m, dtype=np.int64)
+    for t in prange(chunks):
+        a0 = m * t // chunks
+        a1 = m * (t + 1) // chunks
+        sums = np.zeros(m, dtype=np.float64)
+        touched = np.empty(max(m, 1), dtype=np.int64)
+        mark = np.full(m, -1, dtype=np.int64)
+        at = seg[t]
+        for a in range(a0, a1):
+            k = 0
+            for r in range(first[a], first[a + 1]):
+                i = ranks[r]
+                k = _partner_nodes(indptr[i], indptr[i + 1], indices, data, node_of, a, a,
+                                   mark, sums, touched, k)
+            base[a] = at
+            count[a] = k
+            for c in range(k):
+                partner[at + c] = touched[c]
+                acc[at + c] = sums[touched[c]]
+            at += k
+    return base, count, partner, acc
+
+
 @njit(cache=True)
 def link_loads(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, node_of: np.ndarray,
                groups: np.ndarray, link_of: np.ndarray, n_hier: int, coords: np.ndarray,
-               ring: np.ndarray) -> np.ndarray:
+               ring: np.ndarray, chunks: int) -> np.ndarray:
     """Bytes on each link when rank i (on node node_of[i]) sends data[i, j] to rank j.
 
     Hierarchical links are group uplinks (`link_of[node, level]`, -1 where a node has no
@@ -285,7 +331,9 @@ def link_loads(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, node_o
     nodes, both ways, takes one route: from the lower node index to the higher, in
     dimension order the shorter way round each ring (ties go the positive way). Ranks are
     taken node by node and each node's traffic summed per partner node before it is
-    routed, so a route is walked once per pair of nodes that talk, not once per entry.
+    routed, so a route is walked once per pair of nodes that talk, not once per entry; the
+    sums go in `chunks` parallel blocks of nodes (`_node_partners`), the routes in node
+    order, so the loads do not depend on `chunks`.
     """
     n = len(indptr) - 1
     m = groups.shape[0]
@@ -308,20 +356,14 @@ def link_loads(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, node_o
     for i in range(n):
         ranks[fill[node_of[i]]] = i
         fill[node_of[i]] += 1
-    acc = np.zeros(m, dtype=np.float64)
-    touched = np.empty(m, dtype=np.int64)
-    mark = np.full(m, -1, dtype=np.int64)
+    base, count, partner, acc = _node_partners(indptr, indices, data, node_of, first, ranks,
+                                               max(1, min(chunks, m)))
     for a in range(m):
-        count = 0
-        for r in range(first[a], first[a + 1]):
-            i = ranks[r]
-            count = _partner_nodes(indptr[i], indptr[i + 1], indices, data, node_of, a, a,
-                                   mark, acc, touched, count)
-        for c in range(count):
-            b = touched[c]
-            if acc[b] != 0.0:
+        for q in range(base[a], base[a] + count[a]):
+            b = partner[q]
+            if acc[q] != 0.0:
                 lo = min(a, b)
                 hi = max(a, b)
-                _route(lo, hi, acc[b], loads, groups, link_of, n_hier, coords, ring, stride,
+                _route(lo, hi, acc[q], loads, groups, link_of, n_hier, coords, ring, stride,
                        cur)
     return loads

@@ -128,6 +128,8 @@ def uplink_ids(topology: Topology) -> tuple[IntArray, int]:
 def link_loads(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,
                node_of: npt.ArrayLike) -> np.ndarray:
     """Bytes carried by every link (tree: each group's uplink bundle; torus: each ring link)."""
+    from numba import get_num_threads
+
     from hpcmig.topology import _kernels_cost
 
     c = as_csr(comm)
@@ -135,7 +137,7 @@ def link_loads(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topolog
     link_of, n_hier = uplink_ids(topology)
     groups, _, coords, ring = _topo_arrays(topology)
     return np.asarray(_kernels_cost.link_loads(
-        *_csr_int64(c), nodes, groups, link_of, n_hier, coords, ring))
+        *_csr_int64(c), nodes, groups, link_of, n_hier, coords, ring, get_num_threads()))
 
 
 def max_link_load(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,

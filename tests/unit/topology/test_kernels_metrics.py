@@ -52,9 +52,12 @@ def test_link_loads_match_reference(topo: Topology) -> None:
     node_of = rng.permutation(np.repeat(np.arange(topo.n_nodes), 3))
     link_of, n_hier = uplink_ids(topo)
     indptr, indices, data = csr_arrays(sp.csr_array(mat))
-    got = _kernels_cost.link_loads(indptr, indices, data, node_of, topo.groups, link_of,
-                                   n_hier, topo.coords, topo.ring)
-    np.testing.assert_allclose(got, _reference_loads(mat, node_of.tolist(), topo))
+    got = [_kernels_cost.link_loads(indptr, indices, data, node_of, topo.groups, link_of,
+                                    n_hier, topo.coords, topo.ring, chunks)
+           for chunks in (1, 2, 5, 100)]  # blocks of nodes summed apart: the same loads
+    np.testing.assert_allclose(got[0], _reference_loads(mat, node_of.tolist(), topo))
+    for other in got[1:]:
+        assert other.tolist() == got[0].tolist()
 
 
 def _reference_beyond(mat: list[list[float]], keep: int) -> float:
