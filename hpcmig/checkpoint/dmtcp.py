@@ -101,6 +101,8 @@ _PROCESSES = re.compile(r"^# Number of processes in the computation = (\d+)", re
 _WORKERS = re.compile(r"^worker_ckpts='([^']*)'", re.M)
 _WORKER = re.compile(r"::\s*(\S+)\s*:[a-z]+:\s*([^:]+)")
 _POLL = 0.02
+SETTLE = 1.0  # s without a process joining or leaving before a checkpoint is asked for
+SETTLE_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -508,18 +510,46 @@ def _prune(ckpt_dir: str, keep: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _settled(coordinator: Coordinator, peers: int, timeout: float) -> None:
+    """Wait until at least `peers` processes run under DMTCP and none joined or left for
+    SETTLE s. DMTCP 4.2.0 rejects a process forked while a checkpoint begins (its coordinator:
+    "state is not RUNNING or UNKNOWN; rejecting new connection") and the checkpoint then never
+    completes: seen when one was asked for 0.1 s after a 3-container Open MPI job's ranks
+    appeared, its daemons still forking them (1 first checkpoint of 6 in that loop)."""
+    t0 = time.monotonic()
+    seen, since = -1, t0
+    while True:
+        status = coordinator.status()
+        now = time.monotonic()
+        if not status.running or status.peers != seen:
+            seen, since = (status.peers if status.running else -1), now
+        elif status.peers >= peers and now - since >= SETTLE:
+            return
+        if now - t0 > timeout:
+            raise CheckpointError(
+                f"not every process of the job runs under DMTCP ({status.peers} do, at least "
+                f"{peers} expected, or their number still changes) after {timeout:g}s: the job "
+                "is starting or ending, so it was not checkpointed",
+                hint="hpcmigd asks again at the job's next interval")
+        time.sleep(_POLL * 5)
+
+
 def checkpoint(coordinator: Coordinator, timeout: float = 300.0, *,
-               keep: int = KEEP, hosts: int | None = None) -> Generation:
+               keep: int = KEEP, hosts: int | None = None,
+               peers: int | None = None) -> Generation:
     """Checkpoint every process connected to the coordinator into a new generation (the
-    job runs on). Raises CheckpointError when the checkpoint cannot complete (coordinator or
-    job gone, timeout) or, given the number of `hosts` the job runs on, holds the processes
-    of fewer (a host was lost: its processes left the computation, and a restart from such
-    a generation would wait for them for ever); the newest complete generation is then still
-    the previous one."""
+    job runs on), once at least `peers` of them run and their number has settled (waiting up
+    to SETTLE_TIMEOUT). Raises CheckpointError when the checkpoint cannot complete
+    (coordinator or job gone, timeout, not settled) or, given the number of `hosts` the job
+    runs on, holds the processes of fewer (a host was lost: its processes left the
+    computation, and a restart from such a generation would wait for them for ever); the
+    newest complete generation is then still the previous one."""
     if keep < 1:
         raise UsageError("dmtcp: keep at least one generation")
     ckpt_dir = coordinator.ckpt_dir
     with _locked(ckpt_dir):
+        if peers is not None:
+            _settled(coordinator, peers, min(timeout, SETTLE_TIMEOUT))
         status = coordinator.status()
         if status.peers == 0:
             raise CheckpointError("no process is connected to the job's DMTCP coordinator",

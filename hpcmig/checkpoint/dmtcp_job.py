@@ -11,7 +11,9 @@ the job's other containers are reached from there with hpcmig-rsh, as MPI does):
         the step's coordinator in this container (ADDR: this container's address, which
         every process of the job can reach); writes STEP/coordinator.json
     python -m hpcmig.checkpoint.dmtcp_job checkpoint STEP [--timeout S] [--keep K]
-        one generation of the running step, through its coordinator
+            [--hosts N] [--peers P]
+        one generation of the running step, through its coordinator, once at least P
+        processes run under DMTCP and their number settled; dropped unless it spans N hosts
     python -m hpcmig.checkpoint.dmtcp_job restart STEP --host ADDR --member I=ADDR ...
             --root I --status DIR --stdout F --stderr F [--prefix P] -- PYTHON...
         after a requeue: a new coordinator here, then in every container I the
@@ -93,14 +95,14 @@ def coordinator(step: str) -> dmtcp.Coordinator:
 
 
 def take(step: str, timeout: float, keep: int = dmtcp.KEEP,
-         hosts: int | None = None) -> dmtcp.Generation:
+         hosts: int | None = None, peers: int | None = None) -> dmtcp.Generation:
     """One generation of the running step, spanning `hosts` containers (dmtcp.checkpoint).
     DMTCP suspends the job for a checkpoint and has no way to call one off: one that does not
     complete within `timeout` ends the job (its coordinator stopped, its processes die with
     it) rather than leave it suspended."""
     coord = coordinator(step)
     try:
-        return dmtcp.checkpoint(coord, timeout, keep=keep, hosts=hosts)
+        return dmtcp.checkpoint(coord, timeout, keep=keep, hosts=hosts, peers=peers)
     except CheckpointError as exc:
         if "not complete after" not in str(exc):
             raise
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=int, default=dmtcp.KEEP)
     p.add_argument("--hosts", type=int, default=None,
                    help="containers the job runs in: a checkpoint of fewer is dropped")
+    p.add_argument("--peers", type=int, default=None,
+                   help="processes the job runs under DMTCP at least: none is asked for before")
     p = sub.add_parser("restart")
     p.add_argument("step")
     p.add_argument("--host", required=True)
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "start":
             out: dict = start(args.step, args.host, args.prefix).to_json()
         elif args.verb == "checkpoint":
-            gen = take(args.step, args.timeout, args.keep, args.hosts)
+            gen = take(args.step, args.timeout, args.keep, args.hosts, args.peers)
             out = {"generation": gen.number, "seconds": round(gen.seconds, 3),
                    "image_bytes": gen.image_bytes, "processes": len(gen.images)}
         else:

@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         from hpcmig.cli.run_dmtcp import Step
 
         step = Step(cfg, vc, run_dir, head, python, {"cwd": os.getcwd(), "munge_socket": munge},
-                    hosts=sum(1 for k in slots if k))
+                    hosts=sum(1 for k in slots if k), ranks=n)
         if (ended := step.ended()) is not None:
             print(f"hpcmig run: this step ended in an earlier run of the job (exit {ended})",
                   file=sys.stderr, flush=True)

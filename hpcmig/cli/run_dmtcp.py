@@ -45,7 +45,7 @@ class Step:
     """One `hpcmig run` of an engine=dmtcp job."""
 
     def __init__(self, cfg: Any, vc: Any, run_dir: Path, head: Any, python: list[str],
-                 common: dict[str, Any], hosts: int = 1) -> None:
+                 common: dict[str, Any], hosts: int = 1, ranks: int = 1) -> None:
         if vc.image:
             raise UsageError("engine=dmtcp runs on the node's own root, not in a .sif image",
                              hint="use engine=criu (the default) with image=")
@@ -61,6 +61,7 @@ class Step:
         self.signal: int | None = None  # the signal that stopped the step, if one did
         self.common, self.run_dir = common, run_dir
         self.hosts = hosts  # the containers that run ranks: each generation must span them
+        self.ranks = ranks
         self.tools = dmtcp.find_dmtcp(cfg.dmtcp_prefix)
         self.job_dir = Path(dmtcp_job.job_dir(os.getcwd(), vc.job_id))
         self.step = self.job_dir / f"step-{run_dir.name.rsplit('-', 1)[1]}"
@@ -139,7 +140,8 @@ class Step:
         if not request.exists():
             return
         try:
-            gen = self._in_head("checkpoint", "--hosts", str(self.hosts), timeout=660)
+            gen = self._in_head("checkpoint", "--hosts", str(self.hosts),
+                                "--peers", str(self.peers()), timeout=660)
             print(f"hpcmig run: DMTCP checkpoint generation {gen['generation']} "
                   f"({gen['processes']} processes, {gen['image_bytes'] / 2**20:.0f} MiB, "
                   f"{gen['seconds']:.1f} s)", file=sys.stderr, flush=True)
@@ -149,6 +151,12 @@ class Step:
                       flush=True)
         finally:
             request.unlink(missing_ok=True)
+
+    def peers(self) -> int:
+        """The fewest processes the running step has under DMTCP: its ranks, the launcher,
+        and per other host a daemon (orted, or MPICH's proxy) with DMTCP's ssh pair that
+        started it (dmtcp_ssh here, dmtcp_sshd there). A checkpoint waits for them."""
+        return self.ranks + 1 + 3 * (self.hosts - 1)
 
     def stopped(self, signal: int) -> None:
         self.signal = signal

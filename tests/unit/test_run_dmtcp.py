@@ -137,3 +137,15 @@ def test_a_step_whose_job_slurm_requeued_meanwhile_keeps_its_generations(
     slurm.state, slurm.restart = state, restart
     s.end(99)
     assert s.ended() is None and gen.exists()
+
+
+def test_a_checkpoint_waits_for_the_ranks_the_launcher_and_each_other_hosts_daemon(
+        tmp_path: Path, prefix: str, monkeypatch: Any) -> None:
+    """Its ranks, the launcher, and per other host a daemon with DMTCP's ssh pair (13 for 6
+    ranks of Open MPI on 3 hosts, as counted; MPICH has one proxy more, on the launcher's)."""
+    monkeypatch.chdir(tmp_path)
+    s = step(tmp_path, prefix)
+    s.hosts, s.ranks = 3, 6
+    assert s.peers() == 13
+    s.hosts, s.ranks = 1, 4
+    assert s.peers() == 5

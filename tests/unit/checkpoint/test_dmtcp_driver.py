@@ -32,14 +32,15 @@ if [ ! -z "$DMTCP_RESTART_DIR" ]; then
   for tmp in $given_ckpt_files; do
 """
 
-# A dmtcp_command: --status answers from $FAKE_PEERS; --bcheckpoint writes two images and a
-# restart script into $FAKE_CKPTDIR, naming the hosts of $FAKE_HOSTS (FAKE_MODE=crash: half
-# an image, then the coordinator $FAKE_COORD_PID dies; FAKE_MODE=hang: half an image, nothing
-# more).
+# A dmtcp_command: --status answers from $FAKE_PEERS (or the file $FAKE_PEERS_FILE);
+# --bcheckpoint writes two images and a restart script into $FAKE_CKPTDIR, naming the hosts
+# of $FAKE_HOSTS (FAKE_MODE=crash: half an image, then the coordinator $FAKE_COORD_PID dies;
+# FAKE_MODE=hang: half an image, nothing more).
 FAKE_COMMAND = r"""#!/bin/sh
 for a in "$@"; do last="$a"; done
 case "$last" in
---status) printf 'Status...\n  NUM_PEERS=%s\n  RUNNING=yes\n' "${FAKE_PEERS:-2}";;
+--status) p="${FAKE_PEERS:-2}"; [ -n "$FAKE_PEERS_FILE" ] && p=$(cat "$FAKE_PEERS_FILE")
+  printf 'Status...\n  NUM_PEERS=%s\n  RUNNING=yes\n' "$p";;
 --bcheckpoint)
   d="$FAKE_CKPTDIR"
   head -c 1000 /dev/zero > "$d/ckpt_a_1.dmtcp.temp"
@@ -314,3 +315,27 @@ def test_only_complete_generations_count(tmp_path: Path) -> None:
     assert [g.number for g in dmtcp.generations(str(tmp_path))] == [1]
     assert dmtcp.last_generation(str(tmp_path)).images == (
         str(tmp_path / "gen-1" / "ckpt_a.dmtcp"),)
+
+
+def test_a_checkpoint_waits_until_the_jobs_processes_run_and_settle(
+        coordinator: dmtcp.Coordinator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DMTCP 4.2.0 never completes a checkpoint that began while a process forked: none is
+    asked for before the job's processes are all there and their number stopped changing."""
+    import threading
+    import time
+
+    peers = tmp_path / "peers"
+    peers.write_text("7")
+    monkeypatch.setenv("FAKE_PEERS_FILE", str(peers))
+    monkeypatch.setattr(dmtcp, "SETTLE_TIMEOUT", 1.5)
+    before = sorted(os.listdir(coordinator.ckpt_dir))
+    with pytest.raises(CheckpointError, match=r"\(7 do, at least 9 expected"):
+        dmtcp.checkpoint(coordinator, 10, peers=9)
+    assert sorted(os.listdir(coordinator.ckpt_dir)) == before, "nothing was begun"
+    assert os.listdir(coordinator.current) == [], "nothing was asked of DMTCP"
+    monkeypatch.setattr(dmtcp, "SETTLE_TIMEOUT", 10.0)
+    threading.Timer(0.3, lambda: peers.write_text("9")).start()
+    t0 = time.monotonic()
+    gen = dmtcp.checkpoint(coordinator, 10, peers=9)
+    assert gen.number == 1
+    assert time.monotonic() - t0 >= 0.3 + dmtcp.SETTLE
