@@ -44,7 +44,7 @@ from hpcmig.testbed.plan import DMTCP_PREFIX_ENV, Plan  # noqa: E402
 from hpcmig.workloads import batch, ring  # noqa: E402
 from tests.integration.conftest import bench_testbed, settle  # noqa: E402
 from tests.integration.test_app_ckpt import HEAT, app_generations  # noqa: E402
-from tests.integration.test_dmtcp_job import steps  # noqa: E402
+from tests.integration.test_dmtcp_job import dmtcp_story, steps  # noqa: E402
 from tests.integration.test_migration import ELEMENTS  # noqa: E402
 from tests.integration.test_node_loss import (  # noqa: E402
     INTERVAL,
@@ -135,16 +135,17 @@ def run_case(case: str, plan: Plan, slurm: Slurm, home: Path, rep: int,
     result: dict[str, Any] = {"case": case, "run": rep, "engine": engine, "mpi": mpi,
                               "job_id": job_id,
                               "nodes": list(job.nodes), "victim": victim}
-    deadline = time.monotonic() + 4 * interval
-    want = 2 if engine == "app" else 1  # the app's lost work is measured per interval
-    while (taken := newest(engine, plan, job_id, job_dir)) is None or taken["n"] < want:
-        assert time.monotonic() < deadline, f"no generation in {4 * interval} s"
-        assert slurm.job(job_id).state == "RUNNING", "the job ended before a generation"
-        time.sleep(0.3)
-    time.sleep(max(0.0, taken["time"] + interval / 2 - time.time()))
-    crash_at = time.time()
-    print(cluster.fail(victim, "crash"), flush=True)
+    crashed = False
     try:
+        deadline = time.monotonic() + 4 * interval
+        want = 2 if engine == "app" else 1  # the app's lost work is measured per interval
+        while (taken := newest(engine, plan, job_id, job_dir)) is None or taken["n"] < want:
+            assert time.monotonic() < deadline, f"no generation in {4 * interval} s"
+            assert slurm.job(job_id).state == "RUNNING", "the job ended before a generation"
+            time.sleep(0.3)
+        time.sleep(max(0.0, taken["time"] + interval / 2 - time.time()))
+        crash_at, crashed = time.time(), True
+        print(cluster.fail(victim, "crash"), flush=True)
         deadline = time.monotonic() + 300
         while not ((again := slurm.job(job_id)).state == "RUNNING" and again.restart_count):
             assert again.state not in TERMINAL, f"the job ended {again.state} before a restart"
@@ -173,10 +174,13 @@ def run_case(case: str, plan: Plan, slurm: Slurm, home: Path, rep: int,
     except (AssertionError, SlurmError) as exc:  # (SlurmError: not ended in time)
         result |= {"ok": False, "error": str(exc)[:2000],
                    "output_tail": out.read_text(errors="replace")[-3000:]}
+        if engine == "dmtcp":  # its coordinators' logs, where its processes wait
+            result["dmtcp"] = dmtcp_story(Path(dmtcp_job.job_dir(str(job_dir), str(job_id))))
         if slurm.job(job_id).state not in TERMINAL:
             slurm.cancel(job_id)  # the next run needs the nodes
     finally:
-        revive(slurm, victim)
+        if crashed:
+            revive(slurm, victim)
     return result
 
 
