@@ -158,7 +158,8 @@ def finished_once(testbed: Plan, slurm: Slurm, job_id: int, out: Path, victim: s
 
 
 # MPICH: test_hpcmigd_killed_during_a_restart_restores_the_job_exactly_once crashes an MPICH
-# job's node half an interval after a generation and checks the same (twice, CI's time)
+# job's node half an interval after a generation and checks the same, twice (CI's time), but
+# for hpcmigd's decisions, which its restart forgets (the node's reason says "node lost")
 @pytest.mark.parametrize("mpi", ["openmpi"])
 def test_a_crashed_node_restarts_the_job_from_its_last_checkpoint(
         testbed: Plan, slurm: Slurm, job_dir: Path, crashed: list[str], mpi: str) -> None:
@@ -238,5 +239,4 @@ def test_hpcmigd_killed_during_a_restart_restores_the_job_exactly_once(
     print(f"node {victim} crashed {crash_at - taken['time']:.1f} s after generation "
           f"{taken['n']}; {lost:.1f} s of work lost")
     assert lost <= INTERVAL + 2, redone  # at most one interval (plus the dump's own pause)
-    decided = [d["what"] for d in hpcmigd.status()["decisions"]]
-    assert any(f"job {job_id}: {victim} lost" in d for d in decided), decided
+    # (the decision "lost" may be the killed hpcmigd's: the new one's status need not list it)
