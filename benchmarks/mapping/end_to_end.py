@@ -37,10 +37,10 @@ ROOT = HERE.parents[1]
 TIMED = ["fattree:16,16/fft/4096", "torus:8x8x4/fft/4096",
          "fattree:16,16,16/fft/65536", "torus:16x16x16/fft/65536"]
 
-# Runs `hpcmig map` with the phases it goes through timed; the report goes to stdout as
-# usual, the phases (JSON) to stderr's last line.
-CLI_WRAPPER = """
-import json, sys, time
+# The start of a job that times phases: timed(mod, name) wraps mod.name so that every call
+# adds its seconds to T[name] (warm.py's job starts with it too).
+TIMER = """
+import time
 T = {}
 def timed(mod, name):
     f = getattr(mod, name)
@@ -51,6 +51,12 @@ def timed(mod, name):
         finally:
             T[name] = T.get(name, 0.0) + time.perf_counter() - t
     setattr(mod, name, g)
+"""
+
+# Runs `hpcmig map` with the phases it goes through timed; the report goes to stdout as
+# usual, the phases (JSON) to stderr's last line.
+CLI_WRAPPER = TIMER + """
+import json, sys
 import hpcmig.topology.bounds as b, hpcmig.topology.comm as c
 import hpcmig.topology.mapper as m, hpcmig.topology.metrics as x
 for mod, name in ((c, "read_comm"), (m, "map_ranks"), (x, "max_link_load"), (b, "lower_bound")):

@@ -26,25 +26,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from end_to_end import ROOT, env_for, extract, machine, write_instances  # noqa: E402
+from end_to_end import (  # noqa: E402
+    ROOT,
+    TIMER,
+    env_for,
+    extract,
+    machine,
+    write_instances,
+)
 
 INSTANCES = ["fattree:16,16,16/fft/65536", "torus:16x16x16/fft/65536"]
 
 # argv: instance file, topology, inner runs; one JSON line per timed call on stdout.
-JOB = """
-import hashlib, json, sys, time
-T = {}
-def timed(mod, name):
-    f = getattr(mod, name, None)
-    if f is None:
-        return
-    def g(*a, **k):
-        t = time.perf_counter()
-        try:
-            return f(*a, **k)
-        finally:
-            T[name] = T.get(name, 0.0) + time.perf_counter() - t
-    setattr(mod, name, g)
+JOB = TIMER + """
+import hashlib, json, sys
 from hpcmig.topology import mapper, _kernels_cost, _kernels_graph, _kernels_rb
 from hpcmig.topology.comm import read_comm
 from hpcmig.topology.generate import load_topology
@@ -53,7 +48,8 @@ for mod, names in ((mapper, ["as_csr", "block_placement"]),
                    (_kernels_rb, ["build_hierarchy", "recursive_bisection"]),
                    (_kernels_cost, ["swap_refine", "hop_bytes", "whole_level"])):
     for name in names:
-        timed(mod, name)
+        if hasattr(mod, name):  # (the baseline's kernels may lack some)
+            timed(mod, name)
 comm = read_comm(sys.argv[1])
 topo = load_topology(sys.argv[2])
 mapper.map_ranks(comm, topo, 16, seed=0)
