@@ -73,6 +73,21 @@ def heavy_edge_matching(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: n
 
 
 @njit(cache=True)
+def number_pairs(match: np.ndarray, cmap: np.ndarray, reps: np.ndarray) -> int:
+    """Coarse ids of matched pairs, in the order of each pair's smaller vertex: cmap[v] for
+    every vertex, reps[c] the smaller vertex of pair c; returns the number of pairs."""
+    nc = 0
+    for v in range(len(match)):
+        u = match[v]
+        if u >= v:
+            cmap[v] = nc
+            cmap[u] = nc
+            reps[nc] = v
+            nc += 1
+    return nc
+
+
+@njit(cache=True)
 def contract_into(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndarray,
                   match: np.ndarray, cmap: np.ndarray, cxadj: np.ndarray, cadj: np.ndarray,
                   cew: np.ndarray, cvw: np.ndarray, mark: np.ndarray) -> tuple[int, int]:
@@ -82,15 +97,7 @@ def contract_into(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.ndar
     and `mark` (n) and `cadj`/`cew` (len(adj)) are large enough for any matching; only
     their first nc (+1) / ne entries are written.
     """
-    n = len(xadj) - 1
-    nc = 0
-    for v in range(n):
-        u = match[v]
-        if u >= v:
-            cmap[v] = nc
-            cmap[u] = nc
-            mark[nc] = v  # representative, overwritten below by the entry marks
-            nc += 1
+    nc = number_pairs(match, cmap, mark)  # representatives, overwritten below by the marks
     reps = mark[:nc].copy()
     mark[:nc] = -1
     cxadj[0] = 0
@@ -130,16 +137,8 @@ def contract_parallel(xadj: np.ndarray, adj: np.ndarray, ew: np.ndarray, vw: np.
     writes them in the same order of first appearance with the same sums; every block has
     its own marks. Two passes over the entries, on all cores.
     """
-    n = len(xadj) - 1
-    reps = np.empty(n, dtype=np.int64)
-    nc = 0
-    for v in range(n):
-        u = match[v]
-        if u >= v:
-            cmap[v] = nc
-            cmap[u] = nc
-            reps[nc] = v
-            nc += 1
+    reps = np.empty(len(xadj) - 1, dtype=np.int64)
+    nc = number_pairs(match, cmap, reps)
     cnt = np.zeros(nc + 1, dtype=np.int64)
     for t in prange(chunks):
         c0 = nc * t // chunks
