@@ -510,30 +510,6 @@ def _prune(ckpt_dir: str, keep: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _settled(coordinator: Coordinator, peers: int, timeout: float) -> None:
-    """Wait until at least `peers` processes run under DMTCP and none joined or left for
-    SETTLE s. DMTCP 4.2.0 rejects a process forked while a checkpoint begins (its coordinator:
-    "state is not RUNNING or UNKNOWN; rejecting new connection") and the checkpoint then never
-    completes: seen when one was asked for 0.1 s after a 3-container Open MPI job's ranks
-    appeared, its daemons still forking them (1 first checkpoint of 6 in that loop)."""
-    t0 = time.monotonic()
-    seen, since = -1, t0
-    while True:
-        status = coordinator.status()
-        now = time.monotonic()
-        if not status.running or status.peers != seen:
-            seen, since = (status.peers if status.running else -1), now
-        elif status.peers >= peers and now - since >= SETTLE:
-            return
-        if now - t0 > timeout:
-            raise CheckpointError(
-                f"not every process of the job runs under DMTCP ({status.peers} do, at least "
-                f"{peers} expected, or their number still changes) after {timeout:g}s: the job "
-                "is starting or ending, so it was not checkpointed",
-                hint="hpcmigd asks again at the job's next interval")
-        time.sleep(_POLL * 5)
-
-
 def checkpoint(coordinator: Coordinator, timeout: float = 300.0, *,
                keep: int = KEEP, hosts: int | None = None,
                peers: int | None = None) -> Generation:
@@ -548,8 +524,18 @@ def checkpoint(coordinator: Coordinator, timeout: float = 300.0, *,
         raise UsageError("dmtcp: keep at least one generation")
     ckpt_dir = coordinator.ckpt_dir
     with _locked(ckpt_dir):
-        if peers is not None:
-            _settled(coordinator, peers, min(timeout, SETTLE_TIMEOUT))
+        if peers is not None:  # (DMTCP 4.2.0 never completes a checkpoint that began while
+            # a process forked, rejecting it: seen 0.1 s after a 3-container Open MPI job's
+            # ranks appeared, its daemons still forking them; 1 first checkpoint of 6)
+            try:
+                wait_running(coordinator, peers, min(timeout, SETTLE_TIMEOUT), settle=SETTLE)
+            except CheckpointError as exc:
+                if not coordinator.alive():
+                    raise
+                raise CheckpointError(f"{exc}: the job is starting or ending, so it was not "
+                                      "checkpointed",
+                                      hint="hpcmigd asks again at the job's next interval"
+                                      ) from None
         status = coordinator.status()
         if status.peers == 0:
             raise CheckpointError("no process is connected to the job's DMTCP coordinator",
@@ -621,17 +607,28 @@ def restart_argv(tools: DmtcpTools, ckpt_dir: str, coordinator: Coordinator) -> 
             *gen.images]
 
 
-def wait_running(coordinator: Coordinator, peers: int, timeout: float = 60.0) -> float:
+def wait_running(coordinator: Coordinator, peers: int, timeout: float = 60.0,
+                 settle: float = 0.0) -> float:
     """Wait until `peers` processes are connected and running (after a launch or a
-    restart); return the seconds waited."""
+    restart), and with `settle` none joined or left for that many seconds; return the
+    seconds waited."""
     t0 = time.monotonic()
+    seen, since = -1, t0
     while True:
         if not coordinator.alive():
             raise CheckpointError("the job's DMTCP coordinator exited")
         status = coordinator.status()
-        if status.running and status.peers >= peers:
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
+        now = time.monotonic()
+        if not status.running or status.peers != seen:
+            seen, since = (status.peers if status.running else -1), now
+        if status.running and status.peers >= peers and now - since >= settle:
+            return now - t0
+        if now - t0 > timeout:
+            if settle:
+                raise CheckpointError(
+                    f"not every process of the job runs under DMTCP ({status.peers} do, at "
+                    f"least {peers} expected, or their number still changes) after "
+                    f"{timeout:g}s")
             raise CheckpointError(f"{status.peers} of {peers} processes running under DMTCP "
                                   f"after {timeout:g}s")
         time.sleep(0.05)
