@@ -49,7 +49,8 @@ def switch_scripts(ns: str) -> dict[bool, str]:
     if pins is None:
         raise HpcmigError(f"{ns}: the fast path is not loaded")
     ports = fastpath.ports(node.run(["ip", "-j", "-d", "addr", "show"]))
-    on = [step for dev in ports for step in fastpath.attach_plan(dev, pins)]
+    on = [step for dev, (_, kind) in ports.items()
+          for step in fastpath.attach_plan(dev, kind, pins)]
     off = [step for dev in ports for step in fastpath.detach_plan(dev)]
     return {True: "".join(" ".join(s[1:]) + "\n" for s in on),
             False: "".join(" ".join(s[1:]) + "\n" for s in off)}

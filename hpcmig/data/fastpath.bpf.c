@@ -1,5 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
-/* hpcmig's virtual-network fast path: a tc ingress program (see hpcmig/network/fastpath.py). */
+/* hpcmig's virtual-network fast path: tc ingress programs (see hpcmig/network/fastpath.py).
+ *
+ * hpcmig_ctr runs on the host side of every container's veth, hpcmig_link on the node's
+ * uplinks. Neither writes to the packet: a TCP segment's headers are shared with the copy
+ * in its socket's retransmission queue, and a write would make the kernel copy them first.
+ * So no TTL decrement (the kernel still forwards what goes from one uplink to another) and
+ * no MAC rewrite (into a container, bpf_redirect_peer marks the packet as the host's; out of
+ * an uplink, bpf_redirect_neigh writes the next hop's MAC into the free headroom).
+ */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -10,10 +18,13 @@
 #define AF_INET 2
 #define PORT_CONTAINER 1 /* the host side of a container's veth */
 #define PORT_UPLINK 2    /* the node's link towards the other nodes */
+#define ROUTE_USES 1024 /* a cached decision is taken again after this many packets */
+#define ROUTE_BITS 11 /* 2048 decisions cached per CPU */
 
 struct block_key { __u32 prefixlen; __u32 addr; };
 struct pair { __u32 src; __u32 dst; };
 struct count { __u64 bytes; __u64 packets; };
+struct route { __u64 gen; __u32 src, dst, ifindex, kind, nexthop, uses; };
 
 struct { /* address -> its job block {network, prefix length}, allowed blocks only */
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -37,66 +48,113 @@ struct { /* counted pairs (source on this node) -> bytes, packets */
 	__type(value, struct count);
 } hpcmig_traffic SEC(".maps");
 
-SEC("tc")
-int hpcmig_fast(struct __sk_buff *skb)
+/* Per CPU, slot of hash(source, destination) -> that pair and the decision of the lookups
+ * below (one job, the FIB's port and next hop). Valid while its gen is hpcmig_gen's, which
+ * the agent changes after every change of a route, a link, a job block or a port, and for
+ * ROUTE_USES packets at most (a route someone else changed applies from then on). An array
+ * slot is found without a helper call (a hash map's lookup cost 3x as much here), and one
+ * CPU's slots are only ever written by that CPU's programs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1 << ROUTE_BITS);
+	__type(key, __u32);
+	__type(value, struct route);
+} hpcmig_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} hpcmig_gen SEC(".maps");
+
+/* The decision for this packet, looked up afresh (and cached) unless cached and valid;
+ * NULL: not ours, the kernel's forwarding and the nft table decide. */
+static __always_inline struct route *decide(struct __sk_buff *skb, struct iphdr *ip)
 {
-	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = data + sizeof(*eth);
+	/* Fibonacci hashing: the top bits of the product depend on every bit of the pair */
+	__u32 slot = ((ip->saddr ^ (ip->daddr << 16 | ip->daddr >> 16)) * 0x9E3779B1u) >>
+		     (32 - ROUTE_BITS);
+	struct block_key k = { 32, ip->saddr };
 	struct bpf_fib_lookup fib = {};
-	__u32 in = skb->ingress_ifindex, *from, *to, *sb, *db;
-	struct block_key k = { 32, 0 };
+	__u32 zero = 0, *sb, *db, *to;
+	struct route *r;
+	__u64 *gen;
 	long rc;
 
-	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
-	    ip->ttl <= 1)
-		return TC_ACT_OK;
-	from = bpf_map_lookup_elem(&hpcmig_ports, &in);
-	if (!from)
-		return TC_ACT_OK;
-	k.addr = ip->saddr;
+	gen = bpf_map_lookup_elem(&hpcmig_gen, &zero);
+	r = bpf_map_lookup_elem(&hpcmig_routes, &slot);
+	if (!gen || !r)
+		return NULL;
+	if (r->src == ip->saddr && r->dst == ip->daddr && r->gen == *gen &&
+	    ++r->uses < ROUTE_USES)
+		return r;
 	sb = bpf_map_lookup_elem(&hpcmig_jobs, &k);
 	k.addr = ip->daddr;
 	db = bpf_map_lookup_elem(&hpcmig_jobs, &k);
 	if (!sb || !db || sb[0] != db[0] || sb[1] != db[1])
-		return TC_ACT_OK; /* not within one allowed job: the forward path decides */
+		return NULL; /* not within one allowed job */
 	fib.family = AF_INET;
 	fib.tos = ip->tos;
 	fib.l4_protocol = ip->protocol;
 	fib.ipv4_src = ip->saddr;
 	fib.ipv4_dst = ip->daddr;
-	fib.ifindex = in;
+	fib.ifindex = skb->ingress_ifindex;
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return TC_ACT_OK;
+		return NULL; /* no route, a blackhole during a move */
 	to = bpf_map_lookup_elem(&hpcmig_ports, &fib.ifindex);
-	if (!to || (*to == PORT_CONTAINER && rc != BPF_FIB_LKUP_RET_SUCCESS))
-		return TC_ACT_OK; /* a held or blackholed address, another device */
-	if (*from == PORT_CONTAINER) {
-		struct pair p = { ip->saddr, ip->daddr };
-		struct count *c = bpf_map_lookup_elem(&hpcmig_traffic, &p);
+	if (!to)
+		return NULL; /* a held address during a move, another device */
+	r->gen = *gen;
+	r->src = ip->saddr;
+	r->dst = ip->daddr;
+	r->ifindex = fib.ifindex;
+	r->kind = *to;
+	r->nexthop = fib.ipv4_dst; /* the gateway where the route has one */
+	r->uses = 0;
+	return r;
+}
+
+static __always_inline int forward(struct __sk_buff *skb, __u32 from)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+	struct route *r;
+	struct pair key;
+
+	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
+	    ip->ttl <= 1)
+		return TC_ACT_OK;
+	r = decide(skb, ip);
+	if (!r || (from == PORT_UPLINK && r->kind == PORT_UPLINK))
+		return TC_ACT_OK; /* passing through this node: the kernel decrements the TTL */
+	if (from == PORT_CONTAINER) {
+		key.src = ip->saddr;
+		key.dst = ip->daddr;
+		struct count *c = bpf_map_lookup_elem(&hpcmig_traffic, &key);
 		if (c) {
 			__sync_fetch_and_add(&c->bytes, skb->len - sizeof(*eth));
 			__sync_fetch_and_add(&c->packets, 1);
 		}
 	}
-	/* forward like the kernel would: TTL - 1 */
-	__u16 old = *(__u16 *)&ip->ttl;
-	ip->ttl--;
-	bpf_l3_csum_replace(skb, sizeof(*eth) + __builtin_offsetof(struct iphdr, check), old,
-			    *(__u16 *)&ip->ttl, 2);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > end)
-		return TC_ACT_SHOT;
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	if (*to == PORT_CONTAINER)
-		return bpf_redirect_peer(fib.ifindex, 0);
-	return bpf_redirect(fib.ifindex, 0);
+	if (r->kind == PORT_CONTAINER)
+		return bpf_redirect_peer(r->ifindex, 0);
+	struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = r->nexthop };
+	return bpf_redirect_neigh(r->ifindex, &nh, sizeof(nh), 0);
+}
+
+SEC("tc")
+int hpcmig_ctr(struct __sk_buff *skb)
+{
+	return forward(skb, PORT_CONTAINER);
+}
+
+SEC("tc")
+int hpcmig_link(struct __sk_buff *skb)
+{
+	return forward(skb, PORT_UPLINK);
 }
 
 char LICENSE[] SEC("license") = "GPL";

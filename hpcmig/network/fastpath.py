@@ -1,22 +1,28 @@
-"""The virtual network's fast path: a tc program that forwards a job's packets itself.
+"""The virtual network's fast path: tc programs that forward a job's packets themselves.
 
 Design note: pure functions, like `plan`; `hpcmig.network.node` runs them. Forwarded the
 kernel's way, a packet between two containers crosses the node's IP forwarding and the nft
-forward chain on each node (benchmarks/network: 1.4-1.7x native latency). The program in
-`hpcmig/data/fastpath.bpf.c` runs at tc ingress of every container's host-side veth and of
-the node's uplinks. For a packet whose two addresses lie in one allowed job block (map
-`hpcmig_jobs`, kept with the nft set `intra` by allow_job/forbid_job) and whose route (the
-kernel's FIB, so /32 routes and moves apply as before) leaves through a registered port (map
-`hpcmig_ports`), it decrements the TTL and redirects the packet: into the container's netns
-directly (`bpf_redirect_peer`) or out of the uplink (`bpf_redirect`, or `bpf_redirect_neigh`
-while the next hop's MAC is unknown). Everything else (another job's packets, a held or
-blackholed address during a move, other protocols) passes on to the kernel's forwarding and
-the nft table, which decides as before: isolation holds either way. The program counts the
-pairs of `hpcmig.network.traffic` that it forwards (map `hpcmig_traffic`; the nft set counts
-the rest). Node-local: the program and its maps are pinned under PIN_ROOT/net-<inode of the
-node's netns> in bpffs; the object is compiled once per source with clang into OBJECT_CACHE.
-Where any of this is missing (no clang or libbpf headers, no bpftool, no bpffs, a kernel that
-refuses the program), the node forwards the kernel's way and says why (`Path`).
+forward chain on each node (benchmarks/network: 1.4-1.7x native latency). The programs in
+`hpcmig/data/fastpath.bpf.c` run at tc ingress of every container's host-side veth
+(`hpcmig_ctr`) and of the node's uplinks (`hpcmig_link`). For a packet whose two addresses
+lie in one allowed job block (map `hpcmig_jobs`, kept with the nft set `intra` by
+allow_job/forbid_job) and whose route (the kernel's FIB, so /32 routes and moves apply as
+before) leaves through a registered port (map `hpcmig_ports`), they redirect the packet:
+into the container's netns directly (`bpf_redirect_peer`) or out of the uplink to the
+route's next hop (`bpf_redirect_neigh`), without writing to it (no TTL decrement: a write
+would copy the headers a TCP segment shares with its retransmission copy). What passes
+from one uplink to another, another job's packets, a held or blackholed address during a
+move and other protocols go on to the kernel's forwarding and the nft table, which decides
+as before: isolation holds either way. The decision per (source, destination) is cached
+per CPU in map `hpcmig_routes`, valid while its generation is the one in map `hpcmig_gen`
+and for 1024 of the pair's packets at most; the node changes that generation
+(`fastload.bump`) after every change of its routes, links or maps (`changes_routes`), so a
+move or a forbidden job applies to the next packet. The programs count the pairs of
+`hpcmig.network.traffic` that they forward (map `hpcmig_traffic`; the nft set counts the
+rest). Node-local: programs and maps are pinned under PIN_ROOT/net-<inode of the node's
+netns> in bpffs; the object is compiled once per source with clang into OBJECT_CACHE.
+Where any of this is missing (no clang or libbpf headers, no bpftool, no bpffs, a kernel
+that refuses the programs), the node forwards the kernel's way and says why (`Path`).
 """
 
 from __future__ import annotations
@@ -35,8 +41,11 @@ from hpcmig.network.traffic import Counts, Pair
 PIN_ROOT = "/sys/fs/bpf/hpcmig"
 OBJECT_CACHE = "/var/cache/hpcmig/bpf"
 CLANG = "clang"
-PROG, JOBS, PORTS, TRAFFIC = "hpcmig_fast", "hpcmig_jobs", "hpcmig_ports", "hpcmig_traffic"
+JOBS, PORTS, TRAFFIC = "hpcmig_jobs", "hpcmig_ports", "hpcmig_traffic"
+ROUTES, GEN = "hpcmig_routes", "hpcmig_gen"
 CONTAINER, UPLINK = 1, 2  # kinds of port (fastpath.bpf.c)
+PROGS = {CONTAINER: "hpcmig_ctr", UPLINK: "hpcmig_link"}  # the program for each kind
+PROG = PROGS[CONTAINER]  # its pin says the fast path is loaded
 CONTAINER_PREFIX = "hmv"  # plan.ContainerNet.host_veth
 TC_PREF = "49152"  # the filter's preference and handle: ours, whatever else is attached
 
@@ -84,14 +93,23 @@ def load_plan(obj: str, pins: str) -> list[list[str]]:
     return [["bpftool", "prog", "loadall", obj, pins, "type", "tc", "pinmaps", pins]]
 
 
-def attach_plan(dev: str, pins: str) -> list[list[str]]:
+def attach_plan(dev: str, kind: int, pins: str) -> list[list[str]]:
     return [["tc", "qdisc", "replace", "dev", dev, "clsact"],
             ["tc", "filter", "replace", "dev", dev, "ingress", "pref", TC_PREF, "handle", "1",
-             "bpf", "da", "object-pinned", f"{pins}/{PROG}"]]
+             "bpf", "da", "object-pinned", f"{pins}/{PROGS[kind]}"]]
 
 
 def detach_plan(dev: str) -> list[list[str]]:
     return [["tc", "filter", "del", "dev", dev, "ingress", "pref", TC_PREF]]
+
+
+_READS = {"show", "list", "ls", "get", "monitor"}
+
+
+def changes_routes(step: list[str]) -> bool:
+    """Whether the step may change what the FIB answers (an `ip` command other than a
+    read, or an `ip -batch`): the cached decisions must then be taken again."""
+    return step[:1] == ["ip"] and not _READS.intersection(step[1:])
 
 
 def _bytes(data: bytes) -> str:

@@ -64,6 +64,9 @@ class NodeNet:
             batch = f" (its commands: {'; '.join(input.splitlines())})" if (
                 input and "-batch" in step) else ""
             raise NetworkError(f"{exc}{batch}", hint=self._hint(step)) from None
+        finally:  # a failed batch may have made its first changes
+            if fast.changes_routes(step):
+                self._decide_afresh()
 
     def _here(self, step: Step) -> bool:
         """Run a kick or a sysctl of this netns in this process (no program to start: they
@@ -329,7 +332,7 @@ class NodeNet:
         links = self.run(["ip", "-j", "-d", "addr", "show", "dev", dev])
         for name, (index, kind) in fast.ports(links).items():
             self._bpftool(fast.port_entry(pins, index, kind))
-            self.run_all(fast.attach_plan(name, pins))
+            self.run_all(fast.attach_plan(name, kind, pins))
 
     def _attached(self, dev: str) -> bool:
         out = self.run(["tc", "-j", "filter", "show", "dev", dev, "ingress"], tolerate_gone=True)
@@ -346,7 +349,21 @@ class NodeNet:
 
     def _bpftool(self, lines: str, tolerate: bool = False) -> None:
         if lines:
-            self.run(["bpftool", "batch", "file", "-"], input=lines, tolerate_gone=tolerate)
+            try:
+                self.run(["bpftool", "batch", "file", "-"], input=lines, tolerate_gone=tolerate)
+            finally:
+                self._decide_afresh()
+
+    def _decide_afresh(self) -> None:
+        """After a change of the node's routes, links or the fast path's maps: the decisions
+        the fast path cached are taken again from the next packet on (fastload.bump)."""
+        if not (pins := self.pins()):
+            return
+        try:
+            fastload.bump(pins)
+        except OSError as exc:
+            log.warning("virtual network: the fast path keeps its cached decisions for up "
+                        "to 1 s after this change: %s", exc)
 
     def _dump(self, pins: str, table: str) -> str:
         return self.run(["bpftool", "-j", "map", "dump", "pinned", f"{pins}/{table}"])

@@ -78,7 +78,7 @@ def test_another_jobs_container_is_unreachable(net: dict) -> None:
     assert not pings(c1.netns, "10.252.0.65")  # other job, other node
     assert not pings(c3.netns, "10.252.0.2")  # other job, same node
     assert not pings(c3.netns, "10.252.0.1")
-    assert pings(c1.netns, "10.252.0.2")  # while the job's own traffic flows
+    assert pings(c1.netns, "10.252.0.2")  # while the job's own traffic flows (and is cached)
     net["n2"].forbid_job(JOB1)
     try:
         assert not pings(c1.netns, "10.252.0.2")  # proves the set is what lets it through
@@ -165,6 +165,7 @@ def test_the_network_lock_holds_packets_without_an_answer_and_delivers_them(net:
     """A ping sent while its address is locked gets no answer (no RST, no ICMP error) and
     is not lost: it is answered once the address points at a container again."""
     n2, c1, c2 = net["n2"], net["c1"], net["c2"]
+    assert pings(c1.netns, "10.252.0.2")  # the fast path has the pair's decision cached
     assert n2.hold(c2.address) == "hold"
     out, _ = hold.devices(c2.address)
     try:
@@ -195,6 +196,7 @@ def test_address_moves_to_another_node_and_routes_follow(net: dict) -> None:
     """What a migration does to the network: same /32, new node, routes re-pointed."""
     n1, n2, c1, c2 = net["n1"], net["n2"], net["c1"], net["c2"]
     moved = container_net(c2.address, "hpcmig-rtc2-moved")
+    assert pings(c1.netns, "10.252.0.2")  # cached on both nodes: the moves below apply
     n2.hold(c2.address)  # lock on the source
     n1.create_container_net(moved)  # target: same address in a fresh netns on node 1
     try:

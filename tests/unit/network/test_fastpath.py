@@ -63,6 +63,19 @@ def test_adding_counted_pairs_keeps_those_already_counted() -> None:
                      f"value {' '.join(['0'] * 16)}\n")
 
 
+def test_every_ip_change_and_no_read_makes_the_fast_path_decide_afresh() -> None:
+    changes = [["ip", "route", "replace", "10.252.0.2/32", "via", "10.253.0.2"],
+               ["ip", "-batch", "-"], ["ip", "-n", "x", "link", "del", "hmv0afc0001"],
+               ["ip", "neigh", "flush", "dev", "eth0"], ["ip", "addr", "add", "10.0.0.1/24",
+                                                         "dev", "eth0"]]
+    reads = [["ip", "-j", "route", "show", "table", "all", "10.252.0.2/32"],
+             ["ip", "-j", "-d", "addr", "show"], ["ip", "route", "get", "10.252.0.2"],
+             ["tc", "qdisc", "replace", "dev", "eth0", "clsact"], ["nft", "-f", "-"],
+             ["bpftool", "batch", "file", "-"]]
+    assert all(fastpath.changes_routes(s) for s in changes)
+    assert not any(fastpath.changes_routes(s) for s in reads)
+
+
 def test_the_object_is_named_by_its_source() -> None:
     src = fastpath.source()
     assert b"SEC(\"tc\")" in src and b"bpf_redirect_peer" in src
@@ -71,8 +84,10 @@ def test_the_object_is_named_by_its_source() -> None:
 
 
 def test_attach_and_detach_touch_only_our_filter() -> None:
-    attach = fastpath.attach_plan("eth0", PINS)
-    assert attach[-1][-2:] == ["object-pinned", f"{PINS}/hpcmig_fast"]
+    attach = fastpath.attach_plan("eth0", fastpath.UPLINK, PINS)
+    assert attach[-1][-2:] == ["object-pinned", f"{PINS}/hpcmig_link"]
+    veth = fastpath.attach_plan("hmv0afc0001", fastpath.CONTAINER, PINS)
+    assert veth[-1][-2:] == ["object-pinned", f"{PINS}/hpcmig_ctr"]
     assert attach[-1][6:8] == ["pref", fastpath.TC_PREF]
     assert fastpath.detach_plan("eth0") == [
         ["tc", "filter", "del", "dev", "eth0", "ingress", "pref", fastpath.TC_PREF]]
