@@ -363,7 +363,7 @@ class NodeNet:
             fastload.bump(pins)
         except OSError as exc:
             log.warning("virtual network: the fast path keeps its cached decisions for up "
-                        "to 1 s after this change: %s", exc)
+                        "to 1024 packets of each pair after this change: %s", exc)
 
     def _dump(self, pins: str, table: str) -> str:
         return self.run(["bpftool", "-j", "map", "dump", "pinned", f"{pins}/{table}"])
