@@ -86,8 +86,8 @@ static __always_inline struct route *decide(struct __sk_buff *skb, struct iphdr 
 	r = bpf_map_lookup_elem(&hpcmig_routes, &slot);
 	if (!gen || !r)
 		return NULL;
-	if (r->src == ip->saddr && r->dst == ip->daddr && r->gen == *gen &&
-	    ++r->uses < ROUTE_USES)
+	if (r->src == ip->saddr && r->dst == ip->daddr && r->gen == *gen && *gen &&
+	    ++r->uses < ROUTE_USES) /* generation 0: nothing cached yet, the slots are zero */
 		return r;
 	sb = bpf_map_lookup_elem(&hpcmig_jobs, &k);
 	k.addr = ip->daddr;
