@@ -41,12 +41,17 @@ INSTANCES = ["fattree:16,16,16/fft/65536", "torus:16x16x16/fft/65536"]
 JOB = TIMER + """
 import hashlib, json, sys
 from hpcmig.topology import mapper, _kernels_cost, _kernels_graph, _kernels_rb
+try:
+    from hpcmig.topology import _kernels_level
+except ImportError:  # (a baseline before it)
+    _kernels_level = None
 from hpcmig.topology.comm import read_comm
 from hpcmig.topology.generate import load_topology
 for mod, names in ((mapper, ["as_csr", "block_placement"]),
                    (_kernels_graph, ["symmetrize", "near_fraction"]),
                    (_kernels_rb, ["build_hierarchy", "recursive_bisection"]),
-                   (_kernels_cost, ["swap_refine", "hop_bytes", "whole_level"])):
+                   (_kernels_cost, ["swap_refine", "hop_bytes", "whole_level"]),
+                   (_kernels_level, ["cheapest_level", "mixed_hop_bytes"])):
     for name in names:
         if hasattr(mod, name):  # (the baseline's kernels may lack some)
             timed(mod, name)

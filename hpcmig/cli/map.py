@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
           f"   block {max_link_load(comm, topo, block):.6g}", file=out)
     if not args.no_bound:
         t0 = time.perf_counter()
-        bound = lower_bound(comm, topo, args.ranks_per_node, graph=mapping.graph)
+        bound = lower_bound(comm, topo, args.ranks_per_node, graph=mapping.graph,
+                            graph_scale=mapping.graph_scale)
         secs = time.perf_counter() - t0
         gap = mapping.hop_bytes / bound.total if bound.total else float("inf")
         print(f"lower bound {bound.total:.6g}   (mapping/bound = {gap:.3f}) in {secs:.2f} s",

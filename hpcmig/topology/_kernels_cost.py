@@ -47,42 +47,6 @@ def hop_bytes(xadj: np.ndarray, adj: np.ndarray, w: np.ndarray, node_of: np.ndar
 
 
 @njit(cache=True)
-def whole_level(anc: np.ndarray, node_of: np.ndarray) -> int:
-    """Coarsest hierarchy level whose clusters each lie on one node (0: none but the ranks).
-
-    `anc[l, v]` is the level-l cluster of rank v (`build_hierarchy`). Entries inside a
-    cluster then cost no hops, so hop-bytes summed over that level's graph with
-    `cluster_nodes` equal those over the rank graph.
-    """
-    n = anc.shape[1]
-    for lev in range(anc.shape[0] - 1, 0, -1):
-        nc = 0
-        for v in range(n):
-            nc = max(nc, anc[lev, v] + 1)
-        at = np.full(nc, -1, dtype=np.int64)
-        whole = True
-        for v in range(n):
-            c = anc[lev, v]
-            if at[c] == -1:
-                at[c] = node_of[v]
-            elif at[c] != node_of[v]:
-                whole = False
-                break
-        if whole:
-            return lev
-    return 0
-
-
-@njit(cache=True)
-def cluster_nodes(cluster: np.ndarray, node_of: np.ndarray, nc: int) -> np.ndarray:
-    """Node of every cluster (`cluster[v]` of rank v), as `whole_level` found them whole."""
-    out = np.zeros(nc, dtype=np.int64)
-    for v in range(len(cluster)):
-        out[cluster[v]] = node_of[v]
-    return out
-
-
-@njit(cache=True)
 def _rank_cost(v: int, at: int, xadj: np.ndarray, adj: np.ndarray, w: np.ndarray,
                node_of: np.ndarray, groups: np.ndarray, half: np.ndarray, coords: np.ndarray,
                ring: np.ndarray) -> float:

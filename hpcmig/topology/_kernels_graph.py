@@ -3,8 +3,9 @@
 Design note: private, arrays and scalars only, no validation (see `_kernels.py` for the
 conventions). Input matrices are CSR with sorted, unique column indices per row (what
 `comm.as_csr` returns). `symmetrize` turns the traffic matrix C into the undirected rank graph
-C + C^T (no diagonal, no zero entries) in O(entries): a parallel check and a parallel copy
-when C is symmetric (stencils, all-to-all), a counting-sort transpose otherwise; scipy's
+C + C^T (no diagonal, no zero entries) in O(entries): a parallel check (a multiset
+fingerprint of the entries against that of their mirrors) when C is symmetric (stencils,
+all-to-all; the graph is then C itself at scale 2), a counting-sort transpose otherwise; scipy's
 `C + C.T` costs seconds at 33 million entries. It also counts the entries between ranks
 close in rank (the symmetric case in the check's pass), which tells the mapper whether the
 rank numbering follows the communication and matching may go in rank order.
@@ -55,115 +56,121 @@ def _merge_row(i: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
     return k - at
 
 
-@njit(cache=True)
-def _first_at_least(indices: np.ndarray, lo: int, hi: int, col: int) -> int:
-    """First entry of the sorted row indices[lo:hi] with column >= col (hi if none)."""
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if indices[mid] < col:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+# Keys of the symmetry fingerprint (any fixed odd constants do; fixed, so a run is repeatable).
+_ROW_KEY = np.uint64(0x9E3779B97F4A7C15)
+_COL_KEY = np.uint64(0xC2B2AE3D27D4EB4F)
+_VAL_KEY = np.uint64(0x165667B19E3779F9)
+
+
+@njit(cache=True, inline="always")
+def _mix(x: np.uint64) -> np.uint64:
+    """MurmurHash3's 64-bit finalizer: a bijection of the 64-bit integers that spreads
+    every input bit over the output."""
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xFF51AFD7ED558CCD)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xC4CEB9FE1A85EC53)
+    x ^= x >> np.uint64(33)
+    return x
 
 
 @njit(cache=True, parallel=True)
 def _symmetric_drops(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, chunks: int,
                      radius: float) -> tuple[bool, np.ndarray, int]:
-    """(C == C^T exactly?, entries of each row on the diagonal or zero, entries kept near).
+    """(C == C^T?, entries of each row on the diagonal or zero, entries kept near).
 
     Kept entries are off the diagonal and non-zero; near ones have |i - j| <= radius.
 
-    Rows go in `chunks` parallel blocks. A block walks its rows in order; entry (i, j) below
-    the diagonal must be the next unmet entry of row j at or after the block's first row
-    (`cur`, found by binary search), with the same value; at the end every entry (j, i) of
-    the block's rows i above the diagonal must have been met. The answer does not depend on
-    `chunks`. The counts are complete only for a symmetric C.
+    One streaming pass, rows in `chunks` parallel blocks. C is symmetric when its entries
+    (i, j, value) and their mirrors (j, i, value) are the same multiset, so the check
+    compares two sums modulo 2^64 over all entries, of h(i, j, value) and of h(j, i, value),
+    h a keyed mix of the row's and column's keys and the value's bits (multiset hashing).
+    A symmetric C always passes. A C that is not passes only if the two sums collide, with
+    a chance of about 2^-64; it would then be mapped as 2C instead of C + C^T (a valid
+    placement, planned on the wrong weights). The answer does not depend on `chunks`.
+    Values are compared bit for bit (an entry -0.0 against 0.0 counts as not symmetric,
+    which only sends C to the exact merge). Reading each entry once, in order, takes a
+    fraction of the time of looking every mirror up (cache misses).
     """
     n = len(indptr) - 1
     drops = np.zeros(n, dtype=np.int64)
     near = np.zeros(n, dtype=np.int64)
-    ok = np.ones(chunks, dtype=np.bool_)
+    bits = data.view(np.uint64)
+    rkey = np.empty(n, dtype=np.uint64)
+    ckey = np.empty(n, dtype=np.uint64)
+    for i in prange(n):
+        rkey[i] = _mix(np.uint64(i) ^ _ROW_KEY)
+        ckey[i] = _mix(np.uint64(i) ^ _COL_KEY)
+    sums = np.zeros((chunks, 2), dtype=np.uint64)
     for t in prange(chunks):
-        r0 = n * t // chunks
-        r1 = n * (t + 1) // chunks
-        cur = np.empty(r1, dtype=np.int64)  # rows j < r1 meet this block's rows
-        for j in range(r1):
-            cur[j] = _first_at_least(indices, indptr[j], indptr[j + 1], max(r0, j + 1))
-        good = True
-        for i in range(r0, r1):
+        forward = np.uint64(0)
+        mirror = np.uint64(0)
+        for i in range(n * t // chunks, n * (t + 1) // chunks):
             d = 0
             close = 0
+            ri = rkey[i]
+            ci = ckey[i]
             for e in range(indptr[i], indptr[i + 1]):
                 j = indices[e]
                 if j == i or data[e] == 0.0:
                     d += 1
                 elif abs(j - i) <= radius:
                     close += 1
-                if j < i:
-                    k = cur[j]
-                    if k >= indptr[j + 1] or indices[k] != i or data[k] != data[e]:
-                        good = False
-                        break
-                    cur[j] = k + 1
+                v = bits[e] * _VAL_KEY
+                forward += _mix(ri + ckey[j] + v)
+                mirror += _mix(rkey[j] + ci + v)
             drops[i] = d
             near[i] = close
-            if not good:
-                break
-        if good:
-            for j in range(r1):
-                if cur[j] != _first_at_least(indices, indptr[j], indptr[j + 1], max(r1, j + 1)):
-                    good = False
-                    break
-        ok[t] = good
-    return bool(ok.all()), drops, int(near.sum())
+        sums[t, 0] = forward
+        sums[t, 1] = mirror
+    forward = np.uint64(0)
+    mirror = np.uint64(0)
+    for t in range(chunks):
+        forward += sums[t, 0]
+        mirror += sums[t, 1]
+    return forward == mirror, drops, int(near.sum())
 
 
 @njit(cache=True, parallel=True)
-def _doubled_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, xadj: np.ndarray,
-                  adj: np.ndarray, w: np.ndarray) -> None:
-    """Row by row in parallel: C's entries off the diagonal and non-zero, weights doubled."""
+def _kept_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, xadj: np.ndarray,
+               adj: np.ndarray, w: np.ndarray) -> None:
+    """Row by row in parallel: C's entries off the diagonal and non-zero."""
     for i in prange(len(indptr) - 1):
         k = xadj[i]
         for e in range(indptr[i], indptr[i + 1]):
             if indices[e] != i and data[e] != 0.0:
                 adj[k] = indices[e]
-                w[k] = 2.0 * data[e]
+                w[k] = data[e]
                 k += 1
-
-
-@njit(cache=True, parallel=True)
-def _doubled(data: np.ndarray) -> np.ndarray:
-    w = np.empty(len(data), dtype=np.float64)
-    for e in prange(len(data)):
-        w[e] = 2.0 * data[e]
-    return w
 
 
 @njit(cache=True)
 def symmetrize(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, chunks: int,
-               radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """CSR (xadj, adj, w) of C + C^T without diagonal and zero entries, and how many of its
-    entries (i, j) have |i - j| <= radius (does the rank numbering follow locality?).
+               radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    """CSR (xadj, adj, w) and `scale` of the rank graph C + C^T = scale * w, without
+    diagonal and zero entries, and how many of its entries (i, j) have |i - j| <= radius
+    (does the rank numbering follow locality?).
 
-    A symmetric C (the usual case) costs two parallel passes (check, copy) and keeps its
-    index arrays when it has no diagonal or zero entries; otherwise C^T is built by a
-    counting sort and merged row by row. `chunks`: blocks of rows checked in parallel (the
-    number of threads; the result does not depend on it).
+    A symmetric C (the usual case) is its own rank graph at scale 2: one parallel check,
+    then C's own arrays when it has no diagonal or zero entries, else a parallel copy of the
+    kept ones. Scaling every weight by a power of two changes no comparison the mapper makes
+    (the sums are exactly scaled), so it maps on w and scales the hop-bytes. Otherwise
+    (scale 1) C^T is built by a counting sort and merged row by row. `chunks`: blocks of
+    rows checked in parallel (the number of threads; the result does not depend on it).
     """
     n = len(indptr) - 1
     nnz = indptr[n]
     sym, drops, near = _symmetric_drops(indptr, indices, data, max(1, chunks), radius)
     if sym:
         if drops.sum() == 0:
-            return indptr, indices, _doubled(data), near
+            return indptr, indices, data, near, 2.0
         xadj = np.zeros(n + 1, dtype=np.int64)
         for i in range(n):
             xadj[i + 1] = xadj[i] + (indptr[i + 1] - indptr[i]) - drops[i]
         adj = np.empty(xadj[n], dtype=np.int64)
         w = np.empty(xadj[n], dtype=np.float64)
-        _doubled_rows(indptr, indices, data, xadj, adj, w)
-        return xadj, adj, w, near
+        _kept_rows(indptr, indices, data, xadj, adj, w)
+        return xadj, adj, w, near, 2.0
     tptr = np.zeros(n + 1, dtype=np.int64)
     for e in range(nnz):
         tptr[indices[e] + 1] += 1
@@ -189,7 +196,7 @@ def symmetrize(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, chunks
     w = np.empty(xadj[n], dtype=np.float64)
     for i in range(n):
         _merge_row(i, indptr, indices, data, tptr, tind, tdat, adj, w, xadj[i], True)
-    return xadj, adj, w, _near_count(xadj, adj, radius)
+    return xadj, adj, w, _near_count(xadj, adj, radius), 1.0
 
 
 @njit(cache=True)

@@ -86,18 +86,21 @@ def spectral_bound(eig: np.ndarray, n: int, group_slots: int) -> float:
 def rank_graph_of(comm: npt.ArrayLike | sp.sparray | sp.spmatrix) -> sp.csr_array:
     """The symmetric rank graph C + C^T by the mapper's numba pass (scipy's costs seconds)."""
     c = as_csr(comm)
-    xadj, adj, w, _ = _rank_graph_arrays(c)
-    return sp.csr_array((w, adj, xadj), shape=c.shape)
+    xadj, adj, w, _, scale = _rank_graph_arrays(c)
+    return sp.csr_array((scale * w, adj, xadj), shape=c.shape)
 
 
 def lower_bound(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology,
                 slots: int | npt.ArrayLike, spectral_limit: int = SPECTRAL_LIMIT,
-                graph: sp.csr_array | None = None) -> LowerBound:
+                graph: sp.csr_array | None = None, graph_scale: float = 1.0) -> LowerBound:
     """Per-level lower bounds on the hop-bytes of any placement of `comm` (see module doc).
 
-    `graph`: the rank graph of `comm` if already built (`Mapping.graph`), else it is built.
+    `graph`: the rank graph of `comm` divided by `graph_scale`, if already built
+    (`Mapping.graph`, `Mapping.graph_scale`), else it is built. Every bound is linear in
+    the weights, so it is computed on `graph` and scaled.
     """
     w = rank_graph_of(comm) if graph is None else graph
+    scale = 1.0 if graph is None else graph_scale
     n = w.shape[0]
     caps = slot_array(topology, slots)
     eig: np.ndarray | None = None
@@ -118,7 +121,9 @@ def lower_bound(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topolo
             rows.append(("node" if r == 0 else f"distance > {r}", 1.0, group_slots, r == 0))
             if group_slots >= n:
                 break
-    partner = partner_bounds(w, [row[2] for row in rows])
+    partner = [scale * b for b in partner_bounds(w, [row[2] for row in rows])]
+    if eig is not None:
+        eig = scale * eig
     return LowerBound([
         LevelBound(name, hops, slots_, part,
                    spectral_bound(eig, n, slots_) if eig is not None and spec else None)

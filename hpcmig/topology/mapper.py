@@ -64,7 +64,8 @@ class Mapping:
     hop_bytes: float
     block_hop_bytes: float
     method: str  # "recursive-bisection" or "block" (when block was not beaten)
-    graph: sp.csr_array = field(repr=False)  # rank graph C + C^T it was made on (for bounds)
+    graph: sp.csr_array = field(repr=False)  # rank graph C + C^T / graph_scale (for bounds)
+    graph_scale: float = field(default=1.0, repr=False)
 
     @property
     def hosts(self) -> list[str]:
@@ -94,13 +95,15 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     """Place the ranks of traffic matrix `comm` on `topology` with `slots` per node."""
     from numba import get_num_threads
 
-    from hpcmig.topology import _kernels_cost, _kernels_rb
+    from hpcmig.topology import _kernels_cost, _kernels_level, _kernels_rb
 
     c = as_csr(comm)
     n = c.shape[0]
     caps = slot_array(topology, slots)
     check_fits(n, topology, caps)
-    xadj, adj, w, near = _rank_graph_arrays(c, LOCAL_RADIUS * np.sqrt(n))
+    # w: the rank graph / scale (C itself when C is symmetric): every decision is the same
+    # on it (sums scale exactly by a power of two), only hop-bytes are scaled back
+    xadj, adj, w, near, scale = _rank_graph_arrays(c, LOCAL_RADIUS * np.sqrt(n))
     graph = sp.csr_array((w, adj, xadj), shape=(n, n))
     dense = len(adj) > DENSE_DEGREE * n
     local = near / max(len(adj), 1) >= 0.5
@@ -130,25 +133,26 @@ def map_ranks(comm: npt.ArrayLike | sp.sparray | sp.spmatrix, topology: Topology
     block = block_placement(n, topology, caps)
 
     def cost(where: IntArray) -> float:
-        """Hop-bytes of a placement, on the coarsest level whose clusters it keeps whole."""
-        lev = _kernels_cost.whole_level(anc, where) if dense else 0
+        """Hop-bytes of a placement, read on the hierarchy level where that is cheapest."""
+        lev, at = (_kernels_level.cheapest_level(anc, where, xadj, vofs, eofs) if dense
+                   else (0, anc[0]))
         if lev == 0:
-            return 0.5 * _kernels_cost.hop_bytes(xadj, adj, w, where, groups, half, coords,
-                                                 ring)
-        x, a, e, cw = _kernels_rb._level(lev, xadj, adj, w, hx, ha, he, hv, vofs, eofs, hv)
-        on = _kernels_cost.cluster_nodes(anc[lev], where, len(cw))
-        return 0.5 * _kernels_cost.hop_bytes(x, a, e, on, groups, half, coords, ring)
+            return 0.5 * scale * _kernels_cost.hop_bytes(xadj, adj, w, where, groups, half,
+                                                         coords, ring)
+        x, a, e, _ = _kernels_rb._level(lev, xadj, adj, w, hx, ha, he, hv, vofs, eofs, hv)
+        return 0.5 * scale * _kernels_level.mixed_hop_bytes(x, a, e, at, anc[lev], xadj, adj, w,
+                                                           where, groups, half, coords, ring)
 
     ours = cost(node_of)
     base = cost(block)
     if ours <= base:
-        return Mapping(topology, node_of, ours, base, "recursive-bisection", graph)
+        return Mapping(topology, node_of, ours, base, "recursive-bisection", graph, scale)
     refined = block.copy()
     gain = _kernels_cost.swap_refine(xadj, adj, w, refined, caps, groups, half, coords, ring,
                                      REFINE_PASSES, seed, SWAP_CANDIDATES)
     if gain <= 0.0:
-        return Mapping(topology, block, base, base, "block", graph)
+        return Mapping(topology, block, base, base, "block", graph, scale)
     refined_hb = cost(refined)
     if refined_hb > base:
-        return Mapping(topology, block, base, base, "block", graph)
-    return Mapping(topology, refined, refined_hb, base, "block", graph)
+        return Mapping(topology, block, base, base, "block", graph, scale)
+    return Mapping(topology, refined, refined_hb, base, "block", graph, scale)

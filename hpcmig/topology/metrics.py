@@ -92,9 +92,10 @@ def _csr_int64(c: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _rank_graph_arrays(c: sp.csr_array, radius: float = 0.0
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """CSR arrays (xadj, adj, w) of the rank graph C + C^T of a validated `c` (numba pass),
-    and how many of its entries (i, j) have |i - j| <= radius."""
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    """CSR arrays (xadj, adj, w) and `scale` of the rank graph C + C^T = scale * w of a
+    validated `c` (numba pass; w may be c's own data), and how many of its entries (i, j)
+    have |i - j| <= radius."""
     from numba import get_num_threads
 
     from hpcmig.topology import _kernels_graph

@@ -303,7 +303,9 @@ def _matrix(n: int, seed: int, symmetric: bool, diagonal: bool, zeros: bool) -> 
 def test_symmetrize_matches_reference(symmetric: bool, diagonal: bool, zeros: bool,
                                       radius: float) -> None:
     csr = _matrix(11, 4, symmetric, diagonal, zeros)
-    xadj, adj, w, near = _kernels_graph.symmetrize(*csr_arrays_raw(csr), 2, radius)
+    xadj, adj, w, near, scale = _kernels_graph.symmetrize(*csr_arrays_raw(csr), 2, radius)
+    assert scale == (2.0 if np.array_equal(csr.toarray(), csr.toarray().T) else 1.0)
+    w = scale * w
     assert _kernels_graph._symmetric_drops(*csr_arrays_raw(csr), 3, radius)[0] == (
         np.array_equal(csr.toarray(), csr.toarray().T))
     want = ref.symmetrize(csr.toarray().tolist())
@@ -339,6 +341,14 @@ def test_symmetric_check_and_drops_match_reference(chunks: int) -> None:
         else:
             bad = sp.csr_array(bad.toarray() + np.eye(11, k=10) * 3.0)
         assert not _kernels_graph._symmetric_drops(*csr_arrays_raw(bad), chunks, 2.0)[0]
+    # equal row and column sums, equal values, not symmetric: a directed cycle, and a
+    # matrix whose mirror is the same set of values on other pairs
+    for dense in (np.roll(np.eye(7), 1, axis=1) * 3.0,
+                  np.array([[0, 1, 2], [2, 0, 1], [1, 2, 0]], dtype=np.float64)):
+        c = sp.csr_array(dense)
+        assert not _kernels_graph._symmetric_drops(*csr_arrays_raw(c), chunks, 2.0)[0]
+        xadj, adj, w, _, scale = _kernels_graph.symmetrize(*csr_arrays_raw(c), chunks, 2.0)
+        assert scale == 1.0 and ref.dense(xadj, adj, w) == ref.symmetrize(dense.tolist())
 
 
 def csr_arrays_raw(csr: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hpcmig.topology import _kernels_cost, _kernels_graph, _kernels_rb
+from hpcmig.topology import _kernels_cost, _kernels_graph, _kernels_level, _kernels_rb
 from hpcmig.topology.generate import dragonfly, fat_tree, torus
 from hpcmig.topology.metrics import uplink_ids
 from hpcmig.topology.model import Topology
@@ -87,9 +87,10 @@ def test_beyond_heaviest_keeps_ties_and_skips_short_rows() -> None:
 
 
 @pytest.mark.parametrize("seq", [False, True])
-def test_hop_bytes_on_whole_clusters_equal_those_on_ranks(seq: bool) -> None:
-    # 32 ranks, 4 per node of a 2x2x2 fat-tree: placements keeping the hierarchy's clusters
-    # of some level whole are measured on that level's graph, and give the same hop-bytes
+def test_hop_bytes_read_on_any_level_equal_those_on_ranks(seq: bool) -> None:
+    # 32 ranks, 4 per node of a 2x2x2 fat-tree: hop-bytes read on a hierarchy level (whole
+    # clusters as the level's entries, split ones on the ranks) equal those on the ranks,
+    # for placements keeping a level's clusters whole, splitting a few, or random ones
     g = random_graph(32, 0.4, 3)
     xadj, adj, ew = csr_arrays(g)
     hx, ha, he, hv, vofs, eofs, anc = _kernels_rb.build_hierarchy(xadj, adj, ew, 5, 4, 10, seq,
@@ -101,24 +102,35 @@ def test_hop_bytes_on_whole_clusters_equal_those_on_ranks(seq: bool) -> None:
     dist = [[ref.distance(topo.groups, topo.half, topo.coords, topo.ring, a, b)
              for b in range(topo.n_nodes)] for a in range(topo.n_nodes)]
     rng = np.random.default_rng(0)
+    seen_whole = seen_split = 0
     for lev in range(anc.shape[0]):
         nc = int(anc[lev].max()) + 1
-        for _ in range(3):  # clusters of `lev` on random nodes (whole by construction)
+        for moved in (0, 1, 3, 32):  # clusters of `lev` on random nodes, then ranks moved
             node_of = rng.integers(0, topo.n_nodes, nc)[anc[lev]]
-            got_lev = _kernels_cost.whole_level(anc, node_of)
-            assert got_lev >= lev
-            whole = [len({int(node_of[v]) for v in range(32) if anc[got_lev, v] == c}) == 1
-                     for c in range(int(anc[got_lev].max()) + 1)]
-            assert all(whole)
-            if got_lev + 1 < anc.shape[0]:  # the next level up is not whole
-                up = anc[got_lev + 1]
-                assert any(len({int(node_of[v]) for v in range(32) if up[v] == c}) > 1
-                           for c in range(int(up.max()) + 1))
+            node_of[rng.choice(32, moved, replace=False)] = rng.integers(0, topo.n_nodes, moved)
             want = ref.hop_bytes(ref.dense(xadj, adj, ew), node_of.tolist(), dist)
-            if got_lev == 0:
-                x, a, e, on = xadj, adj, ew, node_of
+            for at_lev in range(1, anc.shape[0]):
+                cl = anc[at_lev]
+                at = _kernels_level.cluster_at(cl, node_of, int(cl.max()) + 1)
+                split = {int(c) for c in range(len(at))
+                         if len({int(node_of[v]) for v in range(32) if cl[v] == c}) > 1}
+                assert {int(c) for c in np.flatnonzero(at < 0)} == split
+                seen_whole += int((at >= 0).sum())
+                seen_split += len(split)
+                x, a, e, _ = _kernels_rb._level(at_lev, xadj, adj, ew, hx, ha, he, hv, vofs,
+                                                eofs, hv)
+                got = _kernels_level.mixed_hop_bytes(x, a, e, at, cl, xadj, adj, ew, node_of,
+                                                    *arrays)
+                assert got == pytest.approx(want)
+            best, at = _kernels_level.cheapest_level(anc, node_of, xadj, vofs, eofs)
+            if best == 0:
+                got = _kernels_cost.hop_bytes(xadj, adj, ew, node_of, *arrays)
             else:
-                x, a, e, cw = _kernels_rb._level(got_lev, xadj, adj, ew, hx, ha, he, hv, vofs,
-                                                 eofs, hv)
-                on = _kernels_cost.cluster_nodes(anc[got_lev], node_of, len(cw))
-            assert _kernels_cost.hop_bytes(x, a, e, on, *arrays) == pytest.approx(want)
+                x, a, e, _ = _kernels_rb._level(best, xadj, adj, ew, hx, ha, he, hv, vofs,
+                                                eofs, hv)
+                got = _kernels_level.mixed_hop_bytes(x, a, e, at, anc[best], xadj, adj, ew,
+                                                    node_of, *arrays)
+            assert got == pytest.approx(want)
+            if moved == 0 and lev > 0:  # whole clusters: a coarse level reads fewer entries
+                assert best > 0
+    assert seen_whole and seen_split
