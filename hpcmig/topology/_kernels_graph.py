@@ -10,8 +10,8 @@ all-to-all; the graph is then C itself at scale 2), a counting-sort transpose ot
 close in rank (the symmetric case in the check's pass), which tells the mapper whether the
 rank numbering follows the communication and matching may go in rank order.
 `beyond_heaviest` gives the heaviest-partner lower bound of `bounds.py` for several group
-sizes in one parallel pass (a row is sorted only when it has more partners than a group
-keeps; scipy's lexsort of all entries took seconds at 33 million).
+sizes in one parallel pass (a row is partitioned once per group size it exceeds, never
+sorted; scipy's lexsort of all entries took seconds at 33 million).
 """
 
 from __future__ import annotations
@@ -210,37 +210,37 @@ def _near_count(xadj: np.ndarray, adj: np.ndarray, radius: float) -> int:
     return near
 
 
+@njit(cache=True)
+def _beyond_row(row: np.ndarray, keeps: np.ndarray, out: np.ndarray) -> None:
+    """out[q] = the weight of `row` beyond its keeps[q] heaviest entries (`keeps` ascending)."""
+    top = row  # the entries still kept, heaviest last after each partition
+    rest = 0.0
+    for q in range(len(keeps) - 1, -1, -1):
+        k = keeps[q]
+        if k >= len(top):
+            continue
+        if k > 0:
+            top = np.partition(top, len(top) - k)
+        for e in range(len(top) - k):
+            rest += top[e]
+        top = top[len(top) - k:]
+        out[q] = rest
+
+
 @njit(cache=True, parallel=True)
 def beyond_heaviest(xadj: np.ndarray, w: np.ndarray, keeps: np.ndarray) -> np.ndarray:
     """out[q] = sum over rows of the weight beyond the row's keeps[q] heaviest entries.
 
-    `keeps` ascending. Rows with at most keeps[0] entries add nothing; the others sort only
-    their max(keeps) heaviest entries (after a partition).
+    `keeps` ascending. A row adds nothing for keeps of at least its length. Otherwise, from
+    the largest such keep down, a partition splits the row's part still kept into its
+    lightest entries (summed into the rest) and the keep's heaviest: each keep costs a pass
+    over the part kept by the previous one, no sort.
     """
     n = len(xadj) - 1
     nk = len(keeps)
     per = np.zeros((n, nk), dtype=np.float64)
     for i in prange(n):
-        a = xadj[i]
-        deg = xadj[i + 1] - a
-        if deg <= keeps[0]:
-            continue
-        row = w[a:a + deg]
-        total = 0.0
-        for e in range(deg):
-            total += row[e]
-        kmax = min(keeps[nk - 1], deg)
-        top = np.zeros(0, dtype=np.float64)
-        if kmax > 0:
-            top = np.sort(np.partition(row, deg - kmax)[deg - kmax:])  # ascending
-        acc = 0.0
-        taken = 0
-        for q in range(nk):
-            k = min(keeps[q], deg)
-            while taken < k:
-                acc += top[kmax - 1 - taken]
-                taken += 1
-            per[i, q] = max(total - acc, 0.0)
+        _beyond_row(w[xadj[i]:xadj[i + 1]], keeps, per[i])
     out = np.zeros(nk, dtype=np.float64)
     for i in range(n):
         for q in range(nk):
