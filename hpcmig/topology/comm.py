@@ -41,10 +41,12 @@ def as_csr(matrix: npt.ArrayLike | sp.sparray | sp.spmatrix, what: str = "traffi
         raise UsageError(f"{what} must be square (N x N), got {rows} x {cols}")
     if rows == 0:
         raise UsageError(f"{what} is empty")
-    if not np.all(np.isfinite(csr.data)):
-        raise UsageError(f"{what} has NaN or infinite entries")
-    if np.any(csr.data < 0):
-        raise UsageError(f"{what} has negative entries (bytes cannot be negative)")
+    if csr.data.size:  # two reductions, no temporary arrays (NaN makes min and max NaN)
+        lo, hi = float(csr.data.min()), float(csr.data.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise UsageError(f"{what} has NaN or infinite entries")
+        if lo < 0:
+            raise UsageError(f"{what} has negative entries (bytes cannot be negative)")
     csr.sum_duplicates()
     csr.sort_indices()
     return csr

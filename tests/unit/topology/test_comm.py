@@ -34,6 +34,11 @@ def _write_raw(path: Path, data: np.ndarray) -> None:
     (np.ones(3), "2-dimensional"),
     (-np.ones((3, 3)), "negative"),
     (np.full((2, 2), np.nan), "NaN"),
+    # one bad entry among good ones, anywhere in the range of the others
+    (np.array([[0, 5.0, np.nan], [1, 0, 2], [3, 4, 0]]), "NaN or infinite"),
+    (np.array([[0, 5.0, np.inf], [1, 0, 2], [3, 4, 0]]), "NaN or infinite"),
+    (np.array([[0, 5.0, -np.inf], [1, 0, 2], [3, 4, 0]]), "NaN or infinite"),
+    (np.array([[0, 5.0, -1e-300], [1, 0, 2], [3, 4, 0]]), "negative"),
 ])
 def test_bad_dense_matrices(tmp_path: Path, data: np.ndarray, message: str) -> None:
     _write_raw(tmp_path / "m.h5", data)
