@@ -85,12 +85,13 @@ def _symmetric_drops(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
     (i, j, value) and their mirrors (j, i, value) are the same multiset, so the check
     compares two sums modulo 2^64 over all entries, of h(i, j, value) and of h(j, i, value),
     h a keyed mix of the row's and column's keys and the value's bits (multiset hashing).
-    A symmetric C always passes. A C that is not passes only if the two sums collide, with
-    a chance of about 2^-64; it would then be mapped as 2C instead of C + C^T (a valid
-    placement, planned on the wrong weights). The answer does not depend on `chunks`.
-    Values are compared bit for bit (an entry -0.0 against 0.0 counts as not symmetric,
-    which only sends C to the exact merge). Reading each entry once, in order, takes a
-    fraction of the time of looking every mirror up (cache misses).
+    A symmetric C always passes. A C that is not passes only if the two sums collide
+    (about 2^-64), or if a mirror's mixed input equals another entry's with the same value
+    (at most entries x 2^-64: below 2^-39 at 33 million entries); it would then be mapped as
+    2C instead of C + C^T (a valid placement, planned on the wrong weights). The answer does
+    not depend on `chunks`. Values are compared bit for bit (an entry -0.0 against 0.0
+    counts as not symmetric, which only sends C to the exact merge). Reading each entry
+    once, in order, takes a fraction of the time of looking every mirror up (cache misses).
     """
     n = len(indptr) - 1
     drops = np.zeros(n, dtype=np.int64)
