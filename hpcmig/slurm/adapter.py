@@ -137,6 +137,15 @@ class Slurm:
         self._run(["scontrol", "requeuehold" if hold else "requeue", str(job_id)])
 
     def release(self, job_id: int) -> None:
+        """Release a held job, to start as soon as it fits. Slurm gives a requeued job an
+        EligibleTime about 20 s ahead, and nothing schedules it when that time comes but the
+        next periodic pass (up to a minute later): StartTime=now takes that delay back, so
+        the pass the release itself triggers starts it."""
+        try:
+            self._run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
+        except SlurmError as exc:  # started meanwhile (released before): nothing to take back
+            if "pending" not in str(exc).lower():
+                raise
         self._run(["scontrol", "release", str(job_id)])
 
     def set_excluded(self, job_id: int, nodes: Sequence[str]) -> None:

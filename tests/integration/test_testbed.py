@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -113,7 +114,15 @@ def test_requeue_keeps_the_id_and_counts_restarts(testbed: Plan, slurm: Slurm,
         slurm.set_excluded(job_id, ["node1", "node3"])
         job = slurm.job(job_id)
         assert job.restart_count == 1 and job.excluded == ("node1", "node3")
+        before = time.time()
         slurm.release(job_id)
+        # eligible at once: not after Slurm's requeue delay (about 20 s, then up to a minute
+        # more for the next periodic scheduler pass)
+        shown = subprocess.run(["scontrol", "-o", "show", "job", str(job_id)],
+                               capture_output=True, text=True, check=True).stdout
+        eligible = re.search(r"EligibleTime=(\S+)", shown)
+        assert eligible and time.mktime(time.strptime(eligible[1], "%Y-%m-%dT%H:%M:%S")) \
+            <= before + 2, shown
         job = slurm.wait(job_id, timeout=60, states={"RUNNING"})
         assert job.nodes == ("node2",) and job.job_id == job_id
     finally:

@@ -282,3 +282,25 @@ def test_a_missing_prolog_or_alloc_flag_is_warned_about(change: dict[str, str]) 
     config = parse.config_from_text((FIX / "scontrol_show_config_22.05.txt").read_text())
     (warning,) = diagnose.config_warnings({**config, **change})
     assert "hpcmig-prolog" in warning and "PrologFlags=Alloc" in warning
+
+
+# -- release: Slurm's requeue delay taken back ------------------------------------------------
+
+@pytest.mark.parametrize(("update_error", "released"), [
+    ("", True),
+    ("slurm_update error: Job is no longer pending execution", True),  # released before
+    ("slurm_update error: Access/permission denied", False),
+])
+def test_release_sets_the_start_time_to_now_first(bin_dir: Path, update_error: str,
+                                                  released: bool) -> None:
+    calls = bin_dir / "calls"
+    fake(bin_dir, "scontrol", f'echo "$*" >> {calls}\n'
+         f'if [ "$1" = update ] && [ -n "{update_error}" ]; then\n'
+         f'  echo "{update_error}" >&2; exit 1\nfi')
+    if released:
+        Slurm().release(42)
+    else:
+        with pytest.raises(SlurmRefused):
+            Slurm().release(42)
+    want = ["update JobId=42 StartTime=now"] + (["release 42"] if released else [])
+    assert calls.read_text().splitlines() == want
