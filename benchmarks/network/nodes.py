@@ -51,6 +51,9 @@ POOL = "10.252.0.0/16"
 TOOLS = ("ip", "nsenter", "unshare", "nft", "munged", "setpriv", "useradd", "userdel",
          "mpiexec.mpich", "mpiexec.openmpi", "hydra_pmi_proxy", "orted")
 VENV_BIN = os.path.dirname(sys.executable)
+# mode container-macvlan (run.py) only: the macvlan's name until it is eth0, its addresses,
+# and the name of the container's veth meanwhile
+MACVLAN, MACVLAN_NET, VETH_ASIDE = "hnbmv", "10.253.0", "hnbve"
 COUNTING = f"@{traffic.TRAFFIC_SET} accept"  # the counting rule, as nft lists it
 
 
@@ -332,8 +335,8 @@ def _operstate(netns_path: str, dev: str) -> str:
     return str(json.loads(out)[0].get("operstate", "?"))
 
 
-def wait_links_up(paths: list[str], timeout: float = 10.0) -> float:
-    """Wait until eth0 is operationally UP in each netns; return the seconds waited.
+def wait_links_up(paths: list[str], timeout: float = 10.0, dev: str = "eth0") -> float:
+    """Wait until `dev` is operationally UP in each netns; return the seconds waited.
 
     A new veth reaches IFF_RUNNING only when the kernel's link watcher gets to it (up to
     about a second later); UCX skips a device that is not running, and MPICH then fails
@@ -341,11 +344,75 @@ def wait_links_up(paths: list[str], timeout: float = 10.0) -> float:
     t0 = time.monotonic()
     deadline = t0 + timeout
     for path in paths:
-        while (state := _operstate(path, "eth0")) != "UP":
+        while (state := _operstate(path, dev)) != "UP":
             if time.monotonic() > deadline:
-                raise RuntimeError(f"eth0 in {path} is still {state} after {timeout:g} s")
+                raise RuntimeError(f"{dev} in {path} is still {state} after {timeout:g} s")
             time.sleep(0.05)
     return time.monotonic() - t0
+
+
+def _rename(ctr: str, old: str, new: str) -> None:
+    """Rename a device in container `ctr`'s netns, keeping its routes and permanent
+    neighbours (a device is renamed down, and going down drops them)."""
+    routes = json.loads(in_node(ctr, "ip", "-j", "route", "show", "dev", old).stdout)
+    neighs = json.loads(in_node(ctr, "ip", "-j", "neigh", "show", "dev", old, "nud",
+                                "permanent").stdout)
+    in_node(ctr, "ip", "link", "set", old, "down")
+    in_node(ctr, "ip", "link", "set", old, "name", new)
+    in_node(ctr, "ip", "link", "set", new, "up")
+    for n in neighs:
+        in_node(ctr, "ip", "neigh", "replace", n["dst"], "lladdr", n["lladdr"], "dev", new,
+                "nud", "permanent")
+    for r in sorted(routes, key=lambda r: "gateway" in r):  # on-link routes first
+        argv = ["ip", "route", "replace", r["dst"], *(["via", r["gateway"]] if "gateway" in r
+                                                      else []), "dev", new]
+        argv += ["onlink"] if "onlink" in r.get("flags", []) else []
+        argv += ["scope", r["scope"]] if "scope" in r else []
+        argv += ["src", r["prefsrc"]] if "prefsrc" in r else []
+        in_node(ctr, *argv)
+
+
+@contextlib.contextmanager
+def macvlans(bench: Bench) -> Iterator[list[str]]:
+    """Mode container-macvlan, which is not hpcmig's network: what a data path without the
+    container's veth would give. Container i gets a macvlan device (bridge mode) on node i's
+    eth0, with an address of its own outside the pool (MACVLAN_NET.i+1/32) and the others'
+    on-link (ARP between the containers across the node link). It is named eth0 for MPI
+    (UCX reads /sys/class/net/<device>, and a container without a mount namespace sees the
+    machine's sysfs, where no other name exists); the container's veth, which the exec
+    protocol still uses, is renamed aside meanwhile. Yields the macvlan addresses; all of
+    it is undone afterwards."""
+    aside: list[str] = []
+    made: list[str] = []
+    addresses = [f"{MACVLAN_NET}.{i + 1}" for i in range(len(CONTAINERS))]
+    try:
+        for node, ctr, addr in zip(bench.nodes, CONTAINERS, addresses, strict=True):
+            _rename(ctr, "eth0", VETH_ASIDE)
+            aside.append(ctr)
+            in_node(node, "ip", "link", "add", MACVLAN, "link", "eth0", "type", "macvlan",
+                    "mode", "bridge")
+            in_node(node, "ip", "link", "set", MACVLAN, "netns", ctr)
+            made.append(ctr)
+            for step in (["link", "set", MACVLAN, "name", "eth0"],
+                         ["addr", "add", f"{addr}/32", "dev", "eth0"],
+                         ["link", "set", "eth0", "up"],
+                         ["route", "add", f"{MACVLAN_NET}.0/24", "dev", "eth0", "scope",
+                          "link"]):
+                in_node(ctr, "ip", *step)
+        paths = [f"/run/netns/{c}" for c in CONTAINERS]
+        wait_links_up(paths)
+        wait_links_up(paths, dev=VETH_ASIDE)
+        yield addresses
+    finally:
+        for ctr in made:
+            for dev in (MACVLAN, "eth0"):
+                kind = in_node(ctr, "ip", "-j", "-d", "link", "show", "dev", dev, check=False)
+                if kind.returncode == 0 and '"info_kind":"macvlan"' in kind.stdout:
+                    in_node(ctr, "ip", "link", "del", dev)
+        for ctr in aside:
+            _rename(ctr, VETH_ASIDE, "eth0")
+        if aside:
+            wait_links_up([f"/run/netns/{c}" for c in aside])
 
 
 def wire_counters(node: str) -> tuple[int, int]:

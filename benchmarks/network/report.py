@@ -180,7 +180,9 @@ def markdown(result: dict[str, Any]) -> str:
               "packets redirected by the fast path's tc program); `container-forwarded`: the "
               "same with the fast path off (each node's kernel forwards, the nft forward "
               "filter isolates and counts); `container-unfiltered`: forwarded, with the nft "
-              "table removed.", ""]
+              "table removed; `container-macvlan`: not hpcmig's network, the same containers "
+              "with MPI on a macvlan device on each node's link (no container veth, no "
+              "forwarding).", ""]
     return "\n".join(lines)
 
 

@@ -19,7 +19,11 @@ per MPI:
 * container-uncounted: forwarded, with the isolation but without the traffic counting
   (hpcmig.network.traffic), to tell what counting costs;
 * container-unfiltered: the same with the nodes' nft isolation table removed for the run, to
-  tell the filter's cost from the extra veth hops and routing.
+  tell the filter's cost from the extra veth hops and routing;
+* container-macvlan: not hpcmig's network, a candidate measured before building it: the same
+  containers and launch as `container`, but MPI's messages go over a macvlan device in each
+  container (`nodes.macvlans`: on its node's eth0, an address outside the pool, on-link to
+  the other's), so they cross no container veth and no node's forwarding.
 
 Every mode uses the same hostfile format, the flavour's transport settings (`hpcmig.mpi`) and
 distinct host names per node (a UTS namespace natively, the container's otherwise), and each
@@ -56,7 +60,7 @@ from hpcmig.workloads import pingpong  # noqa: E402
 
 RUN_TIMEOUT = 90.0
 MODES = ("native", "container", "container-forwarded", "container-uncounted",
-         "container-unfiltered")
+         "container-unfiltered", "container-macvlan")
 N1 = next(iter(nodes.NODES))
 # Both "nodes" share this machine's cores. Open MPI binds each node's first rank to core 0 by
 # default, so both ranks would fight over one core (measured: 4 ms per message natively);
@@ -146,18 +150,24 @@ def payload_bytes(record: dict[str, Any], warmup: int) -> int:
 
 def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
             args: argparse.Namespace) -> dict[str, Any]:
-    counted = mode in ("container", "container-forwarded")
+    counted = mode in ("container", "container-forwarded", "container-macvlan")
+    fast = mode in ("container", "container-macvlan")
     if mode != "native":
         filtered = mode != "container-unfiltered"
-        bench.set_filter(filtered, counted=counted, fast=mode == "container")
+        bench.set_filter(filtered, counted=counted, fast=fast)
         if bench.filtered() != filtered or (filtered and bench.counted() != counted) or (
-                bench.fast() != (mode == "container")):
+                bench.fast() != fast):
             raise HpcmigError(f"{mode}: the nft isolation is not in the state this mode needs")
     bytes0, packets0 = nodes.wire_counters(N1)
     t0 = time.monotonic()
-    run = native_run if mode == "native" else container_run
-
-    res = run(bench, flavour, program(args))
+    if mode == "native":
+        res = native_run(bench, flavour, program(args))
+    elif mode == "container-macvlan":
+        with nodes.macvlans(bench):
+            t0 = time.monotonic()
+            res = container_run(bench, flavour, program(args))
+    else:
+        res = container_run(bench, flavour, program(args))
     seconds = time.monotonic() - t0
     bytes1, packets1 = nodes.wire_counters(N1)
     wire, packets = bytes1 - bytes0, packets1 - packets0
@@ -175,7 +185,7 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
         raise HpcmigError(f"{flavour.name} {mode}: ranks share a host name {hosts}")
     return {"flavour": flavour.name, "mode": mode, "seconds": round(seconds, 2),
             "nft_filter": mode in ("container", "container-forwarded", "container-uncounted"),
-            "traffic_counted": counted, "fast_path": mode == "container",
+            "traffic_counted": counted, "fast_path": fast,
             "loadavg_1min": loadavg()[0],
             "wire_bytes": wire, "wire_packets": packets, "payload_bytes": sent,
             "hosts": hosts, "mpi": record["mpi"],
