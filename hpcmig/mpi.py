@@ -55,6 +55,25 @@ class Flavour:
             env["LD_PRELOAD"] = self._installed(self.preload)
         return env
 
+    def unlisted_device(self, interface: str = "eth0", sysfs: str = "/sys/class/net"
+                        ) -> str | None:
+        """Why this flavour's ranks in a container may not find `interface`, or None.
+
+        UCX (MPICH's transport) takes the names of its TCP devices from /sys/class/net and
+        then opens them in the rank's own network namespace. That directory lists the
+        devices of the namespace sysfs was mounted in: a container that shares its node's
+        mount namespace (runtimes ns and .sif) sees the node's devices, so its own eth0
+        counts only where the node has a device of that name too. Without one, MPI_Init
+        fails with "Destination is unreachable" (docs/platforms.md)."""
+        if "UCX_NET_DEVICES" not in self.env or os.path.exists(os.path.join(sysfs, interface)):
+            return None
+        return (f"{self.name}'s transport (UCX) lists network devices from {sysfs}, which "
+                f"shows this node's devices, and this node has no {interface}: the "
+                f"containers' {interface} will not be found, and MPI_Init will likely fail "
+                "with \"Destination is unreachable\". Boot the nodes with their network "
+                f"device named {interface} (kernel parameter net.ifnames=0), or run the job "
+                "with Open MPI (`#SBATCH --comment=hpcmig:mpi=openmpi`)")
+
     def _installed(self, relpath: str) -> str:
         path = os.path.join(PREFIX, relpath)
         if not os.path.exists(path):

@@ -152,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
                                             placement, prrte=prrte))
     venv_bin = os.path.dirname(sys.executable)
     env = mpi_launch.launch_env(os.environ, flavour.environment("eth0"))
+    if vc.runtime != "lxc" and (why := flavour.unlisted_device("eth0")):  # LXC mounts its own
+        print(f"hpcmig run: warning: {why}", file=sys.stderr, flush=True)
     env["PATH"] = f"{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}"
     rsh, python = os.path.join(venv_bin, "hpcmig-rsh"), [sys.executable]
     if vc.image:  # the image's own python3 and MPI; hpcmig's tools are bound on /.hpcmig

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hpcmig import mpi_launch
@@ -84,3 +86,14 @@ def test_a_placement_becomes_one_segment_per_run_of_ranks() -> None:
     with pytest.raises(UsageError, match="lists 4 ranks, not 5"):
         mpi_launch.launcher_argv(flavour("mpich"), rsh="/r", hostfile_path="/h", n=5,
                                  env_names=[], program=["p"], placement=placement)
+
+
+def test_ucx_is_warned_about_a_node_without_the_containers_device(tmp_path: Path) -> None:
+    """UCX lists its devices from the node's /sys/class/net (shared mount namespace)."""
+    (tmp_path / "ens3").mkdir()
+    mpich, openmpi = flavour("mpich"), flavour("openmpi")
+    why = mpich.unlisted_device("eth0", sysfs=str(tmp_path))
+    assert why and "has no eth0" in why and "net.ifnames=0" in why and "mpi=openmpi" in why
+    assert openmpi.unlisted_device("eth0", sysfs=str(tmp_path)) is None  # getifaddrs
+    (tmp_path / "eth0").mkdir()
+    assert mpich.unlisted_device("eth0", sysfs=str(tmp_path)) is None
