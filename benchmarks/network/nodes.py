@@ -378,10 +378,10 @@ def macvlans(bench: Bench) -> Iterator[list[str]]:
     container's veth would give. Container i gets a macvlan device (bridge mode) on node i's
     eth0, with an address of its own outside the pool (MACVLAN_NET.i+1/32) and the others'
     on-link (ARP between the containers across the node link). It is named eth0 for MPI
-    (UCX reads /sys/class/net/<device>, and a container without a mount namespace sees the
-    machine's sysfs, where no other name exists); the container's veth, which the exec
-    protocol still uses, is renamed aside meanwhile. Yields the macvlan addresses; all of
-    it is undone afterwards."""
+    (UCX lists its devices from /sys/class/net, and a container, sharing its node's mount
+    namespace, sees the machine's sysfs, where no other name exists); the container's veth,
+    which the exec protocol still uses, is renamed aside meanwhile. Yields the macvlan
+    addresses; all of it is undone afterwards."""
     aside: list[str] = []
     made: list[str] = []
     addresses = [f"{MACVLAN_NET}.{i + 1}" for i in range(len(CONTAINERS))]

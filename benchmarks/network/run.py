@@ -152,8 +152,8 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
             args: argparse.Namespace) -> dict[str, Any]:
     counted = mode in ("container", "container-forwarded", "container-macvlan")
     fast = mode in ("container", "container-macvlan")
+    filtered = mode not in ("native", "container-unfiltered")
     if mode != "native":
-        filtered = mode != "container-unfiltered"
         bench.set_filter(filtered, counted=counted, fast=fast)
         if bench.filtered() != filtered or (filtered and bench.counted() != counted) or (
                 bench.fast() != fast):
@@ -184,7 +184,7 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
     if len(set(hosts)) != len(hosts):
         raise HpcmigError(f"{flavour.name} {mode}: ranks share a host name {hosts}")
     return {"flavour": flavour.name, "mode": mode, "seconds": round(seconds, 2),
-            "nft_filter": mode in ("container", "container-forwarded", "container-uncounted"),
+            "nft_filter": filtered,
             "traffic_counted": counted, "fast_path": fast,
             "loadavg_1min": loadavg()[0],
             "wire_bytes": wire, "wire_packets": packets, "payload_bytes": sent,
