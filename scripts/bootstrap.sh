@@ -30,6 +30,8 @@ OS_PACKAGES=(
   openmpi-bin libopenmpi-dev mpich libmpich-dev
   # namespaces, networking, processes
   iproute2 nftables util-linux procps psmisc iputils-ping kmod
+  # benchmarks/network's mode container-gro: a veth's GRO (NAPI mode)
+  ethtool
   # the virtual network's fast path (hpcmig/network/fastpath.py): build and load a tc program
   clang libbpf-dev bpftool
   # Python environment and build tools

@@ -37,6 +37,7 @@ from hpcmig.network import (
     plan,
     traffic,
 )
+from hpcmig.network.fastpath import CONTAINER_PREFIX
 from hpcmig.network.plan import ContainerNet
 from hpcmig.runtime import Container, ContainerSpec, get_runtime
 from hpcmig.runtime import ns as ns_runtime
@@ -48,7 +49,7 @@ CONTAINERS = ("hpcmig-nb-c0", "hpcmig-nb-c1")  # container i on node i (also its
 USER = "hpcmignb"
 JOB_ID = "nb1"
 POOL = "10.252.0.0/16"
-TOOLS = ("ip", "nsenter", "unshare", "nft", "munged", "setpriv", "useradd", "userdel",
+TOOLS = ("ip", "ethtool", "nsenter", "unshare", "nft", "munged", "setpriv", "useradd", "userdel",
          "mpiexec.mpich", "mpiexec.openmpi", "hydra_pmi_proxy", "orted")
 VENV_BIN = os.path.dirname(sys.executable)
 # mode container-macvlan (run.py) only: the macvlan's name until it is eth0, its addresses,
@@ -413,6 +414,27 @@ def macvlans(bench: Bench) -> Iterator[list[str]]:
             _rename(ctr, VETH_ASIDE, "eth0")
         if aside:
             wait_links_up([f"/run/netns/{c}" for c in aside])
+
+
+@contextlib.contextmanager
+def veth_gro(bench: Bench) -> Iterator[int]:
+    """Mode container-gro: GRO on at both ends of each container's veth (the host end in its
+    node, eth0 in the container), which puts a veth in NAPI mode (a ring and a poll instead
+    of the CPU's backlog queue). Yields how many devices it switched; switched off after."""
+    devices = [(f"/run/netns/{c}", "eth0") for c in CONTAINERS]
+    for ns in bench.nodes:
+        links = json.loads(in_node(ns, "ip", "-j", "link", "show").stdout)
+        devices += [(f"/run/netns/{ns}", link["ifname"]) for link in links
+                    if link["ifname"].startswith(CONTAINER_PREFIX)]
+    done: list[tuple[str, str]] = []
+    try:
+        for path, dev in devices:
+            sh("nsenter", f"--net={path}", "ethtool", "-K", dev, "gro", "on")
+            done.append((path, dev))
+        yield len(done)
+    finally:
+        for path, dev in done:
+            sh("nsenter", f"--net={path}", "ethtool", "-K", dev, "gro", "off", check=False)
 
 
 def wire_counters(node: str) -> tuple[int, int]:

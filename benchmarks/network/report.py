@@ -182,7 +182,10 @@ def markdown(result: dict[str, Any]) -> str:
               "filter isolates and counts); `container-unfiltered`: forwarded, with the nft "
               "table removed; `container-macvlan`: not hpcmig's network, the same containers "
               "with MPI on a macvlan device on each node's link (no container veth, no "
-              "forwarding).", ""]
+              "forwarding); `container-gro`: `container` with GRO (NAPI mode) on both ends of "
+              "each container's veth." + (" Every rank ran on a core of its own (`--pin`)."
+                                          if result.get("settings", {}).get("pin") else ""),
+              ""]
     return "\n".join(lines)
 
 

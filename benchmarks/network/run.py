@@ -23,7 +23,14 @@ per MPI:
 * container-macvlan: not hpcmig's network, a candidate measured before building it: the same
   containers and launch as `container`, but MPI's messages go over a macvlan device in each
   container (`nodes.macvlans`: on its node's eth0, an address outside the pool, on-link to
-  the other's), so they cross no container veth and no node's forwarding.
+  the other's), so they cross no container veth and no node's forwarding;
+* container-gro: `container` with GRO switched on at both ends of each container's veth
+  (`nodes.veth_gro`), which puts the veth in NAPI mode: a candidate for the veth crossing's
+  cost.
+
+`--pin` runs each rank, all its threads, on a core of its own (`pingpong --pin`) in every
+mode: both "nodes" share this machine's two cores, and without it the scheduler sometimes
+puts both ranks on one core, which moves a single run's bandwidth by up to 2x.
 
 Every mode uses the same hostfile format, the flavour's transport settings (`hpcmig.mpi`) and
 distinct host names per node (a UTS namespace natively, the container's otherwise), and each
@@ -60,7 +67,7 @@ from hpcmig.workloads import pingpong  # noqa: E402
 
 RUN_TIMEOUT = 90.0
 MODES = ("native", "container", "container-forwarded", "container-uncounted",
-         "container-unfiltered", "container-macvlan")
+         "container-unfiltered", "container-macvlan", "container-gro")
 N1 = next(iter(nodes.NODES))
 # Both "nodes" share this machine's cores. Open MPI binds each node's first rank to core 0 by
 # default, so both ranks would fight over one core (measured: 4 ms per message natively);
@@ -103,6 +110,8 @@ def write_nbrsh(path: str) -> str:
 def program(args: argparse.Namespace) -> list[str]:
     argv = [sys.executable, "-m", "hpcmig.workloads.pingpong",
             "--iterations", str(args.iterations), "--warmup", str(args.warmup)]
+    if args.pin:
+        argv.append("--pin")
     if args.sizes:
         argv += ["--sizes", args.sizes]
     return argv
@@ -150,8 +159,9 @@ def payload_bytes(record: dict[str, Any], warmup: int) -> int:
 
 def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
             args: argparse.Namespace) -> dict[str, Any]:
-    counted = mode in ("container", "container-forwarded", "container-macvlan")
-    fast = mode in ("container", "container-macvlan")
+    counted = mode in ("container", "container-forwarded", "container-macvlan",
+                       "container-gro")
+    fast = mode in ("container", "container-macvlan", "container-gro")
     filtered = mode not in ("native", "container-unfiltered")
     if mode != "native":
         bench.set_filter(filtered, counted=counted, fast=fast)
@@ -164,6 +174,10 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
         res = native_run(bench, flavour, program(args))
     elif mode == "container-macvlan":
         with nodes.macvlans(bench):
+            t0 = time.monotonic()
+            res = container_run(bench, flavour, program(args))
+    elif mode == "container-gro":
+        with nodes.veth_gro(bench):
             t0 = time.monotonic()
             res = container_run(bench, flavour, program(args))
     else:
@@ -180,6 +194,9 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
     if wire < sent:  # the messages did not cross the link between the two nodes
         raise HpcmigError(f"{flavour.name} {mode}: node 1 sent {wire} bytes on its link, "
                           f"less than the {sent} bytes of messages: not a two-node run")
+    if args.pin and len(set(record["cpus"])) != len(record["cpus"]):
+        raise HpcmigError(f"{flavour.name} {mode}: --pin, but ranks share a CPU "
+                          f"{record['cpus']}")
     hosts = record["hosts"]
     if len(set(hosts)) != len(hosts):
         raise HpcmigError(f"{flavour.name} {mode}: ranks share a host name {hosts}")
@@ -188,7 +205,7 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
             "traffic_counted": counted, "fast_path": fast,
             "loadavg_1min": loadavg()[0],
             "wire_bytes": wire, "wire_packets": packets, "payload_bytes": sent,
-            "hosts": hosts, "mpi": record["mpi"],
+            "hosts": hosts, "cpus": record.get("cpus"), "mpi": record["mpi"],
             "sizes": record["sizes"]}
 
 
@@ -218,6 +235,8 @@ def _main(argv: list[str] | None) -> int:
                         help="timed round trips per small size (fewer for large ones)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--sizes", default="", help="comma-separated sizes (default 1 B-4 MiB)")
+    parser.add_argument("--pin", action="store_true",
+                        help="each rank on a core of its own (pingpong --pin), in every mode")
     parser.add_argument("--out", default="", help="write the records (JSON) here")
     parser.add_argument("--md", default="", help="write the report (Markdown) here")
     args = parser.parse_args(argv)
@@ -241,7 +260,8 @@ def _main(argv: list[str] | None) -> int:
         "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                     "python": platform.python_version()},
         "settings": {"rounds": args.rounds, "iterations": args.iterations,
-                     "warmup": args.warmup, "mpi": [f.name for f in flavours], "modes": modes,
+                     "warmup": args.warmup, "pin": args.pin,
+                     "mpi": [f.name for f in flavours], "modes": modes,
                      "ranks": 2, "ranks_per_node": 1},
         "loadavg_before": loadavg(),
         "runs": [],

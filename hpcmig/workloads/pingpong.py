@@ -1,7 +1,7 @@
 """MPI ping-pong between ranks 0 and 1: one-way latency and bandwidth per message size.
 
 `python -m hpcmig.workloads.pingpong [--sizes 1,8,...] [--iterations N] [--warmup W]
-[--seconds S] [--trace]`
+[--seconds S] [--pin] [--trace]`
 
 Rank 0 sends a buffer of `size` bytes to rank 1, which sends it straight back; one round
 trip is one sample, timed on rank 0 (`time.perf_counter`). After `settle` untimed 8-byte
@@ -17,7 +17,9 @@ and 1 only join the barriers. `--trace` adds every sample to the record: its sta
 machine's monotonic clock (ns, the clock `time.monotonic_ns` reads outside the container
 too) and its round trip, both base64 of little-endian int64 / float64 arrays, so a
 benchmark can sort samples by what it changed on the nodes at that moment
-(benchmarks/network/counting_bandwidth.py).
+(benchmarks/network/counting_bandwidth.py). `--pin` runs rank r, all its threads, on the
+r-th CPU it may use: "nodes" that share one machine then each get a core of their own, as
+real nodes would, instead of ranks that the scheduler sometimes puts on one core.
 
 Rank 0 prints one JSON line (`{"workload": "pingpong", "ok": ..., "sizes": [...], ...}`);
 `parse_output` finds it in a launcher's output. Only rank 0 and 1's buffers touch memory, no
@@ -28,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import os
 import socket
 import statistics
 import sys
@@ -162,6 +166,17 @@ def _pong(comm: Any, n: int, args: argparse.Namespace) -> None:
         left -= 1
 
 
+def pin(rank: int) -> int:
+    """Run every thread of this process (the MPI library's progress threads too, started in
+    MPI_Init) on the rank-th CPU it may use, modulo their number; return that CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = cpus[rank % len(cpus)]
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(tid), {cpu})
+    return cpu
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pingpong", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=_parse_sizes, default=list(DEFAULT_SIZES),
@@ -174,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="untimed 8-byte round trips before the first size")
     parser.add_argument("--seconds", type=float, default=0.0,
                         help="time each size for this long instead of a count of round trips")
+    parser.add_argument("--pin", action="store_true",
+                        help="run rank r on the r-th CPU this process may use (ranks of "
+                             "'nodes' that share one machine each get a core of their own)")
     parser.add_argument("--trace", action="store_true",
                         help="include every sample's start and round trip in the record")
     args = parser.parse_args(argv)
@@ -186,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print("pingpong: needs at least 2 ranks", file=sys.stderr)
         return 2
+    cpus = comm.gather(pin(rank) if args.pin else None, root=0)
     hosts = comm.gather(socket.gethostname(), root=0)
     _settle(comm, rank, args.settle)
     records: list[dict[str, Any]] = []
@@ -204,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             "ok": ok,
             "ranks": size,
             "hosts": hosts,
+            "cpus": cpus,
             "mpi": MPI.Get_library_version().splitlines()[0].strip(),
             "warmup": args.warmup,
             "sizes": records,

@@ -87,15 +87,37 @@ def test_two_ranks_really_ping_pong() -> None:
         pytest.skip("MPICH (mpiexec.mpich and hpcmig's libmpi shim) is not installed")
     r = subprocess.run(["mpiexec.mpich", "-n", "2", sys.executable, "-m",
                         "hpcmig.workloads.pingpong", "--sizes", "1,4096,1048576",
-                        "--iterations", "30", "--min-iterations", "5", "--warmup", "2"],
+                        "--iterations", "30", "--min-iterations", "5", "--warmup", "2",
+                        "--pin"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     out = pingpong.parse_output(r.stdout)
     assert out["ok"] and out["ranks"] == 2
+    cpus = sorted(os.sched_getaffinity(0))
+    assert out["cpus"] == [cpus[0], cpus[1 % len(cpus)]]
     assert [s["size"] for s in out["sizes"]] == [1, 4096, 1048576]
     assert [s["iterations"] for s in out["sizes"]] == [30, 30, 30]
     for s in out["sizes"]:
         assert s["echo_ok"] and 0 < s["latency_us_min"] <= s["latency_us"]
+
+
+def test_pin_moves_every_thread_of_the_rank_to_its_cpu() -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs to tell rank 1's CPU from rank 0's")
+    code = ("import os, sys, threading; from hpcmig.workloads import pingpong\n"
+            "stop = threading.Event(); t = threading.Thread(target=stop.wait); t.start()\n"
+            "cpu = pingpong.pin(int(sys.argv[1]))\n"
+            "print(cpu, sorted({min(os.sched_getaffinity(int(x))) for x in "
+            "os.listdir('/proc/self/task')}), "
+            "sorted({len(os.sched_getaffinity(int(x))) for x in os.listdir('/proc/self/task')}))\n"
+            "stop.set()")
+    cpus = sorted(os.sched_getaffinity(0))
+    for rank in (0, 1, len(cpus) + 1):
+        out = subprocess.run([sys.executable, "-c", code, str(rank)], capture_output=True,
+                             text=True, timeout=60, check=True).stdout.split(maxsplit=1)
+        want = cpus[rank % len(cpus)]
+        assert int(out[0]) == want
+        assert out[1].strip() == f"[{want}] [1]"  # both threads, on that one CPU only
 
 
 def test_timed_sizes_run_for_their_seconds_and_trace_every_sample() -> None:
