@@ -49,6 +49,8 @@ class Config:
     ckpt_keep: int = 2  # periodic checkpoints: complete generations kept per job
     node_mtbf_hours: float = 720.0  # one node's mean time between failures (ckpt=auto)
     dmtcp_prefix: str = ""  # DMTCP's install prefix (<prefix>/bin/dmtcp_launch); "": PATH
+    # seconds a DMTCP checkpoint may take before the job restarts from the one before
+    dmtcp_checkpoint_timeout: float = 600.0
     remap_pause: float = 2.0  # seconds one live move pauses a job (`hpcmig remap`'s payback)
     link_bandwidth: float = 12.5e9  # bytes/s one network hop carries (`hpcmig remap`'s model)
     remap_every: float = 0.0  # hpcmigd remaps running jobs this often, in seconds (0: off)
@@ -85,6 +87,9 @@ class Config:
                 raise UsageError(f"config: health_paths: {path!r} is not an absolute path")
         if self.dmtcp_prefix and not self.dmtcp_prefix.startswith("/"):
             raise UsageError("config: dmtcp_prefix must be an absolute path (\"\": PATH)")
+        if not self.dmtcp_checkpoint_timeout > 0:
+            raise UsageError("config: dmtcp_checkpoint_timeout must be > 0, "
+                             f"got {self.dmtcp_checkpoint_timeout}")
         if self.migration_mode not in MIGRATION_MODES:
             raise UsageError(f"config: migration_mode must be postcopy or stop-and-copy, "
                              f"got {self.migration_mode!r}")

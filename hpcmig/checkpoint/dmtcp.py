@@ -105,6 +105,11 @@ SETTLE = 1.0  # s without a process joining or leaving before a checkpoint is as
 SETTLE_TIMEOUT = 60.0
 
 
+class CheckpointHung(CheckpointError):
+    """A checkpoint that began and did not complete in time: DMTCP keeps the job suspended
+    (every process waits for the checkpoint) and has no way to call it off."""
+
+
 @dataclass(frozen=True)
 class DmtcpTools:
     """Absolute paths of the four DMTCP programs hpcmig runs."""
@@ -558,8 +563,8 @@ def checkpoint(coordinator: Coordinator, timeout: float = 300.0, *,
                 raise CheckpointError("the DMTCP coordinator exited during the checkpoint",
                                       hint=f"the job is lost; restart it from {ckpt_dir}")
             if now > deadline:
-                raise CheckpointError(f"dmtcp checkpoint not complete after {timeout:g}s "
-                                      f"({work})")
+                raise CheckpointHung(f"dmtcp checkpoint not complete after {timeout:g}s "
+                                     f"({work})")
             if now > next_status:
                 next_status = now + 1.0
                 if coordinator.status().peers == 0:

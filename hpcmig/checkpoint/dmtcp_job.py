@@ -11,9 +11,13 @@ the job's other containers are reached from there with hpcmig-rsh, as MPI does):
         the step's coordinator in this container (ADDR: this container's address, which
         every process of the job can reach); writes STEP/coordinator.json
     python -m hpcmig.checkpoint.dmtcp_job checkpoint STEP [--timeout S] [--keep K]
-            [--hosts N] [--peers P]
+            [--hosts N] [--peers P] [--keep-hung]
         one generation of the running step, through its coordinator, once at least P
-        processes run under DMTCP and their number settled; dropped unless it spans N hosts
+        processes run under DMTCP and their number settled; dropped unless it spans N hosts.
+        One not complete after S seconds ends the step (its coordinator stopped), or with
+        --keep-hung leaves it suspended for the caller to decide: exit code HUNG
+    python -m hpcmig.checkpoint.dmtcp_job stop STEP
+        ends the step: its coordinator stopped, its processes die with it
     python -m hpcmig.checkpoint.dmtcp_job restart STEP --host ADDR --member I=ADDR ...
             --root I --status DIR --stdout F --stderr F [--prefix P] -- PYTHON...
         after a requeue: a new coordinator here, then in every container I the
@@ -25,7 +29,8 @@ the job's other containers are reached from there with hpcmig-rsh, as MPI does):
         the pipe's flags (no O_APPEND), at the file's end of that moment, so on a file its
         messages overwrote what the job wrote after them.
 
-Each prints one JSON line; a failure is one line on stderr and exit 1. The images' host
+Each prints one JSON line; a failure is one line on stderr and exit 1 (HUNG: a checkpoint that
+never completed, the step left suspended). The images' host
 names are the containers' names (`hpcmig-<job>-<run>-<index>`), which is how a generation's
 images find their container again after the requeue changed `<run>`.
 """
@@ -51,6 +56,7 @@ COORDINATOR = "coordinator.json"
 MARK = ".hpcmig-dmtcp"  # in a job_dir: what hpcmigd checks before it removes one
 REQUEST = "request"  # in a job_dir: hpcmigd asks the running step for a generation
 RESTART_TIMEOUT = 180.0
+HUNG = 3  # exit code of `checkpoint --keep-hung` when the checkpoint did not complete
 # dmtcp_restart's output through a pipe (see restart above); its exit code (the restored
 # launcher's, in the root container) stands
 THROUGH_PIPE = ["bash", "-c", 'set -o pipefail; "$@" 2>&1 | cat', "dmtcp_restart"]
@@ -95,20 +101,28 @@ def coordinator(step: str) -> dmtcp.Coordinator:
 
 
 def take(step: str, timeout: float, keep: int = dmtcp.KEEP,
-         hosts: int | None = None, peers: int | None = None) -> dmtcp.Generation:
+         hosts: int | None = None, peers: int | None = None,
+         end_hung: bool = True) -> dmtcp.Generation:
     """One generation of the running step, spanning `hosts` containers (dmtcp.checkpoint).
     DMTCP suspends the job for a checkpoint and has no way to call one off: one that does not
-    complete within `timeout` ends the job (its coordinator stopped, its processes die with
-    it) rather than leave it suspended."""
+    complete within `timeout` ends the job (`stop`) rather than leave it suspended, unless
+    not `end_hung` (the caller decides: `hpcmig run` has hpcmigd restart the job from its
+    generation before); CheckpointHung either way."""
     coord = coordinator(step)
     try:
         return dmtcp.checkpoint(coord, timeout, keep=keep, hosts=hosts, peers=peers)
-    except CheckpointError as exc:
-        if "not complete after" not in str(exc):
+    except dmtcp.CheckpointHung as exc:
+        if not end_hung:
             raise
         coord.stop()
-        raise CheckpointError(f"{exc}; DMTCP kept the job suspended, so it was ended",
-                              hint="see the job's DMTCP logs in " + step) from None
+        raise dmtcp.CheckpointHung(f"{exc}; DMTCP kept the job suspended, so it was ended",
+                                   hint="see the job's DMTCP logs in " + step) from None
+
+
+def stop(step: str) -> dict:
+    """End the step: its coordinator stopped (its processes die with it)."""
+    coordinator(step).stop()
+    return {"stopped": True}
 
 
 def restart_plan(tools: dmtcp.DmtcpTools, step: str, coord: dmtcp.Coordinator,
@@ -170,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="containers the job runs in: a checkpoint of fewer is dropped")
     p.add_argument("--peers", type=int, default=None,
                    help="processes the job runs under DMTCP at least: none is asked for before")
+    p.add_argument("--keep-hung", action="store_true",
+                   help=f"a checkpoint that did not complete leaves the step suspended (exit "
+                        f"{HUNG}) instead of ending it")
+    p = sub.add_parser("stop")
+    p.add_argument("step")
     p = sub.add_parser("restart")
     p.add_argument("step")
     p.add_argument("--host", required=True)
@@ -185,15 +204,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "start":
             out: dict = start(args.step, args.host, args.prefix).to_json()
         elif args.verb == "checkpoint":
-            gen = take(args.step, args.timeout, args.keep, args.hosts, args.peers)
+            gen = take(args.step, args.timeout, args.keep, args.hosts, args.peers,
+                       end_hung=not args.keep_hung)
             out = {"generation": gen.number, "seconds": round(gen.seconds, 3),
                    "image_bytes": gen.image_bytes, "processes": len(gen.images)}
+        elif args.verb == "stop":
+            out = stop(args.step)
         else:
             out = restart(args.step, args.host, dict(args.member), args.root, args.status,
                           args.stdout, args.stderr, args.python, args.prefix)
     except HpcmigError as exc:
         print(f"dmtcp: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+        hung = isinstance(exc, dmtcp.CheckpointHung) and getattr(args, "keep_hung", False)
+        return HUNG if hung else 1
     print(json.dumps(out), flush=True)
     return 0
 

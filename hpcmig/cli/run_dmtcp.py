@@ -17,8 +17,11 @@ After hpcmigd requeued the job, the step restarts from its last generation when 
 and a step that had ended returns its recorded exit code. A step stopped by a signal (Slurm
 requeueing or cancelling the job), or whose job Slurm requeued meanwhile (its launcher failed
 with a lost node while hpcmigd requeued it), records no end and keeps its generations: the
-requeued job restarts from them. Images hold the job's memory: the directory is the user's,
-0700, and hpcmigd removes it when the job ends.
+requeued job restarts from them. A checkpoint that does not complete within
+`dmtcp_checkpoint_timeout` (DMTCP keeps the job suspended and cannot call it off) has hpcmigd
+restart the job from its generation before (`restart_stuck`), or ends the step when there is
+none. Images hold the job's memory: the directory is the user's, 0700, and hpcmigd removes it
+when the job ends.
 """
 
 from __future__ import annotations
@@ -74,8 +77,9 @@ class Step:
         argv = [*self.python, "-m", "hpcmig.checkpoint.dmtcp_job", verb, str(self.step), *args]
         res = client.run_in(self.head.address, argv, timeout=timeout, **self.common)
         if res.code != 0:
-            raise HpcmigError(res.stderr.decode(errors="replace").strip()
-                              or f"dmtcp_job {verb} failed (exit {res.code})")
+            error = dmtcp.CheckpointHung if res.code == dmtcp_job.HUNG else HpcmigError
+            raise error(res.stderr.decode(errors="replace").strip()
+                        or f"dmtcp_job {verb} failed (exit {res.code})")
         out: dict[str, Any] = json.loads(res.stdout.decode().strip().splitlines()[-1])
         return out
 
@@ -139,18 +143,50 @@ class Step:
         request = self.job_dir / dmtcp_job.REQUEST
         if not request.exists():
             return
+        limit = self.cfg.dmtcp_checkpoint_timeout
         try:
             gen = self._in_head("checkpoint", "--hosts", str(self.hosts),
-                                "--peers", str(self.peers()), timeout=660)
+                                "--peers", str(self.peers()), "--timeout", f"{limit:g}",
+                                "--keep-hung", timeout=limit + 120)
             print(f"hpcmig run: DMTCP checkpoint generation {gen['generation']} "
                   f"({gen['processes']} processes, {gen['image_bytes'] / 2**20:.0f} MiB, "
                   f"{gen['seconds']:.1f} s)", file=sys.stderr, flush=True)
+        except dmtcp.CheckpointHung as exc:
+            self.hung(str(exc), limit)
         except HpcmigError as exc:
             if not (self.run_dir / LAUNCHER_EXIT).exists():  # else: the step ended meanwhile
                 print(f"hpcmig run: DMTCP checkpoint failed: {exc}", file=sys.stderr,
                       flush=True)
         finally:
             request.unlink(missing_ok=True)
+
+    def hung(self, error: str, limit: float) -> None:
+        """The checkpoint did not complete and DMTCP keeps every process of the step suspended:
+        hpcmigd requeues the job to restart from its generation before (Slurm then stops this
+        run, whose generations stay); without one, or without hpcmigd, the step is ended.
+        hpcmigd answers once the job runs again: a run still alive then (Slurm's process
+        tracking lost it) raises at once, before it could signal the new run's containers,
+        which have the old ones' addresses."""
+        from hpcmig.controller.client import ControllerClient
+
+        print(f"hpcmig run: DMTCP checkpoint failed: {error}; DMTCP keeps the job suspended "
+              "and cannot call the checkpoint off: asking hpcmigd to restart the job from its "
+              "generation before", file=sys.stderr, flush=True)
+        try:  # (Slurm's requeue usually ends this run before the answer; hpcmigd may first
+            # wait for this generation itself, for `hpcmig checkpoint`)
+            answer = ControllerClient(self.cfg).call(
+                "restart_stuck", timeout=limit + 240, job_id=self.vc.job_id,
+                why=f"its DMTCP checkpoint did not complete in {limit:g} s")
+        except HpcmigError as exc:
+            answer = {"why": str(exc)}
+        if answer.get("restarted"):
+            raise HpcmigError(f"hpcmigd requeued job {self.vc.job_id} to restart from DMTCP "
+                              f"checkpoint generation {answer.get('generation')}: this run of "
+                              "it is over")
+        why = answer.get("why")
+        print(f"hpcmig run: the job is not restarted ({why}), so it is ended", file=sys.stderr,
+              flush=True)
+        self._in_head("stop")
 
     def peers(self) -> int:
         """The fewest processes the running step has under DMTCP: its ranks, the launcher,

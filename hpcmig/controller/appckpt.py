@@ -41,8 +41,8 @@ SUBDIR = "app-ckpt"
 
 
 ENGINES = ("app", "dmtcp")
-# how long `take` waits for the asked-for generation: the job's `hpcmig run` gives a DMTCP
-# checkpoint up to 600 s (checkpoint.dmtcp_job.take) before it ends the job
+# how long `take` waits for the asked-for generation by default (for DMTCP, wholejob waits
+# dmtcp_checkpoint_timeout + 60 s: the job's `hpcmig run` gives a checkpoint that long)
 TAKE_TIMEOUT = 660.0
 
 

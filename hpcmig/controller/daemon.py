@@ -5,11 +5,12 @@ then open drains: hpcmig.controller.aftercrash) while already answering `ping` a
 other verbs wait until recovery ended. It serves the verbs of `Service` on the address in
 hpcmig.toml (`controller_host:controller_port`) with the agents' server (one request, one
 answer, MUNGE-authenticated); access: admins (root, `admin_users`) every verb, a user
-`migrate`, `checkpoint`, `restore_allocation`, `restart_lost` and `app_checkpoints` of their
-own jobs and `status` (their own jobs only). A thread pings every agent every few seconds
-(heartbeats for status and metrics); once recovery ended, another fetches every agent's
-latest health sample every `[health] interval` (`health.sample`; `hpcmig-healthcheck` sends
-them with `health.report` instead) and hands it to the `Watcher` (controller/policy.py),
+`migrate`, `checkpoint`, `restore_allocation`, `restart_lost`, `restart_stuck` and
+`app_checkpoints` of their own jobs and `status` (their own jobs only). A thread pings every
+agent every few seconds (heartbeats for status and metrics); once recovery ended, another
+fetches every agent's latest health sample every `[health] interval` (`health.sample`;
+`hpcmig-healthcheck` sends them with `health.report` instead) and hands it to the `Watcher`
+(controller/policy.py),
 which drains degraded nodes, resumes healthy ones and balances load; a third takes the
 periodic checkpoints (controller/periodic.py). Prometheus metrics on
 `metrics_address:metrics_port`. SIGTERM/SIGINT stop it; SIGKILL is what recovery is for. It
@@ -219,6 +220,12 @@ def restore_allocation(call: Call, job_id: str) -> dict[str, Any]:
 def restart_lost(call: Call, job_id: str) -> dict[str, Any]:
     """`hpcmig run` asks when its launcher failed: did a node of the job die?"""
     return periodic.restart_lost(_svc(call), str(job_id))
+
+
+@CONTROLLER.operation("restart_stuck", "job")
+def restart_stuck(call: Call, job_id: str, why: str) -> dict[str, Any]:
+    """`hpcmig run` of an engine=dmtcp job asks when its checkpoint never completed."""
+    return periodic.restart_stuck(_svc(call), str(job_id), str(why)[:200])
 
 
 @CONTROLLER.operation("app_checkpoints", "job")

@@ -19,7 +19,9 @@ the exit codes its steps recorded after that checkpoint, requeues the job held (
 the lost nodes DOWN (`hpcmig: node lost: ...`, so Slurm ends the job there at once), excludes
 them and releases the job: its next allocation restores the generation like any whole-job
 checkpoint (wholejob). `generations.json` says `restarting` until the release, so a hpcmigd
-killed in between finishes the release exactly once when it starts again. A job without
+killed in between finishes the release exactly once when it starts again. `restart_stuck`
+does the same without a lost node, for an engine=dmtcp job whose checkpoint never completed
+(asked by its `hpcmig run`: DMTCP keeps such a job suspended and cannot call it off). A job without
 `ckpt=` keeps Slurm's own behaviour. Every SWEEP_SECONDS, and in the round that first sees a
 job ended, the round also removes the checkpoint directories of jobs that ended or that Slurm
 forgot (`sweep`): the epilog removes a job's images when it ends, but a job cancelled while
@@ -148,6 +150,17 @@ def _forget_exits(state_dir: str, job_id: str, restart: int, since: float) -> No
 def restart_lost(svc: Service, job_id: str) -> dict[str, Any]:
     """Restart the job from its newest generation if a node of it is lost (once: callers that
     come later find the restart begun or done)."""
+    return _restart(svc, job_id, None)
+
+
+def restart_stuck(svc: Service, job_id: str, why: str) -> dict[str, Any]:
+    """Restart an engine=app|dmtcp job from its newest generation because its running copy
+    cannot go on (`why`): its `hpcmig run` asks when a DMTCP checkpoint never completed, which
+    DMTCP cannot call off, so the job would stay suspended. Once, as restart_lost."""
+    return _restart(svc, job_id, why)
+
+
+def _restart(svc: Service, job_id: str, stuck: str | None) -> dict[str, Any]:
     cfg = svc.cfg
     jid = str(job_number(job_id))
     with svc.job_lock(jid):
@@ -164,11 +177,14 @@ def restart_lost(svc: Service, job_id: str) -> dict[str, Any]:
         if stored is None or job.state != "RUNNING":
             return {"restarted": False, "why": f"the job is {job.state.lower()}"}
         vc = VCluster.from_json(stored[1])
+        if stuck is not None and vc.engine not in appckpt.ENGINES:
+            raise UsageError(f"job {jid} (engine={vc.engine}) does not checkpoint itself: "
+                             "only an engine=app or engine=dmtcp job is restarted on request")
         gen = newest(svc, vc, data)
         if gen is None:
             return {"restarted": False, "why": "the job has no periodic checkpoint yet"}
-        lost = [n for n in vc.nodes() if node_lost(svc, n)]
-        if not lost:
+        lost = [] if stuck is not None else [n for n in vc.nodes() if node_lost(svc, n)]
+        if stuck is None and not lost:
             return {"restarted": False, "why": "every node of the job answers"}
         if vc.engine == "criu":  # its next allocation restores the generation's images
             rec = pending(cfg.checkpoint_dir, jid)
@@ -181,9 +197,9 @@ def restart_lost(svc: Service, job_id: str) -> dict[str, Any]:
         data["restarting"] = {"lost": lost, "generation": gen["n"]}
         _save(cfg.checkpoint_dir, jid, data)
         svc.slurm.requeue(int(jid), hold=True)
-        svc.decide(f"job {jid}: {','.join(lost)} lost; requeued to restart from checkpoint "
-                   f"generation {gen['n']} (taken {time.time() - gen['time']:.0f} s before)",
-                   job=jid)
+        svc.decide(f"job {jid}: {stuck or ','.join(lost) + ' lost'}; requeued to restart "
+                   f"from checkpoint generation {gen['n']} (taken "
+                   f"{time.time() - gen['time']:.0f} s before)", job=jid)
         _fault("restart-requeue")
         return _release(svc, jid, data)
 

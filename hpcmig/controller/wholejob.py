@@ -132,7 +132,7 @@ def _dmtcp_generation(svc: Service, vc: VCluster) -> tuple[appckpt.AppDir, appck
 
     svc.progress(f"job {vc.job_id}: asking its DMTCP coordinator for a checkpoint")
     try:
-        gen = appckpt.take(app, running)
+        gen = appckpt.take(app, running, svc.cfg.dmtcp_checkpoint_timeout + 60)
     except HpcmigError:
         svc.metrics.checkpoints.labels(result="failed").inc()
         raise

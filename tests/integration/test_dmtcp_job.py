@@ -23,6 +23,11 @@ Without `ckpt=`, `hpcmig checkpoint --resume` and a drain of a node of such a jo
 its coordinator as well (never CRIU): the drained job restarts from the drain's generation on
 the nodes left.
 
+A checkpoint that never completes (a rank SIGSTOPped: DMTCP waits for it for ever, the job
+suspended) has the job's `hpcmig run` ask hpcmigd after the testbed's
+dmtcp_checkpoint_timeout (30 s) to restart the job from the generation before; it completes
+exactly once.
+
 A restarted rank used to segfault at random (MPICH 4 runs of 7, Open MPI 1 of 4 on a bad day):
 DMTCP's program break and ASLR; its restart now runs without randomization (docs/checkpoint.md).
 """
@@ -32,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -44,7 +50,7 @@ from hpcmig.controller.journal import Journal
 from hpcmig.errors import MissingDependency, SlurmError
 from hpcmig.slurm import Slurm
 from hpcmig.testbed import cluster
-from hpcmig.testbed.plan import DMTCP_PREFIX_ENV, Plan
+from hpcmig.testbed.plan import DMTCP_CHECKPOINT_TIMEOUT, DMTCP_PREFIX_ENV, Plan
 from hpcmig.workloads import batch, ring
 from tests.integration import hpcmigd
 from tests.integration import rt_support as S
@@ -115,14 +121,18 @@ def wait_generations(testbed: Plan, slurm: Slurm, job_id: int, out: Path, direct
     return steps(directory)
 
 
-def loaded_plugin(job_dir: Path) -> list[int]:
-    """The job's ranks (the ring's processes working in `job_dir`) that have hpcmig's DMTCP
-    plugin mapped."""
+def ring_ranks(job_dir: Path) -> list[int]:
+    """The job's ranks: the ring's processes working in `job_dir`."""
     ranks = [int(p.name) for p in Path("/proc").glob("[0-9]*")
              if _procfs.argv(int(p.name))[1:3] == ["-m", "hpcmig.workloads.ring"]
              and _cwd(int(p.name)) == str(job_dir)]
     assert ranks, "no rank of the job is running"
-    return [pid for pid in ranks if dmtcp.PLUGIN in _maps(pid)]
+    return sorted(ranks)
+
+
+def loaded_plugin(job_dir: Path) -> list[int]:
+    """The job's ranks that have hpcmig's DMTCP plugin mapped."""
+    return [pid for pid in ring_ranks(job_dir) if dmtcp.PLUGIN in _maps(pid)]
 
 
 def _cwd(pid: int) -> str:
@@ -283,3 +293,35 @@ def test_a_requeued_three_container_open_mpi_job_restarts_with_both_its_daemons(
     print(f"\ndmtcp openmpi, 3 containers: generation 1 ({gen.seconds:.1f} s, "
           f"{gen.image_bytes / 2**20:.0f} MiB), requeued; completed {time.monotonic() - t0:.0f} "
           f"s later, {sum(1 for c in done.values() if c > 1)} rounds done again")
+
+
+def test_a_dmtcp_checkpoint_that_never_completes_restarts_the_job_from_the_one_before(
+        testbed: Plan, slurm: Slurm, job_dir: Path, dmtcp_tools: dmtcp.DmtcpTools) -> None:
+    """A rank SIGSTOPped after a generation: DMTCP's next checkpoint waits for it for ever and
+    keeps the whole job suspended (it cannot call a checkpoint off). After
+    dmtcp_checkpoint_timeout the job's `hpcmig run` asks hpcmigd (restart_stuck), which
+    requeues the job: it restarts from the newest complete generation, completes exactly
+    once, and its DMTCP directory is removed."""
+    job_id, out, _ = submit_job(testbed, slurm, job_dir, ring_script(2, "mpich", "dmtcp-hung"))
+    directory = Path(dmtcp_job.job_dir(str(job_dir), str(job_id)))
+    wait_generations(testbed, slurm, job_id, out, directory, 1)
+    victim = ring_ranks(job_dir)[0]
+    os.kill(victim, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    newest = steps(directory)[-1]  # (just published: the next is asked an interval later)
+
+    text = ended_and_removed(testbed, slurm, job_id, out, directory)
+    assert slurm.job(job_id).restart_count == 1
+    assert (f"dmtcp checkpoint not complete after {DMTCP_CHECKPOINT_TIMEOUT:g}s" in text
+            and "asking hpcmigd to restart the job from its generation before" in text), text
+    assert text.count("restarted from DMTCP checkpoint generation") == 1, text
+    assert f"restarted from DMTCP checkpoint generation {newest.number} (" in text, text
+    done = rounds_done(text)
+    assert sorted(done) == list(range(1, ROUNDS + 1)), f"every round ran\n{text}"
+    decided = [d["what"] for d in hpcmigd.status()["decisions"]]
+    assert any(f"job {job_id}: its DMTCP checkpoint did not complete in "
+               f"{DMTCP_CHECKPOINT_TIMEOUT:g} s; requeued to restart from checkpoint "
+               f"generation {newest.number}" in d for d in decided), decided
+    print(f"\ndmtcp hung checkpoint: rank {victim} stopped after generation {newest.number}; "
+          f"the job completed {time.monotonic() - stopped_at:.0f} s later, "
+          f"{sum(1 for c in done.values() if c > 1)} rounds done again")

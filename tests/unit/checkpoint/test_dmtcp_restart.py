@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from hpcmig import _proc
-from hpcmig.checkpoint import CheckpointError, dmtcp
+from hpcmig.checkpoint import CheckpointError, dmtcp, dmtcp_job
 from hpcmig.errors import MissingDependency
 from hpcmig.mpi import flavour
 from hpcmig.workloads.ring import expected
@@ -215,6 +216,46 @@ def test_counter_checkpointed_killed_and_restarted_continues_exactly(
             assert int(after[n - first][2]) == acc
     assert int(after[-1][2]) == acc
     print(f"\ndmtcp counter: checkpoint {gen.seconds:.2f}s, {gen.image_bytes / 1e6:.1f} MB")
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_checkpoint_that_cannot_complete_is_reported_hung_and_the_step_kept_or_ended(
+        keep: bool, tools: dmtcp.DmtcpTools, procs: Procs, tmp_path: Path) -> None:
+    """A process of the job SIGSTOPped: DMTCP's checkpoint waits for it for ever. `hpcmig run`
+    asks with --keep-hung (exit HUNG: the job stays suspended, the generation before stays
+    the newest, for hpcmigd to restart the job from) and ends the step with `stop` when there
+    is no restart; without it, the step is ended at once."""
+    prog = tmp_path / "counter.py"
+    prog.write_text(COUNTER)
+    step, log = tmp_path / "step-1", tmp_path / "job.log"
+    coord = dmtcp_job.start(str(step), "127.0.0.1", os.path.dirname(os.path.dirname(
+        tools.launch)))
+    procs.coordinators.append(coord)
+    argv, env = dmtcp.launch_argv(coord, [sys.executable, str(prog), "600"], os.environ)
+    sid = procs.spawn(argv, env, log)  # dmtcp_launch execs the counter: sid is its pid
+    dmtcp.wait_running(coord, 1)
+    before = dmtcp_job.take(str(step), 30)
+    os.kill(sid, signal.SIGSTOP)
+
+    def job_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hpcmig.checkpoint.dmtcp_job", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    t0 = time.monotonic()
+    res = job_cli("checkpoint", str(step), "--timeout", "3", *(["--keep-hung"] if keep else []))
+    assert 3 <= time.monotonic() - t0 < 30
+    assert "not complete after 3s" in res.stderr, res.stderr
+    assert dmtcp.generations(str(step)) == [before]
+    if keep:
+        assert res.returncode == dmtcp_job.HUNG
+        assert coord.alive() and _stat(sid) is not None and _stat(sid)[0] == "T"  # suspended
+        assert job_cli("stop", str(step)).returncode == 0
+    else:
+        assert res.returncode == 1 and "so it was ended" in res.stderr
+    wait_for(lambda: not coord.alive(), 15, "the coordinator to end")
+    os.kill(sid, signal.SIGCONT)  # (stopped, it could not see its coordinator go)
+    wait_for(lambda: _stat(sid) is None or _stat(sid)[0] in ("Z", "X"), 15,
+             "the job's process to die with its coordinator")
 
 
 def ring_job(mpi: str, tools: dmtcp.DmtcpTools, procs: Procs, ckpt: Path, log: Path,

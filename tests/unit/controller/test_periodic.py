@@ -199,3 +199,64 @@ def test_a_dmtcp_or_app_job_is_asked_an_interval_after_its_last_generation_was_c
     assert len(asks) == 2
     clock._app(vc, now=137.0)  # type: ignore[arg-type]  (never answered: asked again)
     assert len(asks) == 3
+
+
+class _StuckSvc(_CkptSvc):
+    """A running engine=dmtcp job (or `engine`) whose `hpcmig run` found its checkpoint hung."""
+
+    def __init__(self, tmp: Path, journal: Journal, engine: str = "dmtcp") -> None:
+        import contextlib
+
+        from hpcmig.slurm import JobInfo
+
+        super().__init__(tmp)
+        self.engine = engine
+        self.requeued: list[tuple[int, bool]] = []
+        self.decided: list[str] = []
+        self.slurm = self
+        self.job = lambda jid: JobInfo(job_id=9, name="j", user="u", state="RUNNING",
+                                       nodes=("a", "b"))
+        self.job_lock = lambda jid: contextlib.nullcontext(True)
+        self.journal = lambda: contextlib.nullcontext(journal)
+        journal.set_members("9", 0, self.vcluster("9", None).to_json())
+
+    def vcluster(self, job_id: str, job: object) -> object:
+        import dataclasses
+
+        return dataclasses.replace(super().vcluster(job_id, job), engine=self.engine)
+
+    def requeue(self, job_id: int, hold: bool = False) -> None:
+        self.requeued.append((job_id, hold))
+
+    def decide(self, text: str, job: str | None = None) -> None:
+        self.decided.append(text)
+
+
+def test_a_hung_dmtcp_checkpoint_requeues_the_job_from_its_generation_before(
+        tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    svc = _StuckSvc(tmp_path, journal)
+    monkeypatch.setattr(periodic, "newest", lambda *_: {"n": 4, "time": 0.0})
+    monkeypatch.setattr(periodic, "node_lost", lambda *_: pytest.fail("no node is lost"))
+    released: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(periodic, "finish_requeue",
+                        lambda _svc, jid, lost: released.append((jid, list(lost))) or [])
+    answer = periodic.restart_stuck(svc, "9", "its DMTCP checkpoint did not complete in 30 s")  # type: ignore[arg-type]
+    assert answer == {"restarted": True, "lost": [], "excluded": [], "generation": 4}
+    assert svc.requeued == [(9, True)] and released == [("9", [])]
+    assert "did not complete in 30 s; requeued to restart from checkpoint generation 4" \
+        in svc.decided[0]
+    assert "restarting" not in periodic.load(svc.cfg.checkpoint_dir, "9")  # done: once
+
+
+def test_a_hung_checkpoint_without_a_generation_before_or_of_a_criu_job_restarts_nothing(
+        tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpcmig.errors import UsageError
+
+    svc = _StuckSvc(tmp_path, journal)
+    monkeypatch.setattr(periodic, "newest", lambda *_: None)
+    answer = periodic.restart_stuck(svc, "9", "hung")  # type: ignore[arg-type]
+    assert not answer["restarted"] and "no periodic checkpoint" in answer["why"]
+    criu = _StuckSvc(tmp_path / "criu", journal, engine="criu")
+    with pytest.raises(UsageError, match="engine=criu"):
+        periodic.restart_stuck(criu, "9", "hung")  # type: ignore[arg-type]
+    assert svc.requeued == criu.requeued == []
