@@ -149,3 +149,55 @@ def test_a_checkpoint_waits_for_the_ranks_the_launcher_and_each_other_hosts_daem
     assert s.peers() == 13
     s.hosts, s.ranks = 1, 4
     assert s.peers() == 5
+
+
+@pytest.mark.parametrize("answer", [{"restarted": True, "generation": 3},
+                                    {"restarted": False, "why": "no periodic checkpoint yet"},
+                                    "hpcmigd does not answer"])
+def test_a_hung_checkpoint_has_hpcmigd_restart_the_job_or_ends_the_step(
+        tmp_path: Path, prefix: str, monkeypatch: Any, answer: Any) -> None:
+    """The checkpoint hpcmigd asked for never completed (DMTCP keeps the job suspended): the
+    step asks hpcmigd to restart the job from its generation before. Restarted: this run is
+    over (it raises, so that it does nothing more to containers whose addresses the new run
+    has); not restarted, or no answer: the step is ended (`dmtcp_job stop`)."""
+    from hpcmig.controller import client as controller_client
+    from hpcmig.errors import HpcmigError
+
+    monkeypatch.chdir(tmp_path)
+    s = step(tmp_path, prefix)
+    s.cfg.dmtcp_checkpoint_timeout = 30.0
+    asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def in_head(verb: str, *args: str, timeout: float = 120.0) -> dict[str, Any]:
+        asked.append((verb, args))
+        if verb == "checkpoint":
+            raise dmtcp.CheckpointHung("dmtcp: dmtcp checkpoint not complete after 30s")
+        return {"stopped": True}
+
+    class Controller:
+        calls: list[tuple[str, dict[str, Any]]] = []
+
+        def __init__(self, cfg: Any) -> None:
+            pass
+
+        def call(self, op: str, timeout: float, **kw: Any) -> Any:
+            self.calls.append((op, kw))
+            if isinstance(answer, str):
+                raise HpcmigError(answer)
+            return answer
+
+    monkeypatch.setattr(s, "_in_head", in_head)
+    monkeypatch.setattr(controller_client, "ControllerClient", Controller)
+    request = s.job_dir / dmtcp_job.REQUEST
+    request.touch()
+    if isinstance(answer, dict) and answer["restarted"]:
+        with pytest.raises(HpcmigError, match="generation 3: this run of it is over"):
+            s.tick()
+        assert [v for v, _ in asked] == ["checkpoint"]
+    else:
+        s.tick()
+        assert [v for v, _ in asked] == ["checkpoint", "stop"]
+    assert asked[0][1][-3:] == ("--timeout", "30", "--keep-hung")
+    assert Controller.calls == [("restart_stuck", {
+        "job_id": "42", "why": "its DMTCP checkpoint did not complete in 30 s"})]
+    assert not request.exists()  # asked once: hpcmigd asks again at the next interval
