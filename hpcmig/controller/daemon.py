@@ -224,8 +224,9 @@ def restart_lost(call: Call, job_id: str) -> dict[str, Any]:
 
 @CONTROLLER.operation("restart_stuck", "job")
 def restart_stuck(call: Call, job_id: str, why: str) -> dict[str, Any]:
-    """`hpcmig run` of an engine=dmtcp job asks when its checkpoint never completed."""
-    return periodic.restart_stuck(_svc(call), str(job_id), str(why)[:200])
+    """`hpcmig run` of an engine=dmtcp job asks when its checkpoint never completed (`why`,
+    the caller's words, goes to the decision log: one line, 200 characters at most)."""
+    return periodic.restart_stuck(_svc(call), str(job_id), " ".join(str(why).split())[:200])
 
 
 @CONTROLLER.operation("app_checkpoints", "job")
