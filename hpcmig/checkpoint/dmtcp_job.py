@@ -30,9 +30,9 @@ the job's other containers are reached from there with hpcmig-rsh, as MPI does):
         messages overwrote what the job wrote after them.
 
 Each prints one JSON line; a failure is one line on stderr and exit 1 (HUNG: a checkpoint that
-never completed, the step left suspended). The images' host
-names are the containers' names (`hpcmig-<job>-<run>-<index>`), which is how a generation's
-images find their container again after the requeue changed `<run>`.
+never completed, the step left suspended). The images' host names are the containers' names
+(`hpcmig-<job>-<run>-<index>`), which is how a generation's images find their container again
+after the requeue changed `<run>`.
 """
 
 from __future__ import annotations

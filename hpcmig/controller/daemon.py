@@ -10,9 +10,8 @@ answer, MUNGE-authenticated); access: admins (root, `admin_users`) every verb, a
 agent every few seconds (heartbeats for status and metrics); once recovery ended, another
 fetches every agent's latest health sample every `[health] interval` (`health.sample`;
 `hpcmig-healthcheck` sends them with `health.report` instead) and hands it to the `Watcher`
-(controller/policy.py),
-which drains degraded nodes, resumes healthy ones and balances load; a third takes the
-periodic checkpoints (controller/periodic.py). Prometheus metrics on
+(controller/policy.py), which drains degraded nodes, resumes healthy ones and balances load;
+a third takes the periodic checkpoints (controller/periodic.py). Prometheus metrics on
 `metrics_address:metrics_port`. SIGTERM/SIGINT stop it; SIGKILL is what recovery is for. It
 decides; the agents act.
 """
