@@ -22,10 +22,10 @@ checkpoint (wholejob). `generations.json` says `restarting` until the release, s
 killed in between finishes the release exactly once when it starts again. `restart_stuck`
 does the same without a lost node, for an engine=dmtcp job whose checkpoint never completed
 (asked by its `hpcmig run`: DMTCP keeps such a job suspended and cannot call it off). A job
-without `ckpt=` keeps Slurm's own behaviour. Every SWEEP_SECONDS, and in the round that first sees a
-job ended, the round also removes the checkpoint directories of jobs that ended or that Slurm
-forgot (`sweep`): the epilog removes a job's images when it ends, but a job cancelled while
-held after a checkpoint runs none, and a job's own (engine=app|dmtcp) are the sweep's.
+without `ckpt=` keeps Slurm's own behaviour. Every SWEEP_SECONDS, and in the round that first
+sees a job ended, the round also removes the checkpoint directories of jobs that ended or that
+Slurm forgot (`sweep`): the epilog removes a job's images when it ends, but a job cancelled
+while held after a checkpoint runs none, and a job's own (engine=app|dmtcp) are the sweep's.
 """
 
 from __future__ import annotations
