@@ -46,6 +46,7 @@ over `--rounds` rounds; `report.py` turns the records into medians and ratios to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -53,6 +54,7 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,9 @@ from hpcmig.workloads import pingpong  # noqa: E402
 RUN_TIMEOUT = 90.0
 MODES = ("native", "container", "container-forwarded", "container-uncounted",
          "container-unfiltered", "container-macvlan", "container-gro")
+# the candidate modes' changes to the containers' devices, made for one run each
+AROUND: dict[str, Callable[[nodes.Bench], contextlib.AbstractContextManager[Any]]] = {
+    "container-macvlan": nodes.macvlans, "container-gro": nodes.veth_gro}
 N1 = next(iter(nodes.NODES))
 # Both "nodes" share this machine's cores. Open MPI binds each node's first rank to core 0 by
 # default, so both ranks would fight over one core (measured: 4 ms per message natively);
@@ -169,19 +174,11 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
                 bench.fast() != fast):
             raise HpcmigError(f"{mode}: the nft isolation is not in the state this mode needs")
     bytes0, packets0 = nodes.wire_counters(N1)
-    t0 = time.monotonic()
-    if mode == "native":
-        res = native_run(bench, flavour, program(args))
-    elif mode == "container-macvlan":
-        with nodes.macvlans(bench):
-            t0 = time.monotonic()
-            res = container_run(bench, flavour, program(args))
-    elif mode == "container-gro":
-        with nodes.veth_gro(bench):
-            t0 = time.monotonic()
-            res = container_run(bench, flavour, program(args))
-    else:
-        res = container_run(bench, flavour, program(args))
+    around = AROUND.get(mode)  # set up before the clock starts, undone after the run
+    with around(bench) if around else contextlib.nullcontext():
+        t0 = time.monotonic()
+        run = native_run if mode == "native" else container_run
+        res = run(bench, flavour, program(args))
     seconds = time.monotonic() - t0
     bytes1, packets1 = nodes.wire_counters(N1)
     wire, packets = bytes1 - bytes0, packets1 - packets0
