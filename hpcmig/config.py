@@ -56,6 +56,11 @@ class Config:
     remap_every: float = 0.0  # hpcmigd remaps running jobs this often, in seconds (0: off)
     migration_mode: str = "postcopy"  # or "stop-and-copy": how a live move carries memory
     network_fastpath: bool = True  # containers' packets by the tc program where nodes can
+    # the L2 data path (hpcmig.network.l2): MPI's traffic on a macvlan of each container on
+    # the node's uplink, with an address of network_l2_pool; the nodes on one Ethernet segment
+    network_l2: bool = False
+    network_l2_pool: str = "10.250.0.0/16"  # as large as `pool`, not overlapping it
+    network_l2_uplink: str = "eth0"  # each node's device on that segment
     health: Policy = field(default_factory=Policy)  # the [health] table: hpcmigd's rules
 
     @property
@@ -107,6 +112,18 @@ class Config:
             raise UsageError(f"config: bad pool {self.pool!r}: {exc}") from None
         if not net.prefixlen < self.block_prefix <= 30:
             raise UsageError(f"config: block_prefix must be in ({net.prefixlen}, 30]")
+        try:
+            data = IPv4Network(self.network_l2_pool)
+        except ValueError as exc:
+            raise UsageError(f"config: bad network_l2_pool {self.network_l2_pool!r}: {exc}"
+                             ) from None
+        if data.prefixlen != net.prefixlen or data.overlaps(net):
+            raise UsageError(f"config: network_l2_pool {data} must be as large as pool {net} "
+                             "and must not overlap it")
+        if not self.network_l2_uplink or "/" in self.network_l2_uplink or len(
+                self.network_l2_uplink) > 15:
+            raise UsageError(f"config: bad network_l2_uplink {self.network_l2_uplink!r} "
+                             "(a network device's name)")
         if self.mpi not in ("mpich", "openmpi"):
             raise UsageError(f"config: mpi must be mpich or openmpi, got {self.mpi!r}")
         if self.ckpt_keep < 1:

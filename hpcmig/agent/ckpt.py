@@ -344,7 +344,7 @@ def dump(call: Call, job_id: str, ref: dict[str, Any], image_dir: str,
         stats = criu.dump(container, image_dir,
                           page_server=(s.address, s.page_port) if s else None, extra=extra,
                           lazy_address=lazy_address,
-                          on_freeze=agent.net.quiet_command(r.address))
+                          on_freeze=agent.net.quiet_command(_net(agent, r)))
     return stats.to_json()
 
 

@@ -33,7 +33,6 @@ from hpcmig.agent.node import NodeAgent
 from hpcmig.agent.server import Server
 from hpcmig.errors import HpcmigError
 from hpcmig.health.sample import Roots
-from hpcmig.network import NodeNet
 from hpcmig.runtime.ns import become_subreaper
 
 HEARTBEAT_SECONDS = 2.0
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         state_dir.mkdir(parents=True, exist_ok=True)
         agent = NodeAgent(args.node, cfg, args.munge_socket or cfg.munge_socket or None)
         become_subreaper()
-        agent.network_path = str(NodeNet(None).install_isolation(
+        agent.network_path = str(agent.net.install_isolation(
             IPv4Network(cfg.pool), fastpath=cfg.network_fastpath))
         agent.adopt()
         server = Server(agent, args.listen, cfg.agent_port)

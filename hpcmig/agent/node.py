@@ -27,7 +27,7 @@ from hpcmig.agent import traffic
 from hpcmig.agent.health import Sampler
 from hpcmig.config import Config
 from hpcmig.errors import HpcmigError
-from hpcmig.network import ContainerNet, NodeNet, container_net
+from hpcmig.network import ContainerNet, NodeNet, container_net, l2
 from hpcmig.runtime import Container, ContainerSpec, get_runtime
 from hpcmig.vcluster import Member, VCluster
 
@@ -59,12 +59,20 @@ class JobRecord:
                    data.get("error", ""))
 
 
+def data_path(config: Config) -> l2.DataPath | None:
+    """The L2 data path of the configuration (None: off)."""
+    if not config.network_l2:
+        return None
+    return l2.DataPath(IPv4Network(config.pool), IPv4Network(config.network_l2_pool),
+                       config.network_l2_uplink)
+
+
 class NodeAgent:
     def __init__(self, node: str, config: Config, munge_socket: str | None = None) -> None:
         self.node = node
         self.config = config
         self.munge_socket = munge_socket
-        self.net = NodeNet(None)
+        self.net = NodeNet(None, data_path=data_path(config))
         self.health: Sampler | None = None  # set by main (agent/health.py)
         self.network_path = ""  # how containers' packets go (set by main, fastpath.Path)
         self.jobs_dir = config.agent_dir / "jobs"

@@ -7,9 +7,13 @@
  * So no TTL decrement (the kernel still forwards what goes from one uplink to another) and
  * no MAC rewrite (into a container, bpf_redirect_peer marks the packet as the host's; out of
  * an uplink, bpf_redirect_neigh writes the next hop's MAC into the free headroom).
+ *
+ * hpcmig_l2_out and hpcmig_l2_in guard the L2 data path (hpcmig/network/l2.py): tc egress
+ * and ingress of a container's macvlan, in its netns.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
@@ -127,6 +131,8 @@ static __always_inline int forward(struct __sk_buff *skb, __u32 from)
 	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
 	    ip->ttl <= 1)
 		return TC_ACT_OK;
+	if (from == PORT_UPLINK && skb->pkt_type != PACKET_HOST)
+		return TC_ACT_OK; /* not to this node: a macvlan's (the L2 data path's) */
 	r = decide(skb, ip);
 	if (!r || (from == PORT_UPLINK && r->kind == PORT_UPLINK))
 		return TC_ACT_OK; /* passing through this node: the kernel decrements the TTL */
@@ -155,6 +161,78 @@ SEC("tc")
 int hpcmig_link(struct __sk_buff *skb)
 {
 	return forward(skb, PORT_UPLINK);
+}
+
+/* Whether peer lies in the allowed job block of own (hpcmig_jobs holds the data blocks of
+ * the L2 data path beside the routed blocks). */
+static __always_inline int same_job(__u32 own, __u32 peer)
+{
+	struct block_key k = { 32, own };
+	__u32 *b = bpf_map_lookup_elem(&hpcmig_jobs, &k);
+	__u32 mask;
+
+	if (!b || b[1] == 0 || b[1] > 32)
+		return 0;
+	mask = bpf_htonl(0xffffffffu << (32 - b[1]));
+	return (peer & mask) == b[0];
+}
+
+struct arp_ipv4 { /* an Ethernet ARP frame's body for IPv4 */
+	__be16 htype, ptype;
+	__u8 hlen, plen;
+	__be16 op;
+	__u8 sha[ETH_ALEN];
+	__be32 spa;
+	__u8 tha[ETH_ALEN];
+	__be32 tpa;
+} __attribute__((packed));
+
+/* An IPv4 packet or ARP frame between two addresses of one allowed job passes, anything
+ * else is dropped. own: the container's address (source going out, destination coming in). */
+static __always_inline int guard(struct __sk_buff *skb, int out)
+{
+	const __u32 need = sizeof(struct ethhdr) + sizeof(struct arp_ipv4); /* > an IPv4 header */
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if (data + need > end && skb->len >= need) {
+		bpf_skb_pull_data(skb, need);
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+		eth = data;
+	}
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_SHOT;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end)
+			return TC_ACT_SHOT;
+		if (out ? same_job(ip->saddr, ip->daddr) : same_job(ip->daddr, ip->saddr))
+			return TC_ACT_OK;
+		return TC_ACT_SHOT;
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		struct arp_ipv4 *a = (void *)(eth + 1);
+
+		if ((void *)(a + 1) > end || a->ptype != bpf_htons(ETH_P_IP) || a->plen != 4)
+			return TC_ACT_SHOT;
+		if (out ? same_job(a->spa, a->tpa) : same_job(a->tpa, a->spa))
+			return TC_ACT_OK;
+	}
+	return TC_ACT_SHOT;
+}
+
+SEC("tc")
+int hpcmig_l2_out(struct __sk_buff *skb)
+{
+	return guard(skb, 1);
+}
+
+SEC("tc")
+int hpcmig_l2_in(struct __sk_buff *skb)
+{
+	return guard(skb, 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";

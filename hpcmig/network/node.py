@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -21,10 +22,11 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hpcmig import _proc
 from hpcmig.errors import CommandError, HpcmigError
-from hpcmig.network import fastload, plan
+from hpcmig.network import fastload, l2, plan
 from hpcmig.network import fastpath as fast
 from hpcmig.network import hold as holding
 from hpcmig.network import traffic as counting
+from hpcmig.network.l2node import DataLink
 from hpcmig.network.plan import ContainerNet, Step
 
 _GONE = ("Cannot find device", "No such file", "No such process", "not found",
@@ -41,9 +43,12 @@ class NetworkError(HpcmigError):
 class NodeNet:
     """The virtual network as seen from one node (its network namespace)."""
 
-    def __init__(self, netns: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, netns: str | None = None, timeout: float = 30.0,
+                 data_path: l2.DataPath | None = None) -> None:
         self.netns = netns  # name or path of the node's netns; None: our own
         self.timeout = timeout
+        # the L2 data path (hpcmig.network.l2) where the configuration turns it on
+        self.data = DataLink(self, data_path) if data_path else None
 
     def _prefix(self) -> list[str]:
         if self.netns is None:
@@ -115,10 +120,12 @@ class NodeNet:
         `point_local` after `criu restore` (see plan.create_plan)."""
         self.enable_forwarding()
         try:
-            self.run_all(plan.create_plan(net, routed))
+            self.run_all(plan.create_plan(net, routed, l2.CONTROL if self.data else "eth0"))
             if not routed:
                 self.hold(net.address)
             self._attach(net.host_veth)
+            if self.data:
+                self.data.create(net, up=routed)
             self.wait_link_up(net)
         except HpcmigError:
             self.remove_container_net(net)
@@ -126,16 +133,17 @@ class NodeNet:
         return net
 
     def wait_link_up(self, net: ContainerNet, timeout: float = 5.0) -> None:
-        """Until the container's eth0 carries traffic: `ip link set up` returns before the
+        """Until the container's veth carries traffic: `ip link set up` returns before the
         veth runs, and MPICH started at once then finds "eth0 not available"."""
+        dev = l2.CONTROL if self.data else "eth0"
         deadline = time.monotonic() + timeout
         while True:
-            out = self.run(["ip", "-n", net.netns, "-j", "link", "show", "dev", "eth0"])
+            out = self.run(["ip", "-n", net.netns, "-j", "link", "show", "dev", dev])
             links = json.loads(out or "[]")
             if links and links[0].get("operstate") == "UP":
                 return
             if time.monotonic() > deadline:
-                raise NetworkError(f"eth0 of {net.netns} is not up after {timeout:g} s")
+                raise NetworkError(f"{dev} of {net.netns} is not up after {timeout:g} s")
             time.sleep(0.02)
 
     def remove_container_net(self, net: ContainerNet) -> None:
@@ -144,11 +152,15 @@ class NodeNet:
         self._forget_port(net.host_veth)
         for step in [*holding.remove_plan(net.address), *plan.remove_plan(net)]:
             self.run(step, tolerate_gone=True)
+        if self.data:
+            self.data.remove(net)
 
     def point_local(self, net: ContainerNet) -> None:
         """Route the /32 to the container's veth here, its veth up (lets held packets go to
-        it)."""
+        it), and its eth0 on the L2 data path up."""
         self.run_all([*plan.wake_plan(net), *plan.local_route_plan(net)])
+        if self.data:
+            self.data.wake(net)
         self._release(net.address)
 
     def route_via(self, address: IPv4Address | str, via: IPv4Address | str) -> None:
@@ -179,16 +191,19 @@ class NodeNet:
             self.run_all(plan.blackhole_plan(address))
             return "blackhole"
 
-    def quiet_command(self, address: IPv4Address | str) -> list[str]:
-        """The command that makes the copy at address quiet, its host veth down
-        (`plan.quiet_plan`; `point_local` brings it up): CRIU runs it once it has frozen the
-        copy it dumps (`criu.dump(on_freeze=)`). Then, the stopped copy's kernel cannot
+    def quiet_command(self, net: ContainerNet) -> list[str]:
+        """The command that makes the copy quiet, its host veth down (`plan.quiet_plan`) and
+        its eth0 on the L2 data path (`point_local` brings them up): CRIU runs it once it has
+        frozen the copy it dumps (`criu.dump(on_freeze=)`). Then, the stopped copy's kernel cannot
         retransmit with TCP timestamps that run on while the restored copy's stay where the
         dump froze them (a peer that heard those rejected the restored copy's answers, PAWS,
         for about a second). Not earlier: an answer the copy wrote between the lock and the
         freeze would never leave, and its restored socket resends it only after its first
         retransmission timeout, 1 s (both seen with a capture on the nodes)."""
-        [step] = plan.quiet_plan(address)
+        [step] = plan.quiet_plan(net.address)
+        if self.data:
+            return ["sh", "-c", shlex.join([*self._prefix(), *step]) + " ; " +
+                    self.data.quiet_command(net)]
         return [*self._prefix(), *step]
 
     def _release(self, address: IPv4Address | str, drain: float = 1.0) -> None:
@@ -225,7 +240,7 @@ class NodeNet:
         """Idempotent: (re)load the nft table that keeps jobs apart; keeps allowed blocks.
         A table an older hpcmig made with another counting set loses that set (and counts).
         Then the fast path (hpcmig.network.fastpath) where the node can run it; returns the
-        path its containers' packets take."""
+        path its containers' packets take (and the L2 data path's state where it is on)."""
         script = plan.isolation_script(pool)
         try:
             self.run(["nft", "-f", "-"], input=script)
@@ -239,18 +254,26 @@ class NodeNet:
                         "(a lookup there waits for its timeout): %s", exc)
         if not fastpath:
             self.remove_fastpath()
-            return fast.Path("forwarded", "fast path off in the configuration")
-        return self.enable_fastpath()
+            path = fast.Path("forwarded", "fast path off in the configuration")
+        else:
+            path = self.enable_fastpath()
+        if self.data:
+            data = self.data.describe()
+            (log.warning if "unavailable" in data else log.info)("virtual network: %s", data)
+            path = fast.Path(path.kind, "; ".join(p for p in (path.detail, data) if p))
+        return path
 
     def allow_job(self, block: IPv4Network) -> None:
         """Containers inside `block` may reach each other through this node."""
         self.run_all(plan.allow_job_plan(block))
         if pins := self.pins():
-            self._bpftool(fast.block_entry(pins, block))
+            self._bpftool(self._block_lines(pins, block))
 
     def forbid_job(self, block: IPv4Network) -> None:
         if pins := self.pins():
-            self._bpftool(fast.delete(pins, fast.JOBS, fast.block_key(block)), tolerate=True)
+            data = self.data.forbid_lines(pins, block) if self.data else ""
+            self._bpftool(fast.delete(pins, fast.JOBS, fast.block_key(block)) + data,
+                          tolerate=True)
         self.run_all(plan.forbid_job_plan(block), tolerate_gone=True)
 
     def remove_isolation(self) -> None:
@@ -297,7 +320,7 @@ class NodeNet:
                 obj = fastload.compiled(fast.source())
                 os.makedirs(pins, exist_ok=True)
                 self.run_all(fast.load_plan(obj, pins))
-            lines = "".join(fast.block_entry(pins, b) for b in self.allowed_blocks())
+            lines = "".join(self._block_lines(pins, b) for b in self.allowed_blocks())
             self._bpftool(lines)
             counted = self.traffic(None)
             if counted:
@@ -314,6 +337,10 @@ class NodeNet:
         path = self.fastpath()
         log.info("virtual network: %s", path)
         return path
+
+    def _block_lines(self, pins: str, block: IPv4Network) -> str:
+        data = self.data.block_lines(pins, block) if self.data else ""
+        return fast.block_entry(pins, block) + data
 
     def remove_fastpath(self) -> None:
         """Detach the program from every port and unpin it (idempotent)."""

@@ -113,8 +113,9 @@ def forwarding_plan() -> list[Step]:
     return [["sysctl", "-qw", "net.ipv4.ip_forward=1"]]
 
 
-def create_plan(net: ContainerNet, routed: bool = True) -> list[Step]:
-    """Make the netns and veth, address the container side, route the /32 to it here.
+def create_plan(net: ContainerNet, routed: bool = True, inner: str = "eth0") -> list[Step]:
+    """Make the netns and veth, address the container side (named `inner`), route the /32
+    to it here.
 
     routed=False (a migration target before `criu restore`): no route to the veth yet, so
     that peers' packets meet no socket-less address (which would answer with RST and kill
@@ -127,14 +128,14 @@ def create_plan(net: ContainerNet, routed: bool = True) -> list[Step]:
         ["ip", "netns", "add", ns],
         ["ip", "link", "add", net.host_veth, "address", net.host_mac, "type", "veth",
          "peer", "name", net.peer_veth, "address", net.container_mac, "netns", ns],
-        [*inside, "link", "set", net.peer_veth, "name", "eth0"],
+        [*inside, "link", "set", net.peer_veth, "name", inner],
         [*inside, "link", "set", "lo", "up"],
-        [*inside, "addr", "add", f"{addr}/32", "dev", "eth0"],
-        [*inside, "link", "set", "eth0", "up"],
-        [*inside, "neigh", "replace", GATEWAY, "lladdr", net.host_mac, "dev", "eth0",
+        [*inside, "addr", "add", f"{addr}/32", "dev", inner],
+        [*inside, "link", "set", inner, "up"],
+        [*inside, "neigh", "replace", GATEWAY, "lladdr", net.host_mac, "dev", inner,
          "nud", "permanent"],
-        [*inside, "route", "replace", f"{GATEWAY}/32", "dev", "eth0", "scope", "link"],
-        [*inside, "route", "replace", "default", "via", GATEWAY, "dev", "eth0", "onlink"],
+        [*inside, "route", "replace", f"{GATEWAY}/32", "dev", inner, "scope", "link"],
+        [*inside, "route", "replace", "default", "via", GATEWAY, "dev", inner, "onlink"],
         ["ip", "link", "set", net.host_veth, "up"],
         ["ip", "neigh", "replace", addr, "lladdr", net.container_mac, "dev", net.host_veth,
          "nud", "permanent"],

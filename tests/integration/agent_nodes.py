@@ -224,10 +224,11 @@ def _mnt(pid: str) -> int | None:
 
 
 @contextlib.contextmanager
-def agent_nodes(prefix: str = "hpcmig-rt-agents-", tmp: str | None = None
-                ) -> Iterator[AgentNodes]:
-    """munged, a job user, the three bridged nodes with their mount namespaces and agents;
-    everything removed afterwards (leftovers of a crashed run first)."""
+def agent_nodes(prefix: str = "hpcmig-rt-agents-", tmp: str | None = None,
+                **settings: Any) -> Iterator[AgentNodes]:
+    """munged, a job user, the three bridged nodes with their mount namespaces and agents
+    (their hpcmig.toml with `settings` on top); everything removed afterwards (leftovers of
+    a crashed run first)."""
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
     work.chmod(0o755)
     (work / "run").mkdir()
@@ -238,7 +239,8 @@ def agent_nodes(prefix: str = "hpcmig-rt-agents-", tmp: str | None = None
         S.sh("ip", "addr", "add", CONTROLLER_ADDR, "dev", S.BRIDGE)
         cfg = config.Config(state_dir=str(work / "state"), run_dir=str(work / "run"),
                              checkpoint_dir=str(work / "ckpt"), agent_port=AGENT_PORT,
-                             munge_socket=sock, pool=str(POOL), block_prefix=BLOCK_PREFIX)
+                             munge_socket=sock, pool=str(POOL), block_prefix=BLOCK_PREFIX,
+                             **settings)
         nodes = AgentNodes(work, sock, user, cfg)
         for name in nodes.container_netns():  # a crashed earlier run's
             S.sh("ip", "netns", "del", name, check=False)
@@ -264,7 +266,7 @@ def bench_problem() -> str | None:
 
 
 @contextlib.contextmanager
-def criu_agent_nodes() -> Iterator[AgentNodes]:
+def criu_agent_nodes(**settings: Any) -> Iterator[AgentNodes]:
     """`agent_nodes` for tests that dump containers: skipped with the reason where CRIU
     cannot checkpoint job containers here."""
     import pytest  # only the tests use this; the benchmarks import the module without it
@@ -272,5 +274,5 @@ def criu_agent_nodes() -> Iterator[AgentNodes]:
     problem = S.criu_problem()
     if problem:
         pytest.skip(problem)
-    with agent_nodes() as nodes:
+    with agent_nodes(**settings) as nodes:
         yield nodes

@@ -18,7 +18,8 @@ def test_missing_file_means_defaults(tmp_path: Path) -> None:
 
 def test_render_parse_round_trip() -> None:
     cfg = config.Config(state_dir="/shared/hpcmig", agent_port=7200, admin_users=("ops",),
-                        network_fastpath=False)
+                        network_fastpath=False, network_l2=True,
+                        network_l2_pool="10.9.0.0/16", network_l2_uplink="ib0e")
     assert config.parse(config.render(cfg, "# header")) == cfg
     assert "network_fastpath = false" in config.render(cfg)
     assert "[health]" not in config.render(cfg)  # a default policy needs no table
@@ -63,6 +64,10 @@ def test_health_defaults() -> None:
     ("[health]\nballance = true", "known keys: enabled, dry_run, interval"),
     ("health_load = 'psi'", "health_load must be loadavg or mntns"),
     ("network_fastpath = 1", "network_fastpath must be a bool"),
+    ("network_l2_pool = '10.250.0.0/24'", "must be as large as pool 10.252.0.0/16"),
+    ("network_l2_pool = '10.252.0.0/16'", "must not overlap it"),
+    ("network_l2_pool = 'ten'", "bad network_l2_pool"),
+    ("network_l2_uplink = 'a/b'", "bad network_l2_uplink"),
     ("agent_port = true", "must be a int"),
     ("migration_mode = 'lazy'", "migration_mode must be postcopy or stop-and-copy"),
     ("health_paths = ['scratch']", "not an absolute path"),

@@ -1,0 +1,94 @@
+"""Live migration on the L2 data path: real agents (network_l2 = true) and CRIU.
+
+The setting of tests/integration/test_checkpoint_migration.py, with the agents' hpcmig.toml
+turning the L2 data path on: every container has eth0 as a macvlan on its node's eth0, and
+the client's one TCP connection goes to the server's data address (10.250.x.y), not its
+/32. The server moves between b1 and b2; the connection must survive with the server's
+count equal to the client's, and the data address must answer from the target only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Network
+
+import pytest
+
+from hpcmig.checkpoint.refs import ContainerRef
+from hpcmig.controller.journal import Journal
+from hpcmig.controller.migration import migrate
+from hpcmig.network import l2
+from tests.integration import rt_support as S
+from tests.integration.agent_nodes import POOL, criu_agent_nodes
+from tests.integration.test_checkpoint_migration import Env, _pings, _text, assert_serving_once
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(S.missing() is not None, reason=str(S.missing()))]
+
+B1, B2, B3 = S.BRIDGED
+PY = sys.executable
+DATA_POOL = "10.250.0.0/16"
+DP = l2.DataPath(POOL, IPv4Network(DATA_POOL), "eth0")
+
+
+def data(ref: ContainerRef) -> str:
+    return str(DP.address(ref.address))
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    with criu_agent_nodes(network_l2=True, network_l2_pool=DATA_POOL) as nodes:
+        vc = nodes.plan("92", 0, [B3, B1, B2], spares=1)
+        client, server = (ContainerRef(vc.job_id, vc.restart, m.index, m.address, vc.uid)
+                          for m in vc.members)
+        e = Env(nodes, vc, str(nodes.work / "journal.db"), server, client)
+        e.peer_dir.mkdir()
+        os.chown(e.peer_dir, nodes.user.uid, nodes.user.gid)
+        try:
+            nodes.setup(vc)
+            nodes.start_holder(B1, server.address, 64)
+            time.sleep(1.0)  # fills and hashes 64 MiB before it listens
+            r = nodes.rsh(B3, "-n", client.address, f"{PY} -m hpcmig.workloads.holder client "
+                          f"{data(server)} --progress {e.peer_dir}/progress "
+                          f"--gaps {e.peer_dir}/gaps </dev/null >/dev/null 2>&1 &")
+            assert r.returncode == 0, r.stderr
+            assert S.wait_for(lambda: _pings(e) > 20, 20), _text(e)
+            yield e
+        finally:
+            removed = nodes.teardown(vc.job_id)
+            left = nodes.container_netns()
+        assert not left, left
+        assert removed, "job.teardown found no container"
+
+
+def test_the_job_talks_over_the_data_path(env: Env) -> None:
+    links = env.nodes.rsh(B3, env.client.address, "ip -d -o link show eth0").stdout
+    assert "macvlan" in links and l2.data_mac(DP.address(env.client.address)) in links
+    conns = env.nodes.rsh(B3, env.client.address, "ss -Htn state established").stdout
+    assert f"{data(env.server)}:" in conns, conns  # the client's connection
+
+
+@pytest.mark.parametrize("transport", ["shared", "stream+postcopy"])
+def test_a_live_move_keeps_the_connection_on_the_data_path(
+        env: Env, transport: str, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = env.spec(transport)
+    before, started = _pings(env), time.time()
+    with Journal(env.journal_path) as journal:
+        out = migrate(journal, env.ops, spec)
+    assert out.state == "done", out.error
+    env.moved(env.server, spec.target)
+    assert_serving_once(env, spec.target, _pings(env))
+    assert not env.images_left(spec)
+    conns = env.nodes.rsh(env.client_at, env.client.address, "ss -Htn state established")
+    assert f"{data(env.server)}:" in conns.stdout, conns.stdout  # the same connection
+    ping = env.nodes.rsh(env.client_at, env.client.address, f"ping -c1 -W1 {data(env.server)}")
+    assert ping.returncode == 0, ping.stdout
+    wait = env.longest_wait(started)
+    assert out.pause is not None
+    with capsys.disabled():
+        print(f"\nL2 migration ({transport}) {spec.source}->{spec.target}: pause "
+              f"{out.pause:.3f} s; peer: {before} pings before, longest wait "
+              f"{wait * 1000:.0f} ms")

@@ -1,0 +1,188 @@
+"""The L2 data path for real: macvlans on three bridged node namespaces, guarded per job.
+
+Nodes hpcmig-rt-b1..b3 (10.253.1.1-3 on one bridge, no route out; rt_support). Job 1 holds
+10.252.0.0/26 and job 2 10.252.0.64/26; their data blocks are 10.250.0.0/26 and
+10.250.0.64/26. Container netns hpcmig-rtl*.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Network
+
+import pytest
+
+from hpcmig.network import NodeNet, container_net, fastpath, l2
+from hpcmig.network.plan import ContainerNet
+from tests.integration import rt_support as S
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(S.missing() is not None, reason=str(S.missing()))]
+
+POOL = IPv4Network("10.252.0.0/16")
+DP = l2.DataPath(POOL, IPv4Network("10.250.0.0/16"), "eth0")
+JOB1 = IPv4Network("10.252.0.0/26")
+JOB2 = IPv4Network("10.252.0.64/26")
+B1, B2, B3 = S.BRIDGED
+
+
+def data(c: ContainerNet) -> str:
+    return str(DP.address(c.address))
+
+
+def pings(netns: str, address: str) -> bool:
+    return S.in_ns(netns, "ping", "-c1", "-W1", address, check=False).returncode == 0
+
+
+def guard_drops(c: ContainerNet) -> int:
+    """Packets the guards of c's eth0 dropped (tc's per-filter counters are per program:
+    read the qdisc's drop count instead)."""
+    out = json.loads(S.in_ns(c.netns, "tc", "-j", "-s", "qdisc", "show", "dev", "eth0").stdout)
+    return sum(int(q.get("drops", 0)) for q in out)
+
+
+# The two tests that make nodes of their own come before the module's nodes exist (making
+# them again would sweep those away).
+def test_teardown_leaves_nothing_of_the_data_path() -> None:
+    with S.bridged_nodes():
+        node = NodeNet(B1, data_path=DP)
+        node.install_isolation(POOL)
+        c = container_net("10.252.0.9", "hpcmig-rtl9")
+        node.create_container_net(c)
+        node.remove_container_net(c)
+        node.remove_container_net(c)  # idempotent
+        node.remove_isolation()
+        assert "hpcmig-rtl9" not in S.netns_list()
+        assert not [x for x in S.links_in(B1) if x.startswith("hm")]
+        inode = os.stat(f"/run/netns/{B1}").st_ino
+        assert not os.path.exists(fastpath.pin_dir(inode))
+
+
+def test_a_node_that_cannot_guard_the_data_path_makes_no_container(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    """No fast path (no clang): the node says why, and a container there would have no
+    eth0 on the data path, so it is refused with the reason and nothing is left."""
+    with S.bridged_nodes():
+        monkeypatch.setattr(fastpath, "OBJECT_CACHE", str(tmp_path))
+        monkeypatch.setattr(fastpath, "CLANG", "hpcmig-no-such-clang")
+        node = NodeNet(B1, data_path=DP)
+        try:
+            path = node.install_isolation(POOL)
+            assert "L2 data path unavailable: the fast path is not loaded" in path.detail
+            c = container_net("10.252.0.9", "hpcmig-rtl9")
+            with pytest.raises(Exception, match="cannot make its eth0 on the L2 data path"):
+                node.create_container_net(c)
+            assert "hpcmig-rtl9" not in S.netns_list()
+            assert not [x for x in S.links_in(B1) if x.startswith("hm")]
+        finally:
+            node.remove_isolation()
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[dict[str, object]]:
+    with S.bridged_nodes() as nodes:
+        n = {name: NodeNet(name, data_path=DP) for name in nodes}
+        cs = {"c1": (B1, container_net("10.252.0.1", "hpcmig-rtl1")),
+              "c2": (B2, container_net("10.252.0.2", "hpcmig-rtl2")),
+              "c4": (B1, container_net("10.252.0.4", "hpcmig-rtl4")),
+              "c3": (B2, container_net("10.252.0.65", "hpcmig-rtl3"))}  # job 2
+        made: list[tuple[NodeNet, ContainerNet]] = []
+        try:
+            for node in n.values():
+                assert node.install_isolation(POOL).kind == "bpf"
+                node.allow_job(JOB1)
+                node.allow_job(JOB2)
+            for where, c in cs.values():
+                n[where].create_container_net(c)
+                made.append((n[where], c))
+                for other in set(n) - {where}:
+                    n[other].route_via(c.address, S.BRIDGED[where])
+            yield {"n": n, **{k: c for k, (_, c) in cs.items()}}
+        finally:
+            for node, c in made:
+                node.remove_container_net(c)
+            for node in n.values():
+                node.remove_isolation()
+
+
+def test_a_jobs_containers_reach_each_other_on_the_data_path(net: dict) -> None:
+    c1, c2, c4 = net["c1"], net["c2"], net["c4"]
+    assert pings(c1.netns, data(c2))  # across nodes
+    assert pings(c2.netns, data(c1))
+    assert pings(c1.netns, data(c4))  # on one node (macvlan's bridge mode)
+    link = json.loads(S.in_ns(c1.netns, "ip", "-j", "-d", "addr", "show", "dev",
+                              "eth0").stdout)[0]
+    assert link["linkinfo"]["info_kind"] == "macvlan"
+    assert link["address"] == l2.data_mac(DP.address(c1.address))
+    assert [a["local"] for a in link["addr_info"] if a["family"] == "inet"] == [data(c1)]
+    assert not [a for a in link["addr_info"] if a["family"] == "inet6"]
+    # the /32 stays on the veth, now named ctl0: the routed path as before
+    assert "default via 169.254.1.1 dev ctl0 onlink" in S.in_ns(c1.netns, "ip",
+                                                               "route").stdout
+    assert pings(c1.netns, str(c2.address))
+    # nothing of the data path is routed on the nodes
+    assert "10.250." not in S.in_ns(B1, "ip", "route", "show", "table", "all").stdout
+    path = net["n"][B1].install_isolation(POOL)  # idempotent; says which paths it uses
+    assert path.kind == "bpf" and "L2 data path on eth0 (10.250.0.0/16)" in path.detail
+    bad = NodeNet(B1, data_path=l2.DataPath(POOL, DP.data_pool, "ib0"))
+    assert bad.data is not None and "no device ib0" in bad.data.describe()
+
+
+def test_another_jobs_container_is_unreachable_on_the_data_path(net: dict) -> None:
+    c1, c2, c3 = net["c1"], net["c2"], net["c3"]
+    before = guard_drops(c3)
+    assert not pings(c1.netns, data(c3))  # other job, other node: c1's guard drops it
+    assert not pings(c3.netns, data(c2))  # other job, same node
+    assert not pings(c3.netns, data(c1))
+    assert guard_drops(c3) > before
+    # the guard on the receiving side holds on its own: c1 cannot reach c3 with its guard
+    # gone (only root in c1's netns could do that)
+    S.in_ns(c1.netns, "tc", "filter", "del", "dev", "eth0", "egress")
+    try:
+        S.in_ns(c1.netns, "ip", "neigh", "replace", data(c3), "lladdr",
+                l2.data_mac(DP.address(c3.address)), "dev", "eth0")
+        assert not pings(c1.netns, data(c3))
+    finally:
+        S.in_ns(c1.netns, "ip", "neigh", "del", data(c3), "dev", "eth0", check=False)
+        net["n"][B1].run_all(l2.attach_steps(c1, net["n"][B1].pins()))
+    # forbidding the job on c2's node cuts its data path there too
+    assert pings(c1.netns, data(c2))
+    net["n"][B2].forbid_job(JOB1)
+    try:
+        assert not pings(c1.netns, data(c2))
+    finally:
+        net["n"][B2].allow_job(JOB1)
+    assert pings(c1.netns, data(c2))
+
+
+def test_a_move_keeps_the_data_address_and_the_segment_learns_its_new_port(
+        net: dict) -> None:
+    """As a live migration does it: the target's eth0 stays down until the restore, the
+    source's copy goes quiet, then the target wakes and announces itself."""
+    n, c1, c2 = net["n"], net["c1"], net["c2"]
+    assert pings(c1.netns, data(c2))  # c1's ARP entry for c2 is fresh
+    moved = container_net(c2.address, "hpcmig-rtl2b")
+    n[B3].create_container_net(moved, routed=False)
+    try:
+        down = json.loads(S.in_ns(moved.netns, "ip", "-j", "link", "show", "dev",
+                                  "eth0").stdout)[0]
+        assert "UP" not in down["flags"]  # no answer for the address from two places
+        S.sh(*n[B2].quiet_command(c2))  # what CRIU runs once it froze the copy
+        assert "UP" not in json.loads(S.in_ns(c2.netns, "ip", "-j", "link", "show", "dev",
+                                              "eth0").stdout)[0]["flags"]
+        assert not pings(c1.netns, data(c2))  # neither copy answers now
+        n[B2].remove_container_net(c2)
+        n[B3].point_local(moved)
+        t0 = time.monotonic()
+        assert pings(c1.netns, data(moved))  # c1's ARP entry still right: the same MAC
+        assert time.monotonic() - t0 < 1.0
+        mac = l2.data_mac(DP.address(c2.address))
+        fdb = S.sh("bridge", "fdb", "show", "br", S.BRIDGE).stdout
+        port = [line.split()[2] for line in fdb.splitlines() if line.startswith(mac)]
+        assert port == ["hpcmig-rtb3"], fdb  # learnt from the gratuitous ARP
+    finally:
+        n[B3].remove_container_net(moved)
+        n[B2].create_container_net(c2)  # back for the other tests
