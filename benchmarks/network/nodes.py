@@ -34,6 +34,7 @@ from hpcmig.network import (
     container_address,
     container_net,
     hosts_file,
+    l2,
     plan,
     traffic,
 )
@@ -52,9 +53,8 @@ POOL = "10.252.0.0/16"
 TOOLS = ("ip", "ethtool", "nsenter", "unshare", "nft", "munged", "setpriv", "useradd", "userdel",
          "mpiexec.mpich", "mpiexec.openmpi", "hydra_pmi_proxy", "orted")
 VENV_BIN = os.path.dirname(sys.executable)
-# mode container-macvlan (run.py) only: the macvlan's name until it is eth0, its addresses,
-# and the name of the container's veth meanwhile
-MACVLAN, MACVLAN_NET, VETH_ASIDE = "hnbmv", "10.253.0", "hnbve"
+# mode container-l2 (run.py) only: hpcmig's L2 data path on the nodes' eth0
+DATA_PATH = l2.DataPath(IPv4Network(POOL), IPv4Network("10.250.0.0/16"), "eth0")
 COUNTING = f"@{traffic.TRAFFIC_SET} accept"  # the counting rule, as nft lists it
 
 
@@ -374,44 +374,35 @@ def _rename(ctr: str, old: str, new: str) -> None:
 
 
 @contextlib.contextmanager
-def macvlans(bench: Bench) -> Iterator[list[str]]:
-    """Mode container-macvlan, which is not hpcmig's network: what a data path without the
-    container's veth would give. Container i gets a macvlan device (bridge mode) on node i's
-    eth0, with an address of its own outside the pool (MACVLAN_NET.i+1/32) and the others'
-    on-link (ARP between the containers across the node link). It is named eth0 for MPI
-    (UCX lists its devices from /sys/class/net, and a container, sharing its node's mount
-    namespace, sees the machine's sysfs, where no other name exists); the container's veth,
-    which the exec protocol still uses, is renamed aside meanwhile. Yields the macvlan
-    addresses; all of it is undone afterwards."""
+def l2_data_path(bench: Bench) -> Iterator[list[str]]:
+    """Mode container-l2: hpcmig's L2 data path (hpcmig.network.l2), made by its own code on
+    the running containers: each container's veth renamed to l2.CONTROL (what a container
+    made with `network_l2 = true` has), then `DataLink.create` gives it eth0, a guarded
+    macvlan on its node's eth0 with its data address, and the job's data block is allowed
+    on both nodes. Yields the data addresses; all of it is undone afterwards."""
+    nets = [container_net(a, c) for a, c in zip(bench.addresses, CONTAINERS, strict=True)]
+    node_nets = [NodeNet(ns, data_path=DATA_PATH) for ns in bench.nodes]
     aside: list[str] = []
-    made: list[str] = []
-    addresses = [f"{MACVLAN_NET}.{i + 1}" for i in range(len(CONTAINERS))]
     try:
-        for node, ctr, addr in zip(bench.nodes, CONTAINERS, addresses, strict=True):
-            _rename(ctr, "eth0", VETH_ASIDE)
-            aside.append(ctr)
-            in_node(node, "ip", "link", "add", MACVLAN, "link", "eth0", "type", "macvlan",
-                    "mode", "bridge")
-            in_node(node, "ip", "link", "set", MACVLAN, "netns", ctr)
-            made.append(ctr)
-            for step in (["link", "set", MACVLAN, "name", "eth0"],
-                         ["addr", "add", f"{addr}/32", "dev", "eth0"],
-                         ["link", "set", "eth0", "up"],
-                         ["route", "add", f"{MACVLAN_NET}.0/24", "dev", "eth0", "scope",
-                          "link"]):
-                in_node(ctr, "ip", *step)
-        paths = [f"/run/netns/{c}" for c in CONTAINERS]
+        for node, net in zip(node_nets, nets, strict=True):
+            node.allow_job(bench.block)
+            _rename(net.netns, "eth0", l2.CONTROL)
+            aside.append(net.netns)
+            assert node.data is not None
+            node.data.create(net, up=True)
+        paths = [n.netns_path for n in nets]
         wait_links_up(paths)
-        wait_links_up(paths, dev=VETH_ASIDE)
-        yield addresses
+        wait_links_up(paths, dev=l2.CONTROL)
+        yield [str(DATA_PATH.address(n.address)) for n in nets]
     finally:
-        for ctr in made:
-            for dev in (MACVLAN, "eth0"):
-                kind = in_node(ctr, "ip", "-j", "-d", "link", "show", "dev", dev, check=False)
-                if kind.returncode == 0 and '"info_kind":"macvlan"' in kind.stdout:
-                    in_node(ctr, "ip", "link", "del", dev)
         for ctr in aside:
-            _rename(ctr, VETH_ASIDE, "eth0")
+            kind = in_node(ctr, "ip", "-j", "-d", "link", "show", "dev", "eth0", check=False)
+            if kind.returncode == 0 and '"info_kind":"macvlan"' in kind.stdout:
+                in_node(ctr, "ip", "link", "del", "eth0")
+            _rename(ctr, l2.CONTROL, "eth0")
+        for node in node_nets:
+            node.forbid_job(bench.block)  # the data block, and the block ...
+            NodeNet(node.netns).allow_job(bench.block)  # ... allowed again
         if aside:
             wait_links_up([f"/run/netns/{c}" for c in aside])
 

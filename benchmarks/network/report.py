@@ -180,9 +180,10 @@ def markdown(result: dict[str, Any]) -> str:
               "packets redirected by the fast path's tc program); `container-forwarded`: the "
               "same with the fast path off (each node's kernel forwards, the nft forward "
               "filter isolates and counts); `container-unfiltered`: forwarded, with the nft "
-              "table removed; `container-macvlan`: not hpcmig's network, the same containers "
-              "with MPI on a macvlan device on each node's link (no container veth, no "
-              "forwarding); `container-gro`: `container` with GRO (NAPI mode) on both ends of "
+              "table removed; `container-l2`: hpcmig's L2 data path (`network_l2`), MPI on a "
+              "guarded macvlan of each container on its node's link (no container veth, no "
+              "forwarding); `container-macvlan` (older records): the same before it was "
+              "built, unguarded; `container-gro`: `container` with GRO (NAPI mode) on both ends of "
               "each container's veth." + (" Every rank ran on a core of its own (`--pin`)."
                                           if result.get("settings", {}).get("pin") else ""),
               ""]

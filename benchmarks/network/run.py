@@ -20,10 +20,10 @@ per MPI:
   (hpcmig.network.traffic), to tell what counting costs;
 * container-unfiltered: the same with the nodes' nft isolation table removed for the run, to
   tell the filter's cost from the extra veth hops and routing;
-* container-macvlan: not hpcmig's network, a candidate measured before building it: the same
-  containers and launch as `container`, but MPI's messages go over a macvlan device in each
-  container (`nodes.macvlans`: on its node's eth0, an address outside the pool, on-link to
-  the other's), so they cross no container veth and no node's forwarding;
+* container-l2: hpcmig's L2 data path (hpcmig.network.l2, `network_l2 = true`): the same
+  containers and launch as `container`, but eth0 in each container is a guarded macvlan on
+  its node's eth0 with the container's data address (`nodes.l2_data_path`, hpcmig's own
+  code), so MPI's messages cross no container veth and no node's forwarding;
 * container-gro: `container` with GRO switched on at both ends of each container's veth
   (`nodes.veth_gro`), which puts the veth in NAPI mode: a candidate for the veth crossing's
   cost.
@@ -69,10 +69,10 @@ from hpcmig.workloads import pingpong  # noqa: E402
 
 RUN_TIMEOUT = 90.0
 MODES = ("native", "container", "container-forwarded", "container-uncounted",
-         "container-unfiltered", "container-macvlan", "container-gro")
+         "container-unfiltered", "container-l2", "container-gro")
 # the candidate modes' changes to the containers' devices, made for one run each
 AROUND: dict[str, Callable[[nodes.Bench], contextlib.AbstractContextManager[Any]]] = {
-    "container-macvlan": nodes.macvlans, "container-gro": nodes.veth_gro}
+    "container-l2": nodes.l2_data_path, "container-gro": nodes.veth_gro}
 N1 = next(iter(nodes.NODES))
 # Both "nodes" share this machine's cores. Open MPI binds each node's first rank to core 0 by
 # default, so both ranks would fight over one core (measured: 4 ms per message natively);
@@ -164,9 +164,8 @@ def payload_bytes(record: dict[str, Any], warmup: int) -> int:
 
 def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
             args: argparse.Namespace) -> dict[str, Any]:
-    counted = mode in ("container", "container-forwarded", "container-macvlan",
-                       "container-gro")
-    fast = mode in ("container", "container-macvlan", "container-gro")
+    counted = mode in ("container", "container-forwarded", "container-l2", "container-gro")
+    fast = mode in ("container", "container-l2", "container-gro")
     filtered = mode not in ("native", "container-unfiltered")
     if mode != "native":
         bench.set_filter(filtered, counted=counted, fast=fast)
