@@ -72,6 +72,16 @@ struct {
 	__type(value, __u64);
 } hpcmig_gen SEC(".maps");
 
+/* The L2 data path's hold during a move: a container's data MAC (its 6 bytes, then two zero
+ * bytes) -> the node's hold device and the MAC its other end answers to. */
+struct held { __u32 ifindex; __u8 mac[ETH_ALEN]; __u16 pad; };
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, struct held);
+} hpcmig_held SEC(".maps");
+
 /* The decision for this packet, looked up afresh (and cached) unless cached and valid;
  * NULL: not ours, the kernel's forwarding and the nft table decide. */
 static __always_inline struct route *decide(struct __sk_buff *skb, struct iphdr *ip)
@@ -120,6 +130,27 @@ static __always_inline struct route *decide(struct __sk_buff *skb, struct iphdr 
 	return r;
 }
 
+/* A frame for a macvlan (not this node's MAC) on an uplink: if it is for a container that is
+ * moving away (hpcmig_held), into the node's hold, addressed to its other end, whose IP
+ * forwarding takes it on as the routed hold's packets (hpcmig/network/l2.py). */
+static __always_inline int hold_frame(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct held *h;
+	__u64 key = 0;
+
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_OK;
+	__builtin_memcpy(&key, eth->h_dest, ETH_ALEN);
+	h = bpf_map_lookup_elem(&hpcmig_held, &key);
+	if (!h)
+		return TC_ACT_OK;
+	if (bpf_skb_store_bytes(skb, 0, h->mac, ETH_ALEN, 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(h->ifindex, 0);
+}
+
 static __always_inline int forward(struct __sk_buff *skb, __u32 from)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
@@ -128,11 +159,11 @@ static __always_inline int forward(struct __sk_buff *skb, __u32 from)
 	struct route *r;
 	struct pair key;
 
+	if (from == PORT_UPLINK && skb->pkt_type == PACKET_OTHERHOST)
+		return hold_frame(skb); /* not to this node: a macvlan's (the L2 data path's) */
 	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
 	    ip->ttl <= 1)
 		return TC_ACT_OK;
-	if (from == PORT_UPLINK && skb->pkt_type != PACKET_HOST)
-		return TC_ACT_OK; /* not to this node: a macvlan's (the L2 data path's) */
 	r = decide(skb, ip);
 	if (!r || (from == PORT_UPLINK && r->kind == PORT_UPLINK))
 		return TC_ACT_OK; /* passing through this node: the kernel decrements the TTL */

@@ -43,6 +43,7 @@ OBJECT_CACHE = "/var/cache/hpcmig/bpf"
 CLANG = "clang"
 JOBS, PORTS, TRAFFIC = "hpcmig_jobs", "hpcmig_ports", "hpcmig_traffic"
 ROUTES, GEN = "hpcmig_routes", "hpcmig_gen"
+HELD = "hpcmig_held"  # the L2 data path's hold (hpcmig.network.l2)
 CONTAINER, UPLINK = 1, 2  # kinds of port (fastpath.bpf.c)
 PROGS = {CONTAINER: "hpcmig_ctr", UPLINK: "hpcmig_link"}  # the program for each kind
 PROG = PROGS[CONTAINER]  # its pin says the fast path is loaded
@@ -143,6 +144,15 @@ def delete(pins: str, table: str, key: bytes) -> str:
 
 def port_entry(pins: str, ifindex: int, kind: int) -> str:
     return update(pins, PORTS, _u32(ifindex), _u32(kind))
+
+
+def mac_key(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", "")) + bytes(2)
+
+
+def held_entry(pins: str, mac: str, ifindex: int, to_mac: str) -> str:
+    """Frames for `mac` on an uplink go to device `ifindex`, addressed to `to_mac`."""
+    return update(pins, HELD, mac_key(mac), _u32(ifindex) + mac_key(to_mac))
 
 
 def block_entry(pins: str, block: IPv4Network) -> str:

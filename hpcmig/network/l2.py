@@ -23,7 +23,14 @@ guard the device, so it refuses to make one) and macvlan in the kernel.
 During a move, the dumped copy's eth0 goes down with its veth (`quiet_steps`), and the
 target's eth0 stays down until the restore is done (`wake_steps`), so neither copy answers
 for the address while the other may; waking sends a gratuitous ARP, so the segment's
-switches learn the MAC's new port at once.
+switches learn the MAC's new port at once. The hold keeps the peers' packets for the data
+address too, without an answer: on the source node the uplink's program sends the frames
+for the container's MAC into the /32's hold (map `hpcmig_held`), addressed to its other end,
+and the node routes the data address there too (`hold_steps`). At the release the node
+routes them on at L3, to the node the container now runs on (`release_steps`), which routes
+its containers' data addresses into their veths (`local_steps`): they arrive on CONTROL, and
+the answers leave by eth0. Re-sent at L2 they would teach the switches the peers' MACs on
+the source's port.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from hpcmig.network import fastpath as fast
+from hpcmig.network import hold as holding
 from hpcmig.network.plan import ContainerNet, Step, mac
 
 DEVICE = "eth0"  # the data device in the container: MPI's interface
@@ -123,6 +131,33 @@ def wake_steps(net: ContainerNet, dp: DataPath) -> list[Step]:
             [*inside, "route", "replace", str(dp.data_pool), "dev", DEVICE, "scope", "link",
              "src", str(data)],
             [GARP_STEP, net.netns_path, DEVICE, str(data), data_mac(data)]]
+
+
+def local_steps(net: ContainerNet, dp: DataPath) -> list[Step]:
+    """On the hosting node: the data address routed to the container's veth, for what
+    reaches the node routed (a move's held packets, `release_steps`)."""
+    data = str(dp.address(net.address))
+    return [["ip", "route", "replace", f"{data}/32", "dev", net.host_veth],
+            ["ip", "neigh", "replace", data, "lladdr", net.container_mac, "dev",
+             net.host_veth, "nud", "permanent"]]
+
+
+def hold_steps(address: IPv4Address | str, dp: DataPath) -> list[Step]:
+    """While the container moves away: its data address routed into the node's hold (the
+    /32's, `hpcmig.network.hold`), where the frames for its MAC go too (map hpcmig_held)."""
+    out, _ = holding.devices(address)
+    return [["ip", "route", "replace", f"{dp.address(address)}/32", "via", holding.NEXT_HOP,
+             "dev", out, "onlink"]]
+
+
+def release_steps(address: IPv4Address | str, dp: DataPath, to: list[str]) -> list[Step]:
+    """The held packets' way out: `to` is ["dev", host veth] (the copy here) or ["via",
+    node address] (where it now runs; that node routes them into its veth)."""
+    return [["ip", "route", "replace", f"{dp.address(address)}/32", *to]]
+
+
+def unroute_steps(address: IPv4Address | str, dp: DataPath) -> list[Step]:
+    return [["ip", "route", "del", f"{dp.address(address)}/32"]]
 
 
 def garp_frame(data: IPv4Address, hw: str) -> bytes:

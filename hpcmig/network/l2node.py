@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 
 from hpcmig.errors import HpcmigError
 from hpcmig.network import fastpath as fast
+from hpcmig.network import hold as holding
 from hpcmig.network import l2
-from hpcmig.network.plan import ContainerNet
+from hpcmig.network.plan import ContainerNet, NetworkError
 
 if TYPE_CHECKING:
     from hpcmig.network.node import NodeNet
@@ -63,13 +64,12 @@ class DataLink:
         """eth0 of the container, guarded; up now, or at `wake` (a move's target)."""
         why = self.problem()
         if why:
-            from hpcmig.network.node import NetworkError
             raise NetworkError(f"{net.netns}: cannot make its eth0 on the L2 data path: {why}",
                                hint="the cluster's hpcmig.toml sets network_l2 = true; every "
                                     "node of a job must carry it, or set it false")
         pins = self.node.pins()
         assert pins is not None
-        self.node.run_all(l2.create_steps(net, self.dp))
+        self.node.run_all([*l2.create_steps(net, self.dp), *l2.local_steps(net, self.dp)])
         self.node.run_all(l2.attach_steps(net, pins))
         if up:
             self.wake(net)
@@ -90,6 +90,41 @@ class DataLink:
     def remove(self, net: ContainerNet) -> None:
         for step in l2.remove_steps(net, self.dp):
             self.node.run(step, tolerate_gone=True)
+        self.forget(net.address)
+
+    def hold(self, address: IPv4Address | str) -> None:
+        """Hold the data address's packets and frames with the /32's (its pair exists)."""
+        pins = self.node.pins()
+        if pins is None:
+            raise NetworkError("no fast path: frames for the data address cannot be held")
+        out, _ = holding.devices(address)
+        [link] = json.loads(self.node.run(["ip", "-j", "link", "show", "dev", out]))
+        self.node.run_all(l2.hold_steps(address, self.dp))
+        self.node._bpftool(fast.held_entry(pins, self._mac(address), int(link["ifindex"]),
+                                           holding.back_mac(address)))
+
+    def release(self, address: IPv4Address | str, to: list[str]) -> None:
+        """The held packets' way on (l2.release_steps); no more frames into the hold."""
+        self.node.run_all(l2.release_steps(address, self.dp, to))
+        self._forget_hold(address)
+
+    def unroute(self, address: IPv4Address | str) -> None:
+        self.node.run_all(l2.unroute_steps(address, self.dp), tolerate_gone=True)
+
+    def forget(self, address: IPv4Address | str) -> None:
+        """Nothing of the data address on this node (its hold gone with the /32's)."""
+        self._forget_hold(address)
+        self.unroute(address)
+
+    def _mac(self, address: IPv4Address | str) -> str:
+        return l2.data_mac(self.dp.address(address))
+
+    def _forget_hold(self, address: IPv4Address | str) -> None:
+        if pins := self.node.pins():
+            key = fast.mac_key(self._mac(address))
+            present = {k for k, _ in fast.dump_entries(self.node._dump(pins, fast.HELD))}
+            if key in present:
+                self.node._bpftool(fast.delete(pins, fast.HELD, key), tolerate=True)
 
     def block_lines(self, pins: str, block: IPv4Network) -> str:
         """bpftool lines allowing the job's data block beside its block."""

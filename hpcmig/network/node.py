@@ -27,17 +27,13 @@ from hpcmig.network import fastpath as fast
 from hpcmig.network import hold as holding
 from hpcmig.network import traffic as counting
 from hpcmig.network.l2node import DataLink
-from hpcmig.network.plan import ContainerNet, Step
+from hpcmig.network.plan import ContainerNet, NetworkError, Step
 
 _GONE = ("Cannot find device", "No such file", "No such process", "not found",
          "does not exist", "No such file or directory", "Invalid argument")
 
 
 log = logging.getLogger(__name__)
-
-
-class NetworkError(HpcmigError):
-    """The virtual network could not be set up or changed on this node."""
 
 
 class NodeNet:
@@ -161,17 +157,19 @@ class NodeNet:
         self.run_all([*plan.wake_plan(net), *plan.local_route_plan(net)])
         if self.data:
             self.data.wake(net)
-        self._release(net.address)
+        self._release(net.address, ["dev", net.host_veth])
 
     def route_via(self, address: IPv4Address | str, via: IPv4Address | str) -> None:
         """This node does not host the address: send it to the node that does (packets held
         here follow)."""
         self.run_all(plan.remote_route_plan(address, via))
-        self._release(address)
+        self._release(address, ["via", str(IPv4Address(str(via)))])
 
     def unroute(self, address: IPv4Address | str) -> None:
         self.run_all([*holding.remove_plan(address), *plan.unroute_plan(address)],
                      tolerate_gone=True)
+        if self.data:
+            self.data.forget(address)
 
     def hold(self, address: IPv4Address | str) -> str:
         """Migration network lock: packets to the address wait on this node, without an
@@ -183,13 +181,19 @@ class NodeNet:
             self.run_all(holding.remove_plan(address), tolerate_gone=True)
         try:
             self.run_all(holding.hold_plan(address))
-            return "hold"
         except NetworkError as exc:
             self.run_all(holding.remove_plan(address), tolerate_gone=True)
             log.warning("cannot hold packets to %s here (%s); dropping them instead", address,
                         exc)
             self.run_all(plan.blackhole_plan(address))
             return "blackhole"
+        if self.data:
+            try:
+                self.data.hold(address)
+            except NetworkError as exc:  # its peers retransmit after their back-off
+                log.warning("cannot hold packets to the data address of %s here: %s",
+                            address, exc)
+        return "hold"
 
     def quiet_command(self, net: ContainerNet) -> list[str]:
         """The command that makes the copy quiet, its host veth down (`plan.quiet_plan`) and
@@ -206,11 +210,14 @@ class NodeNet:
                     self.data.quiet_command(net)]
         return [*self._prefix(), *step]
 
-    def _release(self, address: IPv4Address | str, drain: float = 1.0) -> None:
-        """Let packets held for the address take its current route; remove the hold."""
+    def _release(self, address: IPv4Address | str, to: list[str], drain: float = 1.0) -> None:
+        """Let packets held for the address take its current route (and those for its data
+        address `to`, l2.release_steps); remove the hold."""
         out, _ = holding.devices(address)
         if not self._has_link(out):
             return
+        if self.data:
+            self.data.release(address, to)
         self.run_all(holding.release_plan(address), tolerate_gone=True)
         deadline = time.monotonic() + drain
         while time.monotonic() < deadline:
@@ -220,6 +227,8 @@ class NodeNet:
                 break
             time.sleep(0.005)
         self.run_all(holding.remove_plan(address), tolerate_gone=True)
+        if self.data and to[0] == "via":
+            self.data.unroute(address)
 
     def _has_link(self, name: str) -> bool:
         if self.netns is None:  # our own netns: /proc/self/net is it (/sys may be another's)

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
+from hpcmig.errors import HpcmigError
 from hpcmig.network import traffic
 
 GATEWAY = "169.254.1.1"
@@ -27,6 +28,10 @@ NFT_SET = "intra"
 NETNS_DIR = "/run/netns"
 REFUSE = "reject with icmp type admin-prohibited"
 Step = list[str]
+
+
+class NetworkError(HpcmigError):
+    """The virtual network could not be set up or changed on this node."""
 
 
 @dataclass(frozen=True)

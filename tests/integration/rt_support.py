@@ -249,8 +249,10 @@ BRIDGE = "hpcmig-rtbr0"
 
 
 def _sweep_bridged() -> None:
-    for ns in BRIDGED:
+    for i, ns in enumerate(BRIDGED, start=1):
         sh("ip", "netns", "del", ns, check=False)
+        # the host end goes with the netns, but not at once (netns cleanup is deferred)
+        sh("ip", "link", "del", f"hpcmig-rtb{i}", check=False)
     sh("ip", "link", "del", BRIDGE, check=False)
 
 

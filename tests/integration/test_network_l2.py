@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Network
@@ -123,8 +124,11 @@ def test_a_jobs_containers_reach_each_other_on_the_data_path(net: dict) -> None:
     assert "default via 169.254.1.1 dev ctl0 onlink" in S.in_ns(c1.netns, "ip",
                                                                "route").stdout
     assert pings(c1.netns, str(c2.address))
-    # nothing of the data path is routed on the nodes
-    assert "10.250." not in S.in_ns(B1, "ip", "route", "show", "table", "all").stdout
+    # the nodes route no data address to another node (only their own containers', into
+    # the veth, for a move's held packets)
+    routes = S.in_ns(B1, "ip", "route", "show", "table", "all").stdout
+    assert [r.split()[:3] for r in routes.splitlines() if r.startswith("10.250.")] == [
+        ["10.250.0.1", "dev", c1.host_veth], ["10.250.0.4", "dev", c4.host_veth]]
     path = net["n"][B1].install_isolation(POOL)  # idempotent; says which paths it uses
     assert path.kind == "bpf" and "L2 data path on eth0 (10.250.0.0/16)" in path.detail
     bad = NodeNet(B1, data_path=l2.DataPath(POOL, DP.data_pool, "ib0"))
@@ -158,31 +162,50 @@ def test_another_jobs_container_is_unreachable_on_the_data_path(net: dict) -> No
     assert pings(c1.netns, data(c2))
 
 
-def test_a_move_keeps_the_data_address_and_the_segment_learns_its_new_port(
+def test_a_move_holds_the_data_addresss_packets_and_the_segment_learns_its_new_port(
         net: dict) -> None:
-    """As a live migration does it: the target's eth0 stays down until the restore, the
-    source's copy goes quiet, then the target wakes and announces itself."""
+    """As a live migration does it, without the processes: the source holds (the /32 and
+    the data address), its copy goes quiet at the freeze, the target's eth0 stays down
+    until the restore, then the target wakes and announces itself, and the source lets
+    the held packets go to it. A ping sent during the hold is answered by the target."""
     n, c1, c2 = net["n"], net["c1"], net["c2"]
     assert pings(c1.netns, data(c2))  # c1's ARP entry for c2 is fresh
     moved = container_net(c2.address, "hpcmig-rtl2b")
-    n[B3].create_container_net(moved, routed=False)
+    assert n[B2].hold(c2.address) == "hold"  # the lock
+    waiting = subprocess.Popen(["nsenter", f"--net={c1.netns_path}", "ping", "-c1", "-W8",
+                                data(c2)], stdout=subprocess.PIPE, text=True)
     try:
-        down = json.loads(S.in_ns(moved.netns, "ip", "-j", "link", "show", "dev",
-                                  "eth0").stdout)[0]
-        assert "UP" not in down["flags"]  # no answer for the address from two places
         S.sh(*n[B2].quiet_command(c2))  # what CRIU runs once it froze the copy
         assert "UP" not in json.loads(S.in_ns(c2.netns, "ip", "-j", "link", "show", "dev",
                                               "eth0").stdout)[0]["flags"]
-        assert not pings(c1.netns, data(c2))  # neither copy answers now
-        n[B2].remove_container_net(c2)
-        n[B3].point_local(moved)
+        n[B3].create_container_net(moved, routed=False)
+        down = json.loads(S.in_ns(moved.netns, "ip", "-j", "link", "show", "dev",
+                                  "eth0").stdout)[0]
+        assert "UP" not in down["flags"]  # no answer for the address from two places
+        time.sleep(1.0)
+        assert waiting.poll() is None  # held on B2, not answered, not lost
+        n[B3].point_local(moved)  # the unlock on the target
         t0 = time.monotonic()
-        assert pings(c1.netns, data(moved))  # c1's ARP entry still right: the same MAC
+        n[B2].route_via(c2.address, S.BRIDGED[B3])  # the held packets follow
+        out, _ = waiting.communicate(timeout=10)
+        assert waiting.returncode == 0, out  # the held request, answered by the target
         assert time.monotonic() - t0 < 1.0
+        n[B2].remove_container_net(c2)
+        assert pings(c1.netns, data(moved))  # c1's ARP entry still right: the same MAC
         mac = l2.data_mac(DP.address(c2.address))
         fdb = S.sh("bridge", "fdb", "show", "br", S.BRIDGE).stdout
         port = [line.split()[2] for line in fdb.splitlines() if line.startswith(mac)]
         assert port == ["hpcmig-rtb3"], fdb  # learnt from the gratuitous ARP
+        for node in (B2, B3):  # nothing of the hold is left
+            held = S.in_ns(node, "bpftool", "-j", "map", "dump", "pinned",
+                           f"{n[node].pins()}/{fastpath.HELD}").stdout
+            assert json.loads(held) == []
+        assert data(c2) not in S.in_ns(B2, "ip", "route", "show", "table", "all").stdout
     finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
         n[B3].remove_container_net(moved)
         n[B2].create_container_net(c2)  # back for the other tests
+        n[B1].route_via(c2.address, S.BRIDGED[B2])
+        n[B3].route_via(c2.address, S.BRIDGED[B2])

@@ -8,7 +8,7 @@ import pytest
 
 from hpcmig.agent.node import data_path
 from hpcmig.config import Config
-from hpcmig.network import NodeNet, container_net, l2
+from hpcmig.network import NodeNet, container_net, fastpath, hold, l2
 
 DP = l2.DataPath(IPv4Network("10.252.0.0/16"), IPv4Network("10.250.0.0/16"), "eth1")
 NET = container_net("10.252.3.5", "hpcmig-x")
@@ -68,3 +68,21 @@ def test_the_freeze_quiets_both_devices_of_the_copy() -> None:
                        "nsenter --net=/run/netns/node1 ip -n hpcmig-x link set eth0 down")
     assert NodeNet("node1").quiet_command(NET) == [
         "nsenter", "--net=/run/netns/node1", "ip", "link", "set", "hmv0afc0305", "down"]
+
+
+def test_a_move_holds_the_data_address_with_the_32_and_routes_it_on_at_l3() -> None:
+    out, _ = hold.devices("10.252.3.5")
+    assert l2.hold_steps("10.252.3.5", DP) == [
+        ["ip", "route", "replace", "10.250.3.5/32", "via", hold.NEXT_HOP, "dev", out,
+         "onlink"]]
+    assert l2.release_steps("10.252.3.5", DP, ["via", "10.253.1.2"]) == [
+        ["ip", "route", "replace", "10.250.3.5/32", "via", "10.253.1.2"]]
+    assert l2.local_steps(NET, DP) == [
+        ["ip", "route", "replace", "10.250.3.5/32", "dev", NET.host_veth],
+        ["ip", "neigh", "replace", "10.250.3.5", "lladdr", NET.container_mac, "dev",
+         NET.host_veth, "nud", "permanent"]]
+    assert l2.unroute_steps("10.252.3.5", DP) == [["ip", "route", "del", "10.250.3.5/32"]]
+    # the program's map: the data MAC, then two zero bytes -> ifindex, the MAC to write
+    line = fastpath.held_entry("/p", "02:64:0a:fa:03:05", 7, "02:6b:0a:fc:03:05")
+    assert line == ("map update pinned /p/hpcmig_held key 2 100 10 250 3 5 0 0 value "
+                    "7 0 0 0 2 107 10 252 3 5 0 0\n")
