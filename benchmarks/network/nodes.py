@@ -379,7 +379,8 @@ def l2_data_path(bench: Bench) -> Iterator[list[str]]:
     the running containers: each container's veth renamed to l2.CONTROL (what a container
     made with `network_l2 = true` has), then `DataLink.create` gives it eth0, a guarded
     macvlan on its node's eth0 with its data address, and the job's data block is allowed
-    on both nodes. Yields the data addresses; all of it is undone afterwards."""
+    on both nodes and its pairs counted. Yields the data addresses; all of it is undone
+    afterwards."""
     nets = [container_net(a, c) for a, c in zip(bench.addresses, CONTAINERS, strict=True)]
     node_nets = [NodeNet(ns, data_path=DATA_PATH) for ns in bench.nodes]
     aside: list[str] = []
@@ -390,6 +391,7 @@ def l2_data_path(bench: Bench) -> Iterator[list[str]]:
             aside.append(net.netns)
             assert node.data is not None
             node.data.create(net, up=True)
+            node.count_from(net.address, bench.addresses)  # the data pairs too, as the agent
         paths = [n.netns_path for n in nets]
         wait_links_up(paths)
         wait_links_up(paths, dev=l2.CONTROL)

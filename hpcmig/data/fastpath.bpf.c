@@ -219,7 +219,8 @@ struct arp_ipv4 { /* an Ethernet ARP frame's body for IPv4 */
 } __attribute__((packed));
 
 /* An IPv4 packet or ARP frame between two addresses of one allowed job passes, anything
- * else is dropped. own: the container's address (source going out, destination coming in). */
+ * else is dropped. own: the container's address (source going out, destination coming in).
+ * What leaves is counted by its pair of data addresses where that pair is registered. */
 static __always_inline int guard(struct __sk_buff *skb, int out)
 {
 	const __u32 need = sizeof(struct ethhdr) + sizeof(struct arp_ipv4); /* > an IPv4 header */
@@ -239,9 +240,18 @@ static __always_inline int guard(struct __sk_buff *skb, int out)
 
 		if ((void *)(ip + 1) > end)
 			return TC_ACT_SHOT;
-		if (out ? same_job(ip->saddr, ip->daddr) : same_job(ip->daddr, ip->saddr))
-			return TC_ACT_OK;
-		return TC_ACT_SHOT;
+		if (!(out ? same_job(ip->saddr, ip->daddr) : same_job(ip->daddr, ip->saddr)))
+			return TC_ACT_SHOT;
+		if (out) { /* counted where it leaves its container, as on the routed path */
+			struct pair key = { ip->saddr, ip->daddr };
+			struct count *c = bpf_map_lookup_elem(&hpcmig_traffic, &key);
+
+			if (c) {
+				__sync_fetch_and_add(&c->bytes, skb->len - sizeof(*eth));
+				__sync_fetch_and_add(&c->packets, 1);
+			}
+		}
+		return TC_ACT_OK;
 	}
 	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
 		struct arp_ipv4 *a = (void *)(eth + 1);

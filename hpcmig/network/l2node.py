@@ -24,6 +24,7 @@ from hpcmig.errors import HpcmigError
 from hpcmig.network import fastpath as fast
 from hpcmig.network import hold as holding
 from hpcmig.network import l2
+from hpcmig.network import traffic as counting
 from hpcmig.network.plan import ContainerNet, NetworkError
 
 if TYPE_CHECKING:
@@ -115,6 +116,20 @@ class DataLink:
         """Nothing of the data address on this node (its hold gone with the /32's)."""
         self._forget_hold(address)
         self.unroute(address)
+
+    def pairs(self, pairs: list[counting.Pair]) -> list[counting.Pair]:
+        """The data addresses' pairs of these containers' pairs (counted by the guard)."""
+        return [(str(self.dp.address(a)), str(self.dp.address(b))) for a, b in pairs]
+
+    def containers(self, counts: counting.Counts) -> counting.Counts:
+        """Counts of data-address pairs as the containers' pairs; other pairs as they are."""
+        out: counting.Counts = {}
+        for (a, b), (nbytes, packets) in counts.items():
+            ca, cb = self.dp.container(a), self.dp.container(b)
+            pair = (str(ca), str(cb)) if ca and cb else (a, b)
+            had = out.get(pair, (0, 0))
+            out[pair] = (had[0] + nbytes, had[1] + packets)
+        return out
 
     def _mac(self, address: IPv4Address | str) -> str:
         return l2.data_mac(self.dp.address(address))

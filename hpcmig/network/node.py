@@ -405,6 +405,7 @@ class NodeNet:
         return self.run(["bpftool", "-j", "map", "dump", "pinned", f"{pins}/{table}"])
 
     def _count_pairs(self, pins: str, pairs: list[counting.Pair]) -> None:
+        pairs = pairs + (self.data.pairs(pairs) if self.data else [])
         present = [k for k, _ in fast.dump_entries(self._dump(pins, fast.TRAFFIC))]
         self._bpftool(fast.count_entries(pins, pairs, present))
 
@@ -419,8 +420,11 @@ class NodeNet:
             return {}
         counts = counting.parse_counts(out, block)
         if pins := self.pins():
-            fast_counts = fast.parse_counts(self._dump(pins, fast.TRAFFIC), block)
-            counts = counting.add(counts, {p: c for p, c in fast_counts.items() if c[1]})
+            fast_counts = fast.parse_counts(self._dump(pins, fast.TRAFFIC))
+            if self.data:  # the L2 data path's, by the containers' pairs
+                fast_counts = self.data.containers(fast_counts)
+            counts = counting.add(counts, {p: c for p, c in fast_counts.items() if c[1] and (
+                block is None or all(IPv4Address(a) in block for a in p))})
         return counts
 
     def count_from(self, source: IPv4Address | str, peers: list[str]) -> None:
@@ -434,6 +438,7 @@ class NodeNet:
         self.run_all(counting.forget_plan("ip", plan.NFT_TABLE, pairs), tolerate_gone=True)
         if pins := self.pins():
             present = {k for k, _ in fast.dump_entries(self._dump(pins, fast.TRAFFIC))}
+            pairs = pairs + (self.data.pairs(pairs) if self.data else [])
             self._bpftool("".join(fast.delete(pins, fast.TRAFFIC, fast.pair_key(p))
                                   for p in pairs if fast.pair_key(p) in present))
 

@@ -135,6 +135,22 @@ def test_a_jobs_containers_reach_each_other_on_the_data_path(net: dict) -> None:
     assert bad.data is not None and "no device ib0" in bad.data.describe()
 
 
+def test_the_data_path_counts_a_registered_pair_as_the_containers_pair(net: dict) -> None:
+    n, c1, c2, c4 = net["n"], net["c1"], net["c2"], net["c4"]
+    pair = (str(c1.address), str(c2.address))
+    n[B1].count_from(c1.address, [str(c2.address)])
+    try:
+        before = n[B1].traffic(JOB1).get(pair, (0, 0))
+        S.in_ns(c1.netns, "ping", "-c5", "-i0.01", "-s1000", "-q", data(c2))
+        after = n[B1].traffic(JOB1)[pair]
+        assert after[1] - before[1] >= 5 and after[0] - before[0] >= 5 * 1028
+        assert (str(c1.address), str(c4.address)) not in n[B1].traffic(JOB1)  # unregistered
+        assert n[B1].traffic(JOB2) == {}
+    finally:
+        n[B1].forget_traffic([pair])
+    assert pair not in n[B1].traffic(JOB1)
+
+
 def test_another_jobs_container_is_unreachable_on_the_data_path(net: dict) -> None:
     c1, c2, c3 = net["c1"], net["c2"], net["c3"]
     before = guard_drops(c3)
