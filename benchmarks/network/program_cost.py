@@ -47,7 +47,10 @@ from hpcmig.errors import HpcmigError  # noqa: E402
 from hpcmig.network import NodeNet  # noqa: E402
 
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
-RUNS_PER_MESSAGE = 2  # the sender's node and the receiver's node
+# program runs a message makes: the sender's node and the receiver's node; on the L2 data
+# path the sender's guard (egress), the receiver's uplink (hpcmig_link's hold lookup) and
+# the receiver's guard (ingress)
+RUNS_PER_MESSAGE = {"container": 2, "container-l2": 3}
 
 
 @contextmanager
@@ -78,11 +81,11 @@ def program_stats(bench: nodes.Bench) -> dict[str, tuple[int, int]]:
 
 def one_round(bench: nodes.Bench, flavour: mpi.Flavour, args: argparse.Namespace,
               rnd: int) -> dict[str, Any]:
-    rec: dict[str, Any] = {"round": rnd, "flavour": flavour.name}
+    rec: dict[str, Any] = {"round": rnd, "flavour": flavour.name, "mode": args.mode}
     order = ("native", "container", "stats") if rnd % 2 == 0 else ("stats", "container",
                                                                      "native")
     for kind in order:
-        mode = "native" if kind == "native" else "container"
+        mode = "native" if kind == "native" else args.mode
         if kind != "stats":
             rec[f"{kind}_us"] = run.measure(bench, flavour, mode, args)["sizes"][0][
                 "latency_us"]
@@ -93,7 +96,8 @@ def one_round(bench: nodes.Bench, flavour: mpi.Flavour, args: argparse.Namespace
         if min(count for _, count in after.values()) < 2 * args.iterations:
             raise HpcmigError(f"the program ran {after} times: fewer than the round trips")
         rec["ns_per_run"] = {ns: ns_total / count for ns, (ns_total, count) in after.items()}
-    program_us = RUNS_PER_MESSAGE * statistics.mean(rec["ns_per_run"].values()) / 1000
+    program_us = RUNS_PER_MESSAGE[args.mode] * statistics.mean(rec["ns_per_run"].values()
+                                                                 ) / 1000
     rec["program_us"] = program_us
     rec["floor_us"] = rec["container_us"] - program_us
     rec["ratio"] = rec["container_us"] / rec["native_us"]
@@ -107,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mpi", default="mpich,openmpi")
     parser.add_argument("--iterations", type=int, default=5000)
     parser.add_argument("--out", default="")
+    parser.add_argument("--mode", default="container", choices=sorted(RUNS_PER_MESSAGE),
+                        help="the container path measured (container-l2: the L2 data path, "
+                             "whose guard programs are counted)")
+    parser.add_argument("--pin", action="store_true",
+                        help="each rank on a core of its own (run.py --pin)")
     args = parser.parse_args(argv)
     args.sizes, args.warmup = "1", 20
     nodes.ready("program cost benchmark")
