@@ -286,7 +286,7 @@ def _after(cfg: Any, vc: Any, job_id: str, code: int) -> int:
         print(f"hpcmig run: the MPI launcher failed (exit {code}); asking hpcmigd whether a "
               "node of the job was lost", file=sys.stderr, flush=True)
         try:
-            answer = _ask_restart(controller, job_id)
+            answer = _ask_restart(controller, "restart_lost", job_id=job_id)
         except HpcmigError as exc:
             print(f"hpcmig run: {exc}", file=sys.stderr, flush=True)
             return code
@@ -301,20 +301,14 @@ def _after(cfg: Any, vc: Any, job_id: str, code: int) -> int:
     return code or 1
 
 
-def _ask_restart(controller: Any, job_id: str) -> Any:
-    """hpcmigd's answer to restart_lost; asked again while hpcmigd is down or went away in
-    the middle (it restarts and finishes a restart it began exactly once), up to ASK_FOR s."""
-    from hpcmig.agent.rpc import RpcError
+def _ask_restart(controller: Any, op: str, timeout: float = 600, **args: Any) -> Any:
+    """hpcmigd's answer to a restart it is asked for (restart_lost, restart_stuck), asked
+    again while hpcmigd is down or went away in the middle, up to ASK_FOR s."""
+    from hpcmig.controller import client
 
-    deadline = time.monotonic() + ASK_FOR
-    while True:
-        try:
-            return controller.call("restart_lost", timeout=600, job_id=job_id)
-        except RpcError as exc:  # not an answer: hpcmigd stopped or is not there
-            if time.monotonic() >= deadline:
-                raise
-            print(f"hpcmig run: {exc.message}; asking again", file=sys.stderr, flush=True)
-            time.sleep(ASK_EVERY)
+    return client.ask(controller, op, within=ASK_FOR, every=ASK_EVERY, timeout=timeout,
+                      say=lambda text: print(f"hpcmig run: {text}", file=sys.stderr,
+                                             flush=True), **args)
 
 
 def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.0,

@@ -163,10 +163,12 @@ class Step:
     def hung(self, error: str, limit: float) -> None:
         """The checkpoint did not complete and DMTCP keeps every process of the step suspended:
         hpcmigd requeues the job to restart from its generation before (Slurm then stops this
-        run, whose generations stay); without one, or without hpcmigd, the step is ended.
+        run, whose generations stay); without one, or without hpcmigd (asked again for up to
+        5 minutes while it is down, as `restart_lost`), the step is ended.
         hpcmigd answers once the job runs again: a run still alive then (Slurm's process
         tracking lost it) raises at once, before it could signal the new run's containers,
         which have the old ones' addresses."""
+        from hpcmig.cli.run import _ask_restart
         from hpcmig.controller.client import ControllerClient
 
         print(f"hpcmig run: DMTCP checkpoint failed: {error}; DMTCP keeps the job suspended "
@@ -174,9 +176,9 @@ class Step:
               "generation before", file=sys.stderr, flush=True)
         try:  # (Slurm's requeue usually ends this run before the answer; hpcmigd may first
             # wait for this generation itself, for `hpcmig checkpoint`)
-            answer = ControllerClient(self.cfg).call(
-                "restart_stuck", timeout=limit + 240, job_id=self.vc.job_id,
-                why=f"its DMTCP checkpoint did not complete in {limit:g} s")
+            answer = _ask_restart(  # asked again while hpcmigd is down, as restart_lost
+                ControllerClient(self.cfg), "restart_stuck", timeout=limit + 240,
+                job_id=self.vc.job_id, why=f"its DMTCP checkpoint did not complete in {limit:g} s")
         except HpcmigError as exc:
             answer = {"why": str(exc)}
         if answer.get("restarted"):

@@ -7,10 +7,12 @@ to start it (`ControllerDown`). Imports nothing heavy: the CLI's verbs and `hpcm
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from hpcmig import config as site_config
-from hpcmig.agent.rpc import AgentClient, Unreachable
+from hpcmig.agent.rpc import AgentClient, RpcError, Unreachable
 
 TARGET = "hpcmigd"
 START_HINT = ("start it: `systemctl start hpcmigd` (unit in slurm-plugins/systemd), or "
@@ -42,3 +44,20 @@ class ControllerClient(AgentClient):
         except Unreachable as exc:
             raise ControllerDown(f"hpcmigd is not running ({exc.message})",
                                  hint=START_HINT) from None
+
+
+def ask(controller: Any, op: str, *, within: float, every: float, say: Callable[[str], None],
+        timeout: float, **args: Any) -> Any:
+    """hpcmigd's answer to `op`, asked again while hpcmigd is down or went away in the middle
+    of the call (no answer: RpcError), for up to `within` s; `say` tells each retry. For
+    operations that hpcmigd finishes exactly once however often asked (restart_lost,
+    restart_stuck: a restarted hpcmigd finishes the restart an earlier one began)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return controller.call(op, timeout=timeout, **args)
+        except RpcError as exc:  # not an answer: hpcmigd stopped or is not there
+            if time.monotonic() >= deadline:
+                raise
+            say(f"{exc.message}; asking again")
+            time.sleep(every)

@@ -153,13 +153,16 @@ def test_a_checkpoint_waits_for_the_ranks_the_launcher_and_each_other_hosts_daem
 
 @pytest.mark.parametrize("answer", [{"restarted": True, "generation": 3},
                                     {"restarted": False, "why": "no periodic checkpoint yet"},
-                                    "hpcmigd does not answer"])
+                                    "hpcmigd does not answer",
+                                    "down, then restarted"])
 def test_a_hung_checkpoint_has_hpcmigd_restart_the_job_or_ends_the_step(
         tmp_path: Path, prefix: str, monkeypatch: Any, answer: Any) -> None:
     """The checkpoint hpcmigd asked for never completed (DMTCP keeps the job suspended): the
     step asks hpcmigd to restart the job from its generation before. Restarted: this run is
     over (it raises, so that it does nothing more to containers whose addresses the new run
     has); not restarted, or no answer: the step is ended (`dmtcp_job stop`)."""
+    from hpcmig.agent.rpc import RpcError
+    from hpcmig.cli import run
     from hpcmig.controller import client as controller_client
     from hpcmig.errors import HpcmigError
 
@@ -182,15 +185,22 @@ def test_a_hung_checkpoint_has_hpcmigd_restart_the_job_or_ends_the_step(
 
         def call(self, op: str, timeout: float, **kw: Any) -> Any:
             self.calls.append((op, kw))
+            if answer == "down, then restarted":  # hpcmigd restarting: asked again
+                if len(self.calls) == 1:
+                    raise RpcError("cannot reach hpcmigd")
+                return {"restarted": True, "generation": 3}
             if isinstance(answer, str):
                 raise HpcmigError(answer)
             return answer
 
     monkeypatch.setattr(s, "_in_head", in_head)
     monkeypatch.setattr(controller_client, "ControllerClient", Controller)
+    monkeypatch.setattr(run, "ASK_EVERY", 0.0)
     request = s.job_dir / dmtcp_job.REQUEST
     request.touch()
-    if isinstance(answer, dict) and answer["restarted"]:
+    restarted = answer == "down, then restarted" or (isinstance(answer, dict) and
+                                                     answer["restarted"])
+    if restarted:
         with pytest.raises(HpcmigError, match="generation 3: this run of it is over"):
             s.tick()
         assert [v for v, _ in asked] == ["checkpoint"]
@@ -198,6 +208,7 @@ def test_a_hung_checkpoint_has_hpcmigd_restart_the_job_or_ends_the_step(
         s.tick()
         assert [v for v, _ in asked] == ["checkpoint", "stop"]
     assert asked[0][1][-3:] == ("--timeout", "30", "--keep-hung")
-    assert Controller.calls == [("restart_stuck", {
+    asks = 2 if answer == "down, then restarted" else 1
+    assert Controller.calls == asks * [("restart_stuck", {
         "job_id": "42", "why": "its DMTCP checkpoint did not complete in 30 s"})]
     assert not request.exists()  # asked once: hpcmigd asks again at the next interval
