@@ -250,7 +250,7 @@ class NodeNet:
         A table an older hpcmig made with another counting set loses that set (and counts).
         Then the fast path (hpcmig.network.fastpath) where the node can run it; returns the
         path its containers' packets take (and the L2 data path's state where it is on)."""
-        script = plan.isolation_script(pool)
+        script = plan.isolation_script(pool, self.data.dp.data_pool if self.data else None)
         try:
             self.run(["nft", "-f", "-"], input=script)
         except NetworkError:
@@ -275,6 +275,8 @@ class NodeNet:
     def allow_job(self, block: IPv4Network) -> None:
         """Containers inside `block` may reach each other through this node."""
         self.run_all(plan.allow_job_plan(block))
+        if self.data:
+            self.run_all(plan.allow_job_plan(self.data.dp.block(block)))
         if pins := self.pins():
             self._bpftool(self._block_lines(pins, block))
 
@@ -284,6 +286,8 @@ class NodeNet:
             self._bpftool(fast.delete(pins, fast.JOBS, fast.block_key(block)) + data,
                           tolerate=True)
         self.run_all(plan.forbid_job_plan(block), tolerate_gone=True)
+        if self.data:
+            self.run_all(plan.forbid_job_plan(self.data.dp.block(block)), tolerate_gone=True)
 
     def remove_isolation(self) -> None:
         self.remove_fastpath()
@@ -455,5 +459,7 @@ class NodeNet:
                 if isinstance(first, dict) and "prefix" in first:
                     p = first["prefix"]
                     blocks.append(IPv4Network(f"{p['addr']}/{p['len']}"))
+        if self.data:  # the data blocks allowed with them
+            blocks = [b for b in blocks if not b.subnet_of(self.data.dp.data_pool)]
         return blocks
 

@@ -191,9 +191,11 @@ def blackhole_plan(address: IPv4Address | str) -> list[Step]:
     return [["ip", "route", "replace", "blackhole", f"{IPv4Address(str(address))}/32"]]
 
 
-def isolation_script(pool: IPv4Network) -> str:
+def isolation_script(pool: IPv4Network, data_pool: IPv4Network | None = None) -> str:
     """nft script installing (idempotently, atomically) the job-isolation table; keeps the
-    set of job blocks when re-run."""
+    set of job blocks when re-run. `data_pool`: the L2 data path's addresses, kept apart
+    the same way where a node forwards them (a move's held packets, or a container that
+    sends from its data address through its veth; hpcmig.network.l2)."""
     t = f"ip {NFT_TABLE}"
     return "\n".join([
         f"add table {t}",
@@ -208,6 +210,8 @@ def isolation_script(pool: IPv4Network) -> str:
         f"add rule {t} forward ip saddr {pool} ip daddr != {pool} {REFUSE}",
         f"add rule {t} forward ip saddr {pool} drop",
         f"add rule {t} forward ip daddr {pool} drop",
+        *([f"add rule {t} forward ip saddr {data_pool} drop",
+           f"add rule {t} forward ip daddr {data_pool} drop"] if data_pool else []),
         "",
     ])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Network
@@ -133,6 +134,49 @@ def test_a_jobs_containers_reach_each_other_on_the_data_path(net: dict) -> None:
     assert path.kind == "bpf" and "L2 data path on eth0 (10.250.0.0/16)" in path.detail
     bad = NodeNet(B1, data_path=l2.DataPath(POOL, DP.data_pool, "ib0"))
     assert bad.data is not None and "no device ib0" in bad.data.describe()
+
+
+SEND_BOUND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[2].encode())
+for _ in range(3):
+    s.sendto(b"leak", (sys.argv[3], 9999))
+"""
+RECEIVE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9999))
+s.settimeout(float(sys.argv[2]))
+try:
+    print(s.recvfrom(100)[0].decode())
+except OSError:
+    print("nothing")
+"""
+
+
+@pytest.mark.parametrize("sender, receiver", [("c3", "c2"), ("c4", "c1")])
+def test_a_data_address_is_not_reachable_from_another_job_through_the_veth(
+        net: dict, sender: str, receiver: str) -> None:
+    """Since Linux 5.7 an unprivileged process may bind a socket to a device: one in job 2's
+    container sends from its data address through its veth (ctl0), past its guard, to job
+    1's container on the same node (c3 -> c2), whose node routes data addresses into their
+    veths for a move's held packets. The node must drop it as it drops the pool's. The same
+    between two containers of job 1 on one node (c4 -> c1) arrives, or the test would prove
+    nothing."""
+    dst, src = net[receiver], net[sender]
+    listener = subprocess.Popen(["nsenter", f"--net={dst.netns_path}", sys.executable, "-c",
+                                 RECEIVE, data(dst), "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        S.in_ns(src.netns, sys.executable, "-c", SEND_BOUND, data(src), l2.CONTROL, data(dst))
+        out, _ = listener.communicate(timeout=10)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+    assert out.strip() == ("nothing" if sender == "c3" else "leak"), out
 
 
 def test_the_data_path_counts_a_registered_pair_as_the_containers_pair(net: dict) -> None:

@@ -129,6 +129,15 @@ def test_isolation_accepts_same_block_and_drops_the_rest_of_the_pool() -> None:
     assert plan.forbid_job_plan(block)[0][1] == "delete"
 
 
+def test_isolation_keeps_the_data_pool_apart_too_where_the_l2_data_path_is_on() -> None:
+    lines = plan.isolation_script(IPv4Network("10.252.0.0/16"),
+                                  IPv4Network("10.250.0.0/16")).splitlines()
+    accept = lines.index("add rule ip hpcmig forward ip saddr . ip daddr @intra accept")
+    assert accept < lines.index("add rule ip hpcmig forward ip saddr 10.250.0.0/16 drop")
+    assert accept < lines.index("add rule ip hpcmig forward ip daddr 10.250.0.0/16 drop")
+    assert "10.250." not in plan.isolation_script(IPv4Network("10.252.0.0/16"))
+
+
 def test_hosts_file() -> None:
     text = plan.hosts_file([(IPv4Address("10.252.0.1"), "node1"), ("10.252.0.2", "node2")])
     assert text == "10.252.0.1 node1\n10.252.0.2 node2\n"
