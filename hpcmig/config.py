@@ -112,18 +112,8 @@ class Config:
             raise UsageError(f"config: bad pool {self.pool!r}: {exc}") from None
         if not net.prefixlen < self.block_prefix <= 30:
             raise UsageError(f"config: block_prefix must be in ({net.prefixlen}, 30]")
-        try:
-            data = IPv4Network(self.network_l2_pool)
-        except ValueError as exc:
-            raise UsageError(f"config: bad network_l2_pool {self.network_l2_pool!r}: {exc}"
-                             ) from None
-        if data.prefixlen != net.prefixlen or data.overlaps(net):
-            raise UsageError(f"config: network_l2_pool {data} must be as large as pool {net} "
-                             "and must not overlap it")
-        if not self.network_l2_uplink or "/" in self.network_l2_uplink or len(
-                self.network_l2_uplink) > 15:
-            raise UsageError(f"config: bad network_l2_uplink {self.network_l2_uplink!r} "
-                             "(a network device's name)")
+        if self.network_l2:  # (off, its keys may not fit: a site's own pool, say)
+            self._validate_l2(net)
         if self.mpi not in ("mpich", "openmpi"):
             raise UsageError(f"config: mpi must be mpich or openmpi, got {self.mpi!r}")
         if self.ckpt_keep < 1:
@@ -135,6 +125,20 @@ class Config:
                              "link_bandwidth > 0")
         self.health.validate("config: [health]")
         return self
+
+    def _validate_l2(self, pool: IPv4Network) -> None:
+        try:
+            data = IPv4Network(self.network_l2_pool)
+        except ValueError as exc:
+            raise UsageError(f"config: bad network_l2_pool {self.network_l2_pool!r}: {exc}"
+                             ) from None
+        if data.prefixlen != pool.prefixlen or data.overlaps(pool):
+            raise UsageError(f"config: network_l2_pool {data} must be as large as pool "
+                             f"{pool} and must not overlap it")
+        if not self.network_l2_uplink or "/" in self.network_l2_uplink or len(
+                self.network_l2_uplink) > 15:
+            raise UsageError(f"config: bad network_l2_uplink {self.network_l2_uplink!r} "
+                             "(a network device's name)")
 
 
 def parse(text: str, origin: str = "config") -> Config:

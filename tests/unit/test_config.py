@@ -25,6 +25,14 @@ def test_render_parse_round_trip() -> None:
     assert "[health]" not in config.render(cfg)  # a default policy needs no table
 
 
+def test_the_l2_keys_are_checked_only_where_the_l2_data_path_is_on() -> None:
+    """A site whose own pool overlaps the default data pool keeps its configuration."""
+    cfg = config.parse("pool = '10.250.0.0/15'\n")
+    assert cfg.pool == "10.250.0.0/15" and not cfg.network_l2
+    with pytest.raises(UsageError, match="must be as large as pool"):
+        config.parse("pool = '10.250.0.0/15'\nnetwork_l2 = true\n")
+
+
 def test_health_table_and_keys_round_trip() -> None:
     policy = Policy(dry_run=True, interval=1.5, ce_rise=3, ce_window=10.0, free_min_mb=32,
                     resume_after=120.0, balance=True, balance_seconds=4.0)
@@ -64,10 +72,11 @@ def test_health_defaults() -> None:
     ("[health]\nballance = true", "known keys: enabled, dry_run, interval"),
     ("health_load = 'psi'", "health_load must be loadavg or mntns"),
     ("network_fastpath = 1", "network_fastpath must be a bool"),
-    ("network_l2_pool = '10.250.0.0/24'", "must be as large as pool 10.252.0.0/16"),
-    ("network_l2_pool = '10.252.0.0/16'", "must not overlap it"),
-    ("network_l2_pool = 'ten'", "bad network_l2_pool"),
-    ("network_l2_uplink = 'a/b'", "bad network_l2_uplink"),
+    ("network_l2 = true\nnetwork_l2_pool = '10.250.0.0/24'",
+     "must be as large as pool 10.252.0.0/16"),
+    ("network_l2 = true\nnetwork_l2_pool = '10.252.0.0/16'", "must not overlap it"),
+    ("network_l2 = true\nnetwork_l2_pool = 'ten'", "bad network_l2_pool"),
+    ("network_l2 = true\nnetwork_l2_uplink = 'a/b'", "bad network_l2_uplink"),
     ("agent_port = true", "must be a int"),
     ("migration_mode = 'lazy'", "migration_mode must be postcopy or stop-and-copy"),
     ("health_paths = ['scratch']", "not an absolute path"),
