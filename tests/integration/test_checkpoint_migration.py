@@ -22,9 +22,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,10 +109,14 @@ class Env:
                     if end > since), default=0.0)
 
 
-@pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
-    with criu_agent_nodes() as nodes:
-        vc = nodes.plan("91", 0, [B3, B1, B2], spares=1)
+@contextlib.contextmanager
+def holder_job(job_id: str, to: Callable[[ContainerRef], str] = lambda r: r.address,
+               **settings: Any) -> Iterator[Env]:
+    """The job of this module's tests on agent nodes (their hpcmig.toml with `settings`):
+    the server in container 1 on b1, the client in container 0 on b3, connected to the
+    server's address `to` gives; everything of the job checked gone afterwards."""
+    with criu_agent_nodes(**settings) as nodes:
+        vc = nodes.plan(job_id, 0, [B3, B1, B2], spares=1)
         client, server = (ContainerRef(vc.job_id, vc.restart, m.index, m.address, vc.uid)
                           for m in vc.members)
         e = Env(nodes, vc, str(nodes.work / "journal.db"), server, client)
@@ -122,7 +127,7 @@ def env() -> Iterator[Env]:
             nodes.start_holder(B1, server.address, 64)
             time.sleep(1.0)  # fills and hashes 64 MiB before it listens
             r = nodes.rsh(B3, "-n", client.address, f"{PY} -m hpcmig.workloads.holder client "
-                          f"{server.address} --progress {e.peer_dir}/progress "
+                          f"{to(server)} --progress {e.peer_dir}/progress "
                           f"--gaps {e.peer_dir}/gaps </dev/null >/dev/null 2>&1 &")
             assert r.returncode == 0, r.stderr
             assert S.wait_for(lambda: _pings(e) > 20, 20), _text(e)
@@ -132,6 +137,12 @@ def env() -> Iterator[Env]:
             left = nodes.container_netns()
         assert not left, left  # job.teardown removed every container netns
         assert removed, "job.teardown found no container"
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    with holder_job("91") as e:
+        yield e
 
 
 def _text(e: Env) -> str:

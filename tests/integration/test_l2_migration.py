@@ -10,8 +10,6 @@ client must wait no longer than the pause (the hold keeps the data address's fra
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Network
@@ -23,14 +21,18 @@ from hpcmig.controller.journal import Journal
 from hpcmig.controller.migration import migrate
 from hpcmig.network import l2
 from tests.integration import rt_support as S
-from tests.integration.agent_nodes import POOL, criu_agent_nodes
-from tests.integration.test_checkpoint_migration import Env, _pings, _text, assert_serving_once
+from tests.integration.agent_nodes import POOL
+from tests.integration.test_checkpoint_migration import (
+    Env,
+    _pings,
+    assert_serving_once,
+    holder_job,
+)
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(S.missing() is not None, reason=str(S.missing()))]
 
 B1, B2, B3 = S.BRIDGED
-PY = sys.executable
 DATA_POOL = "10.250.0.0/16"
 DP = l2.DataPath(POOL, IPv4Network(DATA_POOL), "eth0")
 
@@ -41,28 +43,8 @@ def data(ref: ContainerRef) -> str:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    with criu_agent_nodes(network_l2=True, network_l2_pool=DATA_POOL) as nodes:
-        vc = nodes.plan("92", 0, [B3, B1, B2], spares=1)
-        client, server = (ContainerRef(vc.job_id, vc.restart, m.index, m.address, vc.uid)
-                          for m in vc.members)
-        e = Env(nodes, vc, str(nodes.work / "journal.db"), server, client)
-        e.peer_dir.mkdir()
-        os.chown(e.peer_dir, nodes.user.uid, nodes.user.gid)
-        try:
-            nodes.setup(vc)
-            nodes.start_holder(B1, server.address, 64)
-            time.sleep(1.0)  # fills and hashes 64 MiB before it listens
-            r = nodes.rsh(B3, "-n", client.address, f"{PY} -m hpcmig.workloads.holder client "
-                          f"{data(server)} --progress {e.peer_dir}/progress "
-                          f"--gaps {e.peer_dir}/gaps </dev/null >/dev/null 2>&1 &")
-            assert r.returncode == 0, r.stderr
-            assert S.wait_for(lambda: _pings(e) > 20, 20), _text(e)
-            yield e
-        finally:
-            removed = nodes.teardown(vc.job_id)
-            left = nodes.container_netns()
-        assert not left, left
-        assert removed, "job.teardown found no container"
+    with holder_job("92", data, network_l2=True, network_l2_pool=DATA_POOL) as e:
+        yield e
 
 
 def test_the_job_talks_over_the_data_path(env: Env) -> None:
