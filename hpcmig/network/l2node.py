@@ -135,11 +135,10 @@ class DataLink:
         return l2.data_mac(self.dp.address(address))
 
     def _forget_hold(self, address: IPv4Address | str) -> None:
+        """One tolerant delete (no dump first: a move's unlock runs this on its pause)."""
         if pins := self.node.pins():
             key = fast.mac_key(self._mac(address))
-            present = {k for k, _ in fast.dump_entries(self.node._dump(pins, fast.HELD))}
-            if key in present:
-                self.node._bpftool(fast.delete(pins, fast.HELD, key), tolerate=True)
+            self.node._bpftool(fast.delete(pins, fast.HELD, key), tolerate=True)
 
     def block_lines(self, pins: str, block: IPv4Network) -> str:
         """bpftool lines allowing the job's data block beside its block."""

@@ -117,8 +117,8 @@ class NodeNet:
         self.enable_forwarding()
         try:
             self.run_all(plan.create_plan(net, routed, l2.CONTROL if self.data else "eth0"))
-            if not routed:
-                self.hold(net.address)
+            if not routed:  # (its data address: frames come only after its own announcement)
+                self.hold(net.address, data=False)
             self._attach(net.host_veth)
             if self.data:
                 self.data.create(net, up=routed)
@@ -171,12 +171,13 @@ class NodeNet:
         if self.data:
             self.data.forget(address)
 
-    def hold(self, address: IPv4Address | str) -> str:
+    def hold(self, address: IPv4Address | str, data: bool = True) -> str:
         """Migration network lock: packets to the address wait on this node, without an
         answer, until `point_local` or `route_via` lets them go (hpcmig.network.hold).
         Where the hold cannot be made they are dropped instead (blackhole), and the peers
         retransmit. Returns which: "hold" or "blackhole". What the container sends still
-        leaves until the dump has frozen it (`quiet_command`)."""
+        leaves until the dump has frozen it (`quiet_command`). `data`: hold the packets for
+        its data address too, where the L2 data path is on (hpcmig.network.l2)."""
         if self._has_link(holding.devices(address)[0]):  # a leftover pair
             self.run_all(holding.remove_plan(address), tolerate_gone=True)
         try:
@@ -187,7 +188,7 @@ class NodeNet:
                         exc)
             self.run_all(plan.blackhole_plan(address))
             return "blackhole"
-        if self.data:
+        if self.data and data:
             try:
                 self.data.hold(address)
             except NetworkError as exc:  # its peers retransmit after their back-off
