@@ -318,7 +318,7 @@ def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.
     launcher's last beat is as old as its checkpoint); `tick`: called every round; `on_stop`:
     told the signal that stopped the step (Slurm cancelling or requeueing the job)."""
     from hpcmig.errors import HpcmigError
-    from hpcmig.runtime import client
+    from hpcmig.runtime import client, launch
     from hpcmig.runtime.launch import EXIT as LAUNCHER_EXIT
 
     beats_from = time.time() + grace
@@ -338,8 +338,8 @@ def _wait(run_dir: Path, address: str, common: dict[str, Any], grace: float = 0.
                 if (run_dir / "pid").exists():
                     pid = (run_dir / "pid").read_text().strip()
                     with contextlib.suppress(HpcmigError):
-                        client.run_in(address, ["kill", f"-{stopping[0]}", pid], timeout=10,
-                                      **common)
+                        client.run_in(address, launch.stop_argv(run_dir, pid, stopping[0]),
+                                      timeout=10, **common)
             if sent is not None and time.monotonic() - sent > STOP_GRACE:
                 return 128 + stopping[0]
             if tick is not None and not stopping:

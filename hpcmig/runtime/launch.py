@@ -32,6 +32,15 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def stop_argv(status: Path | str, pid: str, signum: int) -> list[str]:
+    """The command, run in the launcher's container, that sends `signum` to the launcher at
+    `pid` only while that process is the launcher of `status`: a run that outlived its job's
+    requeue (process tracking that lost it) must not signal the pid, which in the next run's
+    container at the same address may belong to the next run's launcher."""
+    check = 'grep -qzxF -e "$3" "/proc/$2/cmdline" 2>/dev/null && kill "-$1" "$2"'
+    return ["sh", "-c", check, "hpcmig-stop", str(signum), str(pid), str(status)]
+
+
 def _open_out(path: str | None, fallback: str) -> int:
     if not path:
         return os.open(fallback, os.O_WRONLY)
