@@ -45,7 +45,7 @@ from hpcmig.workloads import pingpong  # noqa: E402
 def switch_scripts(ns: str) -> dict[bool, str]:
     """`tc -batch` input that attaches (True) or detaches (False) the node's filters."""
     node = NodeNet(ns)
-    pins = node.pins()
+    pins = node.fast.pins()
     if pins is None:
         raise HpcmigError(f"{ns}: the fast path is not loaded")
     ports = fastpath.ports(node.run(["ip", "-j", "-d", "addr", "show"]))

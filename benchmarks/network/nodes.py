@@ -126,7 +126,7 @@ class Bench:
 
     def fast(self) -> bool:
         """Whether both nodes forward the job's packets by the fast path."""
-        return all(NodeNet(ns).fastpath().kind == "bpf" for ns in self.nodes)
+        return all(NodeNet(ns).fast.path().kind == "bpf" for ns in self.nodes)
 
     def counted(self) -> bool:
         """Whether both nodes count the job's traffic (hpcmig.network.traffic)."""

@@ -67,7 +67,7 @@ def program_stats(bench: nodes.Bench) -> dict[str, tuple[int, int]]:
     """Per node: its pinned programs' (run_time_ns, run_cnt), summed."""
     out = {}
     for ns in bench.nodes:
-        pins = NodeNet(ns).pins()
+        pins = NodeNet(ns).fast.pins()
         if pins is None:
             raise HpcmigError(f"{ns}: the fast path is not loaded")
         # every program pinned there (another hpcmig version's too: the docstring)

@@ -44,7 +44,7 @@ class DataLink:
 
     def problem(self) -> str | None:
         """Why this node cannot carry the data path now (None: it can)."""
-        if not self.node.pins():
+        if not self.node.fast.pins():
             return "the fast path is not loaded on this node, and it guards the data path"
         out = self.node.run(["ip", "-j", "link", "show", "dev", self.dp.uplink],
                             tolerate_gone=True)
@@ -68,7 +68,7 @@ class DataLink:
             raise NetworkError(f"{net.netns}: cannot make its eth0 on the L2 data path: {why}",
                                hint="the cluster's hpcmig.toml sets network_l2 = true; every "
                                     "node of a job must carry it, or set it false")
-        pins = self.node.pins()
+        pins = self.node.fast.pins()
         assert pins is not None
         self.node.run_all([*l2.create_steps(net, self.dp), *l2.local_steps(net, self.dp)])
         self.node.run_all(l2.attach_steps(net, pins))
@@ -95,13 +95,13 @@ class DataLink:
 
     def hold(self, address: IPv4Address | str) -> None:
         """Hold the data address's packets and frames with the /32's (its pair exists)."""
-        pins = self.node.pins()
+        pins = self.node.fast.pins()
         if pins is None:
             raise NetworkError("no fast path: frames for the data address cannot be held")
         out, _ = holding.devices(address)
         [link] = json.loads(self.node.run(["ip", "-j", "link", "show", "dev", out]))
         self.node.run_all(l2.hold_steps(address, self.dp))
-        self.node._bpftool(fast.held_entry(pins, self._mac(address), int(link["ifindex"]),
+        self.node.fast.bpftool(fast.held_entry(pins, self._mac(address), int(link["ifindex"]),
                                            holding.back_mac(address)))
 
     def release(self, address: IPv4Address | str, to: list[str]) -> None:
@@ -136,9 +136,9 @@ class DataLink:
 
     def _forget_hold(self, address: IPv4Address | str) -> None:
         """One tolerant delete (no dump first: a move's unlock runs this on its pause)."""
-        if pins := self.node.pins():
+        if pins := self.node.fast.pins():
             key = fast.mac_key(self._mac(address))
-            self.node._bpftool(fast.delete(pins, fast.HELD, key), tolerate=True)
+            self.node.fast.bpftool(fast.delete(pins, fast.HELD, key), tolerate=True)
 
     def block_lines(self, pins: str, block: IPv4Network) -> str:
         """bpftool lines allowing the job's data block beside its block."""

@@ -1,6 +1,7 @@
 """Apply virtual-network plans to one node's network namespace.
 
-Design note: the only module of hpcmig.network with effects. `NodeNet` runs the steps of
+Design note: with its parts `fastnode` (the fast path, traffic counts) and `l2node` (the L2
+data path), the only module of hpcmig.network with effects. `NodeNet` runs the steps of
 `hpcmig.network.plan` through `_proc`, in the calling process's network namespace (the agent,
 which runs in its node's) or, for tests and the testbed, in a named one via
 `nsenter --net=` (never `ip netns exec`: it makes a mount namespace, which CRIU cannot dump
@@ -13,19 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
-import shutil
 import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
 
 from hpcmig import _proc
 from hpcmig.errors import CommandError, HpcmigError
-from hpcmig.network import fastload, l2, plan
 from hpcmig.network import fastpath as fast
 from hpcmig.network import hold as holding
+from hpcmig.network import l2, plan
 from hpcmig.network import traffic as counting
+from hpcmig.network.fastnode import FastLink
 from hpcmig.network.l2node import DataLink
 from hpcmig.network.plan import ContainerNet, NetworkError, Step
 
@@ -43,6 +43,7 @@ class NodeNet:
                  data_path: l2.DataPath | None = None) -> None:
         self.netns = netns  # name or path of the node's netns; None: our own
         self.timeout = timeout
+        self.fast = FastLink(self)  # the fast path (hpcmig.network.fastpath)
         # the L2 data path (hpcmig.network.l2) where the configuration turns it on
         self.data = DataLink(self, data_path) if data_path else None
 
@@ -67,7 +68,7 @@ class NodeNet:
             raise NetworkError(f"{exc}{batch}", hint=self._hint(step)) from None
         finally:  # a failed batch may have made its first changes
             if fast.changes_routes(step):
-                self._decide_afresh()
+                self.fast.decide_afresh()
 
     def _here(self, step: Step) -> bool:
         """Run a kick or a sysctl of this netns in this process (no program to start: they
@@ -119,7 +120,7 @@ class NodeNet:
             self.run_all(plan.create_plan(net, routed, l2.CONTROL if self.data else "eth0"))
             if not routed:  # (its data address: frames come only after its own announcement)
                 self.hold(net.address, data=False)
-            self._attach(net.host_veth)
+            self.fast.attach(net.host_veth)
             if self.data:
                 self.data.create(net, up=routed)
             self.wait_link_up(net)
@@ -145,7 +146,7 @@ class NodeNet:
     def remove_container_net(self, net: ContainerNet) -> None:
         """Remove the veth, the netns, a hold or blackhole of the /32 and its local route
         (a route to another node stays). Idempotent."""
-        self._forget_port(net.host_veth)
+        self.fast.forget_port(net.host_veth)
         for step in [*holding.remove_plan(net.address), *plan.remove_plan(net)]:
             self.run(step, tolerate_gone=True)
         if self.data:
@@ -263,10 +264,10 @@ class NodeNet:
             log.warning("containers' packets to unrouted addresses are dropped, not refused "
                         "(a lookup there waits for its timeout): %s", exc)
         if not fastpath:
-            self.remove_fastpath()
+            self.fast.remove()
             path = fast.Path("forwarded", "fast path off in the configuration")
         else:
-            path = self.enable_fastpath()
+            path = self.fast.enable()
         if self.data:
             data = self.data.describe()
             (log.warning if "unavailable" in data else log.info)("virtual network: %s", data)
@@ -278,174 +279,31 @@ class NodeNet:
         self.run_all(plan.allow_job_plan(block))
         if self.data:
             self.run_all(plan.allow_job_plan(self.data.dp.block(block)))
-        if pins := self.pins():
-            self._bpftool(self._block_lines(pins, block))
+        if pins := self.fast.pins():
+            self.fast.bpftool(self.fast.block_lines(pins, block))
 
     def forbid_job(self, block: IPv4Network) -> None:
-        if pins := self.pins():
+        if pins := self.fast.pins():
             data = self.data.forbid_lines(pins, block) if self.data else ""
-            self._bpftool(fast.delete(pins, fast.JOBS, fast.block_key(block)) + data,
-                          tolerate=True)
+            self.fast.bpftool(fast.delete(pins, fast.JOBS, fast.block_key(block)) + data,
+                              tolerate=True)
         self.run_all(plan.forbid_job_plan(block), tolerate_gone=True)
         if self.data:
             self.run_all(plan.forbid_job_plan(self.data.dp.block(block)), tolerate_gone=True)
 
     def remove_isolation(self) -> None:
-        self.remove_fastpath()
+        self.fast.remove()
         self.run_all(plan.remove_isolation_plan(), tolerate_gone=True)
 
-    # -- fast path (hpcmig.network.fastpath) ----------------------------------------------
-    def _pin_dir(self) -> str | None:
-        """Where the node's fast path is pinned (None: the netns is gone)."""
-        path = self.netns if self.netns is None or self.netns.startswith("/") else (
-            f"{plan.NETNS_DIR}/{self.netns}")
-        try:
-            return fast.pin_dir(os.stat(path or "/proc/self/ns/net").st_ino)
-        except FileNotFoundError:
-            return None
-
-    def pins(self, loaded: bool = True) -> str | None:
-        """Where this hpcmig's fast path is pinned for the node; None where it is not loaded
-        (the node forwards the kernel's way), or with loaded=False where the netns is gone."""
-        node = self._pin_dir()
-        if node is None:
-            return None
-        pins = f"{node}/{fast.version(fast.source())}"
-        return pins if not loaded or os.path.exists(f"{pins}/{fast.PROG}") else None
-
-    def fastpath(self) -> fast.Path:
-        """The path this node's containers' packets take now."""
-        if not self.pins():
-            return fast.Path("forwarded", "")
-        attached = [d for d in fast.ports(self.run(["ip", "-j", "-d", "addr", "show"]))
-                    if self._attached(d)]
-        return fast.Path("bpf", "tc on " + ", ".join(attached))
-
-    def enable_fastpath(self) -> fast.Path:
-        """Load (or find loaded) the fast path and attach it to every port; on any failure
-        remove it and say why: the node then forwards the kernel's way."""
-        try:
-            fastload.mount_bpffs()
-            fastload.sweep()
-            pins = self.pins(loaded=False)
-            if pins is None:
-                raise NetworkError(f"no network namespace {self.netns}")
-            if not self.pins():
-                obj = fastload.compiled(fast.source())
-                os.makedirs(pins, exist_ok=True)
-                self.run_all(fast.load_plan(obj, pins))
-            lines = "".join(self._block_lines(pins, b) for b in self.allowed_blocks())
-            self._bpftool(lines)
-            counted = self.traffic(None)
-            if counted:
-                self._count_pairs(pins, list(counted))
-            for dev in fast.ports(self.run(["ip", "-j", "-d", "addr", "show"])):
-                self._attach(dev)  # replaces an older version's filter
-            node, version = os.path.split(pins)
-            for old in set(os.listdir(node)) - {version}:
-                shutil.rmtree(f"{node}/{old}", ignore_errors=True)
-        except (HpcmigError, OSError) as exc:
-            self.remove_fastpath()
-            log.warning("virtual network: forwarding the kernel's way: %s", exc)
-            return fast.Path("forwarded", str(exc))
-        path = self.fastpath()
-        log.info("virtual network: %s", path)
-        return path
-
-    def _block_lines(self, pins: str, block: IPv4Network) -> str:
-        data = self.data.block_lines(pins, block) if self.data else ""
-        return fast.block_entry(pins, block) + data
-
-    def remove_fastpath(self) -> None:
-        """Detach the program from every port and unpin it (idempotent)."""
-        fastload.sweep()
-        node = self._pin_dir()
-        if not node or not os.path.isdir(node):
-            return
-        for dev in fast.ports(self.run(["ip", "-j", "-d", "addr", "show"])):
-            if self._attached(dev):  # whichever version's program it runs
-                self.run_all(fast.detach_plan(dev), tolerate_gone=True)
-        shutil.rmtree(node, ignore_errors=True)
-
-    def _attach(self, dev: str) -> None:
-        if not (pins := self.pins()):
-            return
-        links = self.run(["ip", "-j", "-d", "addr", "show", "dev", dev])
-        for name, (index, kind) in fast.ports(links).items():
-            self._bpftool(fast.port_entry(pins, index, kind))
-            self.run_all(fast.attach_plan(name, kind, pins))
-
-    def _attached(self, dev: str) -> bool:
-        out = self.run(["tc", "-j", "filter", "show", "dev", dev, "ingress"], tolerate_gone=True)
-        return any(f.get("pref") == int(fast.TC_PREF) for f in json.loads(out or "[]"))
-
-    def _forget_port(self, dev: str) -> None:
-        """The port's map entry goes before its device (deleting the device detaches it)."""
-        if not (pins := self.pins()):
-            return
-        out = self.run(["ip", "-j", "link", "show", "dev", dev], tolerate_gone=True)
-        for link in json.loads(out or "[]"):
-            key = int(link["ifindex"]).to_bytes(4, "little")
-            self._bpftool(fast.delete(pins, fast.PORTS, key), tolerate=True)
-
-    def _bpftool(self, lines: str, tolerate: bool = False) -> None:
-        if lines:
-            try:
-                self.run(["bpftool", "batch", "file", "-"], input=lines, tolerate_gone=tolerate)
-            finally:
-                self._decide_afresh()
-
-    def _decide_afresh(self) -> None:
-        """After a change of the node's routes, links or the fast path's maps: the decisions
-        the fast path cached are taken again from the next packet on (fastload.bump)."""
-        if not (pins := self.pins()):
-            return
-        try:
-            fastload.bump(pins)
-        except OSError as exc:
-            log.warning("virtual network: the fast path keeps its cached decisions for up "
-                        "to 1024 packets of each pair after this change: %s", exc)
-
-    def _dump(self, pins: str, table: str) -> str:
-        return self.run(["bpftool", "-j", "map", "dump", "pinned", f"{pins}/{table}"])
-
-    def _count_pairs(self, pins: str, pairs: list[counting.Pair]) -> None:
-        pairs = pairs + (self.data.pairs(pairs) if self.data else [])
-        present = [k for k, _ in fast.dump_entries(self._dump(pins, fast.TRAFFIC))]
-        self._bpftool(fast.count_entries(pins, pairs, present))
-
+    # -- traffic counts (hpcmig.network.fastnode) ----------------------------------------
     def traffic(self, block: IPv4Network | None) -> counting.Counts:
-        """Bytes and packets each container of `block` (None: of any) sent to each other one
-        through this node since they were last forgotten here, by the nft set and the fast
-        path together (empty if the table is not installed)."""
-        try:
-            out = self.run(["nft", "-j", "list", "set", "ip", plan.NFT_TABLE,
-                            counting.TRAFFIC_SET])
-        except NetworkError:
-            return {}
-        counts = counting.parse_counts(out, block)
-        if pins := self.pins():
-            fast_counts = fast.parse_counts(self._dump(pins, fast.TRAFFIC))
-            if self.data:  # the L2 data path's, by the containers' pairs
-                fast_counts = self.data.containers(fast_counts)
-            counts = counting.add(counts, {p: c for p, c in fast_counts.items() if c[1] and (
-                block is None or all(IPv4Address(a) in block for a in p))})
-        return counts
+        return self.fast.traffic(block)
 
     def count_from(self, source: IPv4Address | str, peers: list[str]) -> None:
-        """Count what the container `source` (on this node) sends to each of `peers`."""
-        self.run_all(counting.count_plan("ip", plan.NFT_TABLE, str(source), peers))
-        if pins := self.pins():
-            src = str(IPv4Address(str(source)))
-            self._count_pairs(pins, [(src, str(IPv4Address(d))) for d in peers if str(d) != src])
+        self.fast.count_from(source, peers)
 
     def forget_traffic(self, pairs: list[counting.Pair]) -> None:
-        self.run_all(counting.forget_plan("ip", plan.NFT_TABLE, pairs), tolerate_gone=True)
-        if pins := self.pins():
-            present = {k for k, _ in fast.dump_entries(self._dump(pins, fast.TRAFFIC))}
-            pairs = pairs + (self.data.pairs(pairs) if self.data else [])
-            self._bpftool("".join(fast.delete(pins, fast.TRAFFIC, fast.pair_key(p))
-                                  for p in pairs if fast.pair_key(p) in present))
+        self.fast.forget_traffic(pairs)
 
     def allowed_blocks(self) -> list[IPv4Network]:
         """Job blocks currently in the isolation set (for status and tests)."""

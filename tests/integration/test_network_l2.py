@@ -211,7 +211,7 @@ def test_another_jobs_container_is_unreachable_on_the_data_path(net: dict) -> No
         assert not pings(c1.netns, data(c3))
     finally:
         S.in_ns(c1.netns, "ip", "neigh", "del", data(c3), "dev", "eth0", check=False)
-        net["n"][B1].run_all(l2.attach_steps(c1, net["n"][B1].pins()))
+        net["n"][B1].run_all(l2.attach_steps(c1, net["n"][B1].fast.pins()))
     # forbidding the job on c2's node cuts its data path there too
     assert pings(c1.netns, data(c2))
     net["n"][B2].forbid_job(JOB1)
@@ -258,7 +258,7 @@ def test_a_move_holds_the_data_addresss_packets_and_the_segment_learns_its_new_p
         assert port == ["hpcmig-rtb3"], fdb  # learnt from the gratuitous ARP
         for node in (B2, B3):  # nothing of the hold is left
             held = S.in_ns(node, "bpftool", "-j", "map", "dump", "pinned",
-                           f"{n[node].pins()}/{fastpath.HELD}").stdout
+                           f"{n[node].fast.pins()}/{fastpath.HELD}").stdout
             assert json.loads(held) == []
         assert data(c2) not in S.in_ns(B2, "ip", "route", "show", "table", "all").stdout
     finally:

@@ -125,7 +125,7 @@ def test_the_fast_path_forwards_a_jobs_packets_and_counts_them(net: dict) -> Non
     """The tc program, not the kernel's forwarding, carries the job's packets: the nft
     counter of the pair stays still while the program's count grows by what was sent."""
     n1, c1, c2 = net["n1"], net["c1"], net["c2"]
-    path = n1.fastpath()
+    path = n1.fast.path()
     assert path.kind == "bpf", path
     assert "eth0" in path.detail and c1.host_veth in path.detail
     pair = (str(c1.address), str(c2.address))
@@ -254,7 +254,7 @@ def test_without_the_fast_path_a_node_forwards_and_says_why(
             path = n1.install_isolation(POOL)
             assert path.kind == "forwarded" and "clang is not installed" in path.detail
             n1.allow_job(JOB1)
-            assert n1.fastpath().kind == "forwarded"
+            assert n1.fast.path().kind == "forwarded"
             monkeypatch.undo()
             assert n2.install_isolation(POOL).kind == "bpf"
             n2.allow_job(JOB1)
@@ -263,7 +263,7 @@ def test_without_the_fast_path_a_node_forwards_and_says_why(
             assert not pings(c3.netns, "10.252.0.1")
             off = n2.install_isolation(POOL, fastpath=False)
             assert off.kind == "forwarded" and "off" in off.detail
-            assert n2.fastpath().kind == "forwarded"
+            assert n2.fast.path().kind == "forwarded"
             assert S.in_ns("hpcmig-rt-n2", "tc", "filter", "show", "dev", "eth0",
                            "ingress").stdout == ""
         finally:
