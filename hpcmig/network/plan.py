@@ -74,41 +74,49 @@ def container_net(address: IPv4Address | str, netns: str | None = None) -> Conta
 
 
 def _batch_key(step: Step) -> tuple[str, ...] | None:
-    """The global options of an `ip` step that `ip -batch` can run (None: it cannot): not
-    `ip netns` (making a namespace moves the ip process into it), nothing with blanks."""
-    if step[:1] != ["ip"] or any(not a or any(c.isspace() for c in a) for a in step):
+    """What a step that `-batch` can run starts with: `ip [-n NS]`, `tc` or `nsenter --net=NS
+    tc` (None: it cannot be batched): not `ip netns` (making a namespace moves the ip process
+    into it), no other global option, nothing with blanks."""
+    if any(not a or any(c.isspace() for c in a) for a in step):
         return None
-    opts = tuple(step[1:3]) if step[1:2] == ["-n"] else ()
-    rest = step[1 + len(opts):]
+    if step[:1] == ["ip"]:
+        head = step[:3] if step[1:2] == ["-n"] else step[:1]
+    elif step[:1] == ["tc"]:
+        head = step[:1]
+    elif step[:1] == ["nsenter"] and step[2:3] == ["tc"] and step[1].startswith("--net="):
+        head = step[:3]
+    else:
+        return None
+    rest = step[len(head):]
     if not rest or rest[0].startswith("-") or rest[0] == "netns":
         return None
-    return opts
+    return tuple(head)
 
 
 def batched(steps: list[Step]) -> list[tuple[Step, str | None]]:
-    """The steps to run, with their input: consecutive `ip` steps with the same global
-    options become one `ip [-n NS] -batch -` reading one command per line (one process, not
-    one per step; it stops at the first command that fails)."""
+    """The steps to run, with their input: consecutive `ip` (or `tc`) steps with the same
+    start become one `ip [-n NS] -batch -` (`tc -batch -`) reading one command per line (one
+    process, not one per step; it stops at the first command that fails)."""
     out: list[tuple[Step, str | None]] = []
     group: list[Step] = []
-    opts: tuple[str, ...] = ()  # the group's global options
+    head: tuple[str, ...] = ()  # the group's start
 
     def flush() -> None:
         if len(group) == 1:
             out.append((group[0], None))
         elif group:
-            lines = "".join(" ".join(g[1 + len(opts):]) + "\n" for g in group)
-            out.append((["ip", *opts, "-batch", "-"], lines))
+            lines = "".join(" ".join(g[len(head):]) + "\n" for g in group)
+            out.append(([*head, "-batch", "-"], lines))
         group.clear()
 
     for step in steps:
         key = _batch_key(step)
-        if key is None or key != opts:
+        if key is None or key != head:
             flush()
         if key is None:
             out.append((step, None))
         else:
-            opts = key
+            head = key
             group.append(step)
     flush()
     return out

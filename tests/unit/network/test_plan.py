@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from hpcmig.network import hold, plan
+from hpcmig.network import fastpath, hold, l2, plan
 from hpcmig.network.plan import GATEWAY, container_net
 
 
@@ -88,6 +88,21 @@ def test_runs_of_ip_steps_share_one_ip_process() -> None:
     odd = [["ip", "link", "set", "a b", "up"], ["ip", "-j", "route"], ["tc", "qdisc"],
            ["ip", "route", "del", "10.0.0.1/32"]]
     assert plan.batched(odd) == [(s, None) for s in odd]
+
+
+def test_runs_of_tc_steps_share_one_tc_process_also_in_a_containers_netns() -> None:
+    attach = fastpath.attach_plan("hmv0afc0005", 1, "/sys/fs/bpf/p")
+    [(step, lines)] = plan.batched(attach)
+    assert step == ["tc", "-batch", "-"]
+    assert lines is not None and lines.splitlines() == [" ".join(s[1:]) for s in attach]
+    guard = l2.attach_steps(container_net("10.252.0.5", "c5"), "/sys/fs/bpf/p")
+    [(step, lines)] = plan.batched(guard)
+    assert step == ["nsenter", "--net=/run/netns/c5", "tc", "-batch", "-"]
+    assert lines is not None and len(lines.splitlines()) == 3
+    # another netns, or a global option, starts another process
+    other = [["nsenter", "--net=/run/netns/c6", "tc", "qdisc", "del", "dev", "eth0", "clsact"],
+             ["tc", "-s", "qdisc", "show"], ["nsenter", "--net=/x", "ip", "link"]]
+    assert [s for s, _ in plan.batched(guard[:1] + other)] == guard[:1] + other
 
 
 def test_remove_blackhole_and_remote_route_plans() -> None:
