@@ -11,8 +11,12 @@ run with them on (the program's ns per run; the statistics add two clock reads p
 this overstates the program). `floor` = container latency - 2 runs x ns per run: what the
 container path would take with a program that costs nothing, a lower bound. If the floor
 is above 1.10x native, no program on this path meets the goal: what is left is the veth
-crossing. The same two nodes and containers as run.py (`nodes.bench_nodes`). Root; run it
-under the integration lock:
+crossing. `--size S` (S > 1 B) asks the same of a larger message, whose packets (its
+segments, their ACKs) each make their program runs: the programs' whole time on both nodes
+is divided by that run's messages (2 per round trip; it skips the 8-byte settling ones), and the
+ratios are read as bandwidth (native latency / container latency: ping-pong bandwidth is
+size / latency). The same two nodes and containers as run.py (`nodes.bench_nodes`). Root;
+run it under the integration lock:
 
     flock /run/lock/hpcmig-integration.lock /opt/hpcmig/venv/bin/python \\
         benchmarks/network/program_cost.py --out benchmarks/network/program-cost.json
@@ -91,17 +95,27 @@ def one_round(bench: nodes.Bench, flavour: mpi.Flavour, args: argparse.Namespace
                 "latency_us"]
             continue
         with bpf_stats():  # measure() loads the program afresh: its totals are this run's
-            run.measure(bench, flavour, mode, args)
+            counted = argparse.Namespace(**{**vars(args), "settle": 0 if args.size > 1 else None})
+            timed = run.measure(bench, flavour, mode, counted)["sizes"][0]["iterations"]
             after = program_stats(bench)
-        if min(count for _, count in after.values()) < 2 * args.iterations:
+        if min(count for _, count in after.values()) < 2 * timed:
             raise HpcmigError(f"the program ran {after} times: fewer than the round trips")
         rec["ns_per_run"] = {ns: ns_total / count for ns, (ns_total, count) in after.items()}
-    program_us = RUNS_PER_MESSAGE[args.mode] * statistics.mean(rec["ns_per_run"].values()
-                                                                 ) / 1000
+        rec["messages"] = 2 * (args.warmup + timed)
+        rec["runs_per_message"] = sum(c for _, c in after.values()) / rec["messages"]
+        rec["program_ns_total"] = sum(t for t, _ in after.values())
+    if args.size == 1:
+        program_us = RUNS_PER_MESSAGE[args.mode] * statistics.mean(rec["ns_per_run"].values()
+                                                                     ) / 1000
+    else:
+        program_us = rec["program_ns_total"] / rec["messages"] / 1000
     rec["program_us"] = program_us
     rec["floor_us"] = rec["container_us"] - program_us
     rec["ratio"] = rec["container_us"] / rec["native_us"]
     rec["floor_ratio"] = rec["floor_us"] / rec["native_us"]
+    if args.size > 1:  # ping-pong bandwidth, container / native
+        rec["bandwidth_ratio"] = 1 / rec["ratio"]
+        rec["floor_bandwidth_ratio"] = 1 / rec["floor_ratio"]
     return rec
 
 
@@ -116,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                              "whose guard programs are counted)")
     parser.add_argument("--pin", action="store_true",
                         help="each rank on a core of its own (run.py --pin)")
+    parser.add_argument("--size", type=int, default=1,
+                        help="message size in bytes (above 1: read the ratios as bandwidth)")
     args = parser.parse_args(argv)
-    args.sizes, args.warmup = "1", 20
+    args.sizes, args.warmup = str(args.size), 20
     nodes.ready("program cost benchmark")
     started = time.time()
     rounds: list[dict[str, Any]] = []
@@ -135,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in sorted({r["flavour"] for r in rounds}):
         mine = [r for r in rounds if r["flavour"] == name]
         summary[name] = {key: statistics.median(r[key] for r in mine) for key in (
-            "native_us", "container_us", "program_us", "floor_us", "ratio", "floor_ratio")}
+            "native_us", "container_us", "program_us", "floor_us", "ratio", "floor_ratio",
+            "bandwidth_ratio", "floor_bandwidth_ratio", "runs_per_message") if key in mine[0]}
         summary[name]["floor_ratio_range"] = [min(r["floor_ratio"] for r in mine),
                                               max(r["floor_ratio"] for r in mine)]
     print(json.dumps(summary, indent=1))

@@ -7,7 +7,12 @@ per MPI:
 
 * native: the launcher runs as root in node 1's namespace and starts its daemon in node 2's
   through `nbrsh` (an rsh look-alike: `nsenter --net` into the other node); TCP over the
-  node link, no container, no virtual network;
+  node link, no container, no virtual network, and since 2026-12-07 nothing of hpcmig on
+  the nodes (before, a native run found the nft table and the fast path's programs a
+  container run before it had left there: they cost native messages about 0.2 us, 3-4 %);
+* native-hpcmig: native, on nodes that carry hpcmig's isolation and fast path as an agent
+  installs them (the nft table, the programs on the node link): what hpcmig costs traffic
+  that is not its containers';
 * container: the launcher runs in container 0 as the job's user, started through the exec
   protocol (`client.exec_stream`, what `hpcmig run --stream` does) with the argv
   `hpcmig.mpi_launch.launcher_argv` builds for `hpcmig run`, and starts its daemon in
@@ -65,10 +70,11 @@ import report  # noqa: E402
 
 from hpcmig import _proc, mpi, mpi_launch  # noqa: E402
 from hpcmig.errors import CommandError, HpcmigError  # noqa: E402
+from hpcmig.network import NodeNet  # noqa: E402
 from hpcmig.workloads import pingpong  # noqa: E402
 
 RUN_TIMEOUT = 90.0
-MODES = ("native", "container", "container-forwarded", "container-uncounted",
+MODES = ("native", "native-hpcmig", "container", "container-forwarded", "container-uncounted",
          "container-unfiltered", "container-l2", "container-gro")
 # the candidate modes' changes to the containers' devices, made for one run each
 AROUND: dict[str, Callable[[nodes.Bench], contextlib.AbstractContextManager[Any]]] = {
@@ -119,6 +125,8 @@ def program(args: argparse.Namespace) -> list[str]:
         argv.append("--pin")
     if args.sizes:
         argv += ["--sizes", args.sizes]
+    if getattr(args, "settle", None) is not None:  # program_cost.py's counted runs
+        argv += ["--settle", str(args.settle)]
     return argv
 
 
@@ -164,10 +172,15 @@ def payload_bytes(record: dict[str, Any], warmup: int) -> int:
 
 def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
             args: argparse.Namespace) -> dict[str, Any]:
-    counted = mode in ("container", "container-forwarded", "container-l2", "container-gro")
-    fast = mode in ("container", "container-l2", "container-gro")
+    counted = mode in ("native-hpcmig", "container", "container-forwarded", "container-l2",
+                       "container-gro")
+    fast = mode in ("native-hpcmig", "container", "container-l2", "container-gro")
     filtered = mode not in ("native", "container-unfiltered")
-    if mode != "native":
+    if mode == "native":  # a node without hpcmig: no nft table, no program on its link
+        bench.set_filter(False)
+        if bench.filtered() or any(NodeNet(ns).fast.pins() for ns in bench.nodes):
+            raise HpcmigError("native: hpcmig's isolation is still on the nodes")
+    else:
         bench.set_filter(filtered, counted=counted, fast=fast)
         if bench.filtered() != filtered or (filtered and bench.counted() != counted) or (
                 bench.fast() != fast):
@@ -176,7 +189,7 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
     around = AROUND.get(mode)  # set up before the clock starts, undone after the run
     with around(bench) if around else contextlib.nullcontext():
         t0 = time.monotonic()
-        run = native_run if mode == "native" else container_run
+        run = native_run if mode.startswith("native") else container_run
         res = run(bench, flavour, program(args))
     seconds = time.monotonic() - t0
     bytes1, packets1 = nodes.wire_counters(N1)
