@@ -102,7 +102,7 @@ class DataLink:
         [link] = json.loads(self.node.run(["ip", "-j", "link", "show", "dev", out]))
         self.node.run_all(l2.hold_steps(address, self.dp))
         self.node.fast.bpftool(fast.held_entry(pins, self._mac(address), int(link["ifindex"]),
-                                           holding.back_mac(address)))
+                                               holding.back_mac(address)))
 
     def release(self, address: IPv4Address | str, to: list[str]) -> None:
         """The held packets' way on (l2.release_steps); no more frames into the hold."""
