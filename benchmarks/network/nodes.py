@@ -124,9 +124,9 @@ class Bench:
             if counted:  # as the agent does for the container it starts on the node
                 node.count_from(self.addresses[i], self.addresses)
 
-    def fast(self) -> bool:
-        """Whether both nodes forward the job's packets by the fast path."""
-        return all(NodeNet(ns).fast.path().kind == "bpf" for ns in self.nodes)
+    def fast(self) -> list[bool]:
+        """Per node, whether it forwards the job's packets by the fast path."""
+        return [NodeNet(ns).fast.path().kind == "bpf" for ns in self.nodes]
 
     def counted(self) -> bool:
         """Whether both nodes count the job's traffic (hpcmig.network.traffic)."""

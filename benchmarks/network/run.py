@@ -70,7 +70,6 @@ import report  # noqa: E402
 
 from hpcmig import _proc, mpi, mpi_launch  # noqa: E402
 from hpcmig.errors import CommandError, HpcmigError  # noqa: E402
-from hpcmig.network import NodeNet  # noqa: E402
 from hpcmig.workloads import pingpong  # noqa: E402
 
 RUN_TIMEOUT = 90.0
@@ -176,15 +175,11 @@ def measure(bench: nodes.Bench, flavour: mpi.Flavour, mode: str,
                        "container-gro")
     fast = mode in ("native-hpcmig", "container", "container-l2", "container-gro")
     filtered = mode not in ("native", "container-unfiltered")
-    if mode == "native":  # a node without hpcmig: no nft table, no program on its link
-        bench.set_filter(False)
-        if bench.filtered() or any(NodeNet(ns).fast.pins() for ns in bench.nodes):
-            raise HpcmigError("native: hpcmig's isolation is still on the nodes")
-    else:
-        bench.set_filter(filtered, counted=counted, fast=fast)
-        if bench.filtered() != filtered or (filtered and bench.counted() != counted) or (
-                bench.fast() != fast):
-            raise HpcmigError(f"{mode}: the nft isolation is not in the state this mode needs")
+    # native: nothing of hpcmig on the nodes, no nft table and no program on their link
+    bench.set_filter(filtered, counted=counted, fast=fast)
+    if bench.filtered() != filtered or (filtered and bench.counted() != counted) or (
+            bench.fast() != [fast] * len(bench.nodes)):
+        raise HpcmigError(f"{mode}: the nft isolation is not in the state this mode needs")
     bytes0, packets0 = nodes.wire_counters(N1)
     around = AROUND.get(mode)  # set up before the clock starts, undone after the run
     with around(bench) if around else contextlib.nullcontext():
